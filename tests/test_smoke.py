@@ -1,0 +1,29 @@
+"""The package imports without torch and the API model parses a minimal job."""
+import subprocess
+import sys
+
+from kubetune_trainer.spec import load_job
+
+MINIMAL = {
+    "apiVersion": "kubetune.io/v1alpha1",
+    "kind": "FineTuneJob",
+    "metadata": {"name": "minimal"},
+    "spec": {
+        "model": {"source": "hf://org/model"},
+        "dataset": {"train": "s3://bucket/train.jsonl"},
+        "training": {"epochs": 1},
+        "output": {"uri": "s3://bucket/out"},
+    },
+}
+
+
+def test_minimal_job_gets_defaults():
+    job = load_job(MINIMAL)
+    assert job.spec.method.type == "lora"
+    assert job.spec.distributed.world_size() == 1
+    assert job.spec.training.resolved_learning_rate("lora") == 2e-4
+
+
+def test_spec_module_is_torch_free():
+    code = "import sys, kubetune_trainer.spec, kubetune_trainer.exitcodes; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
