@@ -84,15 +84,17 @@ RUN --mount=type=bind,from=trainer-build,source=/build,target=/build \
       --constraint /build/torch-constraint.txt \
       /build/wheels/deepspeed-*.whl "$(ls /build/wheels/kubetune-*.whl)[trainer]" \
  && python -c "import deepspeed, kubetune_trainer, torch; print('torch', torch.__version__, 'deepspeed', deepspeed.__version__)"
-# Non-root user with a writable home (caches) and the scratch directory
-# KUBETUNE_SCRATCH points to (the operator mounts a volume over it in pods).
-RUN useradd --uid 10001 --user-group --no-log-init --create-home --home-dir /home/kubetune kubetune \
- && mkdir -p /scratch \
- && chown 10001:10001 /scratch
+# Non-root user 1000:1000 (the operator's default runAsUser/runAsGroup for
+# trainer pods, KUBETUNE_RUN_AS_USER) with a writable home for caches, and the
+# scratch directory KUBETUNE_SCRATCH points to (pods mount a volume over it).
+# Some base images already have a uid 1000 user (ubuntu:24.04's "ubuntu").
+RUN (getent passwd 1000 >/dev/null || useradd --uid 1000 --user-group --no-log-init --no-create-home kubetune) \
+ && mkdir -p /home/kubetune /scratch \
+ && chown 1000:1000 /home/kubetune /scratch
 ENV KUBETUNE_SCRATCH=/scratch \
     HOME=/home/kubetune \
     PYTHONUNBUFFERED=1
 WORKDIR /scratch
-USER 10001:10001
+USER 1000:1000
 # The operator sets the command (torchrun ... -m kubetune_trainer --config FILE).
 CMD ["python", "-m", "kubetune_trainer", "--help"]

@@ -1,0 +1,115 @@
+{{/* Names, labels, images and the operator's RBAC rules. */}}
+
+{{- define "kubetune.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{- define "kubetune.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kubetune.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: operator
+{{- end -}}
+
+{{- define "kubetune.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kubetune.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: kubetune
+{{- end -}}
+
+{{- define "kubetune.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kubetune.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- required "serviceAccount.name is required when serviceAccount.create is false" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* repository:tag or repository@digest; the tag defaults to the appVersion. */}}
+{{- define "kubetune.image" -}}
+{{- $img := index . 0 -}}
+{{- $root := index . 1 -}}
+{{- if $img.digest -}}
+{{- printf "%s@%s" $img.repository $img.digest -}}
+{{- else -}}
+{{- printf "%s:%s" $img.repository (default $root.Chart.AppVersion $img.tag) -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.ha" -}}
+{{- if gt (int .Values.replicaCount) 1 -}}true{{- end -}}
+{{- end -}}
+
+{{/*
+The operator's permissions inside every namespace it watches. Each rule is
+backed by an API call the operator makes (tests/chart/test_rbac.py records
+them against the API emulator and fails on any call not granted here, and on
+any grant here that is not in its reviewed list).
+*/}}
+{{- define "kubetune.namespacedRules" -}}
+# FineTuneJobs: watch them, add/remove the operator's finalizer and annotations.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs"]
+  verbs: ["get", "list", "watch", "patch"]
+# Write status. Holding this is also what lets the operator create each job's
+# Role granting `patch` on finetunejobs/status (Kubernetes forbids granting a
+# permission one does not hold), so no `escalate` or `bind` is needed.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs/status"]
+  verbs: ["patch"]
+# Owner references with blockOwnerDeletion need this where the
+# OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift).
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs/finalizers"]
+  verbs: ["update"]
+# Per job: the training config, the rendezvous Service, the pod identity.
+- apiGroups: [""]
+  resources: ["configmaps", "services", "serviceaccounts"]
+  verbs: ["get", "create", "delete"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create", "delete"]
+# The gang: one Indexed Job per attempt; suspend/resume patches it.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Pod states explain failures (OOMKilled, image pulls, unschedulable).
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["get", "list", "watch"]
+# Kubernetes Events for every phase transition.
+- apiGroups: [""]
+  resources: ["events"]
+  verbs: ["create"]
+{{- if include "kubetune.ha" . }}
+{{- if eq .Values.watch.scope "namespaced" }}
+# Kopf peering between the replicas (replicaCount > 1).
+- apiGroups: ["kopf.dev"]
+  resources: ["kopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end }}
+{{- end -}}
+
+{{/* Cluster-scoped permissions, cluster-wide mode only. */}}
+{{- define "kubetune.clusterRules" -}}
+# Kopf notices when the FineTuneJob CRD is installed, upgraded or removed.
+- apiGroups: ["apiextensions.k8s.io"]
+  resources: ["customresourcedefinitions"]
+  verbs: ["list", "watch"]
+{{- if include "kubetune.ha" . }}
+# Kopf peering between the replicas (replicaCount > 1).
+- apiGroups: ["kopf.dev"]
+  resources: ["clusterkopfpeerings"]
+  verbs: ["get", "list", "watch", "patch"]
+{{- end }}
+{{- end -}}

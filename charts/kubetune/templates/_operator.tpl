@@ -1,0 +1,88 @@
+{{/*
+Environment of the operator container. The names are the operator's settings
+(operator/kubetune_operator/settings.py); tests/chart checks that every name
+set here is one the operator reads.
+*/}}
+{{- define "kubetune.operatorEnv" -}}
+{{- $d := .Values.jobDefaults -}}
+# Kopf's identity of this replica among its peers.
+- name: POD_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- if eq .Values.watch.scope "namespaced" }}
+- name: KUBETUNE_WATCH_NAMESPACES
+  value: {{ join "," .Values.watch.namespaces | quote }}
+{{- end }}
+{{- if include "kubetune.ha" . }}
+- name: KUBETUNE_STANDALONE
+  value: "false"
+- name: KUBETUNE_PEERING_NAME
+  value: {{ .Values.peering.name | quote }}
+{{- else }}
+- name: KUBETUNE_STANDALONE
+  value: "true"
+{{- end }}
+- name: KUBETUNE_HEALTH_PORT
+  value: {{ .Values.operator.healthPort | quote }}
+- name: KUBETUNE_METRICS_PORT
+  value: {{ .Values.operator.metricsPort | quote }}
+- name: KUBETUNE_LOG_FORMAT
+  value: {{ .Values.operator.logFormat | quote }}
+- name: KUBETUNE_RESYNC_SECONDS
+  value: {{ .Values.operator.resyncSeconds | quote }}
+- name: KUBETUNE_MAX_BACKOFF_SECONDS
+  value: {{ .Values.operator.maxBackoffSeconds | quote }}
+- name: KUBETUNE_TRAINER_IMAGE
+  value: {{ include "kubetune.image" (list $d.image .) | quote }}
+- name: KUBETUNE_IMAGE_PULL_POLICY
+  value: {{ $d.imagePullPolicy | quote }}
+{{- with $d.imagePullSecrets }}
+- name: KUBETUNE_IMAGE_PULL_SECRETS
+  value: {{ include "kubetune.secretNames" . | quote }}
+{{- end }}
+- name: KUBETUNE_RUN_AS_USER
+  value: {{ $d.podSecurityContext.runAsUser | quote }}
+- name: KUBETUNE_RUN_AS_GROUP
+  value: {{ $d.podSecurityContext.runAsGroup | quote }}
+- name: KUBETUNE_FS_GROUP
+  value: {{ $d.podSecurityContext.fsGroup | quote }}
+- name: KUBETUNE_RENDEZVOUS_PORT
+  value: {{ $d.rendezvousPort | quote }}
+- name: KUBETUNE_STATUS_REPORTER
+  value: {{ $d.statusReporter | quote }}
+{{- with $d.storage.endpoint }}
+- name: KUBETUNE_DEFAULT_STORAGE_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with $d.storage.region }}
+- name: KUBETUNE_DEFAULT_STORAGE_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with $d.storage.secretName }}
+- name: KUBETUNE_DEFAULT_STORAGE_SECRET
+  value: {{ . | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "kubetune.secretNames" -}}
+{{- $names := list -}}
+{{- range . }}{{ $names = append $names .name }}{{ end -}}
+{{- join "," $names -}}
+{{- end -}}
+
+{{/*
+Checks across values that JSON Schema cannot phrase well; each message says
+what to change.
+*/}}
+{{- define "kubetune.validate" -}}
+{{- if and (eq .Values.watch.scope "namespaced") (not .Values.watch.namespaces) -}}
+{{- fail "watch.scope is \"namespaced\" but watch.namespaces is empty: list the namespaces whose FineTuneJobs the operator should handle, e.g. --set 'watch.namespaces={ml-team-a,ml-team-b}', or use watch.scope=cluster" -}}
+{{- end -}}
+{{- if and (eq .Values.watch.scope "cluster") .Values.watch.namespaces -}}
+{{- fail (printf "watch.namespaces (%s) is only used with watch.scope=namespaced; set watch.scope=namespaced or remove watch.namespaces" (join "," .Values.watch.namespaces)) -}}
+{{- end -}}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
+{{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true: the ServiceMonitor scrapes that Service" -}}
+{{- end -}}
+{{- end -}}
