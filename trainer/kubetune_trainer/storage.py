@@ -1,0 +1,668 @@
+"""One storage interface for ``s3://`` URIs and local paths (or ``file://``).
+
+Everything the trainer reads or writes outside the node goes through
+:class:`Storage`: checkpoints, the final model, fetched models and data.
+
+S3 (AWS, MinIO, Ceph RGW, GCS's S3 API):
+- endpoint, region and addressing style come from ``spec.storage``;
+  credentials only from boto3's default chain (the standard ``AWS_*``
+  environment variables, which the pod fills from the job's Secret, or the
+  pod's cloud identity: IRSA web identity, instance/pod metadata). Never
+  from the manifest.
+- transient errors (5xx, throttling, dropped connections, short reads) are
+  retried twice over: per HTTP request by botocore's ``standard`` retry mode,
+  and per whole operation by :func:`_retrying` with exponential backoff and
+  jitter, which also covers what botocore cannot retry (a body cut off while
+  streaming, a checksum mismatch, a multipart upload that failed as a whole).
+- large files go up as concurrent multipart uploads (boto3 ``TransferConfig``)
+  and come down as concurrent ranged GETs pinned to one ETag (``IfMatch``), so
+  an object replaced mid-download is detected, not silently mixed.
+- every uploaded file carries its sha256 (object metadata ``sha256``; the
+  checkpoint manifest keeps it too) and downloads verify it.
+- errors a retry cannot fix become :class:`~kubetune_trainer.exitcodes.PermanentError`
+  with reason ``BucketNotFound``, ``StorageAccessDenied`` or
+  ``StorageCredentialsMissing``; a missing object is :class:`ObjectNotFound`.
+
+Local paths behave the same (atomic writes by rename), so ``output.uri`` can
+be a directory for ``kubetune run`` and for tests.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional, TypeVar
+
+from .exitcodes import PermanentError
+
+log = logging.getLogger("kubetune.storage")
+
+T = TypeVar("T")
+
+MiB = 1024 * 1024
+_HASH_BLOCK = 8 * MiB
+
+
+class StorageError(Exception):
+    """A storage operation failed after all retries (transient: a restart may succeed)."""
+
+
+class ObjectNotFound(StorageError, FileNotFoundError):
+    """The object (or prefix) does not exist."""
+
+
+class ChecksumMismatch(StorageError):
+    """Downloaded bytes do not match the recorded checksum."""
+
+
+class _Transient(Exception):
+    """Internal: an error worth retrying at the operation level.
+
+    ``final`` is the StorageError subclass raised once retries are exhausted.
+    """
+
+    def __init__(self, message: str, final: type = None):
+        super().__init__(message)
+        self.final = final or StorageError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    """One stored object. ``name`` is relative to the listed prefix (or the full URI for ``head``)."""
+
+    name: str
+    size: int
+    etag: Optional[str] = None
+    sha256: Optional[str] = None
+
+
+# ------------------------------------------------------------------ helpers
+def is_s3(uri: str) -> bool:
+    return uri.startswith("s3://")
+
+
+def split_s3(uri: str) -> tuple[str, str]:
+    """'s3://bucket/a/b' -> ('bucket', 'a/b')."""
+    if not is_s3(uri):
+        raise ValueError(f"not an s3:// URI: {uri!r}")
+    rest = uri[len("s3://"):]
+    bucket, _, key = rest.partition("/")
+    if not bucket:
+        raise PermanentError(f"{uri!r} has no bucket name; expected s3://bucket/prefix", "InvalidSpec")
+    return bucket, key
+
+
+def local_path(uri: str) -> Path:
+    """'file:///x/y' or '/x/y' -> Path('/x/y')."""
+    if uri.startswith("file://"):
+        uri = uri[len("file://"):]
+    return Path(uri)
+
+
+def join(base: str, *parts: str) -> str:
+    """Join URI/path segments with single slashes (works for s3:// and paths)."""
+    out = base.rstrip("/")
+    for p in parts:
+        p = p.strip("/")
+        if p:
+            out = f"{out}/{p}"
+    return out
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_HASH_BLOCK)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    h = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(_HASH_BLOCK)
+            if not block:
+                return h.hexdigest()
+            h.update(block)
+
+
+def _retrying(
+    op: Callable[[], T],
+    what: str,
+    attempts: int,
+    base_delay: float,
+    max_delay: float = 20.0,
+    sleep: Callable[[float], None] = time.sleep,
+) -> T:
+    """Run ``op``; on :class:`_Transient` wait (exponential backoff, full jitter) and retry."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return op()
+        except _Transient as e:
+            if attempt == attempts:
+                raise e.final(f"{what}: giving up after {attempts} attempts: {e}") from e
+            delay = random.uniform(0, min(max_delay, base_delay * 2 ** (attempt - 1)))
+            log.warning("%s: transient error (attempt %d/%d), retrying in %.2fs: %s", what, attempt, attempts, delay, e)
+            sleep(delay)
+    raise AssertionError("unreachable")
+
+
+# ------------------------------------------------------------------ storage
+class Storage:
+    """Read and write ``s3://`` URIs and local paths through one interface.
+
+    Thread-safe: the checkpoint uploader and the training thread share one.
+    """
+
+    def __init__(
+        self,
+        endpoint: Optional[str] = None,
+        region: Optional[str] = None,
+        addressing_style: str = "auto",
+        *,
+        concurrency: int = 8,
+        part_size: int = 16 * MiB,
+        multipart_threshold: int = 64 * MiB,
+        request_attempts: int = 6,
+        operation_attempts: int = 5,
+        base_delay: float = 0.25,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 60.0,
+    ):
+        self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.region = region
+        self.addressing_style = addressing_style
+        self.concurrency = max(1, concurrency)
+        self.part_size = max(1, part_size)  # ranged-GET size; multipart parts are at least 5 MiB
+        self.multipart_threshold = multipart_threshold
+        self.request_attempts = request_attempts
+        self.operation_attempts = operation_attempts
+        self.base_delay = base_delay
+        self.connect_timeout = connect_timeout
+        self.read_timeout = read_timeout
+        self._client = None
+        self._client_lock = threading.Lock()
+
+    @classmethod
+    def from_spec(cls, storage_spec: Any = None, **kwargs: Any) -> "Storage":
+        """Build from a ``spec.storage`` (StorageSpec) or None (AWS defaults).
+
+        Transfer tuning from the environment (defaults fit most nodes):
+        ``KUBETUNE_S3_CONCURRENCY`` (threads per transfer, 8) and
+        ``KUBETUNE_S3_PART_SIZE_MB`` (ranged-GET and multipart part size, 16).
+        """
+        if "KUBETUNE_S3_CONCURRENCY" in os.environ:
+            kwargs.setdefault("concurrency", int(os.environ["KUBETUNE_S3_CONCURRENCY"]))
+        if "KUBETUNE_S3_PART_SIZE_MB" in os.environ:
+            kwargs.setdefault("part_size", int(float(os.environ["KUBETUNE_S3_PART_SIZE_MB"]) * MiB))
+        if storage_spec is None:
+            return cls(**kwargs)
+        return cls(
+            endpoint=storage_spec.endpoint,
+            region=storage_spec.region,
+            addressing_style=storage_spec.addressing_style,
+            **kwargs,
+        )
+
+    # ------------------------------------------------------------ s3 client
+    @property
+    def client(self):
+        with self._client_lock:
+            if self._client is None:
+                import boto3
+                from botocore.config import Config
+
+                cfg: dict[str, Any] = dict(
+                    retries={"max_attempts": self.request_attempts, "mode": "standard"},
+                    s3={"addressing_style": self.addressing_style},
+                    connect_timeout=self.connect_timeout,
+                    read_timeout=self.read_timeout,
+                    max_pool_connections=max(10, 2 * self.concurrency),
+                    user_agent_extra="kubetune",
+                )
+                if self.endpoint:
+                    # Third-party S3 servers (older MinIO, Ceph RGW, GCS) reject or mangle
+                    # the CRC trailers boto3 >= 1.36 sends by default; our own sha256 per
+                    # file covers integrity end to end instead.
+                    cfg["request_checksum_calculation"] = "when_required"
+                    cfg["response_checksum_validation"] = "when_required"
+                session = boto3.session.Session()
+                self._client = session.client(
+                    "s3",
+                    endpoint_url=self.endpoint,
+                    region_name=self.region or session.region_name or "us-east-1",
+                    config=Config(**cfg),
+                )
+            return self._client
+
+    def _where(self) -> str:
+        return f" at endpoint {self.endpoint}" if self.endpoint else ""
+
+    def _s3_call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        """One S3 call with error translation; transient errors become _Transient."""
+        from botocore.exceptions import (
+            BotoCoreError,
+            ClientError,
+            ConnectionError as BotoConnectionError,
+            NoCredentialsError,
+            PartialCredentialsError,
+            ReadTimeoutError,
+            ResponseStreamingError,
+        )
+
+        try:
+            return fn()
+        except ClientError as e:
+            raise self._translate(e, what, uri) from e
+        except (NoCredentialsError, PartialCredentialsError) as e:
+            raise PermanentError(
+                f"no S3 credentials found for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
+                f"(from the Secret named in spec.storage.secretRef) or give the pod a cloud identity ({e})",
+                "StorageCredentialsMissing",
+            ) from e
+        except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError) as e:
+            raise _Transient(f"{what} {uri}: {e}") from e
+        except BotoCoreError as e:
+            raise _Transient(f"{what} {uri}: {e}") from e
+        except (OSError, ConnectionError) as e:  # urllib3 protocol errors surface as OSError subclasses
+            raise _Transient(f"{what} {uri}: {e}") from e
+
+    def _translate(self, e: Exception, what: str, uri: str) -> Exception:
+        err = getattr(e, "response", {}).get("Error", {})
+        code = str(err.get("Code", ""))
+        status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        bucket = split_s3(uri)[0] if is_s3(uri) else ""
+        if code == "NoSuchBucket" or (what == "head bucket" and status == 404):
+            return PermanentError(
+                f"bucket {bucket!r} does not exist{self._where()} ({what} {uri}); "
+                f"check output.uri / the source URI and spec.storage.endpoint",
+                "BucketNotFound",
+            )
+        if code in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
+                    "InvalidToken", "TokenRefreshRequired", "AllAccessDisabled", "AccountProblem",
+                    "InvalidClientTokenId", "403") or status == 403:
+            return PermanentError(
+                f"access denied to {uri}{self._where()} ({what}: {code or status}); check the credentials "
+                f"in the Secret named by spec.storage.secretRef (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY) "
+                f"or the pod identity's permissions on bucket {bucket!r}",
+                "StorageAccessDenied",
+            )
+        if code in ("NoSuchKey", "NotFound", "404") or status == 404:
+            return ObjectNotFound(f"{uri} not found{self._where()}")
+        if code in ("PreconditionFailed", "412") or status == 412:
+            return _Transient(f"{uri} changed while it was being read ({what})")
+        if code in ("PermanentRedirect", "AuthorizationHeaderMalformed", "IllegalLocationConstraintException") or status == 301:
+            return PermanentError(
+                f"bucket {bucket!r} is in another region or needs another endpoint ({code}); "
+                f"set spec.storage.region / spec.storage.endpoint",
+                "StorageMisconfigured",
+            )
+        if status >= 500 or status == 429 or code in ("SlowDown", "Throttling", "RequestTimeout", "InternalError",
+                                                       "ServiceUnavailable", "RequestTimeTooSkewed"):
+            return _Transient(f"{what} {uri}: {code or status}")
+        return StorageError(f"{what} {uri} failed{self._where()}: {code or status}: {err.get('Message', e)}")
+
+    def _op(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+        """An operation retried as a whole on transient failures."""
+        return _retrying(lambda: self._s3_call(what, uri, fn), f"{what} {uri}", self.operation_attempts, self.base_delay)
+
+    # ------------------------------------------------------------ access check
+    def check_access(self, uri: str, write: bool = False) -> None:
+        """Fail fast (PermanentError) if the bucket is missing or the credentials are wrong.
+
+        With ``write=True`` a small probe object is written and deleted under
+        ``uri`` so a read-only credential is caught before hours of training.
+        """
+        if not is_s3(uri):
+            p = local_path(uri)
+            if write:
+                try:
+                    p.mkdir(parents=True, exist_ok=True)
+                    probe = p / f".kubetune-probe-{uuid.uuid4().hex}"
+                    probe.write_bytes(b"")
+                    probe.unlink()
+                except OSError as e:
+                    raise PermanentError(f"cannot write to {uri}: {e}", "StorageAccessDenied") from e
+            return
+        bucket, key = split_s3(uri)
+        self._op("head bucket", uri, lambda: self.client.head_bucket(Bucket=bucket))
+        if write:
+            probe = join(uri, f".kubetune-probe-{uuid.uuid4().hex}")
+            self.write_bytes(probe, b"")
+            self.delete(probe)
+
+    # ------------------------------------------------------------ small objects
+    def exists(self, uri: str) -> bool:
+        try:
+            self.head(uri)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def head(self, uri: str) -> ObjectInfo:
+        if not is_s3(uri):
+            p = local_path(uri)
+            if not p.is_file():
+                raise ObjectNotFound(f"{uri} not found")
+            return ObjectInfo(uri, p.stat().st_size)
+        bucket, key = split_s3(uri)
+        r = self._op("head", uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
+        return ObjectInfo(uri, int(r["ContentLength"]), r.get("ETag", "").strip('"') or None, (r.get("Metadata") or {}).get("sha256"))
+
+    def read_bytes(self, uri: str) -> bytes:
+        if not is_s3(uri):
+            p = local_path(uri)
+            try:
+                return p.read_bytes()
+            except FileNotFoundError as e:
+                raise ObjectNotFound(f"{uri} not found") from e
+        bucket, key = split_s3(uri)
+
+        def get() -> bytes:
+            r = self.client.get_object(Bucket=bucket, Key=key)
+            data = r["Body"].read()
+            if len(data) != int(r["ContentLength"]):
+                raise _Transient(f"short read of {uri}: {len(data)} of {r['ContentLength']} bytes")
+            return data
+
+        return self._op("get", uri, get)
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        if not is_s3(uri):
+            p = local_path(uri)
+            p.parent.mkdir(parents=True, exist_ok=True)
+            tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex}")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, p)
+            return
+        bucket, key = split_s3(uri)
+        self._op("put", uri, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data))
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    # ------------------------------------------------------------ listing
+    def list(self, prefix_uri: str, recursive: bool = True) -> list[ObjectInfo]:
+        """Objects under a prefix ('dir'), names relative to it, sorted."""
+        if not is_s3(prefix_uri):
+            root = local_path(prefix_uri)
+            if not root.is_dir():
+                return []
+            out = []
+            it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
+            for p in it:
+                if p.is_file() and ".tmp-" not in p.name:
+                    out.append(ObjectInfo(p.relative_to(root).as_posix(), p.stat().st_size))
+            return sorted(out, key=lambda o: o.name)
+        bucket, key = split_s3(prefix_uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+
+        def list_all() -> list[ObjectInfo]:
+            out = []
+            kw: dict[str, Any] = {"Bucket": bucket, "Prefix": prefix}
+            if not recursive:
+                kw["Delimiter"] = "/"
+            for page in self.client.get_paginator("list_objects_v2").paginate(**kw):
+                for o in page.get("Contents", []):
+                    out.append(ObjectInfo(o["Key"][len(prefix):], int(o["Size"]), o.get("ETag", "").strip('"') or None))
+            return out
+
+        return sorted(self._op("list", prefix_uri, list_all), key=lambda o: o.name)
+
+    def list_dirs(self, prefix_uri: str) -> list[str]:
+        """Immediate 'sub-directory' names under a prefix."""
+        if not is_s3(prefix_uri):
+            root = local_path(prefix_uri)
+            return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        bucket, key = split_s3(prefix_uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+
+        def list_all() -> list[str]:
+            out = []
+            for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+                for cp in page.get("CommonPrefixes", []):
+                    out.append(cp["Prefix"][len(prefix):].rstrip("/"))
+            return out
+
+        return sorted(self._op("list", prefix_uri, list_all))
+
+    # ------------------------------------------------------------ delete
+    def delete(self, uri: str) -> None:
+        if not is_s3(uri):
+            try:
+                local_path(uri).unlink()
+            except FileNotFoundError:
+                pass
+            return
+        bucket, key = split_s3(uri)
+        self._op("delete", uri, lambda: self.client.delete_object(Bucket=bucket, Key=key))
+
+    def delete_prefix(self, prefix_uri: str, first: Optional[str] = None) -> int:
+        """Delete everything under a prefix; the relative name ``first`` goes before the rest.
+
+        Checkpoint retention passes the commit marker as ``first``: dying half
+        way then leaves an uncommitted (ignored) checkpoint, never a committed
+        but incomplete one.
+        """
+        if first:
+            self.delete(join(prefix_uri, first))
+        if not is_s3(prefix_uri):
+            root = local_path(prefix_uri)
+            if root.is_dir():
+                n = sum(1 for p in root.rglob("*") if p.is_file())
+                shutil.rmtree(root, ignore_errors=True)
+                return n
+            return 0
+        objs = self.list(prefix_uri)
+        bucket, key = split_s3(prefix_uri)
+        prefix = key.rstrip("/") + "/" if key else ""
+        names = [o.name for o in objs]
+        for i in range(0, len(names), 1000):
+            batch = [{"Key": prefix + n} for n in names[i:i + 1000]]
+
+            def delete_batch(batch=batch) -> None:
+                r = self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+                errors = r.get("Errors") or []
+                if errors:
+                    raise _Transient(f"{len(errors)} objects not deleted, e.g. {errors[0]}")
+
+            self._op("delete", prefix_uri, delete_batch)
+        return len(names)
+
+    # ------------------------------------------------------------ files
+    def upload_file(self, local: str | os.PathLike, uri: str, sha256: Optional[str] = None) -> ObjectInfo:
+        """Upload one file (multipart and concurrent above the threshold); returns its size and sha256."""
+        local = Path(local)
+        digest = sha256 or sha256_file(local)
+        size = local.stat().st_size
+        if not is_s3(uri):
+            dst = local_path(uri)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex}")
+            shutil.copyfile(local, tmp)
+            os.replace(tmp, dst)
+            return ObjectInfo(uri, size, None, digest)
+        from boto3.s3.transfer import TransferConfig
+        from boto3.exceptions import S3UploadFailedError
+
+        bucket, key = split_s3(uri)
+        cfg = TransferConfig(
+            multipart_threshold=self.multipart_threshold,
+            multipart_chunksize=max(self.part_size, 5 * MiB),
+            max_concurrency=self.concurrency,
+            use_threads=True,
+        )
+
+        def up() -> None:
+            try:
+                self.client.upload_file(str(local), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=cfg)
+            except S3UploadFailedError as e:
+                # s3transfer wraps the ClientError as text; recover the permanent cases.
+                msg = str(e)
+                if "NoSuchBucket" in msg:
+                    raise PermanentError(f"bucket {bucket!r} does not exist{self._where()} (upload {uri})", "BucketNotFound") from e
+                if any(c in msg for c in ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "(403)")):
+                    raise PermanentError(f"access denied uploading {uri}{self._where()}: {msg}", "StorageAccessDenied") from e
+                raise _Transient(msg) from e
+
+        self._op("upload", uri, up)
+        return ObjectInfo(uri, size, None, digest)
+
+    def download_file(
+        self,
+        uri: str,
+        dest: str | os.PathLike,
+        *,
+        sha256: Optional[str] = None,
+        ranged: bool = True,
+        info: Optional[ObjectInfo] = None,
+    ) -> ObjectInfo:
+        """Download one object to ``dest`` atomically and verify it.
+
+        Verification uses, in order: ``sha256`` (from a manifest), the object's
+        ``sha256`` metadata (written by :meth:`upload_file`), or the ETag when it
+        is a plain MD5 (single-part uploads). Returns what was verified in
+        ``ObjectInfo.sha256`` (None if only the size could be checked).
+        """
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if not is_s3(uri):
+            src = local_path(uri)
+            if not src.is_file():
+                raise ObjectNotFound(f"{uri} not found")
+            tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+            shutil.copyfile(src, tmp)
+            got = sha256_file(tmp)
+            if sha256 and got != sha256:
+                tmp.unlink()
+                raise ChecksumMismatch(f"{uri}: sha256 {got} != expected {sha256}")
+            os.replace(tmp, dest)
+            return ObjectInfo(uri, dest.stat().st_size, None, got)
+
+        def attempt() -> ObjectInfo:
+            head = info if (info is not None and info.etag) else self._s3_call("head", uri, lambda: self.head_raw(uri))
+            tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+            try:
+                if ranged and head.size > self.part_size and self.concurrency > 1:
+                    self._get_ranged(uri, tmp, head)
+                else:
+                    self._get_single(uri, tmp, head)
+                verified = self._verify(uri, tmp, head, sha256)
+                os.replace(tmp, dest)
+                return ObjectInfo(uri, head.size, head.etag, verified)
+            finally:
+                if tmp.exists():
+                    tmp.unlink()
+
+        return _retrying(attempt, f"download {uri}", self.operation_attempts, self.base_delay)
+
+    def head_raw(self, uri: str) -> ObjectInfo:
+        bucket, key = split_s3(uri)
+        r = self.client.head_object(Bucket=bucket, Key=key)
+        return ObjectInfo(uri, int(r["ContentLength"]), r.get("ETag", "").strip('"') or None, (r.get("Metadata") or {}).get("sha256"))
+
+    def _verify(self, uri: str, path: Path, head: ObjectInfo, expected: Optional[str]) -> Optional[str]:
+        size = path.stat().st_size
+        if size != head.size:
+            raise _Transient(f"{uri}: got {size} bytes, expected {head.size}")
+        want = expected or head.sha256
+        if want:
+            got = sha256_file(path)
+            if got != want:
+                raise _Transient(f"{uri}: sha256 mismatch (got {got}, expected {want})", ChecksumMismatch)
+            return got
+        if head.etag and "-" not in head.etag and len(head.etag) == 32:
+            got_md5 = md5_file(path)
+            if got_md5 != head.etag:
+                raise _Transient(f"{uri}: MD5 {got_md5} does not match ETag {head.etag}", ChecksumMismatch)
+            return None
+        log.info("%s: multipart object without a sha256; only its size (%d bytes) was verified", uri, size)
+        return None
+
+    def _get_single(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
+        bucket, key = split_s3(uri)
+        kw: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if head.etag:
+            kw["IfMatch"] = f'"{head.etag}"'
+
+        def get() -> None:
+            r = self.client.get_object(**kw)
+            with open(tmp, "wb") as f:
+                for chunk in r["Body"].iter_chunks(MiB):
+                    f.write(chunk)
+
+        self._s3_call("get", uri, get)
+
+    def _get_ranged(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
+        """Concurrent ranged GETs into one preallocated file, each range retried on its own."""
+        bucket, key = split_s3(uri)
+        size = head.size
+        with open(tmp, "wb") as f:
+            f.truncate(size)
+        fd = os.open(tmp, os.O_WRONLY)
+        try:
+            def fetch(start: int) -> None:
+                end = min(start + self.part_size, size) - 1
+                kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end}"}
+                if head.etag:
+                    kw["IfMatch"] = f'"{head.etag}"'
+
+                def get_range() -> None:
+                    r = self.client.get_object(**kw)
+                    pos = start
+                    for chunk in r["Body"].iter_chunks(MiB):
+                        os.pwrite(fd, chunk, pos)
+                        pos += len(chunk)
+                    if pos != end + 1:
+                        raise _Transient(f"short range read {start}-{end}: got {pos - start} bytes")
+
+                _retrying(lambda: self._s3_call("get range", uri, get_range), f"get {uri} bytes {start}-{end}",
+                          self.operation_attempts, self.base_delay)
+
+            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kubetune-get") as ex:
+                for fut in [ex.submit(fetch, s) for s in range(0, size, self.part_size)]:
+                    fut.result()
+        finally:
+            os.close(fd)
+
+    def upload_files(self, files: dict[str, Path], prefix_uri: str, sha256s: Optional[dict[str, str]] = None) -> dict[str, dict]:
+        """Upload {relative name: local file} concurrently; returns the manifest {name: {size, sha256}}."""
+        sha256s = sha256s or {}
+        manifest: dict[str, dict] = {}
+        # Big files already use `concurrency` threads each for their parts; a few
+        # files in parallel keeps the pipe full with many small ones.
+        with ThreadPoolExecutor(max(1, min(4, self.concurrency)), thread_name_prefix="kubetune-put") as ex:
+            futs = {name: ex.submit(self.upload_file, path, join(prefix_uri, name), sha256s.get(name)) for name, path in files.items()}
+            for name, fut in futs.items():
+                info = fut.result()
+                manifest[name] = {"size": info.size, "sha256": info.sha256}
+        return manifest
+
+    def download_files(self, prefix_uri: str, manifest: dict[str, dict], dest_dir: str | os.PathLike) -> None:
+        """Download the files named in a manifest under a prefix, verifying each sha256."""
+        dest_dir = Path(dest_dir)
+        with ThreadPoolExecutor(max(1, min(4, self.concurrency)), thread_name_prefix="kubetune-dl") as ex:
+            futs = [
+                ex.submit(self.download_file, join(prefix_uri, name), dest_dir / name, sha256=meta.get("sha256"))
+                for name, meta in sorted(manifest.items())
+            ]
+            for fut in futs:
+                fut.result()
