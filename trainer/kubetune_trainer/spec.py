@@ -1,18 +1,30 @@
 """The FineTuneJob API (kubetune.io/v1alpha1): the single source of truth.
 
 This module is torch-free on purpose: the operator imports it, the CRD is
-generated from it (``kubetune_trainer.crd``), and the trainer parses the same
-spec from the config file the operator hands it.
+generated from it (``python -m kubetune_trainer.crd --write``), and the
+trainer parses the same spec from the config file the operator hands it.
 
 Field names are camelCase on the wire (YAML/JSON) and snake_case in Python.
 Every field carries a description, which becomes ``kubectl explain`` text.
+
+Each cross-field check exists twice, kept side by side in this file: as a
+pydantic validator (what the trainer and ``kubetune run`` enforce) and as a
+CEL rule in ``x-kubernetes-validations`` (what the API server enforces at
+admission). ``tests/api`` checks that both reject the same manifests.
+Validator messages start with the offending field path relative to the model
+they run on (``"training.globalBatchSize: ..."``); ``kubetune validate``
+turns that into the full path.
+
+Fields whose default is "auto" and that depend on other sections
+(``dataset.packing``, ``output.export``) are resolved when the spec is
+parsed, so code reading a parsed spec always sees a concrete value.
 """
 from __future__ import annotations
 
 import re
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "kubetune.io"
@@ -22,11 +34,45 @@ KIND = "FineTuneJob"
 PLURAL = "finetunejobs"
 SINGULAR = "finetunejob"
 SHORT_NAMES = ["ftj", "ftjob"]
+CATEGORIES = ["all", "kubetune"]
 
 MethodType = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3"]
 PEFT_METHODS = ("lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3")
+SOFT_PROMPT_METHODS = ("prompt-tuning", "prefix-tuning")
+
+# spec fields that may change after creation; every other spec field is immutable
+# (enforced by CEL transition rules generated in crd.py).
+MUTABLE_SPEC_FIELDS = ("suspend", "runPolicy")
+
+# metadata.name must fit the names the operator derives from it (Service, Job
+# "<name>-a<attempt>", pod hostnames "<name>-a<attempt>-<index>", all DNS-1035
+# labels of at most 63 characters): a DNS-1035 label of at most this many
+# characters (the operator's builders use the same limit).
+MAX_JOB_NAME_LENGTH = 52
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 _DURATION = re.compile(r"^([0-9]+)(s|m|h)$")
+# A step count or a positive duration; the same pattern is enforced by the CRD.
+CHECKPOINT_EVERY_PATTERN = r"^0*[1-9][0-9]*(s|m|h)?$"
+ZERO_STAGE_PATTERN = r"^(auto|[0-3])$"
+# Kubernetes resource.Quantity (e.g. 16Gi, 500m, 1.5, 2e3)
+QUANTITY_PATTERN = (
+    r"^(\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE](\+|-)?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+
+# Bounds on strings and lists keep the API server's CEL cost estimate small.
+URI_MAX = 2048
+NAME_MAX = 253
+LIST_MAX = 64
+MAP_MAX = 64
+
+# URIs: which schemes each field accepts (a string without "://" is a local path).
+MODEL_SCHEMES = ("hf://", "s3://", "file://")
+DATA_SCHEMES = ("hf://", "s3://", "file://")
+OUTPUT_SCHEMES = ("s3://", "file://")
 
 
 def parse_duration_seconds(value: str) -> int:
@@ -36,6 +82,54 @@ def parse_duration_seconds(value: str) -> int:
         raise ValueError(f"{value!r} is not a duration like '90s', '30m' or '2h'")
     n, unit = int(m.group(1)), m.group(2)
     return n * {"s": 1, "m": 60, "h": 3600}[unit]
+
+
+def _invalid(path: str, message: str) -> ValueError:
+    """A cross-field error naming the field (relative to the model the validator runs on)."""
+    return ValueError(f"{path}: {message}")
+
+
+def _cel(rule: str, message: str, field_path: Optional[str] = None, message_expression: Optional[str] = None) -> dict:
+    r: dict[str, Any] = {"rule": rule, "message": message}
+    if message_expression:
+        r["messageExpression"] = message_expression
+    if field_path:
+        r["fieldPath"] = field_path
+    return r
+
+
+def _rules(*rules: dict) -> ConfigDict:
+    """Model-level CEL rules (x-kubernetes-validations on the object)."""
+    return ConfigDict(json_schema_extra={"x-kubernetes-validations": list(rules)})
+
+
+def _scheme_rule(schemes: tuple[str, ...], what: str) -> dict:
+    cond = " || ".join(f"self.startsWith('{s}')" for s in schemes)
+    listed = ", ".join(schemes)
+    return _cel(f"!self.contains('://') || {cond}", f"{what} must start with {listed} or be a local path")
+
+
+def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
+    if "://" in v and not v.startswith(schemes):
+        raise ValueError(f"must start with {', '.join(schemes)} or be a local path (got {v!r})")
+    return v
+
+
+Uri = Annotated[str, StringConstraints(min_length=1, max_length=URI_MAX)]
+ShortName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
+ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+Quantity = Annotated[Union[int, str], Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
+LabelValue = Annotated[str, StringConstraints(max_length=63)]
+AnnotationValue = Annotated[str, StringConstraints(max_length=4096)]
+_QUANTITY_RE = re.compile(QUANTITY_PATTERN)
+
+
+def _check_quantities(v: dict[str, Union[int, str]]) -> dict[str, Union[int, str]]:
+    for key, q in v.items():
+        if isinstance(q, bool) or (isinstance(q, str) and not _QUANTITY_RE.match(q)):
+            raise ValueError(f"{key}: {q!r} is not a Kubernetes quantity like '32', '500m' or '256Gi'")
+    return v
 
 
 class _Model(BaseModel):
@@ -51,6 +145,14 @@ class _Model(BaseModel):
 class ModelSpec(_Model):
     """The pre-trained base model to fine-tune."""
 
+    model_config = _rules(
+        _cel(
+            "!has(self.revision) || self.source.startsWith('hf://')",
+            "model.revision applies only to hf:// sources; remove it or use an hf:// source",
+            ".revision",
+        ),
+    )
+
     source: str = Field(
         description=(
             "Where the base model comes from: 'hf://org/name' (a Hugging Face Hub repo), "
@@ -59,9 +161,13 @@ class ModelSpec(_Model):
             "to a '.gguf' file (converted once to a Hugging Face model on first use)."
         ),
         min_length=1,
+        max_length=URI_MAX,
+        json_schema_extra={"x-kubernetes-validations": [_scheme_rule(MODEL_SCHEMES, "model.source")]},
     )
     revision: Optional[str] = Field(
         default=None,
+        min_length=1,
+        max_length=NAME_MAX,
         description="Branch, tag or commit of an hf:// model. Pin a commit for reproducible runs.",
     )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
@@ -80,9 +186,13 @@ class ModelSpec(_Model):
     @field_validator("source")
     @classmethod
     def _known_scheme(cls, v: str) -> str:
-        if "://" in v and not v.startswith(("hf://", "s3://", "file://")):
-            raise ValueError("must start with hf://, s3://, file:// or be a local path")
-        return v
+        return _check_scheme(v, MODEL_SCHEMES)
+
+    @model_validator(mode="after")
+    def _revision_needs_hub(self) -> "ModelSpec":
+        if self.revision is not None and not self.source.startswith("hf://"):
+            raise _invalid("revision", "applies only to hf:// sources; remove it or use an hf:// source")
+        return self
 
 
 # ------------------------------------------------------------------- dataset
@@ -91,14 +201,19 @@ class DatasetSpec(_Model):
 
     train: str = Field(
         min_length=1,
+        max_length=URI_MAX,
         description=(
             "Training data: a JSONL, JSON, Parquet or CSV file or folder, as 's3://bucket/key', "
             "a local path, or 'hf://org/dataset' for a Hub dataset."
         ),
+        json_schema_extra={"x-kubernetes-validations": [_scheme_rule(DATA_SCHEMES, "dataset.train")]},
     )
     eval: Optional[str] = Field(
         default=None,
+        min_length=1,
+        max_length=URI_MAX,
         description="Evaluation data, same forms as 'train'. If unset, evalFraction of train is held out.",
+        json_schema_extra={"x-kubernetes-validations": [_scheme_rule(DATA_SCHEMES, "dataset.eval")]},
     )
     eval_fraction: float = Field(
         default=0.05,
@@ -128,11 +243,12 @@ class DatasetSpec(_Model):
             "maxSeqLength tokens, 'drop' skips the sample (counted), 'fail' stops with an error."
         ),
     )
-    packing: bool = Field(
-        default=True,
+    packing: Optional[bool] = Field(
+        default=None,
         description=(
             "Pack several short samples into one sequence, with attention kept inside each "
-            "sample (no cross-sample attention). Large speed-up on mixed-length data."
+            "sample (no cross-sample attention). Large speed-up on mixed-length data. Unset: "
+            "on, except for prompt-tuning and prefix-tuning, whose soft prompt must lead every sample."
         ),
     )
     train_on_prompt: bool = Field(
@@ -145,23 +261,58 @@ class DatasetSpec(_Model):
     )
     shuffle: bool = Field(default=True, description="Shuffle the training data each epoch (seeded by training.seed).")
 
+    @field_validator("train", "eval")
+    @classmethod
+    def _known_scheme(cls, v: Optional[str]) -> Optional[str]:
+        return None if v is None else _check_scheme(v, DATA_SCHEMES)
+
+    def has_eval(self) -> bool:
+        """Whether any evaluation data exists (an eval set or a held-out fraction)."""
+        return self.eval is not None or self.eval_fraction > 0
+
 
 # -------------------------------------------------------------------- method
 class LoraOptions(_Model):
     """LoRA adapter options (also used by qlora)."""
+
+    model_config = _rules(
+        _cel(
+            "!('all-linear' in self.targetModules) || self.targetModules.size() == 1",
+            "lora.targetModules: 'all-linear' already covers every linear layer; use it alone or list module names",
+            ".targetModules",
+        ),
+    )
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
     alpha: Optional[int] = Field(
         default=None, ge=1, le=4096, description="LoRA scaling numerator. Unset means 2*r."
     )
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
-    target_modules: list[str] = Field(
+    target_modules: list[ModuleName] = Field(
         default_factory=lambda: ["all-linear"],
         min_length=1,
+        max_length=LIST_MAX,
         description="Module names to adapt, e.g. [q_proj, v_proj], or [all-linear] for every linear layer but the output head.",
+    )
+    modules_to_save: Optional[list[ModuleName]] = Field(
+        default=None,
+        max_length=LIST_MAX,
+        description=(
+            "Modules trained in full and saved with the adapter, e.g. [embed_tokens, lm_head] "
+            "when the tokenizer gained new tokens. Unset: none."
+        ),
     )
     use_dora: bool = Field(default=False, description="Weight-decomposed LoRA (DoRA).")
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
+
+    @model_validator(mode="after")
+    def _all_linear_alone(self) -> "LoraOptions":
+        if "all-linear" in self.target_modules and len(self.target_modules) > 1:
+            raise _invalid(
+                "targetModules",
+                "'all-linear' already covers every linear layer; use it alone or list module names",
+            )
+        return self
 
 
 class QuantizationOptions(_Model):
@@ -177,9 +328,35 @@ class QuantizationOptions(_Model):
 class PromptTuningOptions(_Model):
     """Learned soft prompt on a frozen model."""
 
+    model_config = _rules(
+        _cel(
+            "self.init != 'text' || has(self.initText)",
+            "promptTuning.initText is required when promptTuning.init is 'text'",
+            ".initText",
+        ),
+        _cel(
+            "!has(self.initText) || self.init == 'text'",
+            "promptTuning.initText is used only with promptTuning.init 'text'; set init: text or remove initText",
+            ".initText",
+        ),
+    )
+
     num_virtual_tokens: int = Field(default=20, ge=1, le=1024, description="Length of the soft prompt in tokens.")
     init: Literal["random", "text"] = Field(default="random", description="Initialise the soft prompt randomly or from initText.")
-    init_text: Optional[str] = Field(default=None, description="Text whose token embeddings initialise the soft prompt (init: text).")
+    init_text: Optional[str] = Field(
+        default=None,
+        min_length=1,
+        max_length=4096,
+        description="Text whose token embeddings initialise the soft prompt (init: text).",
+    )
+
+    @model_validator(mode="after")
+    def _init_text(self) -> "PromptTuningOptions":
+        if self.init == "text" and not self.init_text:
+            raise _invalid("initText", "is required when promptTuning.init is 'text'")
+        if self.init_text is not None and self.init != "text":
+            raise _invalid("initText", "is used only with promptTuning.init 'text'; set init: text or remove initText")
+        return self
 
 
 class PrefixTuningOptions(_Model):
@@ -192,16 +369,48 @@ class PrefixTuningOptions(_Model):
 class IA3Options(_Model):
     """(IA)^3: learned rescaling vectors on a frozen model."""
 
-    target_modules: Optional[list[str]] = Field(
-        default=None, description="Modules to rescale. Unset: the model type's defaults in PEFT."
+    target_modules: Optional[list[ModuleName]] = Field(
+        default=None, min_length=1, max_length=LIST_MAX,
+        description="Modules to rescale. Unset: the model type's defaults in PEFT.",
     )
-    feedforward_modules: Optional[list[str]] = Field(
-        default=None, description="Which of targetModules are feed-forward layers. Unset: PEFT's defaults."
+    feedforward_modules: Optional[list[ModuleName]] = Field(
+        default=None, max_length=LIST_MAX,
+        description="Which of targetModules are feed-forward layers. Unset: PEFT's defaults.",
     )
+
+
+# which option blocks each method type accepts
+_METHOD_OPTIONS = {
+    "full": (),
+    "lora": ("lora",),
+    "qlora": ("lora", "quantization"),
+    "prompt-tuning": ("promptTuning",),
+    "prefix-tuning": ("prefixTuning",),
+    "ia3": ("ia3",),
+}
+_OPTION_BLOCKS = ("lora", "quantization", "promptTuning", "prefixTuning", "ia3")
+
+
+def _method_option_rules() -> list[dict]:
+    rules = []
+    for block in _OPTION_BLOCKS:
+        types = [t for t, blocks in _METHOD_OPTIONS.items() if block in blocks]
+        allowed = " or ".join(types)
+        cond = " || ".join(f"self.type == '{t}'" for t in types)
+        rules.append(
+            _cel(
+                f"!has(self.{block}) || {cond}",
+                f"method.{block} is only for method.type {allowed}; remove it or change method.type",
+                f".{block}",
+            )
+        )
+    return rules
 
 
 class MethodSpec(_Model):
     """How the model is adapted: all weights, or a parameter-efficient method."""
+
+    model_config = _rules(*_method_option_rules())
 
     type: MethodType = Field(
         default="lora",
@@ -215,22 +424,11 @@ class MethodSpec(_Model):
 
     @model_validator(mode="after")
     def _options_match_type(self) -> "MethodSpec":
-        allowed = {
-            "full": set(),
-            "lora": {"lora"},
-            "qlora": {"lora", "quantization"},
-            "prompt-tuning": {"prompt_tuning"},
-            "prefix-tuning": {"prefix_tuning"},
-            "ia3": {"ia3"},
-        }[self.type]
-        for name in ("lora", "quantization", "prompt_tuning", "prefix_tuning", "ia3"):
-            if getattr(self, name) is not None and name not in allowed:
-                raise ValueError(
-                    f"{to_camel(name)} options are not allowed for method type {self.type!r}; "
-                    f"remove them or change method.type"
-                )
-        if self.type == "prompt-tuning" and self.prompt_tuning and self.prompt_tuning.init == "text" and not self.prompt_tuning.init_text:
-            raise ValueError("promptTuning.initText is required when promptTuning.init is 'text'")
+        allowed = _METHOD_OPTIONS[self.type]
+        for block in _OPTION_BLOCKS:
+            if getattr(self, _snake(block)) is not None and block not in allowed:
+                types = " or ".join(t for t, blocks in _METHOD_OPTIONS.items() if block in blocks)
+                raise _invalid(block, f"is only for method.type {types}; remove it or change method.type")
         return self
 
     # Resolved views: options with defaults filled in for the chosen type.
@@ -249,6 +447,18 @@ class MethodSpec(_Model):
     def ia3_options(self) -> IA3Options:
         return self.ia3 or IA3Options()
 
+    def num_virtual_tokens(self) -> int:
+        """Soft-prompt length for prompt/prefix tuning, else 0."""
+        if self.type == "prompt-tuning":
+            return self.prompt_tuning_options().num_virtual_tokens
+        if self.type == "prefix-tuning":
+            return self.prefix_tuning_options().num_virtual_tokens
+        return 0
+
+
+def _snake(camel: str) -> str:
+    return re.sub(r"([A-Z])", lambda m: "_" + m.group(1).lower(), camel)
+
 
 # ------------------------------------------------------------------ training
 class GenerationEvalSpec(_Model):
@@ -261,7 +471,14 @@ class GenerationEvalSpec(_Model):
 class TrainingSpec(_Model):
     """Optimisation hyperparameters. Set exactly one of epochs or maxSteps."""
 
-    epochs: Optional[float] = Field(default=None, gt=0, le=1000, description="Passes over the training data. Exactly one of epochs/maxSteps.")
+    model_config = _rules(
+        _cel(
+            "has(self.epochs) != has(self.maxSteps)",
+            "set exactly one of training.epochs or training.maxSteps",
+        ),
+    )
+
+    epochs: Optional[float] = Field(default=None, gt=0, le=1000, description="Passes over the training data (may be fractional). Exactly one of epochs/maxSteps.")
     max_steps: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Optimizer steps to run. Exactly one of epochs/maxSteps.")
     learning_rate: Optional[float] = Field(
         default=None,
@@ -279,15 +496,15 @@ class TrainingSpec(_Model):
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(default="cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5, description="Fraction of steps with linear warmup.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
-    max_grad_norm: float = Field(default=1.0, ge=0.0, description="Gradient clipping norm (0 disables).")
+    max_grad_norm: float = Field(default=1.0, ge=0.0, le=1e6, description="Gradient clipping norm (0 disables).")
     seed: int = Field(default=42, ge=0, le=2**31 - 1, description="Seed for data order, initialisation and dropout.")
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        default="auto", description="Mixed precision. 'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU."
+        default="auto", description="Mixed precision. 'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU. fp16 needs GPUs."
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward to save memory (~30% slower).")
-    eval_every: Optional[int] = Field(default=None, ge=1, description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training.")
-    log_every: int = Field(default=1, ge=1, description="Report loss and progress every N optimizer steps.")
-    generation_eval: Optional[GenerationEvalSpec] = Field(default=None, description="Optional task accuracy from greedy generation.")
+    eval_every: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training. Needs eval data.")
+    log_every: int = Field(default=1, ge=1, le=100_000, description="Report loss and progress every N optimizer steps.")
+    generation_eval: Optional[GenerationEvalSpec] = Field(default=None, description="Optional task accuracy from greedy generation. Needs eval data.")
     liger_kernels: bool = Field(default=False, description="Use Liger fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when installed.")
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(default="none", description="Experiment tracker (must be installed in the image).")
 
@@ -314,14 +531,42 @@ class TrainingSpec(_Model):
 class DistributedSpec(_Model):
     """Nodes, GPUs and DeepSpeed ZeRO settings."""
 
+    model_config = _rules(
+        _cel(
+            "self.offload != 'parameters' || string(self.zeroStage) == '3'",
+            "distributed.offload 'parameters' needs distributed.zeroStage 3; set zeroStage: 3 or offload: optimizer",
+            ".offload",
+        ),
+        _cel(
+            "self.offload == 'none' || string(self.zeroStage) != '0'",
+            "distributed.offload needs ZeRO stage 1, 2 or 3; set zeroStage to 'auto' or a stage >= 1",
+            ".offload",
+        ),
+        _cel(
+            "!has(self.processesPerNode) || self.gpusPerNode == 0 || self.processesPerNode == self.gpusPerNode",
+            "distributed.processesPerNode must equal gpusPerNode on GPU nodes (one process per GPU); remove it or set gpusPerNode: 0 for CPU",
+            ".processesPerNode",
+        ),
+    )
+
     nodes: int = Field(default=1, ge=1, le=1024, description="Pods (machines) in the gang. Each runs torchrun.")
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per pod, requested as nvidia.com/gpu. 0 runs on CPU.")
     processes_per_node: Optional[int] = Field(
-        default=None, ge=1, le=256, description="Training processes per pod. Unset: gpusPerNode, or 1 on CPU."
+        default=None, ge=1, le=256,
+        description="Training processes per pod. Unset: gpusPerNode, or 1 on CPU. Only CPU runs (gpusPerNode 0) may choose another number.",
     )
     zero_stage: Literal["auto", "0", "1", "2", "3"] = Field(
         default="auto",
-        description="DeepSpeed ZeRO stage as a string. 'auto' picks from model size and GPU memory (2 when it fits, else 3).",
+        description=(
+            "DeepSpeed ZeRO stage: 0, 1, 2, 3 (number or string) or 'auto', which picks 2 when model "
+            "state fits in GPU memory, else 3."
+        ),
+        json_schema_extra={
+            "x-kubernetes-int-or-string": True,
+            "pattern": ZERO_STAGE_PATTERN,
+            "minimum": 0,
+            "maximum": 3,
+        },
     )
     offload: Literal["none", "optimizer", "parameters"] = Field(
         default="none",
@@ -333,6 +578,19 @@ class DistributedSpec(_Model):
     @classmethod
     def _int_stage(cls, v: Any) -> Any:
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @model_validator(mode="after")
+    def _offload_and_processes(self) -> "DistributedSpec":
+        if self.offload == "parameters" and self.zero_stage != "3":
+            raise _invalid("offload", "'parameters' needs distributed.zeroStage 3; set zeroStage: 3 or offload: optimizer")
+        if self.offload != "none" and self.zero_stage == "0":
+            raise _invalid("offload", "needs ZeRO stage 1, 2 or 3; set zeroStage to 'auto' or a stage >= 1")
+        if self.processes_per_node is not None and self.gpus_per_node and self.processes_per_node != self.gpus_per_node:
+            raise _invalid(
+                "processesPerNode",
+                "must equal gpusPerNode on GPU nodes (one process per GPU); remove it or set gpusPerNode: 0 for CPU",
+            )
+        return self
 
     def procs_per_node(self) -> int:
         return self.processes_per_node or max(self.gpus_per_node, 1)
@@ -347,17 +605,29 @@ class OutputSpec(_Model):
 
     uri: str = Field(
         min_length=1,
+        max_length=URI_MAX,
         description="Output location: 's3://bucket/prefix' or a local path. Checkpoints go to <uri>/checkpoints/, the result to <uri>/final/.",
+        json_schema_extra={"x-kubernetes-validations": [_scheme_rule(OUTPUT_SCHEMES, "output.uri")]},
     )
     checkpoint_every: Union[int, str] = Field(
         default="30m",
         description="Checkpoint cadence: a number of optimizer steps (e.g. 500) or a duration ('90s', '30m', '2h').",
+        json_schema_extra={"pattern": CHECKPOINT_EVERY_PATTERN, "minimum": 1, "maxLength": 32},
     )
     keep_last: int = Field(default=2, ge=1, le=1000, description="Committed checkpoints to keep; older ones are deleted only after a newer one is committed.")
-    export: Literal["adapter", "merged", "both"] = Field(
-        default="adapter",
-        description="What to export at the end: the PEFT adapter, the merged full model, or both. Full fine-tuning always exports merged.",
+    export: Literal["auto", "adapter", "merged", "both"] = Field(
+        default="auto",
+        description=(
+            "What to export at the end: the PEFT adapter, the merged full model, or both. 'auto': "
+            "'merged' for full fine-tuning, else 'adapter'. Full fine-tuning cannot export an adapter; "
+            "prompt-tuning and prefix-tuning export only adapters."
+        ),
     )
+
+    @field_validator("uri")
+    @classmethod
+    def _known_scheme(cls, v: str) -> str:
+        return _check_scheme(v, OUTPUT_SCHEMES)
 
     @field_validator("checkpoint_every")
     @classmethod
@@ -369,8 +639,9 @@ class OutputSpec(_Model):
                 raise ValueError("must be at least 1 step")
             return v
         if v.isdigit():
-            return int(v)
-        parse_duration_seconds(v)
+            return _cadence_steps(int(v))
+        if parse_duration_seconds(v) < 1:
+            raise ValueError("a duration must be at least 1s")
         return v
 
     def checkpoint_every_steps(self) -> Optional[int]:
@@ -380,17 +651,28 @@ class OutputSpec(_Model):
         return None if isinstance(self.checkpoint_every, int) else parse_duration_seconds(self.checkpoint_every)
 
 
+def _cadence_steps(n: int) -> int:
+    if n < 1:
+        raise ValueError("must be at least 1 step")
+    return n
+
+
 class SecretRef(_Model):
     """A reference to a Secret in the job's namespace."""
 
-    name: str = Field(min_length=1, max_length=253, description="Secret name.")
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN, description="Secret name.")
 
 
 class StorageSpec(_Model):
     """S3-compatible storage settings. Credentials come only from a Secret or the pod's cloud identity."""
 
-    endpoint: Optional[str] = Field(default=None, description="S3 endpoint URL for MinIO, Ceph RGW, GCS etc. Unset: AWS S3.")
-    region: Optional[str] = Field(default=None, description="Region, e.g. us-east-1.")
+    endpoint: Optional[str] = Field(
+        default=None,
+        max_length=URI_MAX,
+        pattern=r"^https?://[^\s/]+(/.*)?$",
+        description="S3 endpoint URL (http:// or https://) for MinIO, Ceph RGW, GCS etc. Unset: AWS S3.",
+    )
+    region: Optional[str] = Field(default=None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(default="auto", description="Bucket addressing. MinIO usually needs 'path'.")
     secret_ref: Optional[SecretRef] = Field(
         default=None,
@@ -403,20 +685,71 @@ class StorageSpec(_Model):
 class Toleration(_Model):
     """A Kubernetes toleration."""
 
-    key: Optional[str] = Field(default=None, description="Taint key.")
-    operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal.")
-    value: Optional[str] = Field(default=None, description="Taint value.")
-    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None, description="Taint effect.")
-    toleration_seconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound.")
+    model_config = _rules(
+        _cel(
+            "!has(self.operator) || self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "a toleration with operator Exists must not set a value",
+            ".value",
+        ),
+    )
+
+    key: Optional[str] = Field(default=None, max_length=317, description="Taint key. Empty with operator Exists matches all taints.")
+    operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal (default Equal).")
+    value: Optional[str] = Field(default=None, max_length=63, description="Taint value (operator Equal).")
+    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None, description="Taint effect. Empty matches all effects.")
+    toleration_seconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound after the taint appears.")
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> "Toleration":
+        if self.operator == "Exists" and self.value:
+            raise _invalid("value", "a toleration with operator Exists must not set a value")
+        return self
+
+
+class EnvVar(_Model):
+    """An environment variable set in every trainer container."""
+
+    name: str = Field(min_length=1, max_length=NAME_MAX, pattern=ENV_NAME_PATTERN, description="Variable name, e.g. NCCL_DEBUG.")
+    value: str = Field(default="", max_length=32768, description="Value.")
+
+
+_GPU_RESOURCE = "nvidia.com/gpu"
 
 
 class ResourcesSpec(_Model):
     """Per-pod compute resources besides GPUs (GPUs come from distributed.gpusPerNode)."""
 
-    requests: dict[str, Union[int, str]] = Field(default_factory=dict, description="Resource requests, e.g. {cpu: '32', memory: 256Gi}.")
-    limits: dict[str, Union[int, str]] = Field(default_factory=dict, description="Resource limits, e.g. {memory: 300Gi}.")
-    shm_size: str = Field(default="16Gi", description="Size of the /dev/shm memory volume (NCCL and data loaders need it).")
-    scratch_size: Optional[str] = Field(default=None, description="Size limit of the node-local scratch volume for the model cache and checkpoints.")
+    model_config = _rules(
+        _cel(
+            f"!('{_GPU_RESOURCE}' in self.requests) && !('{_GPU_RESOURCE}' in self.limits)",
+            f"set GPUs with distributed.gpusPerNode, not {_GPU_RESOURCE} in resources",
+        ),
+    )
+
+    requests: dict[LabelKey, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Resource requests, e.g. {cpu: '32', memory: 256Gi}."
+    )
+    limits: dict[LabelKey, Quantity] = Field(default_factory=dict, max_length=16, description="Resource limits, e.g. {memory: 300Gi}.")
+    shm_size: str = Field(
+        default="16Gi", max_length=64, pattern=QUANTITY_PATTERN,
+        description="Size of the /dev/shm memory volume (NCCL and data loaders need it).",
+    )
+    scratch_size: Optional[str] = Field(
+        default=None, max_length=64, pattern=QUANTITY_PATTERN,
+        description="Size limit of the node-local scratch volume for the model cache and checkpoints.",
+    )
+
+    @field_validator("requests", "limits")
+    @classmethod
+    def _quantities(cls, v: dict[str, Union[int, str]]) -> dict[str, Union[int, str]]:
+        return _check_quantities(v)
+
+    @model_validator(mode="after")
+    def _no_gpus_here(self) -> "ResourcesSpec":
+        for where in ("requests", "limits"):
+            if _GPU_RESOURCE in getattr(self, where):
+                raise _invalid(where, f"set GPUs with distributed.gpusPerNode, not {_GPU_RESOURCE} in resources")
+        return self
 
 
 class RunPolicy(_Model):
@@ -424,13 +757,78 @@ class RunPolicy(_Model):
 
     max_restarts: int = Field(default=3, ge=0, le=1000, description="Gang restarts after pod failures before the job fails with BackoffLimitExceeded.")
     backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the first restart; doubles each restart (capped at 1h).")
-    active_deadline_seconds: Optional[int] = Field(default=None, ge=1, description="Fail the job with DeadlineExceeded after this long running.")
-    ttl_seconds_after_finished: Optional[int] = Field(default=None, ge=0, description="Delete the finished FineTuneJob and its objects after this long.")
+    active_deadline_seconds: Optional[int] = Field(default=None, ge=1, le=31_536_000, description="Fail the job with DeadlineExceeded after this long running.")
+    ttl_seconds_after_finished: Optional[int] = Field(default=None, ge=0, le=31_536_000, description="Delete the finished FineTuneJob and its objects after this long.")
     termination_grace_seconds: int = Field(default=300, ge=10, le=86400, description="Pod grace period; on SIGTERM the trainer checkpoints within it.")
+
+
+def _spec_rules() -> list[dict]:
+    world = (
+        "(self.distributed.nodes * (has(self.distributed.processesPerNode) ? self.distributed.processesPerNode"
+        " : (self.distributed.gpusPerNode > 1 ? self.distributed.gpusPerNode : 1)))"
+    )
+    per_step = f"(self.training.microBatchSize * {world})"
+    has_eval = "(has(self.dataset.eval) || self.dataset.evalFraction > 0.0)"
+    return [
+        _cel(
+            f"self.training.globalBatchSize % {per_step} == 0",
+            "training.globalBatchSize must be divisible by training.microBatchSize x world size "
+            "(nodes x processes per node); use a multiple of that product",
+            ".training.globalBatchSize",
+            message_expression=(
+                "'training.globalBatchSize (' + string(self.training.globalBatchSize) + ') must be divisible by "
+                "microBatchSize x world size (' + string(" + per_step + ") + '); use a multiple of it'"
+            ),
+        ),
+        _cel(
+            "self.method.type != 'full' || self.output.export != 'adapter'",
+            "output.export 'adapter' is not possible with method.type 'full'; use 'merged' or 'auto'",
+            ".output.export",
+        ),
+        _cel(
+            "!(self.method.type in ['prompt-tuning', 'prefix-tuning']) || self.output.export in ['adapter', 'auto']",
+            "output.export must be 'adapter' (or 'auto') for prompt-tuning and prefix-tuning: soft prompts cannot be merged into weights",
+            ".output.export",
+        ),
+        _cel(
+            "!(self.method.type in ['prompt-tuning', 'prefix-tuning']) || !has(self.dataset.packing) || !self.dataset.packing",
+            "dataset.packing must be false for prompt-tuning and prefix-tuning: the soft prompt must lead every sample; remove packing or set it to false",
+            ".dataset.packing",
+        ),
+        *[
+            _cel(
+                f"self.method.type != '{mtype}' || (has(self.method.{block}) ? self.method.{block}.numVirtualTokens"
+                f" : {default}) < self.dataset.maxSeqLength",
+                f"dataset.maxSeqLength must be larger than method.{block}.numVirtualTokens (default {default})",
+                ".dataset.maxSeqLength",
+            )
+            for mtype, block, default in (
+                ("prompt-tuning", "promptTuning", PromptTuningOptions.model_fields["num_virtual_tokens"].default),
+                ("prefix-tuning", "prefixTuning", PrefixTuningOptions.model_fields["num_virtual_tokens"].default),
+            )
+        ],
+        _cel(
+            f"!has(self.training.evalEvery) || {has_eval}",
+            "training.evalEvery needs eval data: set dataset.eval or a dataset.evalFraction above 0, or remove evalEvery",
+            ".training.evalEvery",
+        ),
+        _cel(
+            f"!has(self.training.generationEval) || self.training.generationEval.samples == 0 || {has_eval}",
+            "training.generationEval needs eval data: set dataset.eval or a dataset.evalFraction above 0",
+            ".training.generationEval",
+        ),
+        _cel(
+            "self.training.precision != 'fp16' || self.distributed.gpusPerNode > 0",
+            "training.precision fp16 needs GPUs; use bf16, fp32 or auto with gpusPerNode 0",
+            ".training.precision",
+        ),
+    ]
 
 
 class FineTuneJobSpec(_Model):
     """What to fine-tune, on what, how, and where the result goes."""
+
+    model_config = _rules(*_spec_rules())
 
     model: ModelSpec = Field(description="The base model.")
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
@@ -439,51 +837,117 @@ class FineTuneJobSpec(_Model):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Nodes, GPUs, ZeRO.")
     output: OutputSpec = Field(description="Checkpoint and result location.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="S3 endpoint and credentials Secret.")
-    image: Optional[str] = Field(default=None, description="Trainer image. Unset: the operator's default.")
+    image: Optional[str] = Field(default=None, min_length=1, max_length=1024, description="Trainer image. Unset: the operator's default.")
     image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(default=None, description="Image pull policy.")
+    image_pull_secrets: Optional[list[Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]]] = Field(
+        default=None, max_length=16, description="Names of Secrets for pulling the trainer image from a private registry."
+    )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU, memory, shm and scratch per pod.")
-    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pods must match.")
-    tolerations: list[Toleration] = Field(default_factory=list, description="Tolerations for tainted GPU nodes.")
-    affinity: Optional[dict[str, Any]] = Field(default=None, description="Kubernetes affinity, passed through to the pods.")
-    priority_class_name: Optional[str] = Field(default=None, description="PriorityClass of the pods.")
-    scheduler_name: Optional[str] = Field(default=None, description="Scheduler for the pods (e.g. a gang scheduler).")
-    queue_name: Optional[str] = Field(default=None, description="Kueue LocalQueue. The Job is created suspended for Kueue to admit as a gang.")
-    suspend: bool = Field(default=False, description="Suspend the job: pods checkpoint and stop; false resumes from the checkpoint.")
-    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, clean-up.")
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=LIST_MAX,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+        description="Extra environment variables for every trainer container, e.g. NCCL_DEBUG=INFO or NCCL_IB_HCA. Never put credentials here: use storage.secretRef.",
+    )
+    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAP_MAX, description="Node labels the pods must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=LIST_MAX, description="Tolerations for tainted GPU nodes.")
+    affinity: Optional[dict[str, Any]] = Field(
+        default=None,
+        description="Kubernetes affinity (nodeAffinity, podAffinity, podAntiAffinity), passed through to the pods unchanged.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    pod_annotations: dict[LabelKey, AnnotationValue] = Field(
+        default_factory=dict, max_length=MAP_MAX,
+        description="Annotations added to the trainer pods, e.g. {sidecar.istio.io/inject: 'false'}.",
+    )
+    pod_labels: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=MAP_MAX, description="Labels added to the trainer pods (e.g. for cost attribution)."
+    )
+    service_account_name: Optional[str] = Field(
+        default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN,
+        description=(
+            "ServiceAccount the trainer pods run as, e.g. one bound to a cloud IAM role (IRSA, workload "
+            "identity) for S3 access without a Secret. Unset: a per-job ServiceAccount made by the operator."
+        ),
+    )
+    priority_class_name: Optional[str] = Field(
+        default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of the pods."
+    )
+    scheduler_name: Optional[str] = Field(
+        default=None, min_length=1, max_length=NAME_MAX, description="Scheduler for the pods (e.g. a gang scheduler)."
+    )
+    queue_name: Optional[str] = Field(
+        default=None, min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
+        description="Kueue LocalQueue. The Job is created suspended for Kueue to admit as a gang.",
+    )
+    suspend: bool = Field(default=False, description="Suspend the job: pods checkpoint and stop; false resumes from the checkpoint. May be changed at any time.")
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, clean-up. May be changed at any time.")
 
     @model_validator(mode="after")
     def _cross_field(self) -> "FineTuneJobSpec":
-        m, t, d, o = self.method.type, self.training, self.distributed, self.output
+        m, t, d, o, ds = self.method.type, self.training, self.distributed, self.output, self.dataset
         per_step = t.micro_batch_size * d.world_size()
         if t.global_batch_size % per_step:
-            raise ValueError(
-                f"training.globalBatchSize ({t.global_batch_size}) must be divisible by "
-                f"training.microBatchSize x world size ({t.micro_batch_size} x {d.world_size()} = {per_step}); "
-                f"use a multiple of {per_step}"
+            raise _invalid(
+                "training.globalBatchSize",
+                f"({t.global_batch_size}) must be divisible by microBatchSize x world size "
+                f"({t.micro_batch_size} x {d.world_size()} = {per_step}); use a multiple of {per_step}",
             )
-        if d.offload == "parameters" and d.zero_stage not in ("3", "auto"):
-            raise ValueError("distributed.offload 'parameters' needs distributed.zeroStage 3 (or auto)")
         if m == "full" and o.export == "adapter":
-            raise ValueError("output.export 'adapter' is not possible with method.type 'full'; use 'merged'")
-        if m in ("prompt-tuning", "prefix-tuning") and o.export != "adapter":
-            raise ValueError(f"output.export must be 'adapter' for method.type {m!r}: soft prompts cannot be merged into weights")
+            raise _invalid("output.export", "'adapter' is not possible with method.type 'full'; use 'merged' or 'auto'")
+        if m in SOFT_PROMPT_METHODS and o.export not in ("adapter", "auto"):
+            raise _invalid(
+                "output.export",
+                f"must be 'adapter' (or 'auto') for method.type {m!r}: soft prompts cannot be merged into weights",
+            )
+        if m in SOFT_PROMPT_METHODS and ds.packing:
+            raise _invalid(
+                "dataset.packing",
+                f"must be false for method.type {m!r}: the soft prompt must lead every sample; remove packing or set it to false",
+            )
+        n_virtual = self.method.num_virtual_tokens()
+        if n_virtual and n_virtual >= ds.max_seq_length:
+            field = "promptTuning" if m == "prompt-tuning" else "prefixTuning"
+            raise _invalid(
+                "dataset.maxSeqLength",
+                f"({ds.max_seq_length}) must be larger than method.{field}.numVirtualTokens ({n_virtual})",
+            )
+        if t.eval_every is not None and not ds.has_eval():
+            raise _invalid(
+                "training.evalEvery",
+                "needs eval data: set dataset.eval or a dataset.evalFraction above 0, or remove evalEvery",
+            )
+        if t.generation_eval is not None and t.generation_eval.samples > 0 and not ds.has_eval():
+            raise _invalid("training.generationEval", "needs eval data: set dataset.eval or a dataset.evalFraction above 0")
+        if t.precision == "fp16" and d.gpus_per_node == 0:
+            raise _invalid("training.precision", "fp16 needs GPUs; use bf16, fp32 or auto with gpusPerNode 0")
+        # Resolve the "auto" values that depend on other sections.
+        if ds.packing is None:
+            ds.packing = m not in SOFT_PROMPT_METHODS
+        if o.export == "auto":
+            o.export = "merged" if m == "full" else "adapter"
         return self
 
 
 # -------------------------------------------------------------------- status
 Phase = Literal["Pending", "Queued", "Initializing", "Running", "Suspended", "Restarting", "Exporting", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+TERMINAL_PHASES = ("Succeeded", "Failed")
 
 
 class Condition(_Model):
-    type: str = Field(description="Condition type, e.g. Ready, Running, Succeeded, Failed, Suspended.")
+    """One observation of the job's state (Kubernetes condition conventions)."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready, Running, Succeeded, Failed, Suspended.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: Optional[str] = Field(default=None, description="CamelCase machine-readable reason.")
-    message: Optional[str] = Field(default=None, description="Human-readable details.")
+    reason: Optional[str] = Field(default=None, max_length=1024, description="CamelCase machine-readable reason.")
+    message: Optional[str] = Field(default=None, max_length=32768, description="Human-readable details.")
     last_transition_time: Optional[str] = Field(default=None, description="When status last changed (RFC 3339).")
     observed_generation: Optional[int] = Field(default=None, description="Spec generation this condition describes.")
 
 
 class Progress(_Model):
+    """Training progress, reported by rank 0 (keys are the progress-record contract)."""
+
     step: Optional[int] = Field(default=None, description="Optimizer steps done.")
     total_steps: Optional[int] = Field(default=None, description="Optimizer steps planned.")
     epoch: Optional[float] = Field(default=None, description="Fractional epoch.")
@@ -498,12 +962,16 @@ class Progress(_Model):
 
 
 class CheckpointRef(_Model):
+    """A committed checkpoint."""
+
     step: Optional[int] = Field(default=None, description="Global step of the checkpoint.")
     uri: Optional[str] = Field(default=None, description="Where it is.")
     time: Optional[str] = Field(default=None, description="When it was committed.")
 
 
 class OutputStatus(_Model):
+    """Where the exported results are."""
+
     adapter_uri: Optional[str] = Field(default=None, description="Exported PEFT adapter.")
     merged_uri: Optional[str] = Field(default=None, description="Exported merged model.")
     summary_uri: Optional[str] = Field(default=None, description="Run summary JSON.")
@@ -511,10 +979,16 @@ class OutputStatus(_Model):
 
 
 class FineTuneJobStatus(_Model):
+    """Observed state, written by the operator and (progress only) by rank 0."""
+
     phase: Optional[Phase] = Field(default=None, description="Pending, Queued, Initializing, Running, Suspended, Restarting, Exporting, Succeeded or Failed.")
-    reason: Optional[str] = Field(default=None, description="Reason for the current phase.")
+    reason: Optional[str] = Field(default=None, description="Reason for the current phase (CamelCase), e.g. InvalidSpec, BackoffLimitExceeded.")
     message: Optional[str] = Field(default=None, description="Human-readable details.")
-    conditions: list[Condition] = Field(default_factory=list, description="Latest observations.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
     progress: Optional[Progress] = Field(default=None, description="Training progress reported by rank 0.")
     last_checkpoint: Optional[CheckpointRef] = Field(default=None, description="Newest committed checkpoint.")
     restarts: int = Field(default=0, description="Gang restarts so far.")
