@@ -1,0 +1,177 @@
+"""Model and method: the base model from a local Hugging Face folder, then PEFT (or nothing, for full).
+
+Call ``load_model`` after the TrainingArguments with the DeepSpeed config
+exist: under ZeRO-3 transformers then builds the model partitioned
+(``deepspeed.zero.Init``) instead of materialising it whole on every rank.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+from .exitcodes import PermanentError
+from .spec import FineTuneJobSpec
+
+log = logging.getLogger("kubetune.model")
+
+TORCH_DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def check_model_dir(path: str) -> None:
+    if not os.path.isdir(path) or not os.path.isfile(os.path.join(path, "config.json")):
+        raise PermanentError(
+            f"model not found: {path!r} is not a Hugging Face model folder (no config.json)", "ModelNotFound"
+        )
+
+
+def load_tokenizer(model_dir: str, spec: FineTuneJobSpec):
+    from transformers import AutoTokenizer
+
+    check_model_dir(model_dir)
+    try:
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    except Exception as e:
+        raise PermanentError(f"cannot load the tokenizer from {model_dir}: {e}", "ModelNotFound") from e
+    if tok.eos_token_id is None:
+        raise PermanentError("the tokenizer defines no EOS token; the model could not learn to stop", "InvalidModel")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token  # padding positions carry no loss and no attention
+    tok.padding_side = "right"
+    return tok
+
+
+def count_parameters(model_dir: str, spec: FineTuneJobSpec) -> int:
+    """Parameters of the base model, counted on the meta device (no memory, no weights read)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+    with torch.device("meta"):
+        m = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+    return sum(p.numel() for p in m.parameters())
+
+
+def load_dtype(spec: FineTuneJobSpec, precision: str):
+    import torch
+
+    name = spec.model.dtype if spec.model.dtype != "auto" else TORCH_DTYPES[precision]
+    return getattr(torch, name)
+
+
+def attention_implementation(spec: FineTuneJobSpec) -> str:
+    import torch
+
+    if spec.model.attention != "auto":
+        return spec.model.attention
+    if torch.cuda.is_available():
+        try:
+            import flash_attn  # noqa: F401
+
+            return "flash_attention_2"
+        except ImportError:
+            pass
+    return "sdpa"
+
+
+def quantization_config(spec: FineTuneJobSpec, precision: str):
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    q = spec.method.quantization_options()
+    compute = getattr(torch, q.compute_dtype) if q.compute_dtype != "auto" else load_dtype(spec, precision)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=q.quant_type,
+        bnb_4bit_use_double_quant=q.double_quant,
+        bnb_4bit_compute_dtype=compute,
+    )
+
+
+def peft_config(spec: FineTuneJobSpec, model_dir: str):
+    """The PEFT config for the method, or None for full fine-tuning."""
+    import peft
+
+    m = spec.method
+    task = peft.TaskType.CAUSAL_LM
+    if m.type in ("lora", "qlora"):
+        o = m.lora_options()
+        targets = "all-linear" if o.target_modules == ["all-linear"] else list(o.target_modules)
+        return peft.LoraConfig(
+            task_type=task,
+            r=o.r,
+            lora_alpha=o.alpha or 2 * o.r,
+            lora_dropout=o.dropout,
+            target_modules=targets,
+            use_dora=o.use_dora,
+            use_rslora=o.use_rslora,
+        )
+    if m.type == "prompt-tuning":
+        o = m.prompt_tuning_options()
+        text = o.init == "text"
+        return peft.PromptTuningConfig(
+            task_type=task,
+            num_virtual_tokens=o.num_virtual_tokens,
+            prompt_tuning_init=peft.PromptTuningInit.TEXT if text else peft.PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=o.init_text if text else None,
+            tokenizer_name_or_path=model_dir if text else None,
+        )
+    if m.type == "prefix-tuning":
+        o = m.prefix_tuning_options()
+        return peft.PrefixTuningConfig(task_type=task, num_virtual_tokens=o.num_virtual_tokens, prefix_projection=o.projection)
+    if m.type == "ia3":
+        o = m.ia3_options()
+        return peft.IA3Config(task_type=task, target_modules=o.target_modules, feedforward_modules=o.feedforward_modules)
+    return None
+
+
+def _numel(p) -> int:
+    return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitioned parameters are empty locally
+
+
+@dataclass
+class ModelInfo:
+    n_params: int
+    n_trainable: int
+    dtype: str
+    attention: str
+
+
+def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool):
+    """The base model with the method applied; returns (model, ModelInfo)."""
+    from transformers import AutoModelForCausalLM
+
+    check_model_dir(model_dir)
+    kwargs = dict(
+        dtype=load_dtype(spec, precision),
+        attn_implementation=attention_implementation(spec),
+        trust_remote_code=spec.model.trust_remote_code,
+    )
+    if spec.method.type == "qlora":
+        kwargs["quantization_config"] = quantization_config(spec, precision)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+    except (OSError, ValueError) as e:
+        raise PermanentError(f"cannot load the model from {model_dir}: {e}", "ModelNotFound") from e
+    model.config.use_cache = False  # no KV cache in training; it also breaks gradient checkpointing
+    if spec.method.type == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(
+            model,
+            use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+        )
+    n_params = sum(_numel(p) for p in model.parameters())
+    config = peft_config(spec, model_dir)
+    if config is not None:
+        from peft import get_peft_model
+
+        try:
+            model = get_peft_model(model, config)
+        except ValueError as e:  # e.g. target modules that do not exist in this model
+            raise PermanentError(f"method {spec.method.type}: {e}", "InvalidSpec") from e
+    n_trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
+    info = ModelInfo(n_params, n_trainable, str(kwargs["dtype"]).replace("torch.", ""), kwargs["attn_implementation"])
+    log.info("model: %s", info)
+    return model, info

@@ -1,0 +1,42 @@
+"""torchrun that keeps the trainer's exit codes.
+
+torchrun reports any worker failure as exit code 1, which would hide the
+trainer's PERMANENT (3) and PREEMPTED (75) codes from the operator. This is
+torchrun with the same arguments; when workers fail, it exits with PERMANENT
+if any worker exited 3, else PREEMPTED if any exited 75, else torchrun's 1:
+
+    python -m kubetune_trainer.torchrun --nnodes 2 --node-rank 0 --nproc-per-node 8 \\
+        --master-addr HOST --master-port 29500 -m kubetune_trainer --config job.yaml
+"""
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+from .exitcodes import PERMANENT, PREEMPTED
+
+
+def exit_code_for(worker_exit_codes: list[int]) -> int:
+    if PERMANENT in worker_exit_codes:
+        return PERMANENT
+    if PREEMPTED in worker_exit_codes:
+        return PREEMPTED
+    return 1
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.run import get_args_parser, run
+
+    args = get_args_parser().parse_args(argv)
+    try:
+        run(args)
+    except ChildFailedError as e:
+        codes = [f.exitcode for f in e.failures.values()]
+        print(f"kubetune: workers failed with exit codes {sorted(set(codes))}", file=sys.stderr, flush=True)
+        return exit_code_for(codes)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

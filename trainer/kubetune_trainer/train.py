@@ -1,0 +1,390 @@
+"""The trainer's recipe: one short ``main`` calling the stages of DESIGN.md in order.
+
+    fetch → prepare data → DeepSpeed config → model + method → train (with eval)
+    → final eval → export → summary → publish
+
+Run under torchrun, one process per GPU (or CPU process):
+
+    python -m kubetune_trainer.torchrun --nproc-per-node 2 -m kubetune_trainer --config job.yaml
+
+(``kubetune_trainer.torchrun`` is torchrun that keeps the workers' exit code 3/75;
+plain ``torchrun`` works too but reports every failure as 1.)
+
+Checkpoint plug-in points (the CheckpointManager of ``checkpoint.py``):
+  (1) ``ckpt.prepare_resume()`` → a local checkpoint dir (or None) for ``trainer.train``;
+  (2) ``ckpt.callbacks()`` → TrainerCallbacks;
+  (3) ``ckpt.training_args()`` → save settings for TrainingArguments (output_dir, save_strategy, ...);
+  (4) ``ckpt.publish_final(local_final_dir)`` → {'adapterUri', 'mergedUri', 'summaryUri'}.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import logging
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from . import exitcodes
+from .exitcodes import PermanentError
+
+log = logging.getLogger("kubetune")
+
+
+# ------------------------------------------------------------------ runtime
+@dataclass
+class Runtime:
+    rank: int
+    local_rank: int
+    world_size: int
+    nodes: int
+    scratch: str
+    cuda: bool
+
+    @classmethod
+    def from_env(cls) -> "Runtime":
+        import torch
+
+        if "RANK" not in os.environ:  # a single process without torchrun: be our own rendezvous
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                port = s.getsockname()[1]
+            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        world = int(os.environ["WORLD_SIZE"])
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        return cls(
+            rank=int(os.environ["RANK"]),
+            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+            world_size=world,
+            nodes=max(1, world // max(1, local_world)),
+            scratch=os.environ.get("KUBETUNE_SCRATCH", "/tmp/kubetune-scratch"),
+            cuda=torch.cuda.is_available(),
+        )
+
+
+def setup_logging(rank: int) -> None:
+    logging.basicConfig(
+        level=logging.INFO if rank == 0 else logging.WARNING,
+        format=f"%(asctime)s rank{rank} %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+    import transformers
+
+    transformers.logging.set_verbosity_warning() if rank == 0 else transformers.logging.set_verbosity_error()
+
+
+def load_config(path: str):
+    from pydantic import ValidationError
+
+    from .spec import load_job_file
+
+    if not os.path.exists(path):
+        raise PermanentError(f"config file {path} not found", "InvalidSpec")
+    try:
+        return load_job_file(path)
+    except ValidationError as e:
+        first = e.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise PermanentError(f"{path}: {where}: {first['msg']} ({e.error_count()} error(s))", "InvalidSpec") from None
+    except ValueError as e:
+        raise PermanentError(str(e), "InvalidSpec") from None
+
+
+# ------------------------------------------------------------------ stages
+def _has_module(name: str) -> bool:
+    return importlib.util.find_spec(f"kubetune_trainer.{name}") is not None
+
+
+def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, Optional[str]]:
+    """Local paths of the model folder and the train/eval data (downloaded once per node by fetch)."""
+    if _has_module("fetch"):
+        from . import fetch
+
+        model_dir = str(fetch.resolve_model(spec, rt.scratch))
+        train = str(fetch.resolve_dataset(spec.dataset.train, spec, rt.scratch))
+        eval_ = str(fetch.resolve_dataset(spec.dataset.eval, spec, rt.scratch)) if spec.dataset.eval else None
+        return model_dir, train, eval_
+
+    def local(uri: str) -> str:  # local paths only, until fetch.py lands
+        if uri.startswith(("s3://", "hf://")):
+            raise PermanentError(f"{uri}: remote sources need kubetune_trainer.fetch", "InvalidSpec")
+        return uri[len("file://"):] if uri.startswith("file://") else uri
+
+    return local(spec.model.source), local(spec.dataset.train), local(spec.dataset.eval) if spec.dataset.eval else None
+
+
+def prepare_data(spec, tokenizer, train_path: str, eval_path: Optional[str], rt: Runtime):
+    from . import data
+
+    packing = spec.dataset.packing
+    if packing and spec.method.type in ("prompt-tuning", "prefix-tuning"):
+        log.warning("dataset.packing is off for %s: virtual tokens are per sequence, not per packed sample", spec.method.type)
+        packing = False
+    return data.prepare(spec.dataset, tokenizer, train_path, eval_path, spec.training.seed, packing,
+                        cache_dir=os.path.join(rt.scratch, "datasets-cache"))
+
+
+@dataclass
+class Plan:
+    batch: object
+    precision: str
+    zero_stage: int
+    ds_config: dict
+
+
+def plan_deepspeed(spec, model_dir: str, rt: Runtime) -> Plan:
+    import torch
+
+    from . import dsconfig, model
+
+    batch = dsconfig.batch_plan(spec, rt.world_size)
+    precision = dsconfig.resolve_precision(spec, rt.cuda, rt.cuda and torch.cuda.is_bf16_supported())
+    stage = spec.distributed.zero_stage
+    if stage == "auto":
+        n = model.count_parameters(model_dir, spec)
+        trainable = n if spec.method.type == "full" else int(0.02 * n)  # PEFT: a few percent at most
+        gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
+        stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
+    stage = int(stage)
+    log.info("plan: %s, precision %s, ZeRO-%d", batch, precision, stage)
+    return Plan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
+
+
+class LocalOnlyCheckpoints:
+    """Stand-in until checkpoint.CheckpointManager lands: no checkpoints, final artifacts stay local."""
+
+    def __init__(self, spec, rt: Runtime):
+        self.local_dir = os.path.join(rt.scratch, "checkpoints")
+
+    def prepare_resume(self) -> Optional[str]:
+        return None
+
+    def callbacks(self) -> list:
+        return []
+
+    def training_args(self) -> dict:
+        return {"output_dir": self.local_dir, "save_strategy": "no"}
+
+    def publish_final(self, local_final_dir: str) -> dict:
+        uris = {}
+        for key, name in (("adapterUri", "adapter"), ("mergedUri", "merged"), ("summaryUri", "summary.json")):
+            p = os.path.join(local_final_dir, name)
+            if os.path.exists(p):
+                uris[key] = p
+        return uris
+
+
+def checkpoint_manager(spec, rt: Runtime, reporters):
+    if _has_module("checkpoint"):
+        from .checkpoint import CheckpointManager
+
+        return CheckpointManager(spec, scratch=rt.scratch, reporters=reporters)
+    return LocalOnlyCheckpoints(spec, rt)
+
+
+def local_final_dir(spec, rt: Runtime) -> str:
+    """<output>/final for a local output; scratch/final (published by the checkpoint manager) for S3."""
+    uri = spec.output.uri
+    if uri.startswith("s3://"):
+        return os.path.join(rt.scratch, "final")
+    return os.path.join(uri[len("file://"):] if uri.startswith("file://") else uri, "final")
+
+
+def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
+    from transformers import TrainingArguments
+
+    t = spec.training
+    has_eval = bool(data.eval)
+    length = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
+    return TrainingArguments(
+        **ckpt.training_args(),
+        **length,
+        per_device_train_batch_size=plan.batch.micro_batch,
+        per_device_eval_batch_size=plan.batch.micro_batch,
+        gradient_accumulation_steps=plan.batch.accumulation,
+        learning_rate=t.resolved_learning_rate(spec.method.type),
+        lr_scheduler_type=t.scheduler,
+        warmup_steps=t.warmup_ratio,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        bf16=plan.precision == "bf16",
+        fp16=plan.precision == "fp16",
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        eval_strategy=("steps" if t.eval_every else "epoch") if has_eval else "no",
+        eval_steps=t.eval_every,
+        eval_on_start=has_eval,
+        logging_strategy="steps",
+        logging_steps=t.log_every,
+        report_to=[] if t.tracker == "none" else [t.tracker],
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        train_sampling_strategy="random" if spec.dataset.shuffle else "sequential",
+        disable_tqdm=True,
+        ddp_timeout=spec.distributed.rendezvous_timeout_seconds,
+        use_cpu=not rt.cuda,
+        deepspeed=plan.ds_config,
+    )
+
+
+def build_trainer(spec, net, tokenizer, args, data, callbacks):
+    from . import data as data_mod
+    from . import evaluate
+
+    from transformers import PrinterCallback, Trainer
+
+    class KubetuneTrainer(Trainer):
+        """The HF Trainer with exact token-weighted evaluation (see evaluate.py)."""
+
+        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+            model = self.model_wrapped if self.is_deepspeed_enabled and self.deepspeed is not None else self.model
+            metrics = evaluate.eval_loss(model, data.eval, self.data_collator, self.args.per_device_eval_batch_size, self.args.device)
+            self.eval_history.append({"step": self.state.global_step, **metrics})
+            self.log(metrics)
+            self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+            return metrics
+
+    trainer = KubetuneTrainer(
+        model=net,
+        args=args,
+        train_dataset=_ListDataset(data.train),
+        eval_dataset=_ListDataset(data.eval) if data.eval else None,
+        data_collator=data_mod.Collator(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=callbacks,
+    )
+    trainer.remove_callback(PrinterCallback)  # our ConsoleReporter prints progress
+    trainer.eval_history = []
+    return trainer
+
+
+def _ListDataset(rows: list):
+    import torch.utils.data
+
+    class ListDataset(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            return rows[i]
+
+    return ListDataset()
+
+
+def final_evaluation(trainer, spec, data, tokenizer, plan: Plan) -> dict:
+    from . import evaluate
+
+    if not data.eval:
+        return {}
+    metrics = trainer.evaluate()
+    g = spec.training.generation_eval
+    if g and g.samples:
+        metrics.update(evaluate.generation_accuracy(
+            trainer.model, data.eval_examples, data.format, tokenizer, g.samples, g.max_new_tokens,
+            trainer.args.device, synced=plan.zero_stage == 3,
+        ))
+    return metrics
+
+
+def build_summary(job, rt: Runtime, plan: Plan, data, info, trainer, train_result, metrics: dict, wall: float, resumed_from) -> dict:
+    state = trainer.state
+    runtime = train_result.metrics.get("train_runtime") or wall
+    history = [
+        {k: v for k, v in h.items() if k in ("step", "epoch", "loss", "grad_norm", "learning_rate", "eval_loss")}
+        for h in state.log_history
+    ]
+    return {
+        "job": job.metadata.name,
+        "method": job.spec.method.type,
+        "format": data.format,
+        "worldSize": rt.world_size,
+        "nodes": rt.nodes,
+        "zeroStage": plan.zero_stage,
+        "precision": plan.precision,
+        "microBatchSize": plan.batch.micro_batch,
+        "gradientAccumulation": plan.batch.accumulation,
+        "globalBatchSize": plan.batch.global_batch,
+        "packing": data.packing,
+        "steps": state.global_step,
+        "epochs": state.epoch,
+        "tokensSeen": state.num_input_tokens_seen,
+        "trainLoss": train_result.training_loss,
+        "initialEvalLoss": trainer.eval_history[0]["eval_loss"] if trainer.eval_history else None,
+        "evalLoss": metrics.get("eval_loss"),
+        "perplexity": metrics.get("eval_perplexity"),
+        "evalTokens": metrics.get("eval_tokens"),
+        "exactMatch": metrics.get("eval_exact_match"),
+        "trainRuntimeSeconds": runtime,
+        "wallSeconds": wall,
+        "tokensPerSecond": state.num_input_tokens_seen / runtime if runtime else None,
+        "resumedFrom": resumed_from,
+        "model": asdict(info),
+        "data": {"train": data.train_stats.as_dict(), "eval": data.eval_stats.as_dict() if data.eval_stats else None},
+        "history": history,
+        "spec": job.spec.model_dump(by_alias=True, mode="json"),
+    }
+
+
+# -------------------------------------------------------------------- main
+def run(config_path: str) -> None:
+    started = time.time()
+    job = load_config(config_path)
+    spec = job.spec
+    rt = Runtime.from_env()
+    setup_logging(rt.rank)
+    from . import export, model, progress
+
+    reporters = progress.reporters_from_env(rt.rank)
+    try:
+        reporters.event({"event": "phase", "phase": "Initializing"})
+        model_dir, train_path, eval_path = fetch_inputs(spec, rt)
+        tokenizer = model.load_tokenizer(model_dir, spec)
+        data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
+        plan = plan_deepspeed(spec, model_dir, rt)
+        ckpt = checkpoint_manager(spec, rt, reporters)
+        args = training_arguments(spec, plan, ckpt, data, rt)  # before the model: ZeRO-3 builds it partitioned
+
+        import transformers
+
+        transformers.set_seed(spec.training.seed)
+        net, info = model.load_model(spec, model_dir, plan.precision, spec.training.gradient_checkpointing)
+        callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
+        trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
+
+        resume_dir = ckpt.prepare_resume()
+        reporters.event({"event": "phase", "phase": "Running"})
+        result = trainer.train(resume_from_checkpoint=resume_dir)
+        metrics = final_evaluation(trainer, spec, data, tokenizer, plan)
+
+        reporters.event({"event": "phase", "phase": "Exporting"})
+        final_dir = local_final_dir(spec, rt)
+        export.export_model(trainer, spec, tokenizer, model_dir, final_dir, rt.scratch, model.load_dtype(spec, plan.precision))
+        if rt.rank == 0:
+            export.write_summary(final_dir, build_summary(job, rt, plan, data, info, trainer, result, metrics, time.time() - started, resume_dir))
+        uris = ckpt.publish_final(final_dir)
+        reporters.event({"event": "exported", **uris, "metrics": _status_metrics(metrics)})
+    finally:
+        reporters.close()
+
+
+def _status_metrics(metrics: dict) -> dict:
+    names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch"}
+    return {names[k]: float(v) for k, v in metrics.items() if k in names}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description="Run one FineTuneJob (under torchrun).")
+    parser.add_argument("--config", required=True, help="FineTuneJob manifest (YAML or JSON)")
+    args = parser.parse_args(argv)
+    try:
+        run(args.config)
+    except PermanentError as e:
+        print(f"kubetune: error: {e.reason}: {e}", file=sys.stderr, flush=True)
+        return exitcodes.PERMANENT
+    return exitcodes.OK
