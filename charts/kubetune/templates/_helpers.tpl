@@ -71,13 +71,19 @@ any grant here that is not in its reviewed list).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
-# Per job: the training config, the rendezvous Service, the pod identity.
+# Per job: the training config and the rendezvous Service.
 - apiGroups: [""]
-  resources: ["configmaps", "services", "serviceaccounts"]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "create", "delete"]
+{{- if .Values.jobDefaults.statusReporter }}
+# Per job: rank 0's identity, allowed only to patch that job's status.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
   verbs: ["get", "create", "delete"]
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create", "delete"]
+{{- end }}
 # The gang: one Indexed Job per attempt; suspend/resume patches it.
 - apiGroups: ["batch"]
   resources: ["jobs"]
