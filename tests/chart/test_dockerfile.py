@@ -1,0 +1,267 @@
+"""The Dockerfile: lints clean, has both targets, and the operator image cannot
+contain torch. (No Docker engine here: the images are not built by the tests.)"""
+from __future__ import annotations
+
+import fnmatch
+import re
+import shlex
+import subprocess
+import sys
+import tomllib
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+
+from conftest import ROOT
+
+DOCKERFILE = ROOT / "Dockerfile"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+# Never in the operator image: torch itself, and what exists only to run it.
+HEAVY = {"torch", "deepspeed", "transformers", "accelerate", "peft", "bitsandbytes", "triton"}
+
+
+@dataclass
+class Stage:
+    name: str
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def args(self, keyword: str) -> list[str]:
+        return [rest for kw, rest in self.instructions if kw == keyword]
+
+
+def parse_dockerfile(text: str) -> tuple[dict[str, str], dict[str, Stage]]:
+    """Global ARG defaults and the stages, by name, with their instructions."""
+    lines, current = [], ""
+    for raw in text.splitlines():
+        if not current and (not raw.strip() or raw.lstrip().startswith("#")):
+            continue
+        if raw.lstrip().startswith("#"):
+            continue  # comment inside a continued instruction
+        if raw.rstrip().endswith("\\"):
+            current += raw.rstrip()[:-1] + " "
+            continue
+        lines.append(current + raw)
+        current = ""
+    global_args: dict[str, str] = {}
+    stages: dict[str, Stage] = {}
+    stage = None
+    for line in lines:
+        keyword, _, rest = line.strip().partition(" ")
+        keyword = keyword.upper()
+        if keyword == "FROM":
+            m = re.fullmatch(r"(?:--platform=\S+\s+)?(\S+)(?:\s+AS\s+(\S+))?", rest.strip(), flags=re.I)
+            assert m, f"unparsed FROM {rest}"
+            stage = Stage(name=m.group(2) or str(len(stages)), base=m.group(1))
+            stages[stage.name] = stage
+        elif stage is None:
+            if keyword == "ARG" and "=" in rest:
+                k, v = rest.strip().split("=", 1)
+                global_args[k] = v.strip('"')
+        else:
+            stage.instructions.append((keyword, rest.strip()))
+    return global_args, stages
+
+
+def expand(value: str, args: dict[str, str]) -> str:
+    return re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+
+
+@pytest.fixture(scope="module")
+def dockerfile():
+    return parse_dockerfile(DOCKERFILE.read_text())
+
+
+def stage_chain(stages: dict[str, Stage], target: str) -> list[Stage]:
+    """The target and every stage it builds on or copies from."""
+    seen, todo = [], [target]
+    while todo:
+        name = todo.pop()
+        if name in {s.name for s in seen} or name not in stages:
+            continue
+        stage = stages[name]
+        seen.append(stage)
+        todo.append(stage.base)
+        for kw, rest in stage.instructions:
+            todo += re.findall(r"--from=([\w.-]+)", rest)
+    return seen
+
+
+def test_hadolint_passes():
+    hadolint = Path(sys.executable).with_name("hadolint")
+    out = subprocess.run([str(hadolint), "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_both_targets_exist_on_the_right_bases(dockerfile):
+    args, stages = dockerfile
+    assert {"operator", "trainer"} <= set(stages)
+    operator_base = expand(stages["operator"].base, args)
+    assert re.fullmatch(r"python:3\.1[0-9]+-slim(-\w+)?", operator_base), operator_base
+    trainer_base = expand(stages["trainer"].base, args)
+    assert trainer_base.startswith("pytorch/pytorch:") and "cuda" in trainer_base, trainer_base
+    # The trainer's DeepSpeed ops compile in the CUDA devel image.
+    build = expand(stages["trainer-build"].base, args)
+    assert build.startswith("pytorch/pytorch:") and build.endswith("-devel")
+    assert trainer_base.replace("-runtime", "") == build.replace("-devel", ""), "build and runtime must share torch/CUDA"
+
+
+def _uid(stage: Stage) -> int:
+    users = stage.args("USER")
+    assert users, f"stage {stage.name} sets no USER"
+    user = users[-1].split(":")[0]
+    assert user.isdigit(), f"stage {stage.name}: USER {user} is not numeric (runAsNonRoot cannot verify names)"
+    return int(user)
+
+
+def test_targets_run_as_numeric_non_root(dockerfile):
+    _, stages = dockerfile
+    from kubetune_operator.settings import OperatorSettings
+
+    assert _uid(stages["operator"]) != 0
+    # Trainer pods run as the operator's default uid; the image's user must match it.
+    assert _uid(stages["trainer"]) == OperatorSettings().run_as_user != 0
+
+
+def test_trainer_scratch_is_where_the_operator_points_it(dockerfile):
+    from kubetune_operator import builders
+
+    _, stages = dockerfile
+    env = " ".join(stages["trainer"].args("ENV"))
+    assert f"KUBETUNE_SCRATCH={builders.SCRATCH_DIR}" in env
+    run = " ".join(stages["trainer"].args("RUN"))
+    assert f"mkdir -p /home/kubetune {builders.SCRATCH_DIR}" in run and f"chown 1000:1000 /home/kubetune {builders.SCRATCH_DIR}" in run
+
+
+def test_trainer_prebuilds_deepspeed_ops_of_the_pinned_version(dockerfile):
+    _, stages = dockerfile
+    build = stages["trainer-build"]
+    pin = [r for r in PYPROJECT["project"]["optional-dependencies"]["trainer"] if r.startswith("deepspeed")]
+    assert pin == [f"deepspeed=={_arg(build, 'DEEPSPEED_VERSION')}"], "Dockerfile DEEPSPEED_VERSION != pyproject pin"
+    run = " ".join(build.args("RUN"))
+    for op in ("DS_BUILD_FUSED_ADAM=1", "DS_BUILD_CPU_ADAM=1"):
+        assert op in run
+    assert "--no-build-isolation" in run and "TORCH_CUDA_ARCH_LIST" in run
+
+
+def _arg(stage: Stage, name: str) -> str:
+    for rest in stage.args("ARG"):
+        k, _, v = rest.partition("=")
+        if k == name:
+            return v.strip('"')
+    raise AssertionError(f"no ARG {name} in {stage.name}")
+
+
+def _pip_installs(stage: Stage) -> list[list[str]]:
+    """Each `pip install` in the stage's RUN lines, as its argument list."""
+    found = []
+    for run in stage.args("RUN"):
+        lexer = shlex.shlex(run, posix=True, punctuation_chars=True)
+        lexer.whitespace_split = True
+        command: list[str] = []
+        for word in [*lexer, "&&"]:
+            if word in ("&&", ";", "||", "|"):
+                for i in range(len(command) - 1):
+                    if command[i].endswith("pip") and command[i + 1] == "install":
+                        found.append(command[i + 2:])
+                command = []
+            else:
+                command.append(word)
+    return found
+
+
+def test_operator_image_installs_only_the_operator_extra(dockerfile):
+    _, stages = dockerfile
+    chain = stage_chain(stages, "operator")
+    installs = [args for stage in chain for args in _pip_installs(stage)]
+    assert installs, "the operator stages install nothing?"
+    for args in installs:
+        packages = [a for a in args if not a.startswith("-")]
+        assert packages == [".[operator]"], f"operator image pip install {args}: only .[operator] is allowed"
+    text = " ".join(rest for stage in chain for _, rest in stage.instructions)
+    assert "torch" not in text.replace("find_spec('torch')", "").replace("torch found", ""), \
+        "the operator stages mention torch outside the no-torch guard"
+    # The build itself refuses an image with torch in it.
+    assert any("find_spec('torch')" in r for s in chain for r in s.args("RUN"))
+
+
+def test_trainer_image_installs_the_trainer_extra(dockerfile):
+    _, stages = dockerfile
+    installs = [args for args in _pip_installs(stages["trainer"])]
+    assert any(any(a.endswith("[trainer]") for a in args) for args in installs)
+
+
+def dependency_closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
+    """Distribution names needed by `requirements` (with the given extras),
+    followed through the installed packages' metadata."""
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(Requirement(r), extras) for r in requirements]
+    names: set[str] = set()
+    while todo:
+        req, active = todo.pop()
+        envs = [{"extra": e} for e in active] or [{"extra": ""}]
+        if req.marker is not None and not any(req.marker.evaluate(env) for env in envs):
+            continue
+        key = (canonicalize_name(req.name), frozenset(req.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        names.add(key[0])
+        try:
+            dist = metadata.distribution(req.name)
+        except metadata.PackageNotFoundError:
+            raise AssertionError(f"{req.name} is needed but not installed: cannot follow its dependencies")
+        todo += [(Requirement(r), frozenset(req.extras)) for r in dist.requires or []]
+    return names
+
+
+def _extra(name: str) -> list[str]:
+    return PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"][name]
+
+
+def test_operator_extra_pulls_no_torch():
+    closure = dependency_closure(_extra("operator"))
+    assert {"kopf", "kubernetes", "prometheus-client", "pydantic"} <= closure
+    assert not closure & HEAVY, f"the operator extra pulls {sorted(closure & HEAVY)}"
+    assert not {n for n in closure if n.startswith("nvidia-")}
+
+
+def test_the_closure_check_would_see_torch():
+    """Guard against a vacuous check: the same walk finds torch for the trainer."""
+    assert {"torch", "deepspeed", "transformers"} <= dependency_closure(_extra("trainer"))
+
+
+def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies(dockerfile):
+    _, stages = dockerfile
+    patterns = [p.strip() for p in (ROOT / ".dockerignore").read_text().splitlines()
+                if p.strip() and not p.startswith("#")]
+
+    def ignored(path: str) -> bool:
+        # Docker's rules: patterns are cleaned (no trailing slash), the last
+        # matching pattern wins, and a pattern matching a parent folder
+        # matches everything in it.
+        parts = path.split("/")
+        prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+        result = False
+        for p in patterns:
+            negate = p.startswith("!")
+            pat = (p[1:] if negate else p).rstrip("/")
+            if any(fnmatch.fnmatch(prefix, pat) for prefix in prefixes):
+                result = not negate
+        return result
+
+    sources = set()
+    for stage in stages.values():
+        for rest in stage.args("COPY"):
+            if "--from=" in rest:
+                continue
+            sources.update(shlex.split(rest)[:-1])
+    assert sources == {"pyproject.toml", "README.md", "operator/", "trainer/"}
+    for src in sources:
+        assert not ignored(src.rstrip("/")), f"{src} is copied but .dockerignore excludes it"
+    for private in (".venv", ".git", ".tools", "tests", "runs", "operator/kubetune_operator/__pycache__"):
+        assert ignored(private), f"{private} would be sent to the Docker daemon"
