@@ -1,0 +1,483 @@
+"""Pure builders: a FineTuneJob manifest -> the Kubernetes objects that run it.
+
+No I/O here: every function takes dicts and settings and returns dicts, so the
+operator, `kubetune render` and the unit tests share one truth.
+
+Per job (names derived from the FineTuneJob's name ``N``):
+- ConfigMap ``N-config``: the resolved manifest (defaults filled), the
+  trainer's ``--config``;
+- headless Service ``N``: DNS for the gang, ``<N>-a<k>-<index>.N``;
+- ServiceAccount ``N-trainer``, Role + RoleBinding ``N-status-reporter``: may
+  only ``patch`` ``finetunejobs/status`` of this one job (rank 0's reports);
+- per attempt ``k``: an Indexed batch/v1 Job ``N-a<k>``, one pod per node.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+from typing import Any, Optional
+
+import yaml
+
+from kubetune_trainer import spec as api
+from kubetune_operator.settings import OperatorSettings
+
+# Labels and annotations the operator sets on what it creates.
+LABEL_JOB = "kubetune.io/job"  # FineTuneJob name
+LABEL_ATTEMPT = "kubetune.io/attempt"  # attempt number of a batch Job and its pods
+LABEL_KUEUE_QUEUE = "kueue.x-k8s.io/queue-name"
+ANNOTATION_SPEC_HASHES = "kubetune.io/spec-hashes"  # per-field hashes of the spec an attempt was built from
+ANNOTATION_GENERATION = "kubetune.io/generation"
+COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+CONTAINER = "trainer"
+CONFIG_KEY = "finetunejob.yaml"
+CONFIG_DIR = "/etc/kubetune"
+SCRATCH_DIR = "/scratch"
+SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+PERMANENT_EXIT_CODE = 3
+
+# Pod hostnames are "<job>-a<attempt>-<index>" and must fit a DNS label (63):
+# with up to 4 digits of attempt and of index that leaves 52 for the name.
+MAX_NAME_LENGTH = 52
+
+# Spec fields that may change while a job runs; everything else is fixed at start.
+MUTABLE_SPEC_FIELDS = ("suspend", "runPolicy")
+
+
+class InvalidJob(ValueError):
+    """A manifest the operator cannot run; the message says what and where."""
+
+
+# ------------------------------------------------------------------- names
+def service_name(job: str) -> str:
+    return job
+
+
+def config_map_name(job: str) -> str:
+    return f"{job}-config"
+
+
+def service_account_name(job: str) -> str:
+    return f"{job}-trainer"
+
+
+def role_name(job: str) -> str:
+    return f"{job}-status-reporter"
+
+
+def batch_job_name(job: str, attempt: int) -> str:
+    return f"{job}-a{attempt}"
+
+
+def rank0_address(job: str, attempt: int) -> str:
+    """DNS name of rank 0's pod (resolves inside the job's namespace)."""
+    return f"{batch_job_name(job, attempt)}-0.{service_name(job)}"
+
+
+# ------------------------------------------------------------------ parsing
+def parse_job(job_dict: dict[str, Any]):
+    """Validate a manifest with the API model; raise InvalidJob with field paths."""
+    from pydantic import ValidationError
+
+    name = (job_dict.get("metadata") or {}).get("name") or ""
+    if not name:
+        raise InvalidJob("metadata.name is required")
+    if len(name) > MAX_NAME_LENGTH:
+        raise InvalidJob(
+            f"metadata.name {name!r} has {len(name)} characters; at most {MAX_NAME_LENGTH} fit "
+            f"the pod hostnames '<name>-a<attempt>-<index>' (63). Use a shorter name."
+        )
+    body = {k: v for k, v in job_dict.items() if k in ("apiVersion", "kind", "metadata", "spec")}
+    try:
+        return api.load_job(body)
+    except ValidationError as e:
+        parts = []
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err.get("loc", ()))
+            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
+        raise InvalidJob("; ".join(parts)) from None
+
+
+def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """The manifest with every default filled in: what the trainer reads as --config.
+
+    Operator-level defaults (storage endpoint/region/secret, image) are applied
+    here so the ConfigMap shows exactly what the job runs with.
+    """
+    job = parse_job(job_dict)
+    spec = job.spec
+    storage = spec.storage
+    if storage.endpoint is None and settings.default_storage_endpoint:
+        storage.endpoint = settings.default_storage_endpoint
+    if storage.region is None and settings.default_storage_region:
+        storage.region = settings.default_storage_region
+    if storage.secret_ref is None and settings.default_storage_secret:
+        storage.secret_ref = api.SecretRef(name=settings.default_storage_secret)
+    if spec.image is None:
+        spec.image = settings.trainer_image
+    if spec.image_pull_policy is None:
+        spec.image_pull_policy = settings.image_pull_policy
+    meta = job_dict.get("metadata") or {}
+    out = job.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status", "metadata"})
+    out["metadata"] = {k: meta[k] for k in ("name", "namespace") if meta.get(k)}
+    return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": out.pop("metadata"), **out}
+
+
+def normalized_spec(job_dict: dict[str, Any]) -> dict[str, Any]:
+    """The spec with the API model's defaults filled (no operator defaults): what a user asked for."""
+    return parse_job(job_dict).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+def spec_hashes(spec: dict[str, Any]) -> dict[str, str]:
+    """Short hashes of each immutable top-level field of a normalized spec (to name what changed)."""
+    return {
+        key: hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+        for key, value in sorted(spec.items())
+        if key not in MUTABLE_SPEC_FIELDS
+    }
+
+
+def changed_spec_fields(job_dict: dict[str, Any], recorded: dict[str, str]) -> list[str]:
+    """Immutable spec fields of the manifest whose hash differs from the recorded one."""
+    now = spec_hashes(normalized_spec(job_dict))
+    return sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
+
+
+# ----------------------------------------------------------------- objects
+def owner_reference(job_dict: dict[str, Any]) -> Optional[dict[str, Any]]:
+    meta = job_dict.get("metadata") or {}
+    if not meta.get("uid"):
+        return None  # rendering offline: no live owner yet
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.KIND,
+        "name": meta["name"],
+        "uid": meta["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(job_dict: dict[str, Any], name: str, extra_labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+    meta = job_dict.get("metadata") or {}
+    labels = {
+        "app.kubernetes.io/name": "kubetune",
+        "app.kubernetes.io/component": "trainer",
+        "app.kubernetes.io/managed-by": "kubetune-operator",
+        LABEL_JOB: meta["name"],
+    }
+    labels.update(extra_labels or {})
+    out: dict[str, Any] = {"name": name, "labels": labels}
+    if meta.get("namespace"):
+        out["namespace"] = meta["namespace"]
+    owner = owner_reference(job_dict)
+    if owner:
+        out["ownerReferences"] = [owner]
+    return out
+
+
+def _hashes_annotation(job_dict: dict[str, Any]) -> str:
+    return json.dumps(spec_hashes(normalized_spec(job_dict)), sort_keys=True, separators=(",", ":"))
+
+
+def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    manifest = resolved_manifest(job_dict, settings)
+    meta = _metadata(job_dict, config_map_name(job_dict["metadata"]["name"]))
+    meta["annotations"] = {ANNOTATION_SPEC_HASHES: _hashes_annotation(job_dict)}
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {CONFIG_KEY: yaml.safe_dump(manifest, sort_keys=False)},
+    }
+
+
+def build_service(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    name = job_dict["metadata"]["name"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job_dict, service_name(name)),
+        "spec": {
+            "clusterIP": "None",
+            # Ranks resolve each other before any of them is ready.
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: name},
+            "ports": [{"name": "rendezvous", "port": settings.rendezvous_port, "targetPort": settings.rendezvous_port, "protocol": "TCP"}],
+        },
+    }
+
+
+def build_service_account(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": _metadata(job_dict, service_account_name(job_dict["metadata"]["name"])),
+        # Pods get an explicit projected token (see the pod template), never the automatic one.
+        "automountServiceAccountToken": False,
+    }
+
+
+def build_role(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    name = job_dict["metadata"]["name"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": _metadata(job_dict, role_name(name)),
+        "rules": [
+            {
+                "apiGroups": [api.GROUP],
+                "resources": [f"{api.PLURAL}/status"],
+                "resourceNames": [name],
+                "verbs": ["patch"],
+            }
+        ],
+    }
+
+
+def build_role_binding(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    meta = job_dict["metadata"]
+    name = meta["name"]
+    subject = {"kind": "ServiceAccount", "name": service_account_name(name)}
+    if meta.get("namespace"):
+        subject["namespace"] = meta["namespace"]
+    return {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": _metadata(job_dict, role_name(name)),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(name)},
+        "subjects": [subject],
+    }
+
+
+def _quantity(v: Any) -> str:
+    return str(v)
+
+
+def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: OperatorSettings, attempt: int) -> list[dict[str, Any]]:
+    meta = job_dict["metadata"]
+    env: list[dict[str, Any]] = [
+        # Set by the Job controller too; declared here so $(JOB_COMPLETION_INDEX) in args
+        # is defined by the template itself (and by any executor that reads it).
+        {
+            "name": "JOB_COMPLETION_INDEX",
+            "valueFrom": {"fieldRef": {"fieldPath": f"metadata.annotations['{COMPLETION_INDEX_ANNOTATION}']"}},
+        },
+        {"name": "KUBETUNE_JOB_NAME", "value": meta["name"]},
+        {"name": "KUBETUNE_JOB_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "KUBETUNE_ATTEMPT", "value": str(attempt)},
+        {"name": "KUBETUNE_SCRATCH", "value": SCRATCH_DIR},
+        {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
+        {"name": "HOME", "value": f"{SCRATCH_DIR}/home"},
+        {"name": "PYTHONUNBUFFERED", "value": "1"},
+    ]
+    if settings.status_reporter:
+        env.append({"name": "KUBETUNE_REPORTER", "value": "kubernetes"})
+    storage = spec.get("storage") or {}
+    secret = (storage.get("secretRef") or {}).get("name")
+    if secret:
+        for key, optional in (("AWS_ACCESS_KEY_ID", False), ("AWS_SECRET_ACCESS_KEY", False), ("AWS_SESSION_TOKEN", True)):
+            env.append({"name": key, "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": optional}}})
+    hub = (storage.get("hubSecretRef") or {}).get("name")
+    if hub:
+        env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hub, "key": "HF_TOKEN"}}})
+    return env
+
+
+def build_batch_job(
+    job_dict: dict[str, Any],
+    settings: OperatorSettings,
+    attempt: int,
+    recorded_spec_hashes: Optional[str] = None,
+) -> dict[str, Any]:
+    """The Indexed Job of one attempt: ``nodes`` pods, each running torchrun.
+
+    For a restart, ``job_dict`` carries the spec stored in the ConfigMap and
+    ``recorded_spec_hashes`` the ConfigMap's annotation, so every attempt runs
+    the spec the job started with.
+    """
+    if attempt < 1:
+        raise ValueError("attempt numbers start at 1")
+    manifest = resolved_manifest(job_dict, settings)
+    spec = manifest["spec"]
+    name = manifest["metadata"]["name"]
+    dist = spec["distributed"]
+    nodes = int(dist["nodes"])
+    gpus = int(dist["gpusPerNode"])
+    procs = int(dist.get("processesPerNode") or max(gpus, 1))
+    rp = spec["runPolicy"]
+    res = spec["resources"]
+    jname = batch_job_name(name, attempt)
+
+    requests = {k: _quantity(v) for k, v in (res.get("requests") or {}).items()}
+    limits = {k: _quantity(v) for k, v in (res.get("limits") or {}).items()}
+    if gpus:
+        requests["nvidia.com/gpu"] = str(gpus)
+        limits["nvidia.com/gpu"] = str(gpus)
+    resources: dict[str, Any] = {}
+    if requests:
+        resources["requests"] = requests
+    if limits:
+        resources["limits"] = limits
+
+    args = [
+        f"--nnodes={nodes}",
+        f"--nproc-per-node={procs}",
+        "--node-rank=$(JOB_COMPLETION_INDEX)",
+        f"--master-addr={rank0_address(name, attempt)}",
+        f"--master-port={settings.rendezvous_port}",
+        "-m",
+        "kubetune_trainer",
+        "--config",
+        f"{CONFIG_DIR}/{CONFIG_KEY}",
+    ]
+    volume_mounts = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "scratch", "mountPath": SCRATCH_DIR},
+    ]
+    scratch: dict[str, Any] = {}
+    if res.get("scratchSize"):
+        scratch["sizeLimit"] = res["scratchSize"]
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": config_map_name(name)}},
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shmSize", "16Gi")}},
+        {"name": "scratch", "emptyDir": scratch},
+    ]
+    if settings.status_reporter:
+        # The only API credential a trainer pod holds: a short-lived token of the job's
+        # ServiceAccount, whose Role may patch nothing but this job's status.
+        volumes.append(
+            {
+                "name": "status-token",
+                "projected": {
+                    "defaultMode": 0o444,
+                    "sources": [
+                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
+                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                    ],
+                },
+            }
+        )
+        volume_mounts.append({"name": "status-token", "mountPath": SA_TOKEN_DIR, "readOnly": True})
+
+    container = {
+        "name": CONTAINER,
+        "image": spec["image"],
+        "imagePullPolicy": spec["imagePullPolicy"],
+        "command": ["torchrun"],
+        "args": args,
+        "env": _container_env(job_dict, spec, settings, attempt),
+        "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port, "protocol": "TCP"}],
+        "volumeMounts": volume_mounts,
+        # The trainer's last stderr line ("kubetune: error: <reason>: <message>") becomes
+        # the terminated state's message, which the operator turns into the job's reason.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if resources:
+        container["resources"] = resources
+
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "subdomain": service_name(name),
+        "serviceAccountName": service_account_name(name),
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "terminationGracePeriodSeconds": int(rp["terminationGraceSeconds"]),
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": settings.run_as_user,
+            "runAsGroup": settings.run_as_group,
+            "fsGroup": settings.fs_group,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [container],
+        "volumes": volumes,
+    }
+    if spec.get("nodeSelector"):
+        pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
+    if spec.get("tolerations"):
+        pod_spec["tolerations"] = copy.deepcopy(spec["tolerations"])
+    if spec.get("affinity"):
+        pod_spec["affinity"] = copy.deepcopy(spec["affinity"])
+    if spec.get("priorityClassName"):
+        pod_spec["priorityClassName"] = spec["priorityClassName"]
+    if spec.get("schedulerName"):
+        pod_spec["schedulerName"] = spec["schedulerName"]
+    if settings.image_pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+
+    attempt_labels = {LABEL_ATTEMPT: str(attempt)}
+    job_meta = _metadata(job_dict, jname, attempt_labels)
+    queue = spec.get("queueName")
+    if queue:
+        job_meta["labels"][LABEL_KUEUE_QUEUE] = queue
+    job_meta["annotations"] = {
+        ANNOTATION_SPEC_HASHES: recorded_spec_hashes or _hashes_annotation(job_dict),
+    }
+    generation = (job_dict.get("metadata") or {}).get("generation")
+    if generation is not None:
+        job_meta["annotations"][ANNOTATION_GENERATION] = str(generation)
+
+    pod_meta = {"labels": {k: v for k, v in job_meta["labels"].items() if k != LABEL_KUEUE_QUEUE}}
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": job_meta,
+        "spec": {
+            "completionMode": "Indexed",
+            "completions": nodes,
+            "parallelism": nodes,
+            # Gang semantics belong to the operator: the Job controller never retries one pod.
+            "backoffLimit": 0,
+            "podFailurePolicy": {
+                "rules": [
+                    {
+                        "action": "FailJob",
+                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [PERMANENT_EXIT_CODE]},
+                    },
+                ]
+            },
+            # Kueue admits a queued Job by unsuspending it; spec.suspend starts it stopped.
+            "suspend": bool(queue) or bool(spec.get("suspend")),
+            "template": {"metadata": pod_meta, "spec": pod_spec},
+        },
+    }
+
+
+def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+    """The objects created once per FineTuneJob (not per attempt), in creation order."""
+    objs = [build_config_map(job_dict, settings), build_service(job_dict, settings)]
+    if settings.status_reporter:
+        objs += [
+            build_service_account(job_dict, settings),
+            build_role(job_dict, settings),
+            build_role_binding(job_dict, settings),
+        ]
+    else:
+        objs.append(build_service_account(job_dict, settings))
+    return objs
+
+
+def build_objects(job_dict: dict[str, Any], settings: Optional[OperatorSettings] = None, attempt: int = 1) -> list[dict[str, Any]]:
+    """Everything the operator creates for a FineTuneJob's given attempt, in creation order.
+
+    Raises InvalidJob when the manifest cannot run. ``kubetune render`` prints this.
+    """
+    settings = settings or OperatorSettings()
+    parse_job(job_dict)
+    return build_job_independent_objects(job_dict, settings) + [build_batch_job(job_dict, settings, attempt)]
+
+
+def manifest_from_config_map(cm: dict[str, Any]) -> dict[str, Any]:
+    """The resolved manifest stored in a job's ConfigMap (the spec an attempt started with)."""
+    return yaml.safe_load((cm.get("data") or {})[CONFIG_KEY])

@@ -1,0 +1,267 @@
+"""Kopf handlers: watch, decide (phases.decide), act. Small on purpose.
+
+One daemon per FineTuneJob runs its reconcile loop: read the freshest known
+state, ask ``phases.decide`` what to do, do it, sleep until an event, a due
+time or the resync interval. Event handlers on batch Jobs and pods labelled
+``kubetune.io/job`` keep an in-memory view of what each FineTuneJob owns and
+wake its loop, so a reconcile costs no API reads.
+
+Idempotence: every attempt's Job has a deterministic name (``<job>-a<k>``);
+the attempt number is written to status before its Job is created; a create
+that meets an existing object adopts it (409 -> GET). The same event twice, or
+an operator restart anywhere in between, never makes a second Job.
+
+What the operator writes on a FineTuneJob: its status (never progress,
+lastCheckpoint or output: those are the trainer's), Kopf's finalizer
+``kubetune.io/finalizer`` while its daemon runs, and, when the TTL after
+finishing elapses, the deletion. Never spec, labels or annotations.
+"""
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from typing import Any, Callable, Optional
+
+import kopf
+
+from kubetune_trainer import spec as api
+from kubetune_operator import builders, phases
+from kubetune_operator.kube import APIError, Kube
+from kubetune_operator.metrics import Metrics
+from kubetune_operator.settings import OperatorSettings
+
+FINALIZER = "kubetune.io/finalizer"
+FTJ = (api.GROUP, api.VERSION, api.PLURAL)
+log = logging.getLogger("kubetune.operator")
+
+
+def _rv(obj: Optional[dict[str, Any]]) -> int:
+    try:
+        return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
+    except ValueError:
+        return 0
+
+
+def _fresher(new: dict[str, Any], old: Optional[dict[str, Any]]) -> bool:
+    """resourceVersions are opaque by contract but etcd revisions in practice; compare when numeric."""
+    return old is None or _rv(new) == 0 or _rv(old) == 0 or _rv(new) >= _rv(old)
+
+
+class JobState:
+    """What the operator knows about one FineTuneJob and the objects it owns."""
+
+    def __init__(self) -> None:
+        self.ftj: Optional[dict[str, Any]] = None
+        self.jobs: dict[str, dict[str, Any]] = {}
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.wake = asyncio.Event()
+
+    def see_ftj(self, body: dict[str, Any]) -> None:
+        if _fresher(body, self.ftj):
+            self.ftj = body
+
+    def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        if deleted:
+            store.pop(name, None)
+        elif _fresher(body, store.get(name)):
+            store[name] = phases.summarize(body)
+
+
+class Runtime:
+    """Shared state of one operator run: settings, API client, metrics, job states."""
+
+    def __init__(self, settings: OperatorSettings, login: Optional[Callable[..., Any]] = None):
+        self.settings = settings
+        self.login_fn = login
+        self.states: dict[tuple[str, str], JobState] = {}
+        self.metrics = Metrics(lambda: [s.ftj.get("status", {}).get("phase") or "Pending" for s in list(self.states.values()) if s.ftj])
+        self.kube: Optional[Kube] = None
+
+    def state(self, namespace: str, name: str) -> JobState:
+        key = (namespace, name)
+        st = self.states.get(key)
+        if st is None:
+            st = self.states[key] = JobState()
+        return st
+
+    # ------------------------------------------------------------ the loop
+    async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: Any, logger: logging.Logger) -> None:
+        st = self.state(namespace, name)
+        st.see_ftj(body)
+        stop_task = asyncio.ensure_future(stopped.wait())
+        try:
+            while not stopped:
+                st.wake.clear()
+                t0 = time.perf_counter()
+                try:
+                    requeue = await self.reconcile(st, logger)
+                except APIError as e:
+                    self.metrics.api_errors.labels("reconcile").inc()
+                    logger.warning(f"reconcile of {namespace}/{name} failed, retrying: {e!r}")
+                    requeue = 5.0
+                finally:
+                    self.metrics.reconcile_seconds.observe(time.perf_counter() - t0)
+                if stopped:
+                    break
+                timeout = self.settings.resync_seconds if requeue is None else min(requeue, self.settings.resync_seconds)
+                if timeout <= 0 or st.wake.is_set():
+                    continue
+                wake_task = asyncio.ensure_future(st.wake.wait())
+                try:
+                    await asyncio.wait({wake_task, stop_task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    wake_task.cancel()
+        finally:
+            stop_task.cancel()
+            if self.states.get((namespace, name)) is st and st.ftj is not None and (st.ftj.get("metadata") or {}).get("deletionTimestamp"):
+                self.states.pop((namespace, name), None)
+
+    async def reconcile(self, st: JobState, logger: logging.Logger) -> Optional[float]:
+        """Decide and act until nothing is left to do now. -> seconds to the next pass (None: on events)."""
+        for _ in range(10):  # every step changes what decide sees; a longer chain would be a bug
+            ftj = st.ftj
+            if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
+                return None
+            plan = phases.decide(ftj, list(st.jobs.values()), list(st.pods.values()), dt.datetime.now(dt.timezone.utc), self.settings)
+            if plan.empty:
+                return plan.requeue_after
+            if not await self.act(st, ftj, plan, logger):
+                return None
+        logger.warning("reconcile did not settle after 10 steps; retrying shortly")
+        return 1.0
+
+    async def act(self, st: JobState, ftj: dict[str, Any], plan: phases.Plan, logger: logging.Logger) -> bool:
+        """Carry out a plan. -> whether to decide again (False: the FineTuneJob is gone)."""
+        assert self.kube is not None
+        meta = ftj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        for job_name in plan.delete_jobs:
+            await self.kube.delete("Job", ns, job_name, propagation="Background")
+            # Not waiting for the watch: the next decide must not see it as current.
+            if job_name in st.jobs:
+                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.timezone.utc))
+            logger.info(f"deleted Job {ns}/{job_name}")
+        if plan.suspend_job is not None:
+            job_name, value = plan.suspend_job
+            patched = await self.kube.merge_patch("Job", ns, job_name, {"spec": {"suspend": value}})
+            if patched:
+                st.see(st.jobs, patched)
+            logger.info(f"set spec.suspend={value} on Job {ns}/{job_name}")
+        if plan.status_patch:
+            patched = await self.kube.merge_patch(api.KIND, ns, name, {"status": plan.status_patch}, subresource="status")
+            if patched is None:
+                return False
+            st.see_ftj(patched)
+            if plan.entered:
+                phase, reason = plan.entered
+                self.metrics.transitions.labels(phase, reason).inc()
+                if phase == "Failed":
+                    self.metrics.failures.labels(reason).inc()
+                logger.info(f"{ns}/{name} -> {phase} ({reason}): {plan.status_patch.get('message', '')}")
+            if plan.restart_counted is not None:
+                self.metrics.restarts.labels("true" if plan.restart_counted else "false").inc()
+        for ev in plan.events:
+            kopf.event(ftj, type=ev.type, reason=ev.reason, message=ev.message[:1024])
+        if plan.create_attempt:
+            await self.create_attempt(st, ftj, plan.create_attempt, logger)
+        if plan.delete_self:
+            await self.kube.delete(api.KIND, ns, name, propagation="Background")
+            logger.info(f"{ns}/{name}: ttlSecondsAfterFinished elapsed; deleted")
+            return False
+        return True
+
+    async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: logging.Logger) -> None:
+        assert self.kube is not None
+        meta = ftj["metadata"]
+        ns, name = meta["namespace"], meta["name"]
+        recorded: Optional[str] = None
+        source = ftj
+        if attempt > 1:
+            # Restarts run the spec the job started with (kept in its ConfigMap), with the
+            # live runPolicy and suspend, whatever happened to the spec since.
+            cm = await self.kube.get("ConfigMap", ns, builders.config_map_name(name))
+            if cm is not None:
+                stored = builders.manifest_from_config_map(cm)
+                stored_spec = dict(stored["spec"])
+                for field in builders.MUTABLE_SPEC_FIELDS:
+                    if field in (ftj.get("spec") or {}):
+                        stored_spec[field] = ftj["spec"][field]
+                source = {**ftj, "spec": stored_spec}
+                recorded = ((cm.get("metadata") or {}).get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASHES)
+        objects = builders.build_job_independent_objects(source, self.settings) if attempt == 1 or recorded is None else []
+        for obj in objects:
+            obj["metadata"]["namespace"] = ns
+            _, created = await self.kube.create(obj)
+            if created:
+                logger.debug(f"created {obj['kind']} {ns}/{obj['metadata']['name']}")
+        batch = builders.build_batch_job(source, self.settings, attempt, recorded)
+        batch["metadata"]["namespace"] = ns
+        job, created = await self.kube.create(batch)
+        st.see(st.jobs, job)
+        logger.info(f"{'created' if created else 'found existing'} Job {ns}/{batch['metadata']['name']} (attempt {attempt})")
+
+    # ------------------------------------------------------------- events
+    def on_ftj_event(self, event_type: Optional[str], body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        key = (meta.get("namespace"), meta.get("name"))
+        if event_type == "DELETED":
+            self.states.pop(key, None)  # type: ignore[arg-type]
+            return
+        st = self.state(*key)  # type: ignore[arg-type]
+        st.see_ftj(dict(body))
+        st.wake.set()
+
+    def on_child_event(self, kind: str, event_type: Optional[str], body: dict[str, Any]) -> None:
+        meta = body.get("metadata") or {}
+        owner = (meta.get("labels") or {}).get(builders.LABEL_JOB)
+        if not owner:
+            return
+        st = self.state(meta.get("namespace"), owner)  # type: ignore[arg-type]
+        st.see(st.jobs if kind == "Job" else st.pods, dict(body), deleted=event_type == "DELETED")
+        st.wake.set()
+
+
+def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
+    """All handlers of one operator run, bound to its Runtime (no global state)."""
+    registry = kopf.OperatorRegistry()
+
+    @kopf.on.startup(registry=registry)
+    async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+        settings.persistence.finalizer = FINALIZER
+        # Kopf keeps handler progress only when a handler is retried; keep it in
+        # annotations of our own prefix (status fields outside the CRD schema are pruned).
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
+        settings.posting.level = logging.INFO
+        settings.background.instant_exit_timeout = 2.0
+        settings.watching.label_selectors["batch/v1/jobs"] = builders.LABEL_JOB
+        settings.watching.label_selectors["v1/pods"] = builders.LABEL_JOB
+        settings.peering.standalone = rt.settings.standalone
+        settings.peering.name = rt.settings.peering_name
+        rt.kube = Kube(settings, logging.getLogger("kubetune.kube"))
+
+    if rt.login_fn is not None:
+        @kopf.on.login(registry=registry)
+        def login(**kwargs: Any) -> Any:
+            return rt.login_fn(**kwargs)  # type: ignore[misc]
+
+    @kopf.on.event(*FTJ, registry=registry)
+    async def finetunejob_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        rt.on_ftj_event(event.get("type"), dict(body))
+
+    @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        rt.on_child_event("Job", event.get("type"), dict(body))
+
+    @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
+    async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        rt.on_child_event("Pod", event.get("type"), dict(body))
+
+    @kopf.daemon(*FTJ, registry=registry, cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
+    async def reconcile(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+        await rt.run_job(meta["namespace"], meta["name"], dict(body), stopped, logger)
+
+    return registry

@@ -1,0 +1,99 @@
+"""A small async Kubernetes REST client for the objects the operator owns.
+
+It rides on Kopf's own API client (``kopf==1.45.2`` is pinned exactly), so it
+shares Kopf's credentials vault: the login handler's credentials, re-login on
+401, retries with backoff on 5xx/429/connection errors, and one connection
+pool. Kopf does not export that client publicly; everything that touches its
+internals is in this one file, so moving to another async client (e.g.
+kubernetes_asyncio) changes nothing else.
+"""
+from __future__ import annotations
+
+import logging
+import urllib.parse
+from typing import Any, Optional
+
+import kopf
+from kopf._cogs.clients import api as _kopf_api
+from kopf._cogs.clients import errors as _kopf_errors
+
+from kubetune_trainer import spec as ftj_api
+
+APIError = _kopf_errors.APIError
+NotFound = _kopf_errors.APINotFoundError
+Conflict = _kopf_errors.APIConflictError
+
+# kind -> (API path prefix, plural) for everything the operator reads or writes.
+RESOURCES: dict[str, tuple[str, str]] = {
+    "ConfigMap": ("/api/v1", "configmaps"),
+    "Service": ("/api/v1", "services"),
+    "ServiceAccount": ("/api/v1", "serviceaccounts"),
+    "Pod": ("/api/v1", "pods"),
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
+    "Job": ("/apis/batch/v1", "jobs"),
+    ftj_api.KIND: (f"/apis/{ftj_api.API_VERSION}", ftj_api.PLURAL),
+}
+
+
+def url(kind: str, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None, **query: str) -> str:
+    prefix, plural = RESOURCES[kind]
+    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    if name:
+        path += f"/{name}"
+    if subresource:
+        path += f"/{subresource}"
+    if query:
+        path += "?" + urllib.parse.urlencode(query)
+    return path
+
+
+class Kube:
+    """create / get / merge-patch / delete on the operator's objects (dict in, dict out)."""
+
+    def __init__(self, settings: kopf.OperatorSettings, logger: Optional[logging.Logger] = None):
+        self.settings = settings
+        self.logger = logger or logging.getLogger("kubetune.kube")
+
+    async def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+        try:
+            return await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
+        except NotFound:
+            return None
+
+    async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+        """Create ``obj``; if it exists already, return the existing one. -> (object, created)."""
+        meta = obj["metadata"]
+        try:
+            created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings, logger=self.logger)
+            return created, True
+        except Conflict:
+            existing = await self.get(obj["kind"], meta["namespace"], meta["name"])
+            if existing is None:  # deleted in between: the caller's next reconcile retries
+                raise
+            return existing, False
+
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: Optional[str] = None) -> Optional[dict[str, Any]]:
+        try:
+            return await _kopf_api.patch(
+                url(kind, namespace, name, subresource),
+                payload=patch,
+                headers={"Content-Type": "application/merge-patch+json"},
+                settings=self.settings,
+                logger=self.logger,
+            )
+        except NotFound:
+            return None
+
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
+        """Delete; False when it was already gone."""
+        try:
+            await _kopf_api.delete(
+                url(kind, namespace, name),
+                payload={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+                settings=self.settings,
+                logger=self.logger,
+            )
+            return True
+        except NotFound:
+            return False

@@ -1,0 +1,141 @@
+"""Start the operator: logging, login, metrics, Kopf. Used by `kubetune operator` and the tests."""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import threading
+from typing import Any, Callable, Optional, Sequence
+
+import kopf
+
+from kubetune_operator.handlers import Runtime, make_registry
+from kubetune_operator.settings import OperatorSettings
+
+SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the Kopf object if any."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        k8s = getattr(record, "k8s_ref", None)
+        if isinstance(k8s, dict):
+            out["object"] = {k: k8s.get(k) for k in ("namespace", "name") if k8s.get(k)}
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def configure_logging(fmt: str = "json", verbose: bool = False) -> None:
+    handler = logging.StreamHandler()
+    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    # Kopf's per-request debug lines drown everything else at INFO.
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def default_login(**kwargs: Any) -> Optional[kopf.ConnectionInfo]:
+    """In a pod: the service account; elsewhere: the current kubeconfig context (exec plugins too)."""
+    if os.path.exists(SERVICE_ACCOUNT_TOKEN) and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        return kopf.login_with_service_account(**kwargs)
+    try:
+        return kopf.login_via_client(**kwargs)
+    except ImportError:
+        return kopf.login_with_kubeconfig(**kwargs)
+
+
+def run_operator(
+    settings: OperatorSettings,
+    *,
+    namespaces: Sequence[str] = (),
+    clusterwide: Optional[bool] = None,
+    login: Optional[Callable[..., Any]] = None,
+    stop_flag: Optional[Any] = None,
+    ready_flag: Optional[Any] = None,
+    metrics_port: Optional[int] = None,
+    health_port: Optional[int] = None,
+    runtime: Optional[Runtime] = None,
+) -> None:
+    """Run the operator in this thread with its own event loop until ``stop_flag`` is set.
+
+    ``namespaces`` (globs allowed) restricts the watch; none means cluster-wide.
+    """
+    namespaces = tuple(namespaces or settings.watch_namespaces)
+    if clusterwide is None:
+        clusterwide = not namespaces
+    rt = runtime or Runtime(settings, login=login or default_login)
+    if rt.login_fn is None:
+        rt.login_fn = login or default_login
+    registry = make_registry(rt)
+    port = settings.metrics_port if metrics_port is None else metrics_port
+    if port:
+        rt.metrics.serve(port)
+    hport = settings.health_port if health_port is None else health_port
+    liveness = f"http://0.0.0.0:{hport}/healthz" if hport else None
+    try:
+        asyncio.run(
+            kopf.operator(
+                registry=registry,
+                clusterwide=clusterwide,
+                namespaces=() if clusterwide else namespaces,
+                standalone=settings.standalone,
+                peering_name=None if settings.standalone else settings.peering_name,
+                liveness_endpoint=liveness,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        )
+    finally:
+        rt.metrics.close()
+
+
+class OperatorThread:
+    """The operator in a background thread with its own loop: start(), stop(). For tests and benches."""
+
+    def __init__(self, settings: OperatorSettings, *, login: Callable[..., Any], namespaces: Sequence[str] = (), **kwargs: Any):
+        self.runtime = Runtime(settings, login=login)
+        self._stop = threading.Event()
+        self._ready = threading.Event()
+        self._error: Optional[BaseException] = None
+        self._kwargs = dict(kwargs, namespaces=namespaces, login=login)
+        self._settings = settings
+        self._thread = threading.Thread(target=self._main, name="kubetune-operator", daemon=True)
+
+    def _main(self) -> None:
+        try:
+            run_operator(self._settings, stop_flag=self._stop, ready_flag=self._ready, runtime=self.runtime, **self._kwargs)
+        except BaseException as e:  # surfaced by start()/stop()
+            self._error = e
+            self._ready.set()
+
+    def start(self, timeout: float = 30.0) -> "OperatorThread":
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the operator did not become ready")
+        if self._error:
+            raise RuntimeError("the operator failed to start") from self._error
+        return self
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("the operator did not stop")
+        if self._error:
+            raise RuntimeError("the operator failed") from self._error
+
+    def __enter__(self) -> "OperatorThread":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -1,0 +1,131 @@
+"""Operator settings, read once from environment variables.
+
+Every variable is documented here and in docs/operator.md; the Helm chart sets
+them on the operator Deployment. Unset variables take the defaults shown.
+
+| Variable | Default | Meaning |
+| --- | --- | --- |
+| KUBETUNE_TRAINER_IMAGE | ghcr.io/kubetune/kubetune-trainer:<version> | Trainer image for jobs that set no spec.image. |
+| KUBETUNE_IMAGE_PULL_POLICY | IfNotPresent | Pull policy for jobs that set no spec.imagePullPolicy. |
+| KUBETUNE_IMAGE_PULL_SECRETS | (none) | Comma-separated Secret names added as imagePullSecrets to trainer pods. |
+| KUBETUNE_DEFAULT_STORAGE_ENDPOINT | (none) | S3 endpoint for jobs whose spec.storage.endpoint is unset (e.g. an in-cluster MinIO). |
+| KUBETUNE_DEFAULT_STORAGE_REGION | (none) | S3 region for jobs whose spec.storage.region is unset. |
+| KUBETUNE_DEFAULT_STORAGE_SECRET | (none) | Secret (in the job's namespace) with AWS_* keys for jobs whose spec.storage.secretRef is unset. |
+| KUBETUNE_WATCH_NAMESPACES | (none: cluster-wide) | Comma-separated namespaces (globs allowed) to watch; empty means the whole cluster. The CLI's --namespace/--all-namespaces override it. |
+| KUBETUNE_PEERING_NAME | kubetune | Kopf peering object shared by operator replicas (only one replica acts at a time). |
+| KUBETUNE_STANDALONE | false | true: no peering (a single replica, or tests). |
+| KUBETUNE_METRICS_PORT | 9090 | Port of the Prometheus /metrics endpoint (0 disables). |
+| KUBETUNE_HEALTH_PORT | 8080 | Port of the liveness endpoint /healthz (0 disables). |
+| KUBETUNE_RUN_AS_USER | 1000 | UID of the trainer containers (they must not run as root). |
+| KUBETUNE_RUN_AS_GROUP | 1000 | GID of the trainer containers. |
+| KUBETUNE_FS_GROUP | 1000 | fsGroup of the trainer pods (owns the scratch volume). |
+| KUBETUNE_RENDEZVOUS_PORT | 29500 | torchrun master port on rank 0's pod. |
+| KUBETUNE_STATUS_REPORTER | true | Give trainer pods a service-account token bound to a Role that may only patch their own FineTuneJob's status, so rank 0 reports progress. false: no token at all, progress only in logs. |
+| KUBETUNE_MAX_BACKOFF_SECONDS | 3600 | Cap of the doubling restart backoff. |
+| KUBETUNE_RESYNC_SECONDS | 60 | A job is re-reconciled at least this often even without events. |
+| KUBETUNE_LOG_FORMAT | json | Operator log format: json (one object per line) or plain. |
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Mapping, Optional
+
+from kubetune_operator import __version__
+
+DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
+
+
+def _bool(value: str, name: str) -> bool:
+    v = value.strip().lower()
+    if v in ("1", "true", "yes", "on"):
+        return True
+    if v in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{name}={value!r}: expected true or false")
+
+
+def _int(value: str, name: str, minimum: int = 0) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected an integer") from None
+    if n < minimum:
+        raise ValueError(f"{name}={value!r}: must be at least {minimum}")
+    return n
+
+
+def _list(value: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in value.split(",") if x.strip())
+
+
+@dataclasses.dataclass(frozen=True)
+class OperatorSettings:
+    trainer_image: str = DEFAULT_TRAINER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
+    image_pull_secrets: tuple[str, ...] = ()
+    default_storage_endpoint: Optional[str] = None
+    default_storage_region: Optional[str] = None
+    default_storage_secret: Optional[str] = None
+    watch_namespaces: tuple[str, ...] = ()
+    peering_name: str = "kubetune"
+    standalone: bool = False
+    metrics_port: int = 9090
+    health_port: int = 8080
+    run_as_user: int = 1000
+    run_as_group: int = 1000
+    fs_group: int = 1000
+    rendezvous_port: int = 29500
+    status_reporter: bool = True
+    max_backoff_seconds: int = 3600
+    resync_seconds: float = 60.0
+    log_format: str = "json"
+
+    @classmethod
+    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "OperatorSettings":
+        env = os.environ if environ is None else environ
+
+        def get(name: str) -> Optional[str]:
+            v = env.get(name)
+            return v if v not in (None, "") else None
+
+        kw: dict = {}
+        if (v := get("KUBETUNE_TRAINER_IMAGE")) is not None:
+            kw["trainer_image"] = v
+        if (v := get("KUBETUNE_IMAGE_PULL_POLICY")) is not None:
+            if v not in ("Always", "IfNotPresent", "Never"):
+                raise ValueError(f"KUBETUNE_IMAGE_PULL_POLICY={v!r}: expected Always, IfNotPresent or Never")
+            kw["image_pull_policy"] = v
+        if (v := get("KUBETUNE_IMAGE_PULL_SECRETS")) is not None:
+            kw["image_pull_secrets"] = _list(v)
+        kw["default_storage_endpoint"] = get("KUBETUNE_DEFAULT_STORAGE_ENDPOINT")
+        kw["default_storage_region"] = get("KUBETUNE_DEFAULT_STORAGE_REGION")
+        kw["default_storage_secret"] = get("KUBETUNE_DEFAULT_STORAGE_SECRET")
+        if (v := get("KUBETUNE_WATCH_NAMESPACES")) is not None:
+            kw["watch_namespaces"] = _list(v)
+        if (v := get("KUBETUNE_PEERING_NAME")) is not None:
+            kw["peering_name"] = v
+        if (v := get("KUBETUNE_STANDALONE")) is not None:
+            kw["standalone"] = _bool(v, "KUBETUNE_STANDALONE")
+        for name, field in (
+            ("KUBETUNE_METRICS_PORT", "metrics_port"),
+            ("KUBETUNE_HEALTH_PORT", "health_port"),
+            ("KUBETUNE_RUN_AS_USER", "run_as_user"),
+            ("KUBETUNE_RUN_AS_GROUP", "run_as_group"),
+            ("KUBETUNE_FS_GROUP", "fs_group"),
+            ("KUBETUNE_RENDEZVOUS_PORT", "rendezvous_port"),
+            ("KUBETUNE_MAX_BACKOFF_SECONDS", "max_backoff_seconds"),
+        ):
+            if (v := get(name)) is not None:
+                kw[field] = _int(v, name)
+        if kw.get("run_as_user") == 0:
+            raise ValueError("KUBETUNE_RUN_AS_USER=0: trainer pods must not run as root")
+        if (v := get("KUBETUNE_STATUS_REPORTER")) is not None:
+            kw["status_reporter"] = _bool(v, "KUBETUNE_STATUS_REPORTER")
+        if (v := get("KUBETUNE_RESYNC_SECONDS")) is not None:
+            kw["resync_seconds"] = float(_int(v, "KUBETUNE_RESYNC_SECONDS", minimum=1))
+        if (v := get("KUBETUNE_LOG_FORMAT")) is not None:
+            if v not in ("json", "plain"):
+                raise ValueError(f"KUBETUNE_LOG_FORMAT={v!r}: expected json or plain")
+            kw["log_format"] = v
+        return cls(**kw)
