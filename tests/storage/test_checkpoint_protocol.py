@@ -1,0 +1,148 @@
+"""The checkpoint protocol on storage, without training: commit markers, resume choice, retention.
+
+Runs against moto S3 and a local folder alike.
+"""
+from __future__ import annotations
+
+import time
+import types
+
+import pytest
+
+from kubetune_trainer import checkpoint as ck
+from kubetune_trainer.storage import Storage, join
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=["s3", "local"])
+def store(request, s3, tmp_path):
+    if request.param == "s3":
+        st = Storage(endpoint=s3.endpoint, region="us-east-1", addressing_style="path", base_delay=0.01)
+        return st, f"s3://{s3.bucket}/proto-{time.monotonic_ns()}/checkpoints"
+    return Storage(), f"{tmp_path}/out/checkpoints"
+
+
+def _put(st: Storage, root: str, step: int, committed: bool, run: str = "r1") -> str:
+    uri = join(root, ck.step_dirname(step))
+    st.write_bytes(join(uri, "global_step/optim.pt"), b"x" * step)
+    st.write_json(join(uri, "trainer_state.json"), {"global_step": step})
+    if committed:
+        st.write_json(join(uri, ck.COMMITTED), ck.commit_marker(step, run, 1, 2, {0: {"trainer_state.json": {"size": 1, "sha256": "0"}}}))
+    return uri
+
+
+def _steps(st, root):
+    return [(c.step, c.committed) for c in ck.list_checkpoints(st, root)]
+
+
+def test_uncommitted_checkpoint_is_ignored_on_resume(store):
+    st, root = store
+    _put(st, root, 3, True)
+    _put(st, root, 6, True)
+    _put(st, root, 9, False)  # upload cut off: no marker
+    best, ignored = ck.newest_committed(st, root)
+    assert best.step == 6 and best.manifest["step"] == 6
+    assert [c.step for c in ignored] == [9]
+
+
+def test_nothing_committed_means_fresh_start(store):
+    st, root = store
+    assert ck.newest_committed(st, root) == (None, [])
+    _put(st, root, 4, False)
+    best, ignored = ck.newest_committed(st, root)
+    assert best is None and [c.step for c in ignored] == [4]
+
+
+def test_retention_keeps_last_and_never_zero(store):
+    st, root = store
+    _put(st, root, 2, False)  # leftover of a killed attempt, older than the newest commit
+    _put(st, root, 3, True)
+    _put(st, root, 6, True)
+    _put(st, root, 9, True)
+    _put(st, root, 12, False)  # newer, maybe being uploaded right now
+    assert ck.apply_retention(st, root, keep_last=2) == [2, 3]
+    assert _steps(st, root) == [(6, True), (9, True), (12, False)]
+    # keepLast 1 leaves the newest committed one, never zero; the newer uncommitted one stays.
+    assert ck.apply_retention(st, root, keep_last=1) == [6]
+    assert _steps(st, root) == [(9, True), (12, False)]
+    assert ck.apply_retention(st, root, keep_last=1) == []
+    assert _steps(st, root) == [(9, True), (12, False)]
+
+
+def test_retention_without_any_commit_deletes_nothing(store):
+    st, root = store
+    _put(st, root, 3, False)
+    _put(st, root, 6, False)
+    assert ck.apply_retention(st, root, keep_last=1) == []
+    assert _steps(st, root) == [(3, False), (6, False)]
+
+
+def test_retention_spares_busy_uploads(store):
+    st, root = store
+    _put(st, root, 3, False)
+    _put(st, root, 6, True)
+    assert ck.apply_retention(st, root, keep_last=1, busy={3}) == []
+    assert _steps(st, root) == [(3, False), (6, True)]
+
+
+def test_retention_deletes_the_marker_first(store, monkeypatch):
+    """Dying half way through deleting leaves an uncommitted (ignored) checkpoint, never a committed partial one."""
+    st, root = store
+    _put(st, root, 3, True)
+    _put(st, root, 6, True)
+    order = []
+    real_delete = st.delete
+
+    def spy_delete(uri):
+        order.append(uri.rsplit("/", 1)[-1])
+        return real_delete(uri)
+
+    monkeypatch.setattr(st, "delete", spy_delete)
+    ck.apply_retention(st, root, keep_last=1)
+    assert order and order[0] == ck.COMMITTED
+
+
+def _spec(output: str, endpoint=None, every="30m", keep_last=2):
+    from kubetune_trainer.spec import OutputSpec, RunPolicy, StorageSpec
+
+    return types.SimpleNamespace(
+        output=OutputSpec(uri=output, checkpoint_every=every, keep_last=keep_last),
+        storage=StorageSpec(endpoint=endpoint, region="us-east-1", addressing_style="path"),
+        run_policy=RunPolicy(termination_grace_seconds=30),
+    )
+
+
+def test_manager_upload_commit_and_resume_download(s3, tmp_path):
+    """One node, one process: save -> background upload -> COMMITTED with sha256s -> resume downloads and verifies."""
+    out = f"s3://{s3.bucket}/mgr-{time.monotonic_ns()}"
+    events = []
+    reporters = types.SimpleNamespace(event=events.append, close=lambda: None)
+    topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)
+    mgr = ck.CheckpointManager(_spec(out, s3.endpoint, every=2), tmp_path / "scratch", reporters, topology=topo)
+    assert mgr.prepare_resume() is None
+    local = mgr.local_root / "checkpoint-2"
+    (local / "global_step2").mkdir(parents=True)
+    (local / "global_step2" / "mp_rank_00_model_states.pt").write_bytes(b"weights" * 1000)
+    (local / "trainer_state.json").write_text('{"global_step": 2}')
+    mgr.on_saved(2)
+    mgr.drain()
+    assert events == [{"event": "checkpoint", "step": 2, "uri": f"{out}/checkpoints/step-000002", "time": events[0]["time"]}]
+    marker = mgr.storage.read_json(f"{out}/checkpoints/step-000002/COMMITTED")
+    assert set(marker["files"]) == {"global_step2/mp_rank_00_model_states.pt", "trainer_state.json"}
+    assert all(len(m["sha256"]) == 64 for m in marker["files"].values())
+    assert not local.exists(), "the local copy is removed once uploaded"
+    mgr.close()
+
+    # A new attempt on a fresh node resumes from it; a corrupted object is detected.
+    mgr2 = ck.CheckpointManager(_spec(out, s3.endpoint), tmp_path / "scratch2", reporters, topology=topo)
+    d = mgr2.prepare_resume()
+    assert (tmp_path / "scratch2").as_posix() in d
+    assert open(f"{d}/global_step2/mp_rank_00_model_states.pt", "rb").read() == b"weights" * 1000
+    assert events[-1] == {"event": "resumed", "step": 2, "uri": f"{out}/checkpoints/step-000002"}
+    s3.client().put_object(Bucket=s3.bucket, Key=f"{out[len('s3://' + s3.bucket) + 1:]}/checkpoints/step-000002/trainer_state.json", Body=b"tampered")
+    mgr3 = ck.CheckpointManager(_spec(out, s3.endpoint), tmp_path / "scratch3", reporters, topology=topo)
+    mgr3.storage.operation_attempts = 2
+    mgr3.storage.base_delay = 0.01
+    with pytest.raises(Exception, match="sha256 mismatch"):
+        mgr3.prepare_resume()

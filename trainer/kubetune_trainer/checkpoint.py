@@ -1,0 +1,536 @@
+"""Checkpoints on S3-compatible storage (or a local folder): save, upload, commit, resume.
+
+Layout (DESIGN.md, "Storage contract")::
+
+    <output.uri>/checkpoints/step-000500/<files of a Hugging Face Trainer checkpoint>
+    <output.uri>/checkpoints/step-000500/.nodes/node-<K>.json   per-node "uploaded" marker + its files' sha256
+    <output.uri>/checkpoints/step-000500/COMMITTED              written last, holds the manifest
+    <output.uri>/final/{adapter/,merged/,summary.json,COMMITTED}
+
+How a checkpoint is made, without blocking the training loop on the network:
+
+1. Decide. At every optimizer step end each rank contributes flags (SIGTERM
+   seen, checkpoint duration elapsed, an upload failed) to one tiny
+   ``all_reduce(MAX)``: decisions that depend on wall clocks or signals are the
+   same on all ranks. Step cadence needs no communication.
+2. Save. The Hugging Face Trainer saves ``checkpoint-N/`` into node-local
+   scratch on every rank (DeepSpeed with ``use_node_local_storage``; PEFT
+   models without their frozen base weights: transformers passes
+   ``exclude_frozen_parameters=True`` to DeepSpeed's ``save_checkpoint``).
+   Each rank then drops a tiny "saved" marker file next to it.
+3. Upload (background thread on each node's local rank 0). It waits for the
+   local markers, hashes and uploads the node's files to ``step-N/`` and
+   writes ``.nodes/node-K.json``. Files every node writes alike (DeepSpeed's
+   model states with node-local storage) are uploaded once: node 0 publishes
+   its file list first and the other nodes upload only the names it lacks.
+4. Commit (background thread on global rank 0): when every node's marker of
+   this attempt (run id) is there, write ``COMMITTED`` with the merged
+   manifest (name -> size, sha256, node). Storage is the barrier; no rank
+   waits in a collective. Then the ``checkpoint`` event is emitted and
+   retention runs: committed checkpoints beyond ``keepLast`` are deleted
+   (marker first), only ever after a newer one is committed, never the
+   newest; uncommitted leftovers older than the newest commit are removed,
+   newer ones (possibly being uploaded) are left alone.
+
+Resume: the newest committed checkpoint is chosen by rank 0 (and broadcast),
+downloaded once per node (files of node 0 plus the node's own), verified
+against the manifest, and handed to ``trainer.train(resume_from_checkpoint=)``
+which restores the global step, optimizer, scheduler, RNG and data position.
+
+Preemption: SIGTERM only sets a flag. At the next step boundary all ranks
+save, the upload runs at once, every rank waits (polling storage) for the
+commit within ``runPolicy.terminationGraceSeconds``, and the process exits
+with ``exitcodes.PREEMPTED`` (75).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import queue
+import re
+import shutil
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from . import exitcodes
+from .exitcodes import PermanentError
+from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file
+
+log = logging.getLogger("kubetune.checkpoint")
+
+COMMITTED = "COMMITTED"
+NODES_DIR = ".nodes"
+LOCAL_MARKER = ".kubetune-saved-rank-"
+_STEP_RE = re.compile(r"^step-(\d+)$")
+POLL_S = 0.1
+
+
+def step_dirname(step: int) -> str:
+    return f"step-{step:06d}"
+
+
+def parse_step(name: str) -> Optional[int]:
+    m = _STEP_RE.match(name)
+    return int(m.group(1)) if m else None
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ------------------------------------------------------------ storage side
+@dataclass
+class StoredCheckpoint:
+    step: int
+    uri: str
+    committed: bool
+    manifest: Optional[dict] = None
+
+
+def list_checkpoints(storage: Storage, root: str) -> list[StoredCheckpoint]:
+    """All step-* checkpoints under ``root`` (``<output>/checkpoints``), oldest first."""
+    out = []
+    for name in storage.list_dirs(root):
+        step = parse_step(name)
+        if step is not None:
+            uri = join(root, name)
+            out.append(StoredCheckpoint(step, uri, storage.exists(join(uri, COMMITTED))))
+    return sorted(out, key=lambda c: c.step)
+
+
+def newest_committed(storage: Storage, root: str) -> tuple[Optional[StoredCheckpoint], list[StoredCheckpoint]]:
+    """(newest committed checkpoint with its manifest, uncommitted ones newer than it)."""
+    all_ = list_checkpoints(storage, root)
+    committed = [c for c in all_ if c.committed]
+    best = None
+    for c in reversed(committed):
+        try:
+            c.manifest = storage.read_json(join(c.uri, COMMITTED))
+            best = c
+            break
+        except (ObjectNotFound, ValueError):  # deleted by retention meanwhile, or corrupt: try the next
+            continue
+    ignored = [c for c in all_ if not c.committed and (best is None or c.step > best.step)]
+    return best, ignored
+
+
+def apply_retention(storage: Storage, root: str, keep_last: int, busy: set[int] = frozenset()) -> list[int]:
+    """Delete old checkpoints; returns the steps deleted.
+
+    - committed: keep the newest ``keep_last`` (at least one); older ones go,
+      commit marker first (a half-deleted checkpoint is then merely uncommitted);
+    - uncommitted and older than the newest committed: leftovers of a killed
+      attempt, deleted (never one in ``busy``, i.e. being uploaded by us);
+    - uncommitted and newer than the newest committed: left alone (may be in flight).
+    """
+    keep_last = max(1, keep_last)
+    all_ = list_checkpoints(storage, root)
+    committed = [c for c in all_ if c.committed]
+    if not committed:
+        return []
+    newest = committed[-1].step
+    doomed = [c for c in committed[:-keep_last]]
+    doomed += [c for c in all_ if not c.committed and c.step < newest and c.step not in busy]
+    deleted = []
+    for c in sorted(doomed, key=lambda c: c.step):
+        storage.delete_prefix(c.uri, first=COMMITTED if c.committed else None)
+        deleted.append(c.step)
+    if deleted:
+        log.info("retention: deleted %s (keepLast %d, newest committed step %d)", [step_dirname(s) for s in deleted], keep_last, newest)
+    return deleted
+
+
+def commit_marker(step: int, run_id: str, nodes: int, world_size: int, node_manifests: dict[int, dict]) -> dict:
+    files: dict[str, dict] = {}
+    for node in sorted(node_manifests):
+        for name, meta in node_manifests[node].items():
+            files.setdefault(name, {**meta, "node": node})
+    return {"step": step, "run": run_id, "time": utc_now(), "nodes": nodes, "worldSize": world_size, "files": files}
+
+
+# ------------------------------------------------------------ topology
+@dataclass
+class Topology:
+    rank: int
+    local_rank: int
+    world_size: int
+    local_world_size: int
+    node: int
+    nodes: int
+
+    @classmethod
+    def from_env(cls) -> "Topology":
+        rank = int(os.environ.get("RANK", 0))
+        world = int(os.environ.get("WORLD_SIZE", 1))
+        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        node = int(os.environ.get("GROUP_RANK", rank // max(1, local_world)))
+        return cls(rank, int(os.environ.get("LOCAL_RANK", 0)), world, local_world, node, max(1, world // max(1, local_world)))
+
+
+def _dist():
+    import torch.distributed as dist
+
+    return dist if dist.is_available() and dist.is_initialized() else None
+
+
+# ------------------------------------------------------------ the manager
+@dataclass
+class _Job:
+    step: int
+    local_dir: Path
+    done: threading.Event = field(default_factory=threading.Event)
+    committed: threading.Event = field(default_factory=threading.Event)
+    error: Optional[BaseException] = None
+
+
+class CheckpointManager:
+    """Plug-in for the trainer: ``training_args()``, ``callbacks()``, ``prepare_resume()``, ``publish_final()``."""
+
+    def __init__(self, spec: Any, scratch: str | os.PathLike, reporters: Any = None, storage: Optional[Storage] = None,
+                 topology: Optional[Topology] = None):
+        self.spec = spec
+        self.output = spec.output.uri.rstrip("/")
+        self.root = join(self.output, "checkpoints")
+        self.every_steps = spec.output.checkpoint_every_steps()
+        self.every_seconds = spec.output.checkpoint_every_seconds()
+        self.keep_last = spec.output.keep_last
+        self.grace_s = float(spec.run_policy.termination_grace_seconds)
+        self.storage = storage or Storage.from_spec(spec.storage)
+        self.topo = topology or Topology.from_env()
+        self.scratch = Path(scratch)
+        self.local_root = self.scratch / "checkpoints-local"
+        self.reporters = reporters
+        self.run_id = uuid.uuid4().hex[:12]  # replaced by rank 0's in prepare_resume
+        self.resumed_step: Optional[int] = None
+
+        self._sigterm_at: Optional[float] = None
+        self._preempting = False
+        self._last_save = time.monotonic()
+        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._by_step: dict[int, _Job] = {}
+        self._error: Optional[BaseException] = None
+        self._worker: Optional[threading.Thread] = None
+        self._synced = False
+        # Fail before any model is loaded if the output bucket is missing or the credentials are wrong.
+        self.storage.check_access(self.output, write=self.topo.rank == 0)
+
+    # ------------------------------------------------ trainer plug-in points
+    def training_args(self) -> dict:
+        """Save settings for TrainingArguments: we decide when to save; the Trainer saves locally."""
+        return {
+            "output_dir": str(self.local_root),
+            "save_strategy": "no",  # our callback sets control.should_save
+            "save_total_limit": None,  # we delete local copies after upload
+            "save_only_model": False,  # optimizer, scheduler, RNG: needed for an exact resume
+            "save_on_each_node": False,
+            "ignore_data_skip": False,  # resume skips the batches already seen in the epoch
+        }
+
+    def callbacks(self) -> list:
+        self._install_sigterm_handler()
+        return [_make_callback(self)]
+
+    def prepare_resume(self) -> Optional[str]:
+        """Agree on a run id and the newest committed checkpoint; download it once per node; return its local dir."""
+        if self.topo.local_rank == 0:
+            shutil.rmtree(self.local_root, ignore_errors=True)  # stale local saves of a killed attempt
+        decision = None
+        if self.topo.rank == 0:
+            best, ignored = newest_committed(self.storage, self.root)
+            for c in ignored:
+                log.warning("ignoring incomplete checkpoint %s (no %s marker: its upload was cut off)", c.uri, COMMITTED)
+            decision = {"run": self.run_id, "step": best.step if best else None, "uri": best.uri if best else None,
+                        "manifest": best.manifest if best else None, "ignored": [c.uri for c in ignored]}
+        decision = self._broadcast(decision)
+        self.run_id = decision["run"]
+        self._synced = True
+        if decision["step"] is None:
+            log.info("no committed checkpoint under %s: starting from scratch", self.root)
+            return None
+        local = self._download_checkpoint(decision["uri"], decision["manifest"])
+        self.resumed_step = decision["step"]
+        self._event({"event": "resumed", "step": decision["step"], "uri": decision["uri"]})
+        log.info("resuming from %s (step %d)", decision["uri"], decision["step"])
+        return str(local)
+
+    def publish_final(self, local_final_dir: str | os.PathLike) -> dict:
+        """Upload ``final/{adapter,merged,summary.json}`` (rank 0), marker last; returns their URIs."""
+        self.drain()
+        local_final_dir = Path(local_final_dir)
+        final_uri = join(self.output, "final")
+        names = {"adapterUri": "adapter", "mergedUri": "merged", "summaryUri": "summary.json"}
+        uris = {}
+        if self.topo.rank == 0:
+            files = {p.relative_to(local_final_dir).as_posix(): p for p in sorted(local_final_dir.rglob("*"))
+                     if p.is_file() and p.name != COMMITTED and ".tmp-" not in p.name}
+            same_place = not final_uri.startswith("s3://") and Path(final_uri.removeprefix("file://")).resolve() == local_final_dir.resolve()
+            self.storage.delete(join(final_uri, COMMITTED))  # a re-export is uncommitted until done
+            if same_place:
+                manifest = {n: {"size": p.stat().st_size, "sha256": sha256_file(p)} for n, p in files.items()}
+            else:
+                manifest = self.storage.upload_files(files, final_uri)
+            self.storage.write_json(join(final_uri, COMMITTED), {"time": utc_now(), "run": self.run_id, "files": manifest})
+            present = {n.split("/", 1)[0] for n in files}
+        else:
+            present = {p.name for p in local_final_dir.iterdir()} if local_final_dir.is_dir() else set(names.values())
+        for key, name in names.items():
+            if name in present:
+                uris[key] = join(final_uri, name)
+        return uris
+
+    def drain(self) -> None:
+        """Wait for queued uploads (and, on rank 0, their commits); re-raise a background failure."""
+        for job in list(self._by_step.values()):
+            job.done.wait()
+            if self.topo.rank == 0:
+                job.committed.wait()
+        self._raise_if_failed()
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._jobs.put(None)
+            self._worker.join()
+            self._worker = None
+
+    # ------------------------------------------------ decisions (training thread)
+    def _install_sigterm_handler(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+
+        def on_sigterm(signum, frame):
+            if self._sigterm_at is None:
+                self._sigterm_at = time.monotonic()
+                log.warning("SIGTERM: checkpointing at the next step boundary, then exiting with %d", exitcodes.PREEMPTED)
+
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+    def step_flags(self, step: int, device: Any = None) -> tuple[bool, bool, bool]:
+        """(save now, preempt, failed), identical on all ranks."""
+        time_due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
+        local = [1.0 if self._sigterm_at is not None else 0.0, 1.0 if time_due else 0.0, 1.0 if self._error else 0.0]
+        dist = _dist()
+        if dist is not None and self.topo.world_size > 1:
+            import torch
+
+            t = torch.tensor(local, dtype=torch.float32, device=device)
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+            local = t.tolist()
+        preempt, time_due, failed = local[0] > 0, local[1] > 0, local[2] > 0
+        step_due = self.every_steps is not None and step % self.every_steps == 0
+        return preempt or time_due or step_due, preempt, failed
+
+    def on_saved(self, step: int) -> None:
+        """Called on every rank after the Trainer saved ``checkpoint-<step>`` locally."""
+        self._last_save = time.monotonic()
+        local_dir = self.local_root / f"checkpoint-{step}"
+        (local_dir / f"{LOCAL_MARKER}{self.topo.local_rank}").write_text(self.run_id)
+        if self.topo.local_rank == 0:
+            job = _Job(step, local_dir)
+            self._by_step[step] = job
+            self._ensure_worker()
+            self._jobs.put(job)
+        if self._preempting:
+            self._finish_preemption(step)
+
+    def _finish_preemption(self, step: int) -> None:
+        deadline = (self._sigterm_at or time.monotonic()) + max(5.0, self.grace_s - 5.0)
+        uri = join(self.root, step_dirname(step))
+        ok = self._wait_committed(step, deadline)
+        if ok:
+            log.warning("preempted: checkpoint %s committed; exiting with %d", uri, exitcodes.PREEMPTED)
+        else:
+            log.error("preempted: checkpoint %s NOT committed within the grace period; the next attempt "
+                      "resumes from the previous commit", uri)
+        self.close_reporters()
+        raise SystemExit(exitcodes.PREEMPTED)
+
+    def close_reporters(self) -> None:
+        if self.reporters is not None:
+            try:
+                self.reporters.close()
+            except Exception:  # closing twice or a broken reporter must not hide the exit
+                pass
+
+    def _wait_committed(self, step: int, deadline: float) -> bool:
+        """Wait for this run's commit of ``step``: rank 0 on its own uploader, other ranks by polling storage."""
+        job = self._by_step.get(step)
+        if self.topo.rank == 0 and job is not None:
+            job.committed.wait(max(0.0, deadline - time.monotonic()))
+            if job.error is not None:
+                log.error("checkpoint upload failed: %s", job.error)
+            return job.committed.is_set() and job.error is None
+        marker = join(self.root, step_dirname(step), COMMITTED)
+        while time.monotonic() < deadline:
+            if self._error is not None:
+                log.error("checkpoint upload failed: %s", self._error)
+                return False
+            try:
+                if self.storage.read_json(marker).get("run") == self.run_id:
+                    return True
+            except (ObjectNotFound, ValueError):
+                pass
+            except StorageError as e:
+                log.warning("waiting for commit of step %d: %s", step, e)
+            time.sleep(POLL_S)
+        return False
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    # ------------------------------------------------ background upload + commit
+    def _ensure_worker(self) -> None:
+        if self._worker is None:
+            self._worker = threading.Thread(target=self._work, name="kubetune-ckpt-upload", daemon=True)
+            self._worker.start()
+
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            try:
+                t0 = time.monotonic()
+                manifest = self._upload(job)
+                job.done.set()
+                log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs", self.topo.node, step_dirname(job.step),
+                         len(manifest), sum(m["size"] for m in manifest.values()) / 1e6, time.monotonic() - t0)
+                if self.topo.rank == 0:
+                    self._commit(job)
+            except BaseException as e:  # surfaces in the training thread at the next step
+                log.error("checkpoint %s failed: %s", step_dirname(job.step), e)
+                job.error = e
+                self._error = e
+            finally:
+                job.done.set()
+                job.committed.set()
+
+    def _upload(self, job: _Job) -> dict:
+        step_uri = join(self.root, step_dirname(job.step))
+        nodes_uri = join(step_uri, NODES_DIR)
+        deadline = time.monotonic() + 600
+        while True:  # every local rank has finished writing its files
+            markers = [job.local_dir / f"{LOCAL_MARKER}{r}" for r in range(self.topo.local_world_size)]
+            if all(m.exists() for m in markers):
+                break
+            if time.monotonic() > deadline:
+                raise StorageError(f"local ranks did not finish saving {job.local_dir} within 600s")
+            time.sleep(POLL_S / 2)
+        files = {p.relative_to(job.local_dir).as_posix(): p for p in sorted(job.local_dir.rglob("*"))
+                 if p.is_file() and not p.name.startswith(LOCAL_MARKER)}
+        if self.topo.node == 0:
+            # A commit of this step by an earlier attempt is withdrawn before its files are overwritten.
+            try:
+                if self.storage.read_json(join(step_uri, COMMITTED)).get("run") != self.run_id:
+                    self.storage.delete(join(step_uri, COMMITTED))
+            except (ObjectNotFound, ValueError):
+                pass
+            self.storage.write_json(join(nodes_uri, "node-0.files.json"), {"run": self.run_id, "files": sorted(files)})
+        else:
+            node0 = self._wait_json(join(nodes_uri, "node-0.files.json"), time.monotonic() + 3600)
+            files = {n: p for n, p in files.items() if n not in set(node0["files"])}
+        manifest = self.storage.upload_files(files, step_uri)
+        self.storage.write_json(join(nodes_uri, f"node-{self.topo.node}.json"),
+                                {"run": self.run_id, "node": self.topo.node, "files": manifest})
+        shutil.rmtree(job.local_dir, ignore_errors=True)
+        return manifest
+
+    def _wait_json(self, uri: str, deadline: float) -> dict:
+        while True:
+            try:
+                obj = self.storage.read_json(uri)
+                if obj.get("run") == self.run_id:
+                    return obj
+            except (ObjectNotFound, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise StorageError(f"timed out waiting for {uri} from this attempt (run {self.run_id})")
+            time.sleep(POLL_S)
+
+    def _commit(self, job: _Job) -> None:
+        step_uri = join(self.root, step_dirname(job.step))
+        nodes_uri = join(step_uri, NODES_DIR)
+        deadline = time.monotonic() + 3600
+        manifests = {}
+        for node in range(self.topo.nodes):
+            manifests[node] = self._wait_json(join(nodes_uri, f"node-{node}.json"), deadline)["files"]
+        marker = commit_marker(job.step, self.run_id, self.topo.nodes, self.topo.world_size, manifests)
+        self.storage.write_json(join(step_uri, COMMITTED), marker)
+        log.info("committed %s (%d files)", step_uri, len(marker["files"]))
+        self._event({"event": "checkpoint", "step": job.step, "uri": step_uri, "time": marker["time"]})
+        busy = {s for s, j in self._by_step.items() if s != job.step and not j.committed.is_set()}
+        try:
+            apply_retention(self.storage, self.root, self.keep_last, busy)
+        except (StorageError, PermanentError) as e:  # the commit stands; old checkpoints are retried next time
+            log.warning("retention after %s failed: %s", step_dirname(job.step), e)
+        job.committed.set()
+
+    # ------------------------------------------------ resume download
+    def _download_checkpoint(self, uri: str, manifest: dict) -> Path:
+        from .fetch import _NodeOnce
+
+        files = {n: m for n, m in manifest["files"].items() if m.get("node", 0) in (0, self.topo.node)}
+        if manifest.get("worldSize") not in (None, self.topo.world_size) or manifest.get("nodes") not in (None, self.topo.nodes):
+            raise PermanentError(
+                f"checkpoint {uri} was written by {manifest.get('nodes')} node(s) x {manifest.get('worldSize')} processes, "
+                f"this run has {self.topo.nodes} x {self.topo.world_size}; DeepSpeed checkpoints resume only on the same topology",
+                "InvalidSpec",
+            )
+        entry = self.scratch / "resume" / f"{step_dirname(manifest['step'])}-{manifest['run']}"
+        record = {"uri": uri, "run": manifest["run"], "files": sorted(files)}
+        t0 = time.monotonic()
+        out = _NodeOnce(entry).run(lambda tmp: self.storage.download_files(uri, files, tmp), record)
+        log.info("checkpoint %s on this node in %.1fs", uri, time.monotonic() - t0)
+        return out
+
+    # ------------------------------------------------ helpers
+    def _broadcast(self, obj: Any) -> Any:
+        dist = _dist()
+        if dist is None or self.topo.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def _event(self, event: dict) -> None:
+        if self.reporters is not None and self.topo.rank == 0:
+            self.reporters.event(event)
+
+
+def _make_callback(mgr: CheckpointManager):
+    from transformers import TrainerCallback
+
+    class CheckpointCallback(TrainerCallback):
+        """Turns CheckpointManager decisions into Trainer saves."""
+
+        def on_train_begin(self, args, state, control, **kw):
+            if not mgr._synced:  # prepare_resume was not called: still agree on one run id
+                mgr.run_id = mgr._broadcast(mgr.run_id)
+                mgr._synced = True
+            mgr._last_save = time.monotonic()
+
+        def on_step_end(self, args, state, control, **kw):
+            save, preempt, failed = mgr.step_flags(state.global_step, args.device)
+            if failed:
+                mgr._raise_if_failed()
+                raise StorageError("a checkpoint upload failed on another node; see its log")
+            if save:
+                control.should_save = True
+            if preempt:
+                mgr._preempting = True
+            return control
+
+        def on_save(self, args, state, control, **kw):
+            mgr.on_saved(state.global_step)
+
+        def on_train_end(self, args, state, control, **kw):
+            mgr.drain()
+
+    return CheckpointCallback()
