@@ -111,4 +111,7 @@ def build_ds_config(spec: FineTuneJobSpec, plan: BatchPlan, stage: int, precisio
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
         "zero_allow_untested_optimizer": True,
+        # Each node writes a complete checkpoint to its own scratch disk (no shared
+        # filesystem across pods); checkpoint.py uploads and commits it.
+        "checkpoint": {"use_node_local_storage": True},
     }
