@@ -12,7 +12,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from conftest import CHART, ROOT, VALUE_SETS, container_env, find, the
+from chartkit import CHART, ROOT, VALUE_SETS, container_env, find, the
 
 # The chart's kubeVersion floor and the newest schema kubernetes-validate has.
 KUBE_VERSIONS = ["1.29.0", kubernetes_validate.utils.latest_version()]
@@ -233,15 +233,14 @@ def test_operator_reads_every_setting_the_chart_passes(rendered, name):
     assert settings.run_as_user == jd["podSecurityContext"]["runAsUser"] != 0
 
 
-def test_trainer_image_digest_wins_over_tag(helm):
+def test_image_digest_wins_over_tag(helm, rendered):
     objs = helm.template({"jobDefaults": {"image": {"repository": "r.example/t", "tag": "x", "digest": "sha256:" + "0" * 64}}})
     assert container_env(the(objs, "Deployment"))["KUBETUNE_TRAINER_IMAGE"] == "r.example/t@sha256:" + "0" * 64
-    operator = the(VALUE_SETS_RENDER_CACHE.setdefault("custom", helm.template(VALUE_SETS["custom-images"])), "Deployment")
+    operator = the(rendered["custom-images"], "Deployment")
     (container,) = operator["spec"]["template"]["spec"]["containers"]
     assert container["image"] == "registry.example.com:5000/platform/kubetune-operator@sha256:" + "ab" * 32
-
-
-VALUE_SETS_RENDER_CACHE: dict = {}
+    assert container["imagePullPolicy"] == "Always"
+    assert operator["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
 
 # (values, text the error must contain). Each is a mistake a person makes.
 BAD_VALUES = [

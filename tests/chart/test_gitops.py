@@ -7,7 +7,7 @@ import re
 import pytest
 import yaml
 
-from conftest import ROOT
+from chartkit import ROOT
 
 
 def _health_script() -> str:

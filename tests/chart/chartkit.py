@@ -1,0 +1,90 @@
+"""Helpers shared by tests/chart: paths, the value sets, a helm wrapper, lookups.
+
+A separate module (not conftest.py) so test modules can import it by a name
+no other test folder uses.
+"""
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kubetune"
+
+# Value sets the chart must render, lint and validate cleanly. Each is a
+# realistic installation, not a toy: the names are used in test ids.
+VALUE_SETS: dict[str, dict] = {
+    "default": {},
+    "namespaced": {
+        "watch": {"scope": "namespaced", "namespaces": ["ml-team-a", "ml-team-b"]},
+    },
+    "ha": {"replicaCount": 2},
+    "ha-namespaced": {
+        "replicaCount": 2,
+        "watch": {"scope": "namespaced", "namespaces": ["ml-team-a"]},
+    },
+    "servicemonitor": {
+        "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
+                                       "labels": {"release": "prometheus"}}},
+    },
+    "custom-images": {
+        "image": {"repository": "registry.example.com:5000/platform/kubetune-operator",
+                  "digest": "sha256:" + "ab" * 32, "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "regcred"}],
+        "jobDefaults": {
+            "image": {"repository": "registry.example.com:5000/platform/kubetune-trainer", "tag": "0.1.0-cu128"},
+            "imagePullPolicy": "Always",
+            "imagePullSecrets": [{"name": "regcred"}, {"name": "gpu-images"}],
+            "storage": {"endpoint": "http://minio.storage.svc:9000", "region": "us-east-1",
+                        "secretName": "minio-credentials"},
+        },
+    },
+    "no-status-reporter": {"jobDefaults": {"statusReporter": False}},
+    "openshift-like": {
+        "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
+        "serviceAccount": {"create": True, "name": "kubetune-operator",
+                           "annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::123456789012:role/x"}},
+        "metrics": {"service": {"enabled": False}},
+    },
+}
+
+
+class Helm:
+    def __init__(self, binary: Path, tmp: Path):
+        self.binary = binary
+        self.tmp = tmp
+        self._n = 0
+
+    def values_file(self, values: dict) -> Path:
+        self._n += 1
+        path = self.tmp / f"values-{self._n}.yaml"
+        path.write_text(yaml.safe_dump(values))
+        return path
+
+    def run(self, *args: str, values: dict | None = None) -> subprocess.CompletedProcess:
+        cmd = [str(self.binary), *args]
+        if values is not None:
+            cmd += ["-f", str(self.values_file(values))]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    def template(self, values: dict, namespace: str = "kubetune-system") -> list[dict]:
+        out = self.run("template", "kt", str(CHART), "--namespace", namespace, "--include-crds", values=values)
+        assert out.returncode == 0, out.stderr
+        return [doc for doc in yaml.safe_load_all(out.stdout) if doc]
+
+
+def find(objs: list[dict], kind: str, name: str | None = None) -> list[dict]:
+    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+
+
+def the(objs: list[dict], kind: str) -> dict:
+    found = find(objs, kind)
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def container_env(deployment: dict) -> dict[str, str]:
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value") for e in container.get("env", []) if "value" in e}
