@@ -115,6 +115,9 @@ def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> d
         storage.region = settings.default_storage_region
     if storage.secret_ref is None and settings.default_storage_secret:
         storage.secret_ref = api.SecretRef(name=settings.default_storage_secret)
+    # Method-dependent defaults made explicit, so the ConfigMap shows what runs.
+    spec.training.learning_rate = spec.training.resolved_learning_rate(spec.method.type)
+    spec.distributed.processes_per_node = spec.distributed.procs_per_node()
     if spec.image is None:
         spec.image = settings.trainer_image
     if spec.image_pull_policy is None:

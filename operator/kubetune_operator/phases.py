@@ -49,7 +49,8 @@ _IMAGE_PULL_PERMANENT = ("InvalidImageName", "ErrImageNeverPull")
 
 
 def rfc3339(t: dt.datetime) -> str:
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC with milliseconds (backoff due times are computed from these)."""
+    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
 def parse_time(s: Optional[str]) -> Optional[dt.datetime]:

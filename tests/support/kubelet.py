@@ -1,0 +1,135 @@
+"""Play the Job controller, the scheduler and the kubelet against the emulated cluster.
+
+The emulator runs no controllers. These helpers change objects the way those
+controllers would, through the API, so the operator sees ordinary watch
+events: pods of an Indexed Job appear (named, labelled and owned as the Job
+controller makes them), get scheduled or not, run, and terminate with an exit
+code, a reason and a termination message.
+"""
+from __future__ import annotations
+
+import copy
+import datetime as dt
+import uuid
+from typing import Any, Optional
+
+from support.cluster import EmulatedCluster
+
+INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
+
+
+def _now() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Job controller: one pod per completion index, from the Job's template."""
+    meta = job["metadata"]
+    ns = meta["namespace"]
+    template = job["spec"]["template"]
+    pods = []
+    for index in range(int(job["spec"]["completions"])):
+        labels = dict((template.get("metadata") or {}).get("labels") or {})
+        labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"], INDEX_ANNOTATION: str(index)})
+        spec = copy.deepcopy(template["spec"])
+        spec["hostname"] = f"{meta['name']}-{index}"
+        pod = {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": f"{meta['name']}-{index}-{uuid.uuid4().hex[:5]}",
+                "namespace": ns,
+                "labels": labels,
+                "annotations": {INDEX_ANNOTATION: str(index)},
+                "ownerReferences": [{
+                    "apiVersion": "batch/v1", "kind": "Job", "name": meta["name"], "uid": meta["uid"],
+                    "controller": True, "blockOwnerDeletion": True,
+                }],
+            },
+            "spec": spec,
+        }
+        created = cluster.create(pod)
+        pods.append(cluster.patch_status("Pod", ns, created["metadata"]["name"], {"phase": "Pending"}))
+    cluster.patch_status("Job", ns, meta["name"], {"active": len(pods), "startTime": _now()})
+    return pods
+
+
+def _container(state: dict[str, Any], name: str = "trainer", last: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    cs = {"name": name, "image": "trainer", "imageID": "", "ready": "running" in state, "restartCount": 0, "state": state}
+    if last:
+        cs["lastState"] = last
+    return cs
+
+
+def unschedulable(cluster: EmulatedCluster, pod: dict[str, Any], message: str = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.") -> dict[str, Any]:
+    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message, "lastTransitionTime": _now()}],
+    })
+
+
+def image_pull_error(cluster: EmulatedCluster, pod: dict[str, Any], reason: str = "ImagePullBackOff", message: str = "Back-off pulling image") -> dict[str, Any]:
+    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
+        "containerStatuses": [_container({"waiting": {"reason": reason, "message": message}})],
+    })
+
+
+def run(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any]:
+    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
+        "phase": "Running",
+        "startTime": _now(),
+        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
+        "containerStatuses": [_container({"running": {"startedAt": _now()}})],
+    })
+
+
+def terminate(cluster: EmulatedCluster, pod: dict[str, Any], exit_code: int, reason: Optional[str] = None, message: str = "",
+              pod_conditions: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+    """The kubelet: the trainer container exited; the pod is Succeeded (0) or Failed."""
+    reason = reason or ("Completed" if exit_code == 0 else "Error")
+    status: dict[str, Any] = {
+        "phase": "Succeeded" if exit_code == 0 else "Failed",
+        "containerStatuses": [_container({"terminated": {
+            "exitCode": exit_code, "reason": reason, "message": message, "startedAt": _now(), "finishedAt": _now(),
+        }})],
+    }
+    if pod_conditions:
+        status["conditions"] = pod_conditions
+    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], status)
+
+
+def complete_job(cluster: EmulatedCluster, job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
+    """All indexes succeeded: pods exit 0, the Job controller marks the Job Complete."""
+    for p in pods:
+        terminate(cluster, p, 0)
+    n = len(pods)
+    return cluster.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"], {
+        "active": 0, "succeeded": n, "completedIndexes": f"0-{n - 1}" if n > 1 else "0", "completionTime": _now(),
+        "conditions": [
+            {"type": "SuccessCriteriaMet", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()},
+            {"type": "Complete", "status": "True", "reason": "CompletionsReached", "lastTransitionTime": _now()},
+        ],
+    })
+
+
+def fail_job(cluster: EmulatedCluster, job: dict[str, Any], reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> dict[str, Any]:
+    return cluster.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"], {
+        "active": 0, "failed": 1,
+        "conditions": [
+            {"type": "FailureTarget", "status": "True", "reason": reason, "message": message, "lastTransitionTime": _now()},
+            {"type": "Failed", "status": "True", "reason": reason, "message": message, "lastTransitionTime": _now()},
+        ],
+    })
+
+
+def suspend_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> None:
+    """The Job controller on spec.suspend=true: delete the active pods."""
+    ns = job["metadata"]["namespace"]
+    for p in cluster.list("Pod", ns, label_selector=f"job-name={job['metadata']['name']}"):
+        cluster.delete("Pod", ns, p["metadata"]["name"])
+    cluster.patch_status("Job", ns, job["metadata"]["name"], {
+        "active": 0,
+        "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended", "lastTransitionTime": _now()}],
+    })
