@@ -1017,8 +1017,13 @@ class FineTuneJob(_Model):
 
 
 def load_job(data: dict[str, Any]) -> FineTuneJob:
-    """Parse a manifest dict (raises pydantic.ValidationError)."""
-    return FineTuneJob.model_validate(data)
+    """Parse a manifest dict (raises pydantic.ValidationError).
+
+    Manifests must use the camelCase wire names, as the API server demands: a
+    snake_case key (``learning_rate``) is an unknown field here too, never a
+    silent alias. (Python code may still construct models with snake_case.)
+    """
+    return FineTuneJob.model_validate(data, by_alias=True, by_name=False)
 
 
 def load_job_file(path: str) -> FineTuneJob:

@@ -213,12 +213,28 @@ def schema_problems(doc: dict[str, Any]) -> list[Problem]:
 _OLD_SELF = re.compile(r"\boldSelf\b")
 
 
+def _heterogeneous_eq(a: Any, b: Any):
+    """CEL's equality: values of different types are unequal (cel-python raises instead)."""
+    from celpy import celtypes
+
+    try:
+        return celtypes.BoolType(bool(a == b))
+    except TypeError:
+        return celtypes.BoolType(False)
+
+
+def _heterogeneous_ne(a: Any, b: Any):
+    from celpy import celtypes
+
+    return celtypes.BoolType(not _heterogeneous_eq(a, b))
+
+
 @functools.lru_cache(maxsize=None)
 def _cel_program(expr: str):
     import celpy
 
     env = celpy.Environment()
-    return env.program(env.compile(expr))
+    return env.program(env.compile(expr), functions={"_==_": _heterogeneous_eq, "_!=_": _heterogeneous_ne})
 
 
 def to_cel(schema: dict[str, Any], value: Any, root: bool = False, lenient: bool = False):

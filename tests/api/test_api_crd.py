@@ -1,0 +1,181 @@
+"""The committed CRD: generated from spec.py, accepted by the Kubernetes schema, structural, CEL-clean."""
+from __future__ import annotations
+
+import copy
+import re
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from kubetune_trainer import crd, spec as api
+from kubetune_trainer.validation import _cel_program, _field_path, crd_schema
+
+from api_manifests import REPO
+
+K8S_VERSION = "1.37"
+
+
+@pytest.fixture(scope="module")
+def committed() -> dict:
+    return yaml.safe_load((REPO / crd.CRD_PATHS[0]).read_text())
+
+
+@pytest.mark.parametrize("path", crd.CRD_PATHS, ids=str)
+def test_committed_crd_matches_generated(path):
+    committed_text = (REPO / path).read_text()
+    assert committed_text == crd.crd_yaml(), (
+        f"{path} is stale: the API model changed; run `{crd.REGENERATE_COMMAND}` and commit both CRD copies"
+    )
+
+
+def test_check_mode_reports_stale_copies(tmp_path):
+    for p in crd.CRD_PATHS:
+        (tmp_path / p).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / p).write_text(crd.crd_yaml())
+    assert crd.stale_files(tmp_path) == []
+    (tmp_path / crd.CRD_PATHS[1]).write_text(crd.crd_yaml().replace("ftjob", "ftjb"))
+    assert crd.stale_files(tmp_path) == [crd.CRD_PATHS[1]]
+
+
+def test_kubetune_crd_prints_the_generated_crd(capsys):
+    from kubetune_operator.cli import main
+
+    assert main(["crd"]) == 0
+    assert capsys.readouterr().out == crd.crd_yaml()
+
+
+def test_crd_passes_kubernetes_validate_strict(committed):
+    assert kubernetes_validate.validate(committed, K8S_VERSION, strict=True) == K8S_VERSION
+
+
+def test_strict_validation_would_catch_a_misspelt_schema_keyword(committed):
+    # proves the check above can fail: strict mode rejects unknown keys in JSONSchemaProps
+    broken = copy.deepcopy(committed)
+    spec = broken["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+    spec["x-kubernetes-validation"] = spec.pop("x-kubernetes-validations")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSION, strict=True)
+
+
+def test_crd_names_columns_and_subresources(committed):
+    s = committed["spec"]
+    assert committed["metadata"]["name"] == "finetunejobs.kubetune.io"
+    assert s["group"] == "kubetune.io" and s["scope"] == "Namespaced"
+    assert s["names"]["kind"] == "FineTuneJob" and s["names"]["plural"] == "finetunejobs"
+    assert s["names"]["shortNames"] == ["ftj", "ftjob"]
+    assert {"all", "kubetune"} <= set(s["names"]["categories"])
+    (version,) = s["versions"]
+    assert version["name"] == "v1alpha1" and version["served"] and version["storage"]
+    assert version["subresources"] == {"status": {}}
+    columns = {c["name"]: c for c in version["additionalPrinterColumns"]}
+    default_columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
+    assert default_columns == ["Phase", "Method", "Nodes", "Progress", "Loss", "ETA", "Age"]
+    schema = version["schema"]["openAPIV3Schema"]
+    for c in columns.values():
+        if c["jsonPath"].startswith(".metadata"):
+            continue
+        node = schema
+        for part in c["jsonPath"].strip(".").split("."):
+            node = node["properties"][part]  # every column points at a real field
+        assert node["type"] == c["type"] or (node["type"] == "number" and c["type"] == "number")
+
+
+def _walk(node, path=""):
+    yield path, node
+    for name, sub in (node.get("properties") or {}).items():
+        yield from _walk(sub, f"{path}.{name}")
+    if isinstance(node.get("items"), dict):
+        yield from _walk(node["items"], f"{path}[*]")
+    if isinstance(node.get("additionalProperties"), dict):
+        yield from _walk(node["additionalProperties"], f"{path}[key]")
+
+
+FORBIDDEN = ("$ref", "anyOf", "allOf", "oneOf", "not", "definitions", "$defs", "title", "const")
+
+
+def test_schema_is_structural_and_explained():
+    schema = crd_schema()
+    for path, node in _walk(schema):
+        for key in FORBIDDEN:
+            assert key not in node, f"{path or '<root>'} has {key}: not structural"
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type" not in node, path
+        elif path != ".metadata":
+            assert node.get("type") in ("object", "array", "string", "integer", "number", "boolean"), path
+        assert node.get("additionalProperties") is not False, path
+        if node.get("type") == "object" and "properties" in node and path != "":
+            for name, sub in node["properties"].items():
+                assert sub.get("description"), f"{path}.{name} has no description (kubectl explain shows nothing)"
+
+
+def test_defaults_validate_against_their_own_schema():
+    # the API server refuses a CRD whose default does not validate (structural defaulting)
+    from kubetune_trainer.validation import _draft4
+
+    count = 0
+    for path, node in _walk(crd_schema()):
+        if "default" in node:
+            jsonschema.Draft4Validator(_draft4(node)).validate(node["default"])
+            count += 1
+    assert count > 50
+
+
+def test_spec_strings_lists_and_maps_are_bounded():
+    """Unbounded strings/lists make the API server's CEL cost estimate explode: bound all of spec."""
+    spec = crd_schema()["properties"]["spec"]
+    for path, node in _walk(spec, "spec"):
+        if node.get("x-kubernetes-preserve-unknown-fields") or "enum" in node:
+            continue
+        kind = node.get("type")
+        if kind == "string" or node.get("x-kubernetes-int-or-string"):
+            assert "maxLength" in node or "pattern" in node and node["pattern"].startswith("^("), path
+            if kind == "string":
+                assert "maxLength" in node, path
+        elif kind == "array":
+            assert "maxItems" in node, path
+        elif kind == "object" and isinstance(node.get("additionalProperties"), dict):
+            assert "maxProperties" in node, path
+
+
+def _rules():
+    for path, node in _walk(crd_schema()):
+        for rule in node.get("x-kubernetes-validations", []):
+            yield path, node, rule
+
+
+def test_every_cel_rule_compiles_and_names_an_existing_field():
+    rules = list(_rules())
+    assert len(rules) >= 40
+    for path, node, rule in rules:
+        _cel_program(rule["rule"])
+        if "messageExpression" in rule:
+            _cel_program(rule["messageExpression"])
+        assert rule["message"] and "\n" not in rule["message"], path
+        target = node
+        for part in _field_path(rule.get("fieldPath", "")):
+            if path == "" and part in ("metadata", "name"):
+                target = {"properties": {"name": {}}}
+                continue
+            assert part in target.get("properties", {}), f"{path}: fieldPath {rule['fieldPath']} does not exist"
+            target = target["properties"][part]
+
+
+def test_every_spec_field_but_suspend_and_run_policy_is_immutable():
+    spec = crd_schema()["properties"]["spec"]
+    immutable = {
+        r["fieldPath"].lstrip(".")
+        for r in spec["x-kubernetes-validations"]
+        if re.search(r"\boldSelf\b", r["rule"])
+    }
+    assert immutable == set(spec["properties"]) - set(api.MUTABLE_SPEC_FIELDS)
+    for r in spec["x-kubernetes-validations"]:
+        if "oldSelf" in r["rule"]:
+            assert "immutable once created; create a new FineTuneJob" in r["message"]
+
+
+def test_zero_stage_is_int_or_string_in_the_crd():
+    z = crd_schema()["properties"]["spec"]["properties"]["distributed"]["properties"]["zeroStage"]
+    assert z["x-kubernetes-int-or-string"] is True
+    assert (z["minimum"], z["maximum"], z["pattern"]) == (0, 3, api.ZERO_STAGE_PATTERN)

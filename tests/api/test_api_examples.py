@@ -1,0 +1,68 @@
+"""Every example manifest validates in every layer, and `kubetune validate` exits 0 on it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from kubetune_trainer import spec as api
+from kubetune_trainer.validation import cel_problems, crd_schema, prepare, schema_problems, validate_manifest
+
+from api_manifests import EXAMPLES, REPO
+
+REQUIRED = {
+    "quickstart-cpu.yaml",
+    "lora-8b-2x8-s3-kueue.yaml",
+    "qlora-1gpu.yaml",
+    "full-zero3-offload.yaml",
+    "prompt-tuning.yaml",
+}
+
+
+def test_required_examples_exist():
+    assert REQUIRED <= {p.name for p in EXAMPLES}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_is_valid_in_every_layer(path):
+    text = path.read_text()
+    assert text.startswith("#"), "each example starts with a comment saying what it needs and costs"
+    header = text.split("apiVersion:")[0].lower()
+    assert "needs" in header and "cost" in header
+    docs = [d for d in yaml.safe_load_all(text) if d]
+    assert docs and all(d["kind"] == "FineTuneJob" for d in docs)
+    for doc in docs:
+        prepared = prepare(crd_schema(), doc)
+        assert schema_problems(prepared) == []
+        assert cel_problems(prepared) == []
+        api.load_job(doc)  # pydantic
+        assert validate_manifest(doc) == []
+
+
+def test_examples_say_what_they_claim():
+    by_name = {p.name: api.load_job_file(str(p)).spec for p in EXAMPLES}
+    q = by_name["quickstart-cpu.yaml"]
+    assert q.distributed.gpus_per_node == 0 and q.method.type == "lora" and "://" not in q.output.uri
+    big = by_name["lora-8b-2x8-s3-kueue.yaml"]
+    assert (big.distributed.nodes, big.distributed.gpus_per_node) == (2, 8)
+    assert big.output.uri.startswith("s3://") and big.storage.secret_ref and big.queue_name
+    assert big.method.type == "lora"
+    ql = by_name["qlora-1gpu.yaml"]
+    assert ql.method.type == "qlora" and ql.distributed.world_size() == 1
+    full = by_name["full-zero3-offload.yaml"]
+    assert full.method.type == "full" and full.distributed.zero_stage == "3" and full.distributed.offload == "parameters"
+    assert full.output.export == "merged"
+    pt = by_name["prompt-tuning.yaml"]
+    assert pt.method.type == "prompt-tuning" and pt.dataset.packing is False and pt.output.export == "adapter"
+
+
+def test_kubetune_validate_exits_0_on_all_examples():
+    # the installed console script, as a user runs it
+    out = subprocess.run(
+        [sys.executable, "-m", "kubetune_operator.cli", "validate", *map(str, EXAMPLES)],
+        capture_output=True, text=True, cwd=REPO, timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count(": valid") == len(EXAMPLES)

@@ -1,0 +1,114 @@
+"""`kubetune validate`: exit codes, output format, multi-document files, de-duplication, auto values."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune_operator.cli import main as kubetune
+from kubetune_trainer import spec as api
+from kubetune_trainer.validation import validate_manifest
+
+from api_manifests import EXAMPLES, REPO, base
+
+
+def _kubetune_binary() -> list[str]:
+    script = Path(sys.executable).parent / "kubetune"
+    return [str(script)] if script.exists() else [sys.executable, "-m", "kubetune_operator.cli"]
+
+
+def test_console_script_exit_codes(tmp_path):
+    bad = base()
+    bad["spec"]["training"]["globalBatchSize"] = 15
+    bad_file = tmp_path / "bad.yaml"
+    bad_file.write_text(yaml.safe_dump(bad))
+    good = str(EXAMPLES[0])
+    ok = subprocess.run([*_kubetune_binary(), "validate", good], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    res = subprocess.run([*_kubetune_binary(), "validate", good, str(bad_file)], capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert res.returncode == 1
+    assert f"{bad_file}: spec.training.globalBatchSize: training.globalBatchSize (15) must be divisible" in res.stdout
+    assert "x world size (2); use a multiple of it" in res.stdout
+
+
+def test_multi_document_file(tmp_path, capsys):
+    good, bad = base(), base()
+    bad["spec"]["method"]["type"] = "ia3"  # leaves a lora block behind
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3"}, "stringData": {"A": "b"}}
+    f = tmp_path / "all.yaml"
+    f.write_text(yaml.safe_dump_all([secret, good, bad]))
+    assert kubetune(["validate", str(f)]) == 1
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == [
+        f"{f}#3: spec.method.lora: method.lora is only for method.type lora or qlora; remove it or change method.type"
+    ]
+
+
+def test_unreadable_and_unparsable_files_exit_2(tmp_path, capsys):
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("spec: [unclosed\n")
+    assert kubetune(["validate", str(tmp_path / "missing.yaml")]) == 2
+    assert kubetune(["validate", str(broken), str(EXAMPLES[0])]) == 2
+    out = capsys.readouterr().out
+    assert f"{tmp_path / 'missing.yaml'}: cannot read" in out
+    assert f"{broken}: not valid YAML" in out
+    assert f"{EXAMPLES[0]}: valid" in out
+
+
+def test_file_without_a_job_is_invalid(tmp_path, capsys):
+    f = tmp_path / "cm.yaml"
+    f.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
+    assert kubetune(["validate", str(f)]) == 1
+    assert "no FineTuneJob document found" in capsys.readouterr().out
+
+
+def test_one_line_per_problem_across_layers():
+    job = base()
+    job["spec"]["training"]["maxSteps"] = 10  # epochs and maxSteps: CEL and pydantic both say so
+    job["spec"]["distributed"]["zeroStage"] = 5  # schema maximum and pydantic literal both say so
+    problems = validate_manifest(job)
+    assert sorted(p.path for p in problems) == ["spec.distributed.zeroStage", "spec.training"]
+    by_path = {p.path: p for p in problems}
+    assert by_path["spec.training"].layer == "cel"
+    assert by_path["spec.distributed.zeroStage"].layer == "schema"
+
+
+def test_null_is_pruned_like_the_api_server():
+    job = base()
+    job["spec"]["distributed"]["nodes"] = None  # not nullable: the API server drops it and defaults to 1
+    job["spec"]["model"]["revision"] = None  # nullable: null means unset
+    assert validate_manifest(job) == []
+
+
+@pytest.mark.parametrize("stage", [0, 1, 2, 3, "0", "3", "auto"])
+def test_zero_stage_accepts_numbers_and_strings(stage):
+    job = base()
+    job["spec"]["distributed"]["zeroStage"] = stage
+    assert validate_manifest(job) == []
+    assert api.load_job(job).spec.distributed.zero_stage == str(stage)
+
+
+@pytest.mark.parametrize(
+    "method, export, packing",
+    [("full", "merged", True), ("lora", "adapter", True), ("prompt-tuning", "adapter", False),
+     ("prefix-tuning", "adapter", False), ("ia3", "adapter", True)],
+)
+def test_auto_values_resolve_at_parse(method, export, packing):
+    job = base()
+    job["spec"]["method"] = {"type": method}
+    parsed = api.load_job(job).spec
+    assert (parsed.output.export, parsed.dataset.packing) == (export, packing)
+    assert validate_manifest(job) == []
+
+
+def test_snake_case_keys_are_unknown_fields_for_the_trainer_too():
+    job = base()
+    job["spec"]["training"]["max_steps"] = 5
+    with pytest.raises(Exception, match="max_steps"):
+        api.load_job(job)
+    # Python code may still build models by field name
+    assert api.TrainingSpec(max_steps=5).max_steps == 5
