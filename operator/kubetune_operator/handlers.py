@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import random
 import time
 from typing import Any, Callable, Optional
 
@@ -79,6 +80,8 @@ class Runtime:
         self.states: dict[tuple[str, str], JobState] = {}
         self.metrics = Metrics(lambda: [s.ftj.get("status", {}).get("phase") or "Pending" for s in list(self.states.values()) if s.ftj])
         self.kube: Optional[Kube] = None
+        # The namespaces this run watches (empty: cluster-wide); set by runner.run_operator.
+        self.namespaces: tuple[str, ...] = ()
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -241,6 +244,14 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.watching.label_selectors["v1/pods"] = builders.LABEL_JOB
         settings.peering.standalone = rt.settings.standalone
         settings.peering.name = rt.settings.peering_name
+        if not rt.settings.standalone:
+            # Kopf pauses *all* peers that share a priority, and the replicas of a Deployment
+            # are identical: each process draws its own, so exactly one (the highest) works.
+            settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
+        if rt.namespaces and not any(ch in ns for ns in rt.namespaces for ch in "*?[]!,"):
+            # An exact list of namespaces (the chart's namespaced mode) needs no cluster-scoped
+            # access: do not list namespaces or watch CRDs (which would be refused and retried).
+            settings.scanning.disabled = True
         rt.kube = Kube(settings, logging.getLogger("kubetune.kube"))
 
     if rt.login_fn is not None:

@@ -76,6 +76,7 @@ def run_operator(
     rt = runtime or Runtime(settings, login=login or default_login)
     if rt.login_fn is None:
         rt.login_fn = login or default_login
+    rt.namespaces = () if clusterwide else tuple(namespaces)
     registry = make_registry(rt)
     port = settings.metrics_port if metrics_port is None else metrics_port
     if port:
