@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import sys
 from pathlib import Path
 from typing import Any
@@ -262,6 +263,7 @@ def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
 _Dumper.add_representer(str, _str_presenter)
 
 
+@functools.lru_cache(maxsize=1)
 def crd_yaml() -> str:
     return HEADER + yaml.dump(crd_dict(), Dumper=_Dumper, sort_keys=False, width=120, allow_unicode=False)
 

@@ -62,6 +62,7 @@ QUANTITY_PATTERN = (
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+ENDPOINT_PATTERN = r"^https?://[^\s/]+(/.*)?$"
 
 # Bounds on strings and lists keep the API server's CEL cost estimate small.
 URI_MAX = 2048
@@ -128,7 +129,7 @@ _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 def _check_quantities(v: dict[str, Union[int, str]]) -> dict[str, Union[int, str]]:
     for key, q in v.items():
         if isinstance(q, bool) or (isinstance(q, str) and not _QUANTITY_RE.match(q)):
-            raise ValueError(f"{key}: {q!r} is not a Kubernetes quantity like '32', '500m' or '256Gi'")
+            raise ValueError(f"{q!r} (for {key}) is not a Kubernetes quantity like '32', '500m' or '256Gi'")
     return v
 
 
@@ -669,7 +670,7 @@ class StorageSpec(_Model):
     endpoint: Optional[str] = Field(
         default=None,
         max_length=URI_MAX,
-        pattern=r"^https?://[^\s/]+(/.*)?$",
+        pattern=ENDPOINT_PATTERN,
         description="S3 endpoint URL (http:// or https://) for MinIO, Ceph RGW, GCS etc. Unset: AWS S3.",
     )
     region: Optional[str] = Field(default=None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
@@ -746,9 +747,8 @@ class ResourcesSpec(_Model):
 
     @model_validator(mode="after")
     def _no_gpus_here(self) -> "ResourcesSpec":
-        for where in ("requests", "limits"):
-            if _GPU_RESOURCE in getattr(self, where):
-                raise _invalid(where, f"set GPUs with distributed.gpusPerNode, not {_GPU_RESOURCE} in resources")
+        if _GPU_RESOURCE in self.requests or _GPU_RESOURCE in self.limits:
+            raise ValueError(f"set GPUs with distributed.gpusPerNode, not {_GPU_RESOURCE} in resources")
         return self
 
 

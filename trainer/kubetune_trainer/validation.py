@@ -146,6 +146,7 @@ _PATTERN_HINTS = {
     api.ZERO_STAGE_PATTERN: "must be 0, 1, 2, 3 or 'auto'",
     api.DNS_LABEL_PATTERN: "must be lowercase letters, digits and '-', starting and ending with a letter or digit",
     api.DNS_SUBDOMAIN_PATTERN: "must be a DNS name: lowercase letters, digits, '-' and '.'",
+    api.ENDPOINT_PATTERN: "must be an http:// or https:// URL, e.g. http://minio.minio.svc:9000",
     api.ENV_NAME_PATTERN: "must be a valid environment variable name (letters, digits, '_', '-', '.'; not starting with a digit)",
 }
 
@@ -495,21 +496,19 @@ def code_problems(doc: dict[str, Any]) -> list[Problem]:
 
 
 # ------------------------------------------------------------------ together
-def _merge(*layers: Iterable[Problem]) -> list[Problem]:
-    """Keep every problem of the first layer reporting a path; drop exact duplicates."""
-    out: list[Problem] = []
-    seen_paths: set[str] = set()
-    seen: set[tuple[str, str]] = set()
-    for layer in layers:
-        layer = list(layer)
-        new_paths = set()
-        for p in layer:
-            if p.path in seen_paths or (p.path, p.message) in seen:
-                continue
-            out.append(p)
-            seen.add((p.path, p.message))
-            new_paths.add(p.path)
-        seen_paths |= new_paths
+def _related(a: str, b: str) -> bool:
+    """Same field, or one inside the other (spec.resources / spec.resources.limits[memory])."""
+    return a == b or any(x.startswith(y) and x[len(y)] in ".[" for x, y in ((a, b), (b, a)) if len(x) > len(y))
+
+
+def _merge(schema: Iterable[Problem], cel: Iterable[Problem], model: Iterable[Problem]) -> list[Problem]:
+    """One line per problem: CEL adds what the schema did not say about a path; the model layer
+    (pydantic, which stops at a model's first field error) adds only paths unrelated to those."""
+    out = list(dict.fromkeys(schema))
+    paths = {p.path for p in out}
+    out += [p for p in dict.fromkeys(cel) if p.path not in paths]
+    reported = [p.path for p in out]
+    out += [p for p in dict.fromkeys(model) if not any(_related(p.path, r) for r in reported)]
     return out
 
 
@@ -522,7 +521,7 @@ def validate_manifest(doc: Any) -> list[Problem]:
     defaulted = prepare(schema, doc, defaults=True)
     structural = schema_problems(defaulted)
     rules = cel_problems(defaulted, schema_errors=structural)
-    return _merge(structural, rules, model_problems(pruned), code_problems(pruned))
+    return _merge(structural, rules, model_problems(pruned) + code_problems(pruned))
 
 
 def validate_update(old: dict[str, Any], new: dict[str, Any]) -> list[Problem]:
@@ -530,7 +529,7 @@ def validate_update(old: dict[str, Any], new: dict[str, Any]) -> list[Problem]:
     schema = crd_schema()
     new_d, old_d = prepare(schema, new), prepare(schema, old)
     structural = schema_problems(new_d)
-    return _merge(structural, cel_problems(new_d, old_d, schema_errors=structural))
+    return _merge(structural, cel_problems(new_d, old_d, schema_errors=structural), [])
 
 
 class Unreadable(Exception):
