@@ -48,6 +48,15 @@ def test_multi_document_file(tmp_path, capsys):
     ]
 
 
+def test_kubectl_list_of_jobs(tmp_path, capsys):
+    bad = base()
+    bad["spec"]["queueName"] = "Team A"
+    f = tmp_path / "list.yaml"
+    f.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "List", "items": [base(), bad]}))
+    assert kubetune(["validate", str(f)]) == 1
+    assert capsys.readouterr().out.startswith(f"{f}: items[1]: spec.queueName: must be lowercase letters")
+
+
 def test_unreadable_and_unparsable_files_exit_2(tmp_path, capsys):
     broken = tmp_path / "broken.yaml"
     broken.write_text("spec: [unclosed\n")

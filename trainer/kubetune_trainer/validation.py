@@ -552,12 +552,18 @@ def validate_file(path: str) -> tuple[int, list[str]]:
         docs = load_documents(path)
     except Unreadable as e:
         return EXIT_UNREADABLE, [f"{path}: {e}"]
-    jobs = [(i, d) for i, d in enumerate(docs) if not isinstance(d, dict) or d.get("kind") == api.KIND]
+    jobs: list[tuple[str, Any]] = []
+    for i, d in enumerate(docs):
+        where = path if len(docs) == 1 else f"{path}#{i + 1}"
+        if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):  # kubectl's List
+            jobs += [(f"{where}: items[{j}]", item) for j, item in enumerate(d["items"])
+                     if isinstance(item, dict) and item.get("kind") == api.KIND]
+        elif not isinstance(d, dict) or d.get("kind") == api.KIND:
+            jobs.append((where, d))
     if not jobs:
         return EXIT_INVALID, [f"{path}: no {api.KIND} document found (kind: {api.KIND})"]
     lines: list[str] = []
-    for i, doc in jobs:
-        where = path if len(docs) == 1 else f"{path}#{i + 1}"
+    for where, doc in jobs:
         lines.extend(f"{where}: {p}" for p in validate_manifest(doc))
     return (EXIT_INVALID if lines else EXIT_VALID), lines
 
