@@ -139,6 +139,35 @@ def test_spec_strings_lists_and_maps_are_bounded():
             assert "maxProperties" in node, path
 
 
+def _max_chars(node) -> int:
+    """An upper bound on the characters of a value of this schema (keys and scalars), from its bounds."""
+    if node.get("x-kubernetes-preserve-unknown-fields"):
+        return 0  # invisible to CEL
+    kind = node.get("type")
+    if "enum" in node:
+        return max(len(str(v)) for v in node["enum"])
+    if kind == "string" or node.get("x-kubernetes-int-or-string"):
+        return node.get("maxLength", 20)
+    if kind in ("integer", "number", "boolean"):
+        return 20
+    if kind == "array":
+        return node["maxItems"] * _max_chars(node["items"])
+    if isinstance(node.get("additionalProperties"), dict):
+        return node["maxProperties"] * (317 + _max_chars(node["additionalProperties"]))
+    return sum(len(k) + _max_chars(v) for k, v in node.get("properties", {}).items())
+
+
+def test_cel_cost_of_spec_equality_is_far_below_the_api_server_limits():
+    """The immutability rules compare spec fields; CEL's estimated cost of traversing strings is 0.1 per
+    character. Even a traversal of the largest possible spec must stay far below the per-expression
+    static limit (10,000,000) and the CRD total (100,000,000) that the API server enforces."""
+    spec = crd_schema()["properties"]["spec"]
+    traversal = 0.1 * _max_chars(spec)
+    rules = len(spec["x-kubernetes-validations"])
+    assert traversal < 1_000_000  # also under the 1,000,000 runtime limit per evaluation
+    assert traversal * rules < 100_000_000
+
+
 def _rules():
     for path, node in _walk(crd_schema()):
         for rule in node.get("x-kubernetes-validations", []):

@@ -711,7 +711,7 @@ class EnvVar(_Model):
     """An environment variable set in every trainer container."""
 
     name: str = Field(min_length=1, max_length=NAME_MAX, pattern=ENV_NAME_PATTERN, description="Variable name, e.g. NCCL_DEBUG.")
-    value: str = Field(default="", max_length=32768, description="Value.")
+    value: str = Field(default="", max_length=4096, description="Value.")
 
 
 _GPU_RESOURCE = "nvidia.com/gpu"
