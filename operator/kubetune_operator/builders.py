@@ -18,8 +18,6 @@ import hashlib
 import json
 from typing import Any, Optional
 
-import yaml
-
 from kubetune_trainer import spec as api
 from kubetune_operator.settings import OperatorSettings
 
@@ -32,7 +30,7 @@ ANNOTATION_GENERATION = "kubetune.io/generation"
 COMPLETION_INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 CONTAINER = "trainer"
-CONFIG_KEY = "finetunejob.yaml"
+CONFIG_KEY = "finetunejob.json"  # JSON is YAML too: the trainer reads either
 CONFIG_DIR = "/etc/kubetune"
 SCRATCH_DIR = "/scratch"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
@@ -142,12 +140,6 @@ def spec_hashes(spec: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def changed_spec_fields(job_dict: dict[str, Any], recorded: dict[str, str]) -> list[str]:
-    """Immutable spec fields of the manifest whose hash differs from the recorded one."""
-    now = spec_hashes(normalized_spec(job_dict))
-    return sorted(k for k in set(now) | set(recorded) if now.get(k) != recorded.get(k))
-
-
 # ----------------------------------------------------------------- objects
 def owner_reference(job_dict: dict[str, Any]) -> Optional[dict[str, Any]]:
     meta = job_dict.get("metadata") or {}
@@ -181,19 +173,20 @@ def _metadata(job_dict: dict[str, Any], name: str, extra_labels: Optional[dict[s
     return out
 
 
-def _hashes_annotation(job_dict: dict[str, Any]) -> str:
+def spec_hashes_annotation(job_dict: dict[str, Any]) -> str:
     return json.dumps(spec_hashes(normalized_spec(job_dict)), sort_keys=True, separators=(",", ":"))
 
 
-def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    manifest = resolved_manifest(job_dict, settings)
+def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings, manifest: Optional[dict[str, Any]] = None,
+                     hashes: Optional[str] = None) -> dict[str, Any]:
+    manifest = manifest or resolved_manifest(job_dict, settings)
     meta = _metadata(job_dict, config_map_name(job_dict["metadata"]["name"]))
-    meta["annotations"] = {ANNOTATION_SPEC_HASHES: _hashes_annotation(job_dict)}
+    meta["annotations"] = {ANNOTATION_SPEC_HASHES: hashes or spec_hashes_annotation(job_dict)}
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
-        "data": {CONFIG_KEY: yaml.safe_dump(manifest, sort_keys=False)},
+        "data": {CONFIG_KEY: json.dumps(manifest, indent=2)},
     }
 
 
@@ -294,6 +287,7 @@ def build_batch_job(
     settings: OperatorSettings,
     attempt: int,
     recorded_spec_hashes: Optional[str] = None,
+    manifest: Optional[dict[str, Any]] = None,
 ) -> dict[str, Any]:
     """The Indexed Job of one attempt: ``nodes`` pods, each running torchrun.
 
@@ -303,7 +297,7 @@ def build_batch_job(
     """
     if attempt < 1:
         raise ValueError("attempt numbers start at 1")
-    manifest = resolved_manifest(job_dict, settings)
+    manifest = manifest or resolved_manifest(job_dict, settings)
     spec = manifest["spec"]
     name = manifest["metadata"]["name"]
     dist = spec["distributed"]
@@ -425,7 +419,7 @@ def build_batch_job(
     if queue:
         job_meta["labels"][LABEL_KUEUE_QUEUE] = queue
     job_meta["annotations"] = {
-        ANNOTATION_SPEC_HASHES: recorded_spec_hashes or _hashes_annotation(job_dict),
+        ANNOTATION_SPEC_HASHES: recorded_spec_hashes or spec_hashes_annotation(job_dict),
     }
     generation = (job_dict.get("metadata") or {}).get("generation")
     if generation is not None:
@@ -457,9 +451,10 @@ def build_batch_job(
     }
 
 
-def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSettings) -> list[dict[str, Any]]:
+def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSettings,
+                                  manifest: Optional[dict[str, Any]] = None, hashes: Optional[str] = None) -> list[dict[str, Any]]:
     """The objects created once per FineTuneJob (not per attempt), in creation order."""
-    objs = [build_config_map(job_dict, settings), build_service(job_dict, settings)]
+    objs = [build_config_map(job_dict, settings, manifest, hashes), build_service(job_dict, settings)]
     if settings.status_reporter:
         objs += [
             build_service_account(job_dict, settings),
@@ -477,10 +472,13 @@ def build_objects(job_dict: dict[str, Any], settings: Optional[OperatorSettings]
     Raises InvalidJob when the manifest cannot run. ``kubetune render`` prints this.
     """
     settings = settings or OperatorSettings()
-    parse_job(job_dict)
-    return build_job_independent_objects(job_dict, settings) + [build_batch_job(job_dict, settings, attempt)]
+    manifest = resolved_manifest(job_dict, settings)
+    hashes = spec_hashes_annotation(job_dict)
+    return build_job_independent_objects(job_dict, settings, manifest, hashes) + [
+        build_batch_job(job_dict, settings, attempt, hashes, manifest)
+    ]
 
 
 def manifest_from_config_map(cm: dict[str, Any]) -> dict[str, Any]:
     """The resolved manifest stored in a job's ConfigMap (the spec an attempt started with)."""
-    return yaml.safe_load((cm.get("data") or {})[CONFIG_KEY])
+    return json.loads((cm.get("data") or {})[CONFIG_KEY])

@@ -194,13 +194,15 @@ class Runtime:
                         stored_spec[field] = ftj["spec"][field]
                 source = {**ftj, "spec": stored_spec}
                 recorded = ((cm.get("metadata") or {}).get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASHES)
-        objects = builders.build_job_independent_objects(source, self.settings) if attempt == 1 or recorded is None else []
+        manifest = builders.resolved_manifest(source, self.settings)
+        hashes = recorded or builders.spec_hashes_annotation(source)
+        objects = builders.build_job_independent_objects(source, self.settings, manifest, hashes) if attempt == 1 or recorded is None else []
         for obj in objects:
             obj["metadata"]["namespace"] = ns
             _, created = await self.kube.create(obj)
             if created:
                 logger.debug(f"created {obj['kind']} {ns}/{obj['metadata']['name']}")
-        batch = builders.build_batch_job(source, self.settings, attempt, recorded)
+        batch = builders.build_batch_job(source, self.settings, attempt, hashes, manifest)
         batch["metadata"]["namespace"] = ns
         job, created = await self.kube.create(batch)
         st.see(st.jobs, job)

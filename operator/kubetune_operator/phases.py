@@ -310,6 +310,24 @@ class _StatusWriter:
 
 
 # ------------------------------------------------------------------ decide
+_PARSED: dict[tuple[str, int], tuple[Any, dict[str, str]]] = {}
+
+
+def _parse(ftj: dict[str, Any]) -> tuple[Any, dict[str, str]]:
+    """The parsed job and its spec hashes; memoized per (uid, generation): the spec changes only with it."""
+    meta = ftj.get("metadata") or {}
+    key = (meta.get("uid"), meta.get("generation"))
+    if key[0] is not None and key[1] is not None and key in _PARSED:
+        return _PARSED[key]
+    job = builders.parse_job(ftj)
+    value = (job, builders.spec_hashes(job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")))
+    if key[0] is not None and key[1] is not None:
+        if len(_PARSED) > 4096:
+            _PARSED.clear()
+        _PARSED[key] = value
+    return value
+
+
 def _attempt_of(obj: dict[str, Any]) -> Optional[int]:
     v = ((obj.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_ATTEMPT)
     try:
@@ -353,7 +371,7 @@ def _decide(ftj, name, status, jobs, pods, now, settings, w: _StatusWriter, plan
 
     # Spec the operator cannot run: Failed/InvalidSpec, never a crash loop.
     try:
-        job = builders.parse_job(ftj)
+        job, current_hashes = _parse(ftj)
     except builders.InvalidJob as e:
         if phase not in TERMINAL:
             w.transition("Failed", "InvalidSpec", str(e))
@@ -370,7 +388,7 @@ def _decide(ftj, name, status, jobs, pods, now, settings, w: _StatusWriter, plan
         if j["metadata"]["name"] != current_name and not _deleting(j) and (_attempt_of(j) or 0) < max(attempt, 1)
     ]
 
-    _check_spec_change(ftj, current, w)
+    _check_spec_change(current_hashes, current, w)
 
     if phase in TERMINAL:
         if rp.ttl_seconds_after_finished is not None:
@@ -524,16 +542,17 @@ def _active(spec, status, attempt, pods, w: _StatusWriter) -> None:
         w.transition("Initializing", "PodsStarting", f"{running}/{nodes} pods of attempt {attempt} running")
 
 
-def _check_spec_change(ftj, current, w: _StatusWriter) -> None:
+def _check_spec_change(current_hashes: dict[str, str], current, w: _StatusWriter) -> None:
     if current is None:
         return
     recorded = ((current.get("metadata") or {}).get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASHES)
     if not recorded:
         return
     try:
-        changed = builders.changed_spec_fields(ftj, json.loads(recorded))
-    except (ValueError, builders.InvalidJob):
+        old = json.loads(recorded)
+    except ValueError:
         return
+    changed = sorted(k for k in set(current_hashes) | set(old) if current_hashes.get(k) != old.get(k))
     c = w.condition(SPEC_CHANGE_IGNORED)
     if changed:
         fields = ", ".join(f"spec.{f}" for f in changed)

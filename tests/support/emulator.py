@@ -42,6 +42,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+import time
 import uuid
 from typing import Any, Iterable, Optional
 
@@ -175,6 +176,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _events: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
     _uids: dict[str, Any] = attrs.field(factory=dict, init=False)  # uid -> object key
+    # (plural, namespace, name) -> time.monotonic() of the last successful create (latency benchmarks)
+    created_at: dict[tuple[str, Optional[str], str], float] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -189,9 +192,10 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     # ----------------------------------------------------------- helpers
     def _info(self, res: Any) -> kmock.ResourceInfo:
-        for r in self._get_resources():
+        # Declared resources only (kmock's discovery also scans every stored object: O(n) per call).
+        for r, info in self.resources._resources.items():
             if r == res:
-                return self.resources[r]
+                return info
         raise kmock.KubernetesResourceNotFoundError()
 
     def _bump(self) -> str:
@@ -347,6 +351,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         meta["resourceVersion"] = self._bump()
         self._store(key, body)
         self._uids[meta["uid"]] = key
+        self.created_at[(res.plural, ns, meta["name"])] = time.monotonic()
         await self._emit(res, "ADDED", body)
         return body, 201
 
