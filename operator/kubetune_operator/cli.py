@@ -18,6 +18,16 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
 
+    p = sub.add_parser("operator", help="run the operator (in a pod: its service account; elsewhere: the current kubeconfig)")
+    p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
+                   help="watch this namespace (repeatable, globs allowed); default: $KUBETUNE_WATCH_NAMESPACES, else cluster-wide")
+    p.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
+    p.add_argument("--peering", metavar="NAME", help="Kopf peering object shared by replicas (default: $KUBETUNE_PEERING_NAME or 'kubetune')")
+    p.add_argument("--standalone", action="store_true", help="no peering: run as the only replica")
+    p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port, 0 disables (default: $KUBETUNE_METRICS_PORT or 9090)")
+    p.add_argument("--health-port", type=int, metavar="PORT", help="liveness /healthz port, 0 disables (default: $KUBETUNE_HEALTH_PORT or 8080)")
+    p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
+
     args = parser.parse_args(argv)
     if args.command == "validate":
         from kubetune_trainer.validation import validate_files_cli
@@ -28,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(crd_yaml())
         return 0
+    if args.command == "operator":
+        from kubetune_operator.runner import main as operator_main
+
+        return operator_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 
