@@ -140,3 +140,31 @@ class OperatorThread:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def main(args: Any) -> int:
+    """`kubetune operator`: settings from the environment, overridden by flags."""
+    import dataclasses
+
+    settings = OperatorSettings.from_env()
+    changes: dict[str, Any] = {}
+    if args.peering:
+        changes.update(peering_name=args.peering, standalone=False)
+    if args.standalone:
+        changes["standalone"] = True
+    if args.metrics_port is not None:
+        changes["metrics_port"] = args.metrics_port
+    if args.health_port is not None:
+        changes["health_port"] = args.health_port
+    settings = dataclasses.replace(settings, **changes)
+    configure_logging(settings.log_format, verbose=args.verbose)
+    if args.all_namespaces and args.namespace:
+        raise SystemExit("kubetune operator: use either --namespace or --all-namespaces")
+    namespaces = () if args.all_namespaces else tuple(args.namespace) or settings.watch_namespaces
+    logging.getLogger("kubetune.operator").info(
+        f"starting: {'namespaces ' + ','.join(namespaces) if namespaces else 'cluster-wide'}, "
+        f"{'standalone' if settings.standalone else 'peering ' + settings.peering_name}, "
+        f"metrics :{settings.metrics_port or '-'}, health :{settings.health_port or '-'}"
+    )
+    run_operator(settings, namespaces=namespaces, clusterwide=not namespaces)
+    return 0

@@ -104,3 +104,31 @@ def test_metrics_and_liveness_endpoints(cluster):
         assert "kubetune_reconcile_duration_seconds_count" in text
         assert 'kubetune_transitions_total{phase="Pending",reason="Accepted"} 1.0' in text  # "broken" fails before Pending
         assert requests.get(f"http://127.0.0.1:{hport}/healthz", timeout=5).status_code == 200
+
+
+def test_kubetune_operator_command_runs_from_a_kubeconfig(cluster, tmp_path):
+    """The CLI entry point as a process: kubeconfig login, namespaced watch, JSON logs, clean SIGTERM exit."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    ns = "cli"
+    cluster.ensure_namespace(ns)
+    env = dict(os.environ, KUBECONFIG=cluster.write_kubeconfig(str(tmp_path / "kubeconfig")), KUBETUNE_LOG_FORMAT="json")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kubetune_operator.cli", "operator", "--namespace", ns, "--standalone",
+         "--metrics-port", "0", "--health-port", "0"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        cluster.create(job_manifest("from-cli", ns))
+        wait_for(lambda: cluster.get("Job", ns, "from-cli-a1"), timeout=30, message="Job created by the CLI operator")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, out
+    lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    assert any(line["message"].startswith("starting: namespaces cli, standalone") for line in lines), out
+    assert any("from-cli -> Initializing" in line["message"] for line in lines), out

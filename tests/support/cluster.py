@@ -165,6 +165,20 @@ class EmulatedCluster:
 
         return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace="default")
 
+    def write_kubeconfig(self, path: str, namespace: str = "default") -> str:
+        """A kubeconfig whose current context is this cluster (for `kubetune operator`, kubectl)."""
+        import yaml
+
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
+            "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
+            "users": [{"name": "tester", "user": {"token": "emulator-accepts-anything"}}],
+            "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
+        }
+        with open(path, "w") as f:
+            yaml.safe_dump(config, f)
+        return path
+
     def ensure_namespace(self, name: str) -> None:
         if self.get("Namespace", None, name) is None:
             self.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
