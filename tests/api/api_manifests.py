@@ -19,6 +19,7 @@ BASE = {
         "training": {"epochs": 1, "globalBatchSize": 16, "microBatchSize": 2},
         "distributed": {"nodes": 1, "gpusPerNode": 1},
         "output": {"uri": "s3://out-bucket/runs/base"},
+        "storage": {"secretRef": {"name": "s3-credentials"}},
     },
 }
 

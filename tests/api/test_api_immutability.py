@@ -92,7 +92,7 @@ def test_unchanged_and_explicit_defaults_are_not_changes():
     # writing out what the API server defaults is no change (GitOps tools re-apply such manifests)
     new["spec"]["method"]["lora"].update({"alpha": None, "dropout": 0.05, "targetModules": ["all-linear"]})
     new["spec"]["distributed"]["zeroStage"] = "auto"
-    new["spec"]["storage"] = {}
+    new["spec"]["resources"] = {"shmSize": "16Gi"}
     assert validate_update(old, new) == []
 
 

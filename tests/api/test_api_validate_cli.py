@@ -121,3 +121,35 @@ def test_snake_case_keys_are_unknown_fields_for_the_trainer_too():
         api.load_job(job)
     # Python code may still build models by field name
     assert api.TrainingSpec(max_steps=5).max_steps == 5
+
+
+def _warnings_for(tmp_path, capsys, doc) -> list[str]:
+    f = tmp_path / "w.yaml"
+    f.write_text(yaml.safe_dump(doc))
+    assert kubetune(["validate", str(f)]) == 0  # warnings never fail
+    return [line for line in capsys.readouterr().out.splitlines() if ": warning: " in line]
+
+
+def test_warnings_are_printed_but_do_not_fail(tmp_path, capsys):
+    no_secret = base()
+    del no_secret["spec"]["storage"]
+    assert _warnings_for(tmp_path, capsys, no_secret) == [
+        f"{tmp_path / 'w.yaml'}: spec.storage.secretRef: warning: not set: S3 credentials must come from the pods' "
+        "cloud identity (IRSA, workload identity); set storage.secretRef or serviceAccountName unless the nodes provide one"
+    ]
+    job = base()
+    job["spec"]["training"] = {"maxSteps": 100, "evalEvery": 500, "globalBatchSize": 16}
+    job["spec"]["output"]["checkpointEvery"] = 100
+    paths = [line.split(": ")[1] for line in _warnings_for(tmp_path, capsys, job)]
+    assert paths == ["spec.output.checkpointEvery", "spec.training.evalEvery"]
+    local = base()
+    local["spec"].update(model={"source": "models/m"}, dataset={"train": "d.jsonl"}, output={"uri": "out"},
+                         storage={"endpoint": "http://minio:9000"}, method={"type": "qlora"},
+                         distributed={"gpusPerNode": 0})
+    paths = [line.split(": ")[1] for line in _warnings_for(tmp_path, capsys, local)]
+    assert paths == ["spec.method.type", "spec.storage"]
+
+
+def test_examples_have_no_warnings(capsys):
+    assert kubetune(["validate", *map(str, EXAMPLES)]) == 0
+    assert ": warning: " not in capsys.readouterr().out

@@ -38,7 +38,7 @@ EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 class Problem:
     path: str  # e.g. "spec.training.globalBatchSize" ("" for the whole document)
     message: str
-    layer: str  # "schema" | "cel" | "model"
+    layer: str  # "schema" | "cel" | "model"; "warning" for warnings()
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message
@@ -495,6 +495,39 @@ def code_problems(doc: dict[str, Any]) -> list[Problem]:
     return problems
 
 
+def warnings(doc: dict[str, Any]) -> list[Problem]:
+    """Valid but probably not what was meant; printed, never failing. Call only on a valid manifest."""
+    spec = api.load_job(doc).spec
+    out: list[Problem] = []
+    t, o, d, st = spec.training, spec.output, spec.distributed, spec.storage
+    every = o.checkpoint_every_steps()
+    if t.max_steps is not None and every is not None and every >= t.max_steps:
+        out.append(Problem(
+            "spec.output.checkpointEvery",
+            f"{every} steps >= training.maxSteps ({t.max_steps}): no checkpoint before the end, so a failure or "
+            "preemption restarts from scratch; checkpoint more often",
+            "warning",
+        ))
+    if t.max_steps is not None and t.eval_every is not None and t.eval_every > t.max_steps:
+        out.append(Problem("spec.training.evalEvery", f"{t.eval_every} > training.maxSteps ({t.max_steps}): "
+                           "evaluation runs only at the end", "warning"))
+    if spec.method.type == "qlora" and d.gpus_per_node == 0:
+        out.append(Problem("spec.method.type", "qlora on CPU (gpusPerNode 0) runs bitsandbytes' slow CPU path: "
+                           "fine for a wiring test, not for real training", "warning"))
+    uris = [spec.model.source, spec.dataset.train, spec.dataset.eval or "", o.uri]
+    uses_s3 = any(u.startswith("s3://") for u in uris)
+    if not uses_s3 and (st.endpoint or st.secret_ref):
+        out.append(Problem("spec.storage", "S3 settings are set but no URI uses s3://; they have no effect", "warning"))
+    if uses_s3 and st.secret_ref is None and spec.service_account_name is None:
+        out.append(Problem(
+            "spec.storage.secretRef",
+            "not set: S3 credentials must come from the pods' cloud identity (IRSA, workload identity); "
+            "set storage.secretRef or serviceAccountName unless the nodes provide one",
+            "warning",
+        ))
+    return out
+
+
 # ------------------------------------------------------------------ together
 def _related(a: str, b: str) -> bool:
     """Same field, or one inside the other (spec.resources / spec.resources.limits[memory])."""
@@ -563,13 +596,17 @@ def validate_file(path: str) -> tuple[int, list[str]]:
     if not jobs:
         return EXIT_INVALID, [f"{path}: no {api.KIND} document found (kind: {api.KIND})"]
     lines: list[str] = []
+    notes: list[str] = []
     for where, doc in jobs:
-        lines.extend(f"{where}: {p}" for p in validate_manifest(doc))
-    return (EXIT_INVALID if lines else EXIT_VALID), lines
+        problems = validate_manifest(doc)
+        lines.extend(f"{where}: {p}" for p in problems)
+        if not problems:
+            notes.extend(f"{where}: {p.path}: warning: {p.message}" for p in warnings(doc))
+    return (EXIT_INVALID if lines else EXIT_VALID), lines + notes
 
 
 def validate_files_cli(files: Sequence[str]) -> int:
-    """``kubetune validate``: one line per problem; 0 valid, 1 invalid, 2 a file unreadable."""
+    """``kubetune validate``: one line per problem (and per warning); 0 valid, 1 invalid, 2 a file unreadable."""
     code = EXIT_VALID
     for path in files:
         rc, lines = validate_file(path)
