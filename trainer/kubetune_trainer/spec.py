@@ -116,7 +116,6 @@ def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
     return v
 
 
-Uri = Annotated[str, StringConstraints(min_length=1, max_length=URI_MAX)]
 ShortName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Quantity = Annotated[Union[int, str], Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
@@ -839,7 +838,7 @@ class FineTuneJobSpec(_Model):
     storage: StorageSpec = Field(default_factory=StorageSpec, description="S3 endpoint and credentials Secret.")
     image: Optional[str] = Field(default=None, min_length=1, max_length=1024, description="Trainer image. Unset: the operator's default.")
     image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(default=None, description="Image pull policy.")
-    image_pull_secrets: Optional[list[Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]]] = Field(
+    image_pull_secrets: Optional[list[ShortName]] = Field(
         default=None, max_length=16, description="Names of Secrets for pulling the trainer image from a private registry."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU, memory, shm and scratch per pod.")
