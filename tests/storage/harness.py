@@ -67,14 +67,31 @@ def read_events(path: Path) -> list[dict]:
     return out
 
 
+def kill_tree(pid: int) -> None:
+    """SIGKILL a launcher and all its descendants (torchrun starts workers in their own sessions)."""
+    import psutil
+
+    try:
+        procs = [psutil.Process(pid)]
+        procs += procs[0].children(recursive=True)
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, scratch: Optional[Path] = None,
             until: Optional[Callable[[list[dict]], bool]] = None, send: int = signal.SIGKILL,
             timeout: float = 240, nnodes: int = 1, node_rank: int = 0, port: Optional[int] = None,
             tag: str = "") -> Run:
     """Run one job under the exit-code-keeping torchrun; optionally signal it once ``until(events)`` holds.
 
-    SIGKILL goes to the whole process group (a node dying); SIGTERM goes to the
-    launcher only, as the kubelet sends it to a container's main process.
+    SIGKILL goes to the launcher and every worker at once (a node dying);
+    SIGTERM goes to the launcher only, as the kubelet sends it to a
+    container's main process.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / f"job{tag}.yaml"
@@ -95,11 +112,11 @@ def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, scratch
     try:
         while p.poll() is None:
             if time.monotonic() - t0 > timeout:
-                os.killpg(p.pid, signal.SIGKILL)
+                kill_tree(p.pid)
                 raise TimeoutError(f"job did not finish in {timeout}s; see {workdir}/stderr{tag}.log")
             if until is not None and not signalled and until(read_events(progress)):
                 if send == signal.SIGKILL:
-                    os.killpg(p.pid, signal.SIGKILL)
+                    kill_tree(p.pid)
                 else:
                     p.send_signal(send)
                 signalled = True
@@ -107,11 +124,6 @@ def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, scratch
     finally:
         errf.close()
         if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
+            kill_tree(p.pid)
         p.wait()
-        if send == signal.SIGKILL and signalled:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # no orphans from the killed group
-            except ProcessLookupError:
-                pass
     return Run(p.returncode, read_events(progress), (workdir / f"stderr{tag}.log").read_text(), time.monotonic() - t0)
