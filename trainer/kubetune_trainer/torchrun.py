@@ -25,12 +25,22 @@ def exit_code_for(worker_exit_codes: list[int]) -> int:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
+    import signal
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.run import get_args_parser, run
 
     args = get_args_parser().parse_args(argv)
     try:
         run(args)
+    except SignalException as e:
+        # The pod was asked to stop (kubelet SIGTERM to the container's main process).
+        # torchrun forwarded it to the workers, which checkpoint, commit and exit 75
+        # within --shutdown-timeout / TORCH_ELASTIC_SHUTDOWN_TIMEOUT (set it to the
+        # pod's grace period; torch's default is 30 s); their codes are not returned here.
+        print(f"kubetune: launcher stopped by signal {e.sigval}", file=sys.stderr, flush=True)
+        return PREEMPTED if e.sigval == signal.SIGTERM else 1
     except ChildFailedError as e:
         codes = [f.exitcode for f in e.failures.values()]
         print(f"kubetune: workers failed with exit codes {sorted(set(codes))}", file=sys.stderr, flush=True)
