@@ -10,6 +10,7 @@ import kubernetes_validate
 import pytest
 
 from kubetune_operator import builders
+from kubetune_trainer import k8s_status
 from support import kubelet
 from support.cluster import wait_for
 from support.manifests import job_manifest
@@ -172,8 +173,10 @@ def test_phase_machine_through_queue_admission_preemption_and_success(cluster, o
     pods = [kubelet.run(cluster, p) for p in pods]
     wait_phase(cluster, name, "Running", "PodsRunning")
 
-    # Rank 0's reporter: progress and its phase.
-    cluster.patch_status("FineTuneJob", NS, name, {"phase": "Running", "progress": {"step": 10, "totalSteps": 100, "percent": 10.0, "loss": 2.5, "updatedAt": "2026-01-01T00:00:00Z"}})
+    # Rank 0's reporter (the trainer's own code) says it trains and how far it got.
+    reporter = k8s_status.KubernetesStatusReporter(cluster.url, NS, name, min_interval=0.0)
+    reporter.event({"event": "phase", "phase": "Running"})
+    reporter.progress({"step": 10, "totalSteps": 100, "percent": 10.0, "loss": 2.5, "updatedAt": "2026-01-01T00:00:00Z"})
     wait_phase(cluster, name, "Running", "TrainingStarted")
 
     # Kueue preempts: it suspends the Job; the Job controller deletes the pods.
@@ -186,9 +189,10 @@ def test_phase_machine_through_queue_admission_preemption_and_success(cluster, o
     pods = [kubelet.run(cluster, p) for p in kubelet.create_pods(cluster, job)]
     wait_phase(cluster, name, "Running")
 
-    cluster.patch_status("FineTuneJob", NS, name, {"phase": "Exporting"})
+    reporter.event({"event": "phase", "phase": "Exporting"})
     wait_phase(cluster, name, "Exporting", "Exporting")
-    cluster.patch_status("FineTuneJob", NS, name, {"output": {"adapterUri": "s3://out/run/final/adapter"}})
+    reporter.event({"event": "exported", "adapterUri": "s3://out/run/final/adapter", "metrics": {"evalLoss": 1.5}})
+    reporter.close()
     kubelet.complete_job(cluster, cluster.get("Job", NS, job["metadata"]["name"]), pods)
     st = wait_phase(cluster, name, "Succeeded", "Completed")
 
