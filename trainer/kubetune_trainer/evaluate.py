@@ -57,8 +57,9 @@ def eval_loss(model, samples: list[dict], collator, batch_size: int, device) -> 
                 batch["labels"].fill_(data_mod.IGNORE)
             batch = {k: v.to(device) for k, v in batch.items()}
             n = int((batch["labels"][:, 1:] != data_mod.IGNORE).sum())
-            # num_items_in_batch=1 makes the model's loss the *sum* over loss tokens
-            out = model(**batch, num_items_in_batch=1)
+            # num_items_in_batch=1 makes the model's loss the *sum* over loss tokens; without
+            # use_cache=False transformers builds a KV cache and then skips packed-sequence masking
+            out = model(**batch, use_cache=False, num_items_in_batch=1)
             if n:
                 total += float(out.loss)
                 count += n

@@ -105,6 +105,7 @@ def peft_config(spec: FineTuneJobSpec, model_dir: str):
             target_modules=targets,
             use_dora=o.use_dora,
             use_rslora=o.use_rslora,
+            modules_to_save=list(o.modules_to_save) if o.modules_to_save else None,
         )
     if m.type == "prompt-tuning":
         o = m.prompt_tuning_options()
@@ -129,12 +130,21 @@ def _numel(p) -> int:
     return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitioned parameters are empty locally
 
 
+def _count_4bit(model) -> int:
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        return 0
+    return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
+
+
 @dataclass
 class ModelInfo:
     n_params: int
     n_trainable: int
     dtype: str
     attention: str
+    quantized_modules: int = 0  # bitsandbytes 4-bit linear layers (qlora)
 
 
 def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool):
@@ -172,6 +182,7 @@ def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_c
         except ValueError as e:  # e.g. target modules that do not exist in this model
             raise PermanentError(f"method {spec.method.type}: {e}", "InvalidSpec") from e
     n_trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
-    info = ModelInfo(n_params, n_trainable, str(kwargs["dtype"]).replace("torch.", ""), kwargs["attn_implementation"])
+    info = ModelInfo(n_params, n_trainable, str(kwargs["dtype"]).replace("torch.", ""), kwargs["attn_implementation"],
+                     quantized_modules=_count_4bit(model) if spec.method.type == "qlora" else 0)
     log.info("model: %s", info)
     return model, info

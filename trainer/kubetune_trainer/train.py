@@ -48,22 +48,35 @@ class Runtime:
     def from_env(cls) -> "Runtime":
         import torch
 
-        if "RANK" not in os.environ:  # a single process without torchrun: be our own rendezvous
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                port = s.getsockname()[1]
-            os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
-                              MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        world = int(os.environ["WORLD_SIZE"])
+        world = int(os.environ.get("WORLD_SIZE", 1))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         return cls(
-            rank=int(os.environ["RANK"]),
+            rank=int(os.environ.get("RANK", 0)),
             local_rank=int(os.environ.get("LOCAL_RANK", 0)),
             world_size=world,
             nodes=max(1, world // max(1, local_world)),
             scratch=os.environ.get("KUBETUNE_SCRATCH", "/tmp/kubetune-scratch"),
             cuda=torch.cuda.is_available(),
         )
+
+
+def single_process_rendezvous() -> None:
+    """Without torchrun, a single process is its own rendezvous (DeepSpeed needs a process group)."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+
+
+def join_process_group(args) -> None:
+    """Create the process group (through the Trainer's accelerate state) and DeepSpeed's view of it."""
+    import deepspeed
+
+    args.device  # noqa: B018 -- TrainingArguments sets up torch.distributed on first access
+    deepspeed.init_distributed()  # wraps the existing group; without it DeepSpeed sees world size 1
 
 
 def setup_logging(rank: int) -> None:
@@ -120,11 +133,8 @@ def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, Optional[str]]:
 def prepare_data(spec, tokenizer, train_path: str, eval_path: Optional[str], rt: Runtime):
     from . import data
 
-    packing = spec.dataset.packing
-    if packing and spec.method.type in ("prompt-tuning", "prefix-tuning"):
-        log.warning("dataset.packing is off for %s: virtual tokens are per sequence, not per packed sample", spec.method.type)
-        packing = False
-    return data.prepare(spec.dataset, tokenizer, train_path, eval_path, spec.training.seed, packing,
+    # spec parsing resolves packing (off for prompt/prefix tuning: the soft prompt leads each sequence)
+    return data.prepare(spec.dataset, tokenizer, train_path, eval_path, spec.training.seed, bool(spec.dataset.packing),
                         cache_dir=os.path.join(rt.scratch, "datasets-cache"))
 
 
@@ -197,6 +207,7 @@ def local_final_dir(spec, rt: Runtime) -> str:
 def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
     from transformers import TrainingArguments
 
+    single_process_rendezvous()
     t = spec.training
     has_eval = bool(data.eval)
     length = {"max_steps": t.max_steps} if t.max_steps else {"num_train_epochs": t.epochs}
@@ -215,8 +226,8 @@ def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
         data_seed=t.seed,
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
+        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy=("steps" if t.eval_every else "epoch") if has_eval else "no",
         eval_steps=t.eval_every,
         eval_on_start=has_eval,
@@ -282,7 +293,11 @@ def final_evaluation(trainer, spec, data, tokenizer, plan: Plan) -> dict:
 
     if not data.eval:
         return {}
-    metrics = trainer.evaluate()
+    last = trainer.eval_history[-1] if trainer.eval_history else None
+    if last and last["step"] == trainer.state.global_step:  # the Trainer just evaluated at the last step
+        metrics = {k: v for k, v in last.items() if k != "step"}
+    else:
+        metrics = trainer.evaluate()
     g = spec.training.generation_eval
     if g and g.samples:
         metrics.update(evaluate.generation_accuracy(
@@ -323,12 +338,20 @@ def build_summary(job, rt: Runtime, plan: Plan, data, info, trainer, train_resul
         "trainRuntimeSeconds": runtime,
         "wallSeconds": wall,
         "tokensPerSecond": state.num_input_tokens_seen / runtime if runtime else None,
+        "mfu": _summary_mfu(trainer, data, state.num_input_tokens_seen / runtime if runtime else None, rt.world_size),
         "resumedFrom": resumed_from,
         "model": asdict(info),
         "data": {"train": data.train_stats.as_dict(), "eval": data.eval_stats.as_dict() if data.eval_stats else None},
         "history": history,
         "spec": job.spec.model_dump(by_alias=True, mode="json"),
     }
+
+
+def _summary_mfu(trainer, data, tokens_per_second, world_size: int):
+    """Model FLOPs utilisation over the whole run (flops.py): None on CPU and on unknown GPUs."""
+    from . import flops
+
+    return flops.training_mfu(trainer.model, data.train, tokens_per_second, world_size)
 
 
 # -------------------------------------------------------------------- main
@@ -349,6 +372,7 @@ def run(config_path: str) -> None:
         plan = plan_deepspeed(spec, model_dir, rt)
         ckpt = checkpoint_manager(spec, rt, reporters)
         args = training_arguments(spec, plan, ckpt, data, rt)  # before the model: ZeRO-3 builds it partitioned
+        join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
         import transformers
 

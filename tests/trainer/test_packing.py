@@ -1,0 +1,60 @@
+"""Packing without cross-sample attention: a packed batch's loss equals the token-weighted mean
+loss of the same samples run one by one, for the attention kernels used on CPU (sdpa, eager).
+
+Packing is data.pack + data.Collator (position_ids restarting per sample, no attention mask);
+the block-diagonal mask itself is transformers' masking_utils packed-sequence detection.
+A control run of the same packed batch *without* position_ids (so attention crosses samples)
+must give a clearly different loss, or the test could not tell the two apart.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from kubetune_trainer import data, tiny
+from kubetune_trainer.spec import DatasetSpec
+
+
+@pytest.fixture(scope="module")
+def samples(tokenizer, tmp_path_factory):
+    path = tiny.write_chat_dataset(tmp_path_factory.mktemp("pack") / "chat.jsonl", n=12, seed=1)
+    rows = data.load_rows(str(path))
+    rows += data.load_rows(str(tiny.write_instruction_dataset(path.with_name("i.jsonl"), n=12, seed=2)))
+    chat, _ = data.encode_rows(rows[:12], "chat", tokenizer, DatasetSpec(train="x"))
+    instr, _ = data.encode_rows(rows[12:], "instruction", tokenizer, DatasetSpec(train="x", train_on_prompt=True))
+    return chat + instr  # mixed lengths (about 10 to 30 tokens)
+
+
+def model_with(tokenizer, attn: str):
+    torch.manual_seed(0)
+    m = tiny.build_model(tokenizer)
+    with torch.no_grad():  # larger weights than the default init: attention patterns matter for the loss
+        for name, p in m.named_parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    m.config._attn_implementation = attn
+    # as in training (model.load_model): with a KV cache, transformers skips packed-sequence detection
+    m.config.use_cache = False
+    return m.eval()
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_packed_loss_equals_mean_of_unpacked(tokenizer, samples, attn):
+    model = model_with(tokenizer, attn)
+    with torch.no_grad():
+        total, count = 0.0, 0
+        for s in samples:
+            ids, labels = torch.tensor([s["input_ids"]]), torch.tensor([s["labels"]])
+            total += model(input_ids=ids, labels=labels, num_items_in_batch=1).loss.item()  # sum over tokens
+            count += int((labels[:, 1:] != data.IGNORE).sum())
+        unpacked = total / count
+
+        rows = data.pack(samples, max_len=96)
+        assert len(rows) <= len(samples) / 3  # really packed: several samples per row
+        batch = data.Collator(tokenizer.pad_token_id)(rows)
+        packed = model(**batch).loss.item()
+
+        leaky = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss.item()
+
+    assert packed == pytest.approx(unpacked, rel=1e-5, abs=1e-5)
+    assert abs(leaky - unpacked) > 1e-2, "control: attention across samples must change the loss"

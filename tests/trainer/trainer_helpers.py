@@ -1,0 +1,64 @@
+"""Helpers for the trainer tests: write a FineTuneJob, run the trainer under torchrun, read its outputs."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def write_job(path: Path, spec: dict, name: str = "t") -> Path:
+    path.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
+                                    "metadata": {"name": name}, "spec": spec}))
+    return path
+
+
+def trainer_env(scratch: Path, progress: Path | None = None) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", KUBETUNE_SCRATCH=str(scratch),
+               TOKENIZERS_PARALLELISM="false")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    if progress:
+        env["KUBETUNE_PROGRESS_FILE"] = str(progress)
+    return env
+
+
+def torchrun_cmd(config: Path, nproc: int = 2, extra: tuple = ()) -> list[str]:
+    return [sys.executable, "-m", "kubetune_trainer.torchrun", f"--nproc-per-node={nproc}",
+            f"--master-port={free_port()}", *extra, "-m", "kubetune_trainer", "--config", str(config)]
+
+
+class Run:
+    """One finished trainer run: exit code, log, summary.json, progress records, wall time."""
+
+    def __init__(self, workdir: Path, rc: int, log: str, seconds: float, output: Path):
+        self.workdir, self.rc, self.log, self.seconds, self.output = workdir, rc, log, seconds, output
+        summary = output / "final" / "summary.json"
+        self.summary = json.loads(summary.read_text()) if summary.exists() else None
+        progress = workdir / "progress.jsonl"
+        self.records = [json.loads(l) for l in progress.read_text().splitlines()] if progress.exists() else []
+
+
+def run_trainer(workdir: Path, spec: dict, nproc: int = 2, timeout: int = 300) -> Run:
+    """torchrun (through kubetune_trainer.torchrun) with `nproc` CPU processes on one FineTuneJob."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    config = write_job(workdir / "job.yaml", spec)
+    t0 = time.monotonic()
+    p = subprocess.run(torchrun_cmd(config, nproc), env=trainer_env(workdir / "scratch", workdir / "progress.jsonl"),
+                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    run = Run(workdir, p.returncode, p.stdout + p.stderr, time.monotonic() - t0, Path(spec["output"]["uri"]))
+    (workdir / "log.txt").write_text(run.log)
+    return run
