@@ -40,6 +40,56 @@ def helm(tools, tmp_path_factory) -> Helm:
 @pytest.fixture(scope="session")
 def rendered(helm) -> dict[str, list[dict]]:
     """Every value set rendered once, shared by all tests."""
-    return {name: helm.template(values) for name, values in VALUE_SETS.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(helm.template, values) for name, values in VALUE_SETS.items()}
+        return {name: f.result() for name, f in futures.items()}
 
 
+
+
+# Value sets whose operator runs the whole job lifecycle against the
+# authorizing emulator, with the chart's RBAC and the chart's env settings.
+LIFECYCLE_VALUE_SETS = ("default", "ha", "ha-namespaced")
+
+
+@pytest.fixture(scope="session")
+def lifecycles(rendered):
+    """{value set: (cluster, outcome, grants)}: the scenario of chart_scenario.py,
+    run once per value set and shared by the RBAC and GitOps tests."""
+    import dataclasses
+
+    from chart_scenario import AuthorizingCluster, allows, grants_of, run_lifecycle
+    from chartkit import container_env, find, the
+    from kubetune_operator.settings import OperatorSettings
+
+    results = {}
+    clusters = []
+    try:
+        for name in LIFECYCLE_VALUE_SETS:
+            objs = rendered[name]
+            sa = the(objs, "ServiceAccount")["metadata"]
+            grants = grants_of(objs, (sa["namespace"], sa["name"]))
+            cluster = AuthorizingCluster(lambda call, g=grants: allows(g, call)).start()
+            clusters.append(cluster)
+            # The operator runs with exactly the settings the chart gives it.
+            settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
+            settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
+            watched = settings.watch_namespaces or ("ml", "ml")
+            namespaces = (watched[0], watched[-1])
+            for ns in set(namespaces):
+                cluster.ensure_namespace(ns)
+            # What `helm install` creates besides the operator: its peering objects.
+            for peering in find(objs, "ClusterKopfPeering"):
+                cluster.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
+            for peering in find(objs, "KopfPeering"):
+                ns = peering["metadata"]["namespace"]
+                cluster.request("POST", f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings", peering)
+            outcome = run_lifecycle(cluster, settings, namespaces)
+            results[name] = (cluster, outcome, grants)
+        yield results
+    finally:
+        # kmock's resolver hooks nest: stop the clusters in the reverse order of start.
+        for cluster in reversed(clusters):
+            cluster.stop()

@@ -3,6 +3,7 @@ installation, rejects bad values with actionable messages, and hands the
 operator settings it really reads."""
 from __future__ import annotations
 
+import functools
 import json
 import tomllib
 from pathlib import Path
@@ -39,6 +40,17 @@ def test_helm_lint_strict(helm, name):
     out = helm.run("lint", "--strict", str(CHART), values=VALUE_SETS[name])
     assert out.returncode == 0, out.stdout + out.stderr
     assert "0 chart(s) failed" in out.stdout
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _read_each_kubernetes_schema_once():
+    """kubernetes-validate re-reads its (large) schema files on every call;
+    memoise the reads for this module. Validation itself is unchanged."""
+    utils = kubernetes_validate.utils
+    original = utils.schema_contents
+    utils.schema_contents = functools.lru_cache(maxsize=None)(original)
+    yield
+    utils.schema_contents = original
 
 
 def _custom_resource_schemas() -> dict[tuple[str, str], dict]:
@@ -159,8 +171,10 @@ def test_ha_uses_kopf_peering(rendered, name, peering_kind):
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert env["KUBETUNE_STANDALONE"] == "false"
-    peering = the(objs, peering_kind)
-    assert peering["metadata"]["name"] == env["KUBETUNE_PEERING_NAME"]
+    peerings = find(objs, peering_kind)
+    watched = VALUE_SETS[name].get("watch", {}).get("namespaces") or [None]
+    assert sorted(p["metadata"].get("namespace") or "" for p in peerings) == sorted(ns or "" for ns in watched)
+    assert {p["metadata"]["name"] for p in peerings} == {env["KUBETUNE_PEERING_NAME"]}
     # Kopf's identity of each replica is its pod name.
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     pod_id = [e for e in container["env"] if e["name"] == "POD_ID"]

@@ -56,10 +56,11 @@ them against the API emulator and fails on any call not granted here, and on
 any grant here that is not in its reviewed list).
 */}}
 {{- define "kubetune.namespacedRules" -}}
-# FineTuneJobs: watch them, add/remove the operator's finalizer and annotations.
+# FineTuneJobs: watch them; add/remove the finalizer kubetune.io/finalizer;
+# delete a finished job after its ttlSecondsAfterFinished.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch", "delete"]
 # Write status. Holding this is also what lets the operator create each job's
 # Role granting `patch` on finetunejobs/status (Kubernetes forbids granting a
 # permission one does not hold), so no `escalate` or `bind` is needed.
@@ -71,27 +72,31 @@ any grant here that is not in its reviewed list).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/finalizers"]
   verbs: ["update"]
-# Per job: the training config and the rendezvous Service.
-- apiGroups: [""]
-  resources: ["configmaps", "services"]
-  verbs: ["get", "create", "delete"]
-{{- if .Values.jobDefaults.statusReporter }}
-# Per job: rank 0's identity, allowed only to patch that job's status.
-- apiGroups: [""]
-  resources: ["serviceaccounts"]
-  verbs: ["get", "create", "delete"]
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["get", "create", "delete"]
-{{- end }}
-# The gang: one Indexed Job per attempt; suspend/resume patches it.
+# The gang: one Indexed Job per attempt; suspend/resume patches it; a failed
+# attempt is deleted before the next. `get` adopts an existing Job after an
+# operator restart instead of creating a second one.
 - apiGroups: ["batch"]
   resources: ["jobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
 # Pod states explain failures (OOMKilled, image pulls, unschedulable).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch"]
+  verbs: ["list", "watch"]
+# Per job: the training config (read back for restarts) and the rendezvous
+# Service; `get` adopts existing ones. The garbage collector deletes them
+# through their owner references, so no `delete`.
+- apiGroups: [""]
+  resources: ["configmaps", "services"]
+  verbs: ["get", "create"]
+{{- if .Values.jobDefaults.statusReporter }}
+# Per job: rank 0's identity, allowed only to patch that job's status.
+- apiGroups: [""]
+  resources: ["serviceaccounts"]
+  verbs: ["get", "create"]
+- apiGroups: ["rbac.authorization.k8s.io"]
+  resources: ["roles", "rolebindings"]
+  verbs: ["get", "create"]
+{{- end }}
 # Kubernetes Events for every phase transition.
 - apiGroups: [""]
   resources: ["events"]
@@ -101,7 +106,7 @@ any grant here that is not in its reviewed list).
 # Kopf peering between the replicas (replicaCount > 1).
 - apiGroups: ["kopf.dev"]
   resources: ["kopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end }}
 {{- end -}}
@@ -116,6 +121,6 @@ any grant here that is not in its reviewed list).
 # Kopf peering between the replicas (replicaCount > 1).
 - apiGroups: ["kopf.dev"]
   resources: ["clusterkopfpeerings"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end -}}

@@ -1,0 +1,60 @@
+"""HA (replicaCount 2): two real operator replicas, configured by the chart's
+env and restricted by its RBAC, share the chart's Kopf peering object; one
+works, the other stands by and takes over when the first stops."""
+from __future__ import annotations
+
+import dataclasses
+
+from chart_scenario import AuthorizingCluster, allows, grants_of
+from chartkit import container_env, find, the
+from support import kubelet
+from support.cluster import wait_for
+from support.manifests import job_manifest
+
+
+def test_two_replicas_one_active_then_failover(rendered):
+    from kubetune_operator import builders
+    from kubetune_operator.runner import OperatorThread
+    from kubetune_operator.settings import OperatorSettings
+
+    objs = rendered["ha"]
+    sa = the(objs, "ServiceAccount")["metadata"]
+    grants = grants_of(objs, (sa["namespace"], sa["name"]))
+    settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
+    settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
+    assert not settings.standalone
+
+    with AuthorizingCluster(lambda call: allows(grants, call)) as cluster:
+        (peering,) = find(objs, "ClusterKopfPeering")
+        cluster.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
+        cluster.ensure_namespace("ml")
+        replicas = [OperatorThread(settings, login=cluster.login).start() for _ in range(2)]
+        try:
+            def peers():
+                obj = cluster.request("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{peering['metadata']['name']}")
+                return obj.get("status") or {}
+
+            wait_for(lambda: len(peers()) == 2, message="both replicas announce themselves")
+            priorities = [p["priority"] for p in peers().values()]
+            assert len(set(priorities)) == 2, f"replicas share a priority, so Kopf pauses both: {priorities}"
+
+            cluster.create(job_manifest("ha-run", "ml"))
+            job1 = wait_for(lambda: cluster.get("Job", "ml", builders.batch_job_name("ha-run", 1)), timeout=20,
+                            message="the active replica creates the Job")
+            active = [r for r in replicas if ("ml", "ha-run") in r.runtime.states]
+            assert len(active) == 1, "exactly one replica handles the job"
+            (standby,) = [r for r in replicas if r is not active[0]]
+
+            # The active replica goes away (a node drain, a rolling update).
+            active[0].stop()
+            replicas.remove(active[0])
+            pods = kubelet.create_pods(cluster, job1)
+            for p in pods:
+                kubelet.run(cluster, p)
+            wait_for(lambda: (cluster.get("FineTuneJob", "ml", "ha-run").get("status") or {}).get("phase") == "Running",
+                     timeout=30, message="the standby takes over and sees the pods running")
+            assert ("ml", "ha-run") in standby.runtime.states
+            assert not cluster.denied, f"refused: {cluster.denied}"
+        finally:
+            for r in replicas:
+                r.stop()

@@ -1,0 +1,207 @@
+"""RBAC: the chart grants every API call the operator makes, and nothing that is
+not on the reviewed list below.
+
+The calls are not guessed: the `lifecycles` fixture runs the real operator,
+configured by the chart's env and restricted by the chart's (Cluster)Roles,
+through a job's whole life (create, run, gang restart, operator restart,
+adoption of existing objects, suspend, resume, success, TTL deletion, user
+deletion) against an API emulator that records every request and answers 403
+to what the chart does not grant (see chart_scenario.py).
+
+A new API call in the operator fails `test_every_call_is_reviewed` until a
+person adds it to REVIEWED (with the reason) and to the chart's rules.
+"""
+from __future__ import annotations
+
+import pytest
+
+from chart_scenario import Grant, allows
+from chartkit import VALUE_SETS, the
+from support.emulator import ApiCall
+
+# (API group, resource[/subresource], verb) -> why the operator needs it.
+REVIEWED: dict[tuple[str, str, str], str] = {
+    ("kubetune.io", "finetunejobs", "list"): "Kopf lists FineTuneJobs before it watches them",
+    ("kubetune.io", "finetunejobs", "watch"): "Kopf watches FineTuneJobs",
+    ("kubetune.io", "finetunejobs", "patch"): "Kopf adds and removes the finalizer kubetune.io/finalizer (JSON patch)",
+    ("kubetune.io", "finetunejobs", "delete"): "runPolicy.ttlSecondsAfterFinished deletes a finished job",
+    ("kubetune.io", "finetunejobs/status", "patch"): "phase, conditions, restarts; also what allows creating each job's Role",
+    ("kubetune.io", "finetunejobs/finalizers", "update"):
+        "no API call: the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) requires it to set "
+        "blockOwnerDeletion owner references to a FineTuneJob on the objects the operator creates",
+    ("batch", "jobs", "list"): "Kopf lists the operator's batch Jobs (label kubetune.io/job)",
+    ("batch", "jobs", "watch"): "Kopf watches them",
+    ("batch", "jobs", "create"): "one Indexed Job per attempt",
+    ("batch", "jobs", "get"): "a create that meets an existing Job adopts it (operator restart)",
+    ("batch", "jobs", "patch"): "spec.suspend for suspend/resume",
+    ("batch", "jobs", "delete"): "a failed attempt is deleted before the gang restarts",
+    ("", "pods", "list"): "Kopf lists the trainer pods (label kubetune.io/job) to read why they fail",
+    ("", "pods", "watch"): "Kopf watches them",
+    ("", "configmaps", "create"): "the resolved training config",
+    ("", "configmaps", "get"): "restarts read the config the job started with; adoption after a restart",
+    ("", "services", "create"): "the headless rendezvous Service",
+    ("", "services", "get"): "adoption after an operator restart",
+    ("", "serviceaccounts", "create"): "rank 0's per-job identity (statusReporter)",
+    ("", "serviceaccounts", "get"): "adoption after an operator restart",
+    ("rbac.authorization.k8s.io", "roles", "create"): "per job: patch finetunejobs/status of that job only",
+    ("rbac.authorization.k8s.io", "roles", "get"): "adoption after an operator restart",
+    ("rbac.authorization.k8s.io", "rolebindings", "create"): "binds the per-job Role to the per-job ServiceAccount",
+    ("rbac.authorization.k8s.io", "rolebindings", "get"): "adoption after an operator restart",
+    ("", "events", "create"): "Kubernetes Events for phase transitions (Kopf posts them)",
+}
+# Cluster-wide mode only: Kopf notices when CRDs appear, change or go.
+CLUSTER_SCOPED: dict[tuple[str, str, str], str] = {
+    ("apiextensions.k8s.io", "customresourcedefinitions", "list"): "Kopf's resource scanning (cluster-wide mode)",
+    ("apiextensions.k8s.io", "customresourcedefinitions", "watch"): "Kopf's resource scanning (cluster-wide mode)",
+}
+# replicaCount > 1 only: Kopf peering.
+PEERING = {
+    "cluster": {("kopf.dev", "clusterkopfpeerings", v): "Kopf peering keep-alives (cluster-wide mode)" for v in ("list", "watch", "patch")},
+    "namespaced": {("kopf.dev", "kopfpeerings", v): "Kopf peering keep-alives (namespaced mode)" for v in ("list", "watch", "patch")},
+}
+STATUS_REPORTER_ONLY = {
+    (g, r, v) for (g, r, v) in REVIEWED if r in ("serviceaccounts", "roles", "rolebindings")
+}
+# Granted, but the lifecycle cannot record them; each with the reason.
+NOT_EXERCISED = {
+    ("kubetune.io", "finetunejobs/finalizers", "update"): "checked by admission, never an API call of its own",
+    ("batch", "jobs", "get"): "only when a create races a Job the watch has not delivered yet (409 -> GET); "
+                              "adds no privilege beyond list/watch, which expose every Job anyway",
+}
+
+
+def reviewed_for(values: dict) -> set[tuple[str, str, str]]:
+    """What the chart must grant for these values: the reviewed list, by mode."""
+    scope = (values.get("watch") or {}).get("scope", "cluster")
+    expected = set(REVIEWED)
+    if (values.get("jobDefaults") or {}).get("statusReporter") is False:
+        expected -= STATUS_REPORTER_ONLY
+    if scope == "cluster":
+        expected |= set(CLUSTER_SCOPED)
+    if values.get("replicaCount", 1) > 1:
+        expected |= set(PEERING[scope])
+    return expected
+
+
+def triples(grants) -> set[tuple[str, str, str]]:
+    return {(g.group, g.resource, g.verb) for g in grants}
+
+
+def call_triple(c: ApiCall) -> tuple[str, str, str]:
+    return (c.group, f"{c.resource}/{c.subresource}" if c.subresource else c.resource, c.verb)
+
+
+@pytest.mark.parametrize("name", list(VALUE_SETS))
+def test_chart_grants_exactly_the_reviewed_list(rendered, name):
+    from chart_scenario import grants_of
+
+    objs = rendered[name]
+    sa = the(objs, "ServiceAccount")["metadata"]
+    grants = grants_of(objs, (sa["namespace"], sa["name"]))
+    values = VALUE_SETS[name]
+    expected = reviewed_for(values)
+    got = triples(grants)
+    assert got - expected == set(), f"the chart grants unreviewed permissions: {sorted(got - expected)}"
+    assert expected - got == set(), f"the chart lacks reviewed permissions: {sorted(expected - got)}"
+    assert not any(g.resource_names for g in grants)
+    if (values.get("watch") or {}).get("scope") == "namespaced":
+        namespaces = values["watch"]["namespaces"]
+        assert {g.namespace for g in grants} == set(namespaces), "namespaced mode must grant only in the watched namespaces"
+        for ns in namespaces:
+            assert triples(g for g in grants if g.namespace == ns) == expected
+    else:
+        assert {g.namespace for g in grants} == {None}
+
+
+def test_grant_checker_is_strict():
+    """The authorizer behind these tests refuses what Kubernetes RBAC refuses."""
+    grants = {Grant("ml-a", "kubetune.io", "finetunejobs/status", "patch"),
+              Grant("ml-a", "", "pods", "list"),
+              Grant(None, "batch", "jobs", "watch"),
+              Grant("ml-a", "kubetune.io", "finetunejobs", "get", ("job-1",))}
+    ok = [ApiCall("patch", "kubetune.io", "finetunejobs", "status", "ml-a", "x"),
+          ApiCall("list", "", "pods", None, "ml-a", None),
+          ApiCall("watch", "batch", "jobs", None, None, None),
+          ApiCall("watch", "batch", "jobs", None, "ml-b", None),
+          ApiCall("get", "kubetune.io", "finetunejobs", None, "ml-a", "job-1")]
+    refused = [ApiCall("patch", "kubetune.io", "finetunejobs", None, "ml-a", "x"),  # main resource != status
+               ApiCall("patch", "kubetune.io", "finetunejobs", "status", "ml-b", "x"),  # other namespace
+               ApiCall("list", "", "pods", None, None, None),  # cluster-wide list from a Role
+               ApiCall("watch", "", "pods", None, "ml-a", None),  # other verb
+               ApiCall("list", "batch", "jobs", None, None, None),
+               ApiCall("get", "kubetune.io", "finetunejobs", None, "ml-a", "job-2")]  # resourceNames
+    assert all(allows(grants, c) for c in ok)
+    assert not any(allows(grants, c) for c in refused)
+
+
+@pytest.fixture(params=["default", "ha", "ha-namespaced"])
+def lifecycle(request, lifecycles):
+    cluster, outcome, grants = lifecycles[request.param]
+    return request.param, cluster, outcome, grants
+
+
+def test_operator_works_with_only_the_chart_permissions(lifecycle):
+    name, cluster, _, _ = lifecycle
+    denied = sorted({call_triple(c) + (c.namespace,) for c in cluster.denied})
+    assert denied == [], f"{name}: the API server would refuse these operator calls: {denied}"
+
+
+def test_every_call_is_reviewed(lifecycle):
+    name, cluster, _, _ = lifecycle
+    made = {call_triple(c) for c in cluster.operator_calls()}
+    unreviewed = made - reviewed_for(VALUE_SETS[name])
+    assert not unreviewed, (
+        f"{name}: the operator makes API calls nobody reviewed: {sorted(unreviewed)}. Add each to REVIEWED "
+        f"in tests/chart/test_rbac.py with the reason, and to the rules in charts/kubetune/templates/_helpers.tpl")
+
+
+def test_every_grant_is_used(lifecycle):
+    """Least privilege: a permission the operator never uses is not granted
+    (except NOT_EXERCISED, each with its reason)."""
+    name, cluster, _, grants = lifecycle
+    made = {call_triple(c) for c in cluster.operator_calls()}
+    unused = triples(grants) - made
+    assert unused <= set(NOT_EXERCISED), f"{name}: granted but never used in the lifecycle: {sorted(unused - set(NOT_EXERCISED))}"
+
+
+def test_the_lifecycle_exercised_every_path(lifecycle):
+    """Guard against a vacuous recording: the scenario really did these things."""
+    name, cluster, outcome, _ = lifecycle
+    calls = cluster.operator_calls()
+
+    def count(verb, resource, sub=None):
+        return sum(1 for c in calls if c.verb == verb and c.resource == resource and c.subresource == sub)
+
+    assert count("create", "jobs") >= 2 and count("delete", "jobs") >= 1, "gang restart"
+    assert count("patch", "jobs") >= 2, "suspend and resume"
+    assert count("get", "roles") >= 1 and count("get", "serviceaccounts") >= 1, "adoption of existing objects"
+    assert count("delete", "finetunejobs") >= 1, "TTL deletion"
+    assert count("patch", "finetunejobs", "status") >= 8
+    assert count("create", "roles") == 2 and len(outcome.roles_created) == 2
+
+
+def test_roles_the_operator_creates_grant_nothing_it_does_not_hold(lifecycle):
+    """Kubernetes lets a user create a Role only with permissions it holds itself
+    (or with `escalate`, which the chart never grants): every rule of every Role
+    the operator created must be covered by the chart's grants in its namespace."""
+    name, _, outcome, grants = lifecycle
+    assert outcome.roles_created
+    for role in outcome.roles_created:
+        ns = role["metadata"]["namespace"]
+        for rule in role["rules"]:
+            assert rule.get("resourceNames"), "per-job Roles must name their one job"
+            for group in rule["apiGroups"]:
+                for resource in rule["resources"]:
+                    plural, _, sub = resource.partition("/")
+                    for verb in rule["verbs"]:
+                        for obj in rule["resourceNames"]:
+                            call = ApiCall(verb, group, plural, sub or None, ns, obj)
+                            assert allows(grants, call), f"{name}: Role {role['metadata']['name']} grants {call}, which the operator does not hold"
+    assert not any(g.verb in ("escalate", "bind", "impersonate", "*") for g in grants)
+
+
+def test_namespaced_mode_stays_in_its_namespaces(lifecycles):
+    cluster, _, _ = lifecycles["ha-namespaced"]
+    watched = set(VALUE_SETS["ha-namespaced"]["watch"]["namespaces"])
+    outside = {(c.verb, c.resource, c.namespace) for c in cluster.operator_calls() if c.namespace not in watched}
+    assert not outside, f"namespaced mode made calls outside its namespaces: {sorted(outside)}"
