@@ -224,7 +224,7 @@ def _permanent_image_error(pods: list[dict[str, Any]]) -> Optional[str]:
 
 def _running(pod: dict[str, Any]) -> bool:
     st = pod.get("status") or {}
-    return st.get("phase") == "Running" and bool((_trainer_status(pod).get("state") or {}).get("running"))
+    return st.get("phase") == "Running" and "running" in (_trainer_status(pod).get("state") or {})
 
 
 def backoff_seconds(base: int, restarts: int, counted: bool, cap: int) -> int:
@@ -310,21 +310,21 @@ class _StatusWriter:
 
 
 # ------------------------------------------------------------------ decide
-_PARSED: dict[tuple[str, int], tuple[Any, dict[str, str]]] = {}
+_PARSED: dict[str, tuple[Any, dict[str, str]]] = {}
 
 
 def _parse(ftj: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    """The parsed job and its spec hashes; memoized per (uid, generation): the spec changes only with it."""
+    """The parsed job and its spec hashes, memoized on the manifest's content (parsing is the costly part)."""
     meta = ftj.get("metadata") or {}
-    key = (meta.get("uid"), meta.get("generation"))
-    if key[0] is not None and key[1] is not None and key in _PARSED:
-        return _PARSED[key]
+    key = json.dumps([meta.get("name"), ftj.get("spec")], sort_keys=True, default=str)
+    hit = _PARSED.get(key)
+    if hit is not None:
+        return hit
     job = builders.parse_job(ftj)
     value = (job, builders.spec_hashes(job.spec.model_dump(by_alias=True, exclude_none=True, mode="json")))
-    if key[0] is not None and key[1] is not None:
-        if len(_PARSED) > 4096:
-            _PARSED.clear()
-        _PARSED[key] = value
+    if len(_PARSED) > 4096:
+        _PARSED.clear()
+    _PARSED[key] = value
     return value
 
 

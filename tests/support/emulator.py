@@ -25,8 +25,8 @@ what Kopf and our operator rely on (see ../shared/TESTING.md):
 - watch from a ``resourceVersion`` replays the events since then (no gap
   between Kopf's list and its watch); ``timeoutSeconds`` ends the stream;
 - a record of every API request: ``calls`` holds ``ApiCall(verb, group,
-  resource, subresource, namespace, name, user_agent)``, ``verb`` being the
-  RBAC verb (get, list, watch, create, update, patch, delete).
+  resource, subresource, namespace, name, user_agent, status)``, ``verb``
+  being the RBAC verb (get, list, watch, create, update, patch, delete).
 
 Not emulated: schema validation and defaulting, admission, server-side apply,
 strategic-merge list semantics, dryRun, field managers, any controller (the
@@ -85,8 +85,9 @@ class ApiCall:
     resource: str
     subresource: Optional[str]
     namespace: Optional[str]
-    name: Optional[str]
+    name: Optional[str]  # for create: the name in the body
     user_agent: str = dataclasses.field(default="", compare=False)
+    status: int = dataclasses.field(default=0, compare=False)  # the HTTP status answered
 
     @property
     def key(self) -> tuple:
@@ -274,16 +275,25 @@ class KubeEmulator(kmock.KubernetesEmulator):
             verb = "update"
         if verb is None:
             return await apps.RawHandler._handle(self, request)
-        self.calls.append(ApiCall(verb, res.group or "", res.plural, request.subresource, request.namespace, request.name,
-                                  request.headers.get("User-Agent", "")))
+        name = request.name
+        if verb == "create" and isinstance(request.data, dict):
+            name = (request.data.get("metadata") or {}).get("name")
+
+        def record(status: int) -> None:
+            self.calls.append(ApiCall(verb, res.group or "", res.plural, request.subresource, request.namespace, name,
+                                      request.headers.get("User-Agent", ""), status))
+
         try:
             self._info(res)
             if verb == "watch":
+                record(200)
                 return await self._watch(request)
             async with self._lock:
                 body, status = await getattr(self, f"_do_{verb}")(request)
+            record(status)
             return aiohttp.web.json_response(body, status=status)
         except kmock.KubernetesError as e:
+            record(e.status)
             return await self._render_error(e)
 
     # ------------------------------------------------------------- verbs

@@ -1,0 +1,162 @@
+"""Pure builders: a FineTuneJob -> the objects the operator creates. Fast, no I/O."""
+import json
+
+import kubernetes_validate
+import pytest
+
+from kubetune_operator import builders
+from kubetune_operator.settings import OperatorSettings
+from support.manifests import job_manifest
+
+
+def live(manifest, uid="uid-1", generation=1):
+    manifest["metadata"].update(uid=uid, generation=generation)
+    return manifest
+
+
+def by_kind(objs):
+    return {o["kind"]: o for o in objs}
+
+
+def container(job):
+    return job["spec"]["template"]["spec"]["containers"][0]
+
+
+def test_objects_in_creation_order_all_owned_and_valid_strict():
+    objs = builders.build_objects(live(job_manifest("llama", "ml")), OperatorSettings())
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    for o in objs:
+        assert o["metadata"]["namespace"] == "ml"
+        assert o["metadata"]["labels"]["kubetune.io/job"] == "llama"
+        assert o["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+        kubernetes_validate.validate(o, "1.33", strict=True)  # raises on unknown fields or bad types
+
+
+def test_rendering_without_a_live_object_has_no_owner_references():
+    objs = builders.build_objects(job_manifest("offline", "ml"))
+    assert all("ownerReferences" not in o["metadata"] for o in objs)
+
+
+@pytest.mark.parametrize("nodes,gpus,procs,expected_procs", [(1, 0, None, 1), (4, 8, None, 8), (2, 0, 3, 3)])
+def test_torchrun_gang_arguments(nodes, gpus, procs, expected_procs):
+    dist = {"nodes": nodes, "gpusPerNode": gpus}
+    if procs:
+        dist["processesPerNode"] = procs
+    ws = nodes * expected_procs
+    job = builders.build_batch_job(live(job_manifest("g", "ml", distributed=dist, training={"maxSteps": 1, "globalBatchSize": ws})),
+                                   OperatorSettings(rendezvous_port=29400), attempt=3)
+    spec = job["spec"]
+    assert spec["completions"] == spec["parallelism"] == nodes and spec["completionMode"] == "Indexed"
+    c = container(job)
+    assert c["args"][:5] == [f"--nnodes={nodes}", f"--nproc-per-node={expected_procs}", "--node-rank=$(JOB_COMPLETION_INDEX)",
+                             "--master-addr=g-a3-0.g", "--master-port=29400"]
+    assert c["args"][5:] == ["-m", "kubetune_trainer", "--config", "/etc/kubetune/finetunejob.json"]
+    env = {e["name"]: e for e in c["env"]}
+    assert env["JOB_COMPLETION_INDEX"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.annotations['batch.kubernetes.io/job-completion-index']"
+    assert env["KUBETUNE_ATTEMPT"]["value"] == "3"
+    assert job["metadata"]["name"] == "g-a3" and job["metadata"]["labels"]["kubetune.io/attempt"] == "3"
+    gpu = (c.get("resources") or {}).get("limits", {}).get("nvidia.com/gpu")
+    assert gpu == (str(gpus) if gpus else None)
+
+
+def test_resources_shm_scratch_and_scheduling_passthrough():
+    affinity = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+        {"matchExpressions": [{"key": "gpu", "operator": "In", "values": ["h100"]}]}]}}}
+    m = live(job_manifest("r", "ml", resources={"requests": {"cpu": "32", "memory": "200Gi"}, "limits": {"memory": "240Gi"},
+                                                "shmSize": "64Gi", "scratchSize": "500Gi"},
+                          affinity=affinity, priorityClassName="train", schedulerName="volcano",
+                          tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
+                          imagePullPolicy="Always", image="registry.example.com/trainer:1"))
+    job = builders.build_batch_job(m, OperatorSettings(image_pull_secrets=("regcred",)), 1)
+    pod = job["spec"]["template"]["spec"]
+    c = container(job)
+    assert c["resources"] == {"requests": {"cpu": "32", "memory": "200Gi", "nvidia.com/gpu": "8"},
+                              "limits": {"memory": "240Gi", "nvidia.com/gpu": "8"}}
+    vols = {v["name"]: v for v in pod["volumes"]}
+    assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
+    assert vols["scratch"]["emptyDir"] == {"sizeLimit": "500Gi"}
+    assert pod["affinity"] == affinity and pod["priorityClassName"] == "train" and pod["schedulerName"] == "volcano"
+    assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert c["image"] == "registry.example.com/trainer:1" and c["imagePullPolicy"] == "Always"
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}]
+    assert pod["terminationGracePeriodSeconds"] == 300 and c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+
+
+def test_operator_defaults_fill_storage_and_image_and_show_in_the_config():
+    m = live(job_manifest("d", "ml", storage={"region": "eu-west-1"}))
+    settings = OperatorSettings(trainer_image="trainer:dev", default_storage_endpoint="http://minio:9000",
+                                default_storage_region="us-east-1", default_storage_secret="team-s3")
+    objs = by_kind(builders.build_objects(m, settings))
+    config = builders.manifest_from_config_map(objs["ConfigMap"])
+    assert config["spec"]["storage"] == {"endpoint": "http://minio:9000", "region": "eu-west-1", "addressingStyle": "auto",
+                                         "secretRef": {"name": "team-s3"}}
+    assert config["spec"]["image"] == "trainer:dev" and config["spec"]["training"]["learningRate"] == 2e-4
+    env = {e["name"]: e for e in container(objs["Job"])["env"]}
+    assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "team-s3"
+    assert env["AWS_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
+
+
+def test_no_storage_secret_means_no_credentials_in_env_and_no_reporter_means_no_token():
+    m = live(job_manifest("n", "ml", storage={}))
+    job = builders.build_batch_job(m, OperatorSettings(status_reporter=False), 1)
+    env = {e["name"] for e in container(job)["env"]}
+    assert not env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KUBETUNE_REPORTER"}
+    assert "status-token" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert [o["kind"] for o in builders.build_objects(m, OperatorSettings(status_reporter=False))] == ["ConfigMap", "Service", "ServiceAccount", "Job"]
+
+
+def test_status_token_is_a_projected_short_lived_token_of_the_job_service_account():
+    job = builders.build_batch_job(live(job_manifest("t", "ml")), OperatorSettings(), 1)
+    pod = job["spec"]["template"]["spec"]
+    token = next(v for v in pod["volumes"] if v["name"] == "status-token")
+    assert token["projected"]["sources"][0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
+    assert pod["automountServiceAccountToken"] is False
+    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "status-token")
+    assert mount == {"name": "status-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}
+
+
+def test_kueue_and_suspend_create_the_job_suspended():
+    assert builders.build_batch_job(live(job_manifest("k", "ml", queueName="q")), OperatorSettings(), 1)["spec"]["suspend"] is True
+    assert builders.build_batch_job(live(job_manifest("s", "ml", suspend=True)), OperatorSettings(), 1)["spec"]["suspend"] is True
+    plain = builders.build_batch_job(live(job_manifest("p", "ml")), OperatorSettings(), 1)
+    assert plain["spec"]["suspend"] is False and "kueue.x-k8s.io/queue-name" not in plain["metadata"]["labels"]
+
+
+def test_spec_hashes_name_changed_fields_and_ignore_mutable_ones():
+    a = job_manifest("h", "ml")
+    b = job_manifest("h", "ml", training={"maxSteps": 200, "globalBatchSize": 16}, suspend=True, runPolicy={"maxRestarts": 9})
+    ha = builders.spec_hashes(builders.normalized_spec(a))
+    hb = builders.spec_hashes(builders.normalized_spec(b))
+    assert {k for k in ha if ha[k] != hb[k]} == {"training"}
+    assert "suspend" not in ha and "runPolicy" not in ha
+    job = builders.build_batch_job(live(a), OperatorSettings(), 1)
+    assert json.loads(job["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES]) == ha
+
+
+@pytest.mark.parametrize("mutate,needle", [
+    (lambda m: m["metadata"].update(name="x" * 53), "at most 52"),
+    (lambda m: m["spec"]["training"].update(globalBatchSize=10), "globalBatchSize"),
+    (lambda m: m["spec"].pop("model"), "model"),
+    (lambda m: m["spec"].update(unknownField=1), "unknownField"),
+])
+def test_invalid_manifests_raise_with_the_field_path(mutate, needle):
+    m = job_manifest("bad", "ml")
+    mutate(m)
+    with pytest.raises(builders.InvalidJob, match=needle):
+        builders.build_objects(m)
+
+
+def test_settings_from_env_and_errors():
+    s = OperatorSettings.from_env({
+        "KUBETUNE_TRAINER_IMAGE": "img:1", "KUBETUNE_WATCH_NAMESPACES": "a, b,", "KUBETUNE_STANDALONE": "true",
+        "KUBETUNE_METRICS_PORT": "0", "KUBETUNE_STATUS_REPORTER": "false", "KUBETUNE_RESYNC_SECONDS": "5",
+        "KUBETUNE_DEFAULT_STORAGE_SECRET": "s3", "KUBETUNE_IMAGE_PULL_SECRETS": "r1,r2",
+    })
+    assert (s.trainer_image, s.watch_namespaces, s.standalone, s.metrics_port, s.status_reporter, s.resync_seconds) == \
+        ("img:1", ("a", "b"), True, 0, False, 5.0)
+    assert s.default_storage_secret == "s3" and s.image_pull_secrets == ("r1", "r2")
+    assert OperatorSettings.from_env({}) == OperatorSettings()
+    for env, needle in [({"KUBETUNE_METRICS_PORT": "x"}, "integer"), ({"KUBETUNE_STANDALONE": "maybe"}, "true or false"),
+                        ({"KUBETUNE_RUN_AS_USER": "0"}, "root"), ({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "Always")]:
+        with pytest.raises(ValueError, match=needle):
+            OperatorSettings.from_env(env)
