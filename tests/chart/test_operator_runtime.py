@@ -1,9 +1,15 @@
-"""HA (replicaCount 2): two real operator replicas, configured by the chart's
+"""The operator as the chart runs it.
+
+HA (replicaCount 2): two real operator replicas, configured by the chart's
 env and restricted by its RBAC, share the chart's Kopf peering object; one
-works, the other stands by and takes over when the first stops."""
+works, the other stands by and takes over when the first stops. Probes and
+the metrics Service reach the running operator's endpoints."""
 from __future__ import annotations
 
 import dataclasses
+import socket
+
+import requests
 
 from chart_scenario import AuthorizingCluster, allows, grants_of
 from chartkit import container_env, find, the
@@ -58,3 +64,41 @@ def test_two_replicas_one_active_then_failover(rendered):
         finally:
             for r in replicas:
                 r.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_probes_and_metrics_service_reach_the_running_operator(helm):
+    """The Deployment's probes and the metrics Service's target port, followed
+    to the operator started with the chart's settings, answer."""
+    from kubetune_operator.runner import OperatorThread
+    from kubetune_operator.settings import OperatorSettings
+
+    objs = helm.template({"operator": {"healthPort": _free_port(), "metricsPort": _free_port()}})
+    deployment = the(objs, "Deployment")
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    (service,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
+    settings = OperatorSettings.from_env(container_env(deployment))
+    sa = the(objs, "ServiceAccount")["metadata"]
+    grants = grants_of(objs, (sa["namespace"], sa["name"]))
+    with AuthorizingCluster(lambda call: allows(grants, call)) as cluster:
+        with OperatorThread(settings, login=cluster.login):
+            def answer(url: str):
+                try:
+                    return requests.get(url, timeout=5)
+                except requests.ConnectionError:
+                    return None  # not listening yet, as in a pod's first seconds
+
+            for probe in ("livenessProbe", "readinessProbe"):
+                get = container[probe]["httpGet"]
+                r = wait_for(lambda: answer(f"http://127.0.0.1:{ports[get['port']]}{get['path']}"), timeout=15,
+                             message=f"{probe} endpoint listening")
+                assert r.status_code == 200, f"{probe}: HTTP {r.status_code}"
+            r = requests.get(f"http://127.0.0.1:{ports[service['spec']['ports'][0]['targetPort']]}/metrics", timeout=5)
+            assert r.status_code == 200 and "kubetune_jobs" in r.text
+        assert not cluster.denied
