@@ -35,6 +35,14 @@ def test_console_script_exit_codes(tmp_path):
     assert "x world size (2); use a multiple of it" in res.stdout
 
 
+def test_reads_standard_input():
+    text = yaml.safe_dump_all([base(), {**base(), "metadata": {"name": "Bad_Name"}}])
+    res = subprocess.run([*_kubetune_binary(), "validate", "-"], input=text, capture_output=True, text=True,
+                         cwd=REPO, timeout=60)
+    assert res.returncode == 1
+    assert res.stdout.startswith("-#2: metadata.name: metadata.name must be at most 52 characters"), res.stdout
+
+
 def test_multi_document_file(tmp_path, capsys):
     good, bad = base(), base()
     bad["spec"]["method"]["type"] = "ia3"  # leaves a lora block behind

@@ -570,7 +570,10 @@ class Unreadable(Exception):
 
 
 def load_documents(path: str) -> list[Any]:
+    """The YAML documents of a file ('-': standard input, e.g. from `helm template`)."""
     try:
+        if path == "-":
+            return [d for d in yaml.safe_load_all(sys.stdin) if d is not None]
         with open(path) as f:
             return [d for d in yaml.safe_load_all(f) if d is not None]
     except OSError as e:
