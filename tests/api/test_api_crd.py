@@ -208,3 +208,78 @@ def test_zero_stage_is_int_or_string_in_the_crd():
     z = crd_schema()["properties"]["spec"]["properties"]["distributed"]["properties"]["zeroStage"]
     assert z["x-kubernetes-int-or-string"] is True
     assert (z["minimum"], z["maximum"], z["pattern"]) == (0, 3, api.ZERO_STAGE_PATTERN)
+
+
+FULL_SPEC = {
+    "model": {"source": "hf://org/model", "revision": "abc123", "dtype": "bfloat16", "trustRemoteCode": False,
+              "attention": "sdpa"},
+    "dataset": {"train": "s3://data-bucket/train.jsonl", "eval": "s3://data-bucket/eval.jsonl", "evalFraction": 0.1,
+                "format": "chat", "maxSeqLength": 1024, "truncation": "drop", "packing": False,
+                "trainOnPrompt": True, "badRows": "skip", "shuffle": False},
+    "training": {"maxSteps": 100, "learningRate": 0.001, "globalBatchSize": 32, "microBatchSize": 2,
+                 "scheduler": "linear", "warmupRatio": 0.1, "weightDecay": 0.01, "maxGradNorm": 0.5, "seed": 1,
+                 "precision": "bf16", "gradientCheckpointing": False, "evalEvery": 10, "logEvery": 5,
+                 "generationEval": {"samples": 8, "maxNewTokens": 16}, "ligerKernels": True, "tracker": "tensorboard"},
+    "distributed": {"nodes": 2, "gpusPerNode": 8, "processesPerNode": 8, "zeroStage": 3, "offload": "parameters",
+                    "rendezvousTimeoutSeconds": 600},
+    "output": {"uri": "s3://out-bucket/run", "checkpointEvery": "1h", "keepLast": 3, "export": "auto"},
+    "storage": {"endpoint": "https://s3.example.com", "region": "eu-west-1", "addressingStyle": "path",
+                "secretRef": {"name": "s3"}, "hubSecretRef": {"name": "hf"}},
+    "image": "registry.example.com/trainer:1", "imagePullPolicy": "IfNotPresent", "imagePullSecrets": ["regcred"],
+    "resources": {"requests": {"cpu": 16, "memory": "200Gi"}, "limits": {"memory": "220Gi"}, "shmSize": "32Gi",
+                  "scratchSize": "500Gi"},
+    "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+    "nodeSelector": {"pool": "gpu"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "spot", "operator": "Equal", "value": "true", "effect": "NoExecute",
+                     "tolerationSeconds": 60}],
+    "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": []}}},
+    "podAnnotations": {"sidecar.istio.io/inject": "false"}, "podLabels": {"team": "a"},
+    "serviceAccountName": "trainer", "priorityClassName": "high", "schedulerName": "default-scheduler",
+    "queueName": "team-a", "suspend": True,
+    "runPolicy": {"maxRestarts": 1, "backoffSeconds": 5, "activeDeadlineSeconds": 86400,
+                  "ttlSecondsAfterFinished": 60, "terminationGraceSeconds": 120},
+}
+METHODS = {
+    "full": {"type": "full"},
+    "lora": {"type": "lora", "lora": {"r": 8, "alpha": 16, "dropout": 0.1, "targetModules": ["q_proj", "v_proj"],
+                                      "modulesToSave": ["lm_head"], "useDora": True, "useRslora": True}},
+    "qlora": {"type": "qlora", "lora": {"r": 8}, "quantization": {"quantType": "fp4", "doubleQuant": False,
+                                                                    "computeDtype": "bfloat16"}},
+    "prompt-tuning": {"type": "prompt-tuning", "promptTuning": {"numVirtualTokens": 8, "init": "text",
+                                                                "initText": "Classify:"}},
+    "prefix-tuning": {"type": "prefix-tuning", "prefixTuning": {"numVirtualTokens": 8, "projection": True}},
+    "ia3": {"type": "ia3", "ia3": {"targetModules": ["k_proj", "down_proj"], "feedforwardModules": ["down_proj"]}},
+}
+STATUS = {
+    "phase": "Running", "reason": "TrainingStarted", "message": "step 10/100",
+    "conditions": [{"type": "Running", "status": "True", "reason": "TrainingStarted", "message": "ok",
+                    "lastTransitionTime": "2026-01-01T00:00:00Z", "observedGeneration": 1}],
+    "progress": {"step": 10, "totalSteps": 100, "epoch": 0.1, "percent": 10.0, "loss": 1.5, "evalLoss": 1.6,
+                 "learningRate": 0.001, "tokensPerSecond": 12000.5, "mfu": 0.4, "etaSeconds": 900,
+                 "updatedAt": "2026-01-01T00:00:00Z"},
+    "lastCheckpoint": {"step": 10, "uri": "s3://out-bucket/run/checkpoints/step-000010", "time": "2026-01-01T00:00:00Z"},
+    "restarts": 0, "attempt": 1, "activeJob": "full-job-a1", "startTime": "2026-01-01T00:00:00Z",
+    "observedGeneration": 1, "output": {"metrics": {"evalLoss": 1.2}},
+}
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_every_rule_evaluates_on_a_manifest_with_every_field_set(method):
+    """cel-python does not type-check like the API server; running every rule on every field catches
+    rules that would fail at run time (a double compared with an int, a missing has())."""
+    from kubetune_trainer.validation import cel_problems, prepare, validate_manifest, validate_update
+
+    spec = copy.deepcopy(FULL_SPEC)
+    spec["method"] = copy.deepcopy(METHODS[method])
+    if method in ("prompt-tuning", "prefix-tuning"):
+        spec["distributed"].update(zeroStage="auto", offload="none")
+    job = {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": {"name": f"{method}-job"},
+           "spec": spec, "status": STATUS}
+    assert validate_manifest(job) == []
+    assert cel_problems(prepare(crd_schema(), job), prepare(crd_schema(), job)) == []  # with transition rules
+    changed = copy.deepcopy(job)
+    changed["spec"]["suspend"] = False
+    changed["spec"]["runPolicy"]["maxRestarts"] = 9
+    assert validate_update(job, changed) == []
+    api.load_job(job)
