@@ -386,7 +386,6 @@ def build_batch_job(
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "subdomain": service_name(name),
-        "serviceAccountName": service_account_name(name),
         "automountServiceAccountToken": False,
         "enableServiceLinks": False,
         "terminationGracePeriodSeconds": int(rp["terminationGraceSeconds"]),
@@ -400,6 +399,8 @@ def build_batch_job(
         "containers": [container],
         "volumes": volumes,
     }
+    if settings.status_reporter:
+        pod_spec["serviceAccountName"] = service_account_name(name)
     if spec.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
     if spec.get("tolerations"):
@@ -461,8 +462,6 @@ def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSe
             build_role(job_dict, settings),
             build_role_binding(job_dict, settings),
         ]
-    else:
-        objs.append(build_service_account(job_dict, settings))
     return objs
 
 

@@ -102,7 +102,8 @@ def test_no_storage_secret_means_no_credentials_in_env_and_no_reporter_means_no_
     env = {e["name"] for e in container(job)["env"]}
     assert not env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KUBETUNE_REPORTER"}
     assert "status-token" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
-    assert [o["kind"] for o in builders.build_objects(m, OperatorSettings(status_reporter=False))] == ["ConfigMap", "Service", "ServiceAccount", "Job"]
+    assert [o["kind"] for o in builders.build_objects(m, OperatorSettings(status_reporter=False))] == ["ConfigMap", "Service", "Job"]
+    assert "serviceAccountName" not in job["spec"]["template"]["spec"]  # the namespace's default, without a token
 
 
 def test_status_token_is_a_projected_short_lived_token_of_the_job_service_account():
