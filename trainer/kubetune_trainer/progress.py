@@ -22,6 +22,7 @@ import time
 from datetime import datetime, timezone
 from typing import Optional, Protocol
 
+from . import flops
 from .spec import Progress
 
 log = logging.getLogger("kubetune.progress")
@@ -140,6 +141,10 @@ def reporters_from_env(rank: int, env=os.environ) -> Reporters:
     return Reporters(out)
 
 
+def _round4(x: Optional[float]) -> Optional[float]:
+    return round(x, 4) if x is not None else None
+
+
 def make_progress_callback(reporters: Reporters):
     """A TrainerCallback turning the Trainer's logs into progress records (rank 0 only)."""
     from transformers import TrainerCallback
@@ -153,10 +158,17 @@ def make_progress_callback(reporters: Reporters):
             self.t0 = self.step0 = None
             self.last_t = self.last_tokens = None
             self.eval_loss = None
+            self.flops_per_token = self.peak = None
+            self.devices = 1
 
         def on_train_begin(self, args, state, control, **kw):
             self.t0 = self.last_t = time.monotonic()
             self.step0, self.last_tokens = state.global_step, state.num_input_tokens_seen
+            # MFU only on a known GPU (flops.py); tokens/s is over all ranks, so is the peak
+            self.flops_per_token, self.peak, self.devices = None, flops.device_peak_flops(args.device), args.world_size
+            if self.peak is not None and kw.get("model") is not None and kw.get("train_dataloader") is not None:
+                rows = kw["train_dataloader"].dataset
+                self.flops_per_token = flops.model_flops_per_token(kw["model"], flops.dataset_attention_context(rows))
 
         def _record(self, state, logs: dict) -> dict:
             now = time.monotonic()
@@ -179,7 +191,7 @@ def make_progress_callback(reporters: Reporters):
                 "evalLoss": self.eval_loss,
                 "learningRate": logs.get("learning_rate"),
                 "tokensPerSecond": round(tps, 1) if tps is not None else None,
-                "mfu": None,  # needs a FLOPs helper and the card's peak; not computed yet
+                "mfu": _round4(flops.mfu(self.flops_per_token, tps, self.peak, self.devices)),
                 "etaSeconds": eta,
                 "updatedAt": utc_now(),
             }
