@@ -90,6 +90,8 @@ def load_rows(path: str, cache_dir: Optional[str] = None) -> list[dict[str, Any]
             ds = datasets.load_dataset(path[len("hf://"):], split="train", cache_dir=cache_dir)
         else:
             builder, files = _data_files(path)
+            if all(os.path.getsize(f) == 0 for f in files):
+                return []  # datasets cannot even open an empty file; the caller reports "empty"
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, keep_in_memory=True)
     except PermanentError:
         raise

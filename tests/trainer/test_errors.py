@@ -1,0 +1,102 @@
+"""Every bad input stops the trainer with one clear line and exit code 3 (exitcodes.PERMANENT).
+
+Most cases call the entry point's ``main`` in this process (the errors happen before any
+process group exists); one case runs the real thing under torchrun, through
+``kubetune_trainer.torchrun``, to show exit code 3 survives the launcher (plain torchrun
+reports every worker failure as 1).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+
+import pytest
+
+from kubetune_trainer import tiny
+from kubetune_trainer.exitcodes import PERMANENT, PREEMPTED
+from kubetune_trainer.torchrun import exit_code_for
+from kubetune_trainer.train import main
+
+from trainer_helpers import REPO, torchrun_cmd, trainer_env, write_job
+
+
+def base_spec(model_dir, train) -> dict:
+    return {
+        "model": {"source": str(model_dir)},
+        "dataset": {"train": str(train), "evalFraction": 0.1, "maxSeqLength": 64},
+        "method": {"type": "lora"},
+        "training": {"maxSteps": 2, "globalBatchSize": 2, "microBatchSize": 1},
+        "distributed": {"gpusPerNode": 0, "processesPerNode": 2},
+        "output": {"uri": "/tmp/unused-out"},
+    }
+
+
+def jsonl(path, rows) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+GOOD = [{"prompt": f"what is {w} ?", "completion": f" {w}"} for w in ("one", "two", "three", "four")]
+
+
+def case(tmp_path, name, tiny_model_dir):
+    """(spec, expected stderr line) for each bad input."""
+    spec = base_spec(tiny_model_dir, jsonl(tmp_path / "good.jsonl", GOOD))
+    if name == "missing column":
+        spec["dataset"].update(train=jsonl(tmp_path / "d.jsonl", [{"prompt": "x"}] * 3), format="instruction")
+        return spec, "InvalidDataset: dataset.format is 'instruction' but column(s) ['completion'] are missing"
+    if name == "columns fit no format":
+        spec["dataset"]["train"] = jsonl(tmp_path / "d.jsonl", [{"question": "q", "answer": "a"}] * 3)
+        return spec, "InvalidDataset: columns ['answer', 'question'] fit no known format"
+    if name == "empty dataset":
+        (tmp_path / "empty.jsonl").write_text("")
+        spec["dataset"]["train"] = str(tmp_path / "empty.jsonl")
+        return spec, "EmptyDataset: " + str(tmp_path / "empty.jsonl") + ": training dataset is empty"
+    if name == "unknown file format":
+        (tmp_path / "train.txt").write_text("hello\n")
+        spec["dataset"]["train"] = str(tmp_path / "train.txt")
+        return spec, "InvalidDataset: " + str(tmp_path / "train.txt") + ": unknown data file format '.txt'"
+    if name == "model path missing":
+        spec["model"]["source"] = str(tmp_path / "no-such-model")
+        return spec, "ModelNotFound: model path " + str(tmp_path / "no-such-model") + " does not exist"
+    if name == "sequence longer than max":
+        long = GOOD + [{"prompt": "one two three " * 30, "completion": " x"}]
+        spec["dataset"].update(train=jsonl(tmp_path / "d.jsonl", long), truncation="fail", evalFraction=0)
+        return spec, "SequenceTooLong: train row 5 has"
+    if name == "bad row":
+        rows = GOOD[:2] + [{"prompt": "x", "completion": 7}] + GOOD[2:]
+        spec["dataset"].update(train=jsonl(tmp_path / "d.jsonl", rows), evalFraction=0)
+        return spec, "InvalidDataset: train row 3: 'completion' must be a string, got int"
+    if name == "invalid config":
+        spec["training"]["globalBatchSize"] = 3
+        return spec, "InvalidSpec:"
+    raise AssertionError(name)
+
+
+CASES = ["missing column", "columns fit no format", "empty dataset", "unknown file format",
+         "model path missing", "sequence longer than max", "bad row", "invalid config"]
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_exits_3_with_a_clear_line(name, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("KUBETUNE_SCRATCH", str(tmp_path / "scratch"))
+    spec, line = case(tmp_path, name, tiny_model_dir)
+    rc = main(["--config", str(write_job(tmp_path / "job.yaml", spec))])
+    err = capsys.readouterr().err
+    assert rc == PERMANENT
+    assert f"kubetune: error: {line}" in err, err[-2000:]
+
+
+def test_exit_code_3_survives_torchrun(tmp_path, tiny_model_dir):
+    spec, line = case(tmp_path, "missing column", tiny_model_dir)
+    config = write_job(tmp_path / "job.yaml", spec)
+    p = subprocess.run(torchrun_cmd(config, nproc=2), env=trainer_env(tmp_path / "scratch"), cwd=REPO,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == PERMANENT, p.stderr[-3000:]
+    assert p.stderr.count(f"kubetune: error: {line}") == 2  # one line per rank
+
+
+def test_launcher_exit_code_mapping():
+    assert exit_code_for([1, PERMANENT]) == PERMANENT
+    assert exit_code_for([-15, PREEMPTED]) == PREEMPTED
+    assert exit_code_for([1, -9]) == 1
