@@ -234,6 +234,7 @@ def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
         logging_strategy="steps",
         logging_steps=t.log_every,
         report_to=[] if t.tracker == "none" else [t.tracker],
+        use_liger_kernel=t.liger_kernels,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
         train_sampling_strategy="random" if spec.dataset.shuffle else "sequential",
