@@ -310,13 +310,20 @@ class _StatusWriter:
 
 
 # ------------------------------------------------------------------ decide
-_PARSED: dict[str, tuple[Any, dict[str, str]]] = {}
+_PARSED: dict[Any, tuple[Any, dict[str, str]]] = {}
 
 
 def _parse(ftj: dict[str, Any]) -> tuple[Any, dict[str, str]]:
-    """The parsed job and its spec hashes, memoized on the manifest's content (parsing is the costly part)."""
+    """The parsed job and its spec hashes, memoized (parsing is the costly part of a decision).
+
+    The API server bumps metadata.generation on every spec change, so (uid,
+    generation) identifies a spec; objects without both are keyed by content.
+    """
     meta = ftj.get("metadata") or {}
-    key = json.dumps([meta.get("name"), ftj.get("spec")], sort_keys=True, default=str)
+    if meta.get("uid") and meta.get("generation"):
+        key: Any = (meta["uid"], meta["generation"], meta.get("name"))
+    else:
+        key = json.dumps([meta.get("name"), ftj.get("spec")], sort_keys=True, default=str)
     hit = _PARSED.get(key)
     if hit is not None:
         return hit

@@ -1,5 +1,6 @@
 """The phase machine as a pure function: observed Job/pods + status + time -> plan. Fast, no I/O."""
 import datetime as dt
+import uuid
 
 import pytest
 
@@ -13,7 +14,7 @@ SETTINGS = OperatorSettings(max_backoff_seconds=100)
 
 def ftj(status=None, generation=1, **spec):
     m = job_manifest("j", "ml", **spec)
-    m["metadata"].update(uid="u", generation=generation)
+    m["metadata"].update(uid=str(uuid.uuid4()), generation=generation)  # a new object each time
     if status is not None:
         m["status"] = status
     return m
