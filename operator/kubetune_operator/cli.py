@@ -24,6 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--all-namespaces", "-A", action="store_true", help="watch the whole cluster")
     p.add_argument("--peering", metavar="NAME", help="Kopf peering object shared by replicas (default: $KUBETUNE_PEERING_NAME or 'kubetune')")
     p.add_argument("--standalone", action="store_true", help="no peering: run as the only replica")
+    p.add_argument("--priority", type=int, metavar="N",
+                   help="peering priority: the live replica with the highest acts (default: $KUBETUNE_PEERING_PRIORITY, else random)")
     p.add_argument("--metrics-port", type=int, metavar="PORT", help="Prometheus /metrics port, 0 disables (default: $KUBETUNE_METRICS_PORT or 9090)")
     p.add_argument("--health-port", type=int, metavar="PORT", help="liveness /healthz port, 0 disables (default: $KUBETUNE_HEALTH_PORT or 8080)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import random
 import time
 from typing import Any, Callable, Optional
 
@@ -244,12 +243,6 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
         settings.background.instant_exit_timeout = 2.0
         settings.watching.label_selectors["batch/v1/jobs"] = builders.LABEL_JOB
         settings.watching.label_selectors["v1/pods"] = builders.LABEL_JOB
-        settings.peering.standalone = rt.settings.standalone
-        settings.peering.name = rt.settings.peering_name
-        if not rt.settings.standalone:
-            # Kopf pauses *all* peers that share a priority, and the replicas of a Deployment
-            # are identical: each process draws its own, so exactly one (the highest) works.
-            settings.peering.priority = random.SystemRandom().randint(1, 2**31 - 1)
         if rt.namespaces and not any(ch in ns for ns in rt.namespaces for ch in "*?[]!,"):
             # An exact list of namespaces (the chart's namespaced mode) needs no cluster-scoped
             # access: do not list namespaces or watch CRDs (which would be refused and retried).

@@ -5,6 +5,7 @@ import asyncio
 import json
 import logging
 import os
+import random
 import threading
 from typing import Any, Callable, Optional, Sequence
 
@@ -90,6 +91,11 @@ def run_operator(
         rt.metrics.serve(port)
     hport = settings.health_port if health_port is None else health_port
     liveness = f"http://0.0.0.0:{hport}/healthz" if hport else None
+    priority = settings.peering_priority
+    if priority is None and not settings.standalone:
+        # Kopf pauses *all* peers that share a priority, and the replicas of a Deployment
+        # are identical: each process draws its own, so exactly one (the highest) works.
+        priority = random.SystemRandom().randint(1, 2**31 - 1)
     try:
         asyncio.run(
             kopf.operator(
@@ -98,6 +104,7 @@ def run_operator(
                 namespaces=() if clusterwide else namespaces,
                 standalone=settings.standalone,
                 peering_name=None if settings.standalone else settings.peering_name,
+                priority=None if settings.standalone else priority,
                 liveness_endpoint=liveness,
                 stop_flag=stop_flag,
                 ready_flag=ready_flag,
@@ -159,6 +166,8 @@ def main(args: Any) -> int:
         changes.update(peering_name=args.peering, standalone=False)
     if args.standalone:
         changes["standalone"] = True
+    if args.priority is not None:
+        changes["peering_priority"] = args.priority
     if args.metrics_port is not None:
         changes["metrics_port"] = args.metrics_port
     if args.health_port is not None:

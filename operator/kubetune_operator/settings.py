@@ -14,6 +14,7 @@ them on the operator Deployment. Unset variables take the defaults shown.
 | KUBETUNE_WATCH_NAMESPACES | (none: cluster-wide) | Comma-separated namespaces (globs allowed) to watch; empty means the whole cluster. The CLI's --namespace/--all-namespaces override it. |
 | KUBETUNE_PEERING_NAME | kubetune | Kopf peering object shared by operator replicas (only one replica acts at a time). |
 | KUBETUNE_STANDALONE | false | true: no peering (a single replica, or tests). |
+| KUBETUNE_PEERING_PRIORITY | random per process | Kopf peering priority: the live replica with the highest priority acts, the others stand by (Kopf pauses replicas of equal priority, so each replica needs its own). |
 | KUBETUNE_METRICS_PORT | 9090 | Port of the Prometheus /metrics endpoint (0 disables). |
 | KUBETUNE_HEALTH_PORT | 8080 | Port of the liveness endpoint /healthz (0 disables). |
 | KUBETUNE_RUN_AS_USER | 1000 | UID of the trainer containers (they must not run as root). |
@@ -70,6 +71,7 @@ class OperatorSettings:
     watch_namespaces: tuple[str, ...] = ()
     peering_name: str = "kubetune"
     standalone: bool = False
+    peering_priority: Optional[int] = None  # None: a random one per process
     metrics_port: int = 9090
     health_port: int = 8080
     run_as_user: int = 1000
@@ -107,6 +109,8 @@ class OperatorSettings:
             kw["peering_name"] = v
         if (v := get("KUBETUNE_STANDALONE")) is not None:
             kw["standalone"] = _bool(v, "KUBETUNE_STANDALONE")
+        if (v := get("KUBETUNE_PEERING_PRIORITY")) is not None:
+            kw["peering_priority"] = _int(v, "KUBETUNE_PEERING_PRIORITY")
         for name, field in (
             ("KUBETUNE_METRICS_PORT", "metrics_port"),
             ("KUBETUNE_HEALTH_PORT", "health_port"),

@@ -134,3 +134,24 @@ def test_kubetune_operator_command_runs_from_a_kubeconfig(cluster, tmp_path):
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(line["message"].startswith("starting: namespaces cli, standalone") for line in lines), out
     assert any("from-cli -> Initializing" in line["message"] for line in lines), out
+
+
+def test_two_peered_replicas_one_acts_and_the_other_takes_over(cluster):
+    """Kopf peering: the highest-priority replica works, the other stands by and takes over when it leaves."""
+    ns, name = "peer", "ha"
+    cluster.ensure_namespace(ns)
+    cluster.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune", "namespace": ns}})
+    high = OperatorSettings(standalone=False, peering_name="kubetune", peering_priority=100, metrics_port=0, health_port=0)
+    low = OperatorSettings(standalone=False, peering_name="kubetune", peering_priority=50, metrics_port=0, health_port=0)
+    with cluster.operator(low, namespaces=(ns,)) as standby:
+        with cluster.operator(high, namespaces=(ns,)) as active:
+            wait_for(lambda: len((cluster.get("KopfPeering", ns, "kubetune") or {}).get("status") or {}) == 2, message="both peers registered")
+            cluster.create(job_manifest(name, ns, runPolicy={"maxRestarts": 1, "backoffSeconds": 0}))
+            wait_for(lambda: phase(cluster, ns, name) == "Initializing", message="handled")
+            assert (ns, name) not in standby.runtime.states and (ns, name) in active.runtime.states
+        # The active replica left: the standby resumes and handles what happens next.
+        job = cluster.get("Job", ns, f"{name}-a1")
+        pods = kubelet.create_pods(cluster, job)
+        kubelet.terminate(cluster, pods[0], 1)
+        wait_for(lambda: cluster.get("Job", ns, f"{name}-a2"), timeout=15, message="the standby restarts the gang")
+    assert [(c.name, c.status) for c in job_creations(cluster, ns) if c.status == 201] == [(f"{name}-a1", 201), (f"{name}-a2", 201)]
