@@ -169,3 +169,37 @@ def test_full_zero3_kill9_resume(s3, assets, reference_full, tmp_path):
     assert sum("optim_states" in n for n in names) == 2, names  # one ZeRO-3 optimizer shard per rank
     print(f"\nZeRO-3 full: killed at step {max(a.losses())}, resumed from {resume}, max |dloss| {worst:.2e}, "
           f"runs {a.seconds:.1f}s/{b.seconds:.1f}s")
+
+
+def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path):
+    """A typo in the output bucket, or a bad key, stops the job at once: exit 3 and one clear line."""
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    from harness import ROOT
+
+    cases = {
+        "bucket": (_job(s3, assets, "bad-bucket", "x", procs=1).copy(), {}, "BucketNotFound", "no-such-bucket-kt"),
+        "secret": (_job(s3, assets, "bad-secret", "runs/bad-secret", procs=1), {"AWS_SECRET_ACCESS_KEY": "wrong"}, "StorageAccessDenied", "AWS_ACCESS_KEY_ID"),
+    }
+    cases["bucket"][0]["spec"]["output"]["uri"] = "s3://no-such-bucket-kt/run"
+    procs = {}
+    t0 = time.monotonic()
+    for name, (manifest, env_over, _, _) in cases.items():
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(yaml.safe_dump(manifest))
+        env = s3.env(KUBETUNE_SCRATCH=str(tmp_path / name), OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", HF_HUB_OFFLINE="1", **env_over)
+        procs[name] = subprocess.Popen([sys.executable, "-m", "kubetune_trainer", "--config", str(cfg)], cwd=ROOT, env=env,
+                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for name, p in procs.items():
+        out, _ = p.communicate(timeout=240)
+        _, _, reason, hint = cases[name]
+        assert p.returncode == exitcodes.PERMANENT, out[-3000:]
+        line = [l for l in out.splitlines() if l.startswith("kubetune: error:")]
+        assert line and line[-1].startswith(f"kubetune: error: {reason}: ") and hint in line[-1], out[-3000:]
+        assert "transient error" not in out, "permanent errors must not be retried"
+        print(f"\n{name}: exit {p.returncode}: {line[-1]}")
+    print(f"\nfail-fast runs finished in {time.monotonic() - t0:.1f}s")
