@@ -151,7 +151,7 @@ def _phase(cluster: EmulatedCluster, ns: str, name: str) -> Optional[str]:
     return ((obj or {}).get("status") or {}).get("phase")
 
 
-def _wait_phase(cluster, ns, name, *phases, timeout=20.0):
+def _wait_phase(cluster, ns, name, *phases, timeout=30.0):
     return wait_for(lambda: _phase(cluster, ns, name) in phases, timeout=timeout,
                     message=f"{ns}/{name} phase in {phases} (now {_phase(cluster, ns, name)})")
 
@@ -182,7 +182,7 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
     a, b = out.job_a, out.job_b
 
     def job(ns: str, name: str, attempt: int) -> dict[str, Any]:
-        return wait_for(lambda: cluster.get("Job", ns, builders.batch_job_name(name, attempt)), timeout=20,
+        return wait_for(lambda: cluster.get("Job", ns, builders.batch_job_name(name, attempt)), timeout=30,
                         message=f"Job {builders.batch_job_name(name, attempt)}")
 
     with cluster.operator(settings):
@@ -198,7 +198,7 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
         # A pod crashes: the operator ends the attempt and starts attempt 2.
         kubelet.terminate(cluster, pods[1], 1, message="RuntimeError: NCCL error")
         job2 = job(ns_a, a, 2)
-        wait_for(lambda: cluster.get("Job", ns_a, builders.batch_job_name(a, 1)) is None, message="attempt 1 deleted")
+        wait_for(lambda: cluster.get("Job", ns_a, builders.batch_job_name(a, 1)) is None, timeout=30, message="attempt 1 deleted")
         pods = kubelet.create_pods(cluster, job2)
         for p in pods:
             kubelet.run(cluster, p)
@@ -220,11 +220,11 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
 
         # A: suspend and resume from git.
         cluster.patch("FineTuneJob", ns_a, a, {"spec": {"suspend": True}})
-        wait_for(lambda: (cluster.get("Job", ns_a, job2["metadata"]["name"])["spec"]).get("suspend") is True, message="Job suspended")
+        wait_for(lambda: (cluster.get("Job", ns_a, job2["metadata"]["name"])["spec"]).get("suspend") is True, timeout=30, message="Job suspended")
         kubelet.suspend_pods(cluster, job2)
         _wait_phase(cluster, ns_a, a, "Suspended")
         cluster.patch("FineTuneJob", ns_a, a, {"spec": {"suspend": False}})
-        wait_for(lambda: (cluster.get("Job", ns_a, job2["metadata"]["name"])["spec"]).get("suspend") is False, message="Job resumed")
+        wait_for(lambda: (cluster.get("Job", ns_a, job2["metadata"]["name"])["spec"]).get("suspend") is False, timeout=30, message="Job resumed")
         _wait_phase(cluster, ns_a, a, "Initializing", "Running")
         pods = kubelet.create_pods(cluster, cluster.get("Job", ns_a, job2["metadata"]["name"]))
         for p in pods:
@@ -235,15 +235,15 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
         # foreign finalizer holds the object until we (its owner) remove it.
         kubelet.complete_job(cluster, cluster.get("Job", ns_a, job2["metadata"]["name"]), pods)
         wait_for(lambda: (cluster.get("FineTuneJob", ns_a, a) or {}).get("metadata", {}).get("deletionTimestamp"),
-                 timeout=20, message="the operator deletes A after its TTL")
+                 timeout=30, message="the operator deletes A after its TTL")
         wait_for(lambda: cluster.get("FineTuneJob", ns_a, a)["metadata"].get("finalizers") == [FOREIGN_FINALIZER],
-                 message="the operator removes only its own finalizer")
+                 timeout=30, message="the operator removes only its own finalizer")
         cluster.patch("FineTuneJob", ns_a, a, [{"op": "remove", "path": "/metadata/finalizers"}])
-        wait_for(lambda: cluster.get("FineTuneJob", ns_a, a) is None, message="A gone")
+        wait_for(lambda: cluster.get("FineTuneJob", ns_a, a) is None, timeout=30, message="A gone")
 
         # The user deletes B while it runs.
         cluster.delete("FineTuneJob", ns_b, b)
-        wait_for(lambda: cluster.get("FineTuneJob", ns_b, b) is None, timeout=20, message="B gone")
+        wait_for(lambda: cluster.get("FineTuneJob", ns_b, b) is None, timeout=30, message="B gone")
 
     out.roles_created = [
         r.data for r in cluster.requests()

@@ -7,6 +7,7 @@ the metrics Service reach the running operator's endpoints."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import socket
 
 import requests
@@ -18,7 +19,7 @@ from support.cluster import wait_for
 from support.manifests import job_manifest
 
 
-def test_two_replicas_one_active_then_failover(rendered):
+def test_two_replicas_one_active_then_failover(rendered, caplog):
     from kubetune_operator import builders
     from kubetune_operator.runner import OperatorThread
     from kubetune_operator.settings import OperatorSettings
@@ -29,6 +30,7 @@ def test_two_replicas_one_active_then_failover(rendered):
     settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
     settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
     assert not settings.standalone
+    caplog.set_level(logging.INFO, logger="kopf._core.engines.peering")
 
     with AuthorizingCluster(lambda call: allows(grants, call)) as cluster:
         (peering,) = find(objs, "ClusterKopfPeering")
@@ -40,12 +42,24 @@ def test_two_replicas_one_active_then_failover(rendered):
                 obj = cluster.request("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{peering['metadata']['name']}")
                 return obj.get("status") or {}
 
-            wait_for(lambda: len(peers()) == 2, message="both replicas announce themselves")
+            wait_for(lambda: len(peers()) == 2, timeout=30, message="both replicas announce themselves")
             priorities = [p["priority"] for p in peers().values()]
             assert len(set(priorities)) == 2, f"replicas share a priority, so Kopf pauses both: {priorities}"
 
+            def active_replicas() -> int:
+                # Kopf starts a peering replica paused; it logs each resume and pause.
+                last: dict[int, str] = {}
+                for r in caplog.records:
+                    msg = r.getMessage()
+                    if msg.startswith("Resuming operations") or msg.startswith("Pausing"):
+                        last[r.thread] = msg
+                return sum(1 for msg in last.values() if msg.startswith("Resuming"))
+
+            # Wait until the replicas have settled: one works, the other stands by.
+            wait_for(lambda: active_replicas() == 1 and len(peers()) == 2, timeout=30, message="exactly one active replica")
+
             cluster.create(job_manifest("ha-run", "ml"))
-            job1 = wait_for(lambda: cluster.get("Job", "ml", builders.batch_job_name("ha-run", 1)), timeout=20,
+            job1 = wait_for(lambda: cluster.get("Job", "ml", builders.batch_job_name("ha-run", 1)), timeout=30,
                             message="the active replica creates the Job")
             active = [r for r in replicas if ("ml", "ha-run") in r.runtime.states]
             assert len(active) == 1, "exactly one replica handles the job"
