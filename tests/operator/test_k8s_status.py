@@ -79,8 +79,9 @@ def test_api_errors_never_reach_training(tmp_path):
         r.progress({"step": step})
     r.event({"event": "checkpoint", "step": 1, "uri": "s3://x"})
     assert time.monotonic() - t0 < 0.5  # never blocks the training loop
-    r.close(timeout=2.0)
-    assert r.sent == 0
+    t0 = time.monotonic()
+    r.close(timeout=0.5)  # the API is down: close() gives up instead of holding the process
+    assert time.monotonic() - t0 < 1.0 and r.sent == 0
 
 
 def test_missing_configuration_is_reported_clearly():
