@@ -60,13 +60,17 @@ COPY pyproject.toml README.md ./
 COPY operator/ operator/
 COPY trainer/ trainer/
 # Pin the base image's torch so nothing below replaces it with another build.
-# DeepSpeed JIT-compiles its C++/CUDA ops on first use, which costs 1-3 minutes
-# in every new pod and needs nvcc. Prebuilt here: FusedAdam (GPU optimizer),
-# CPUAdam (optimizer offload) and the flatten/unflatten utils ZeRO uses.
+# DeepSpeed JIT-compiles its ops on first use, which costs minutes in every new
+# pod and, for CUDA ops, needs nvcc (absent from the runtime image). Prebuilt
+# here: FusedAdam (the GPU optimizer) and the utils ops ZeRO uses; both are
+# portable across CPUs (no -march=native). CPUAdam (optimizer offload) is NOT
+# prebuilt: DeepSpeed compiles it with -march=native and the build host's
+# SIMD width, which would crash with "illegal instruction" on nodes with an
+# older CPU; it is compiled on first use on the node itself (g++ below).
 # --no-build-isolation lets the build see the base image's CUDA torch.
 RUN pip freeze | grep -E '^torch==' > /build/torch-constraint.txt \
  && test -s /build/torch-constraint.txt \
- && DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_CPU_ADAM=1 DS_BUILD_UTILS=1 \
+ && DS_BUILD_OPS=0 DS_BUILD_FUSED_ADAM=1 DS_BUILD_UTILS=1 \
     TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST}" \
     pip wheel --no-cache-dir --disable-pip-version-check --no-build-isolation --no-deps \
       --wheel-dir /build/wheels "deepspeed==${DEEPSPEED_VERSION}" \
@@ -77,6 +81,12 @@ LABEL org.opencontainers.image.title="kubetune-trainer" \
       org.opencontainers.image.description="kubetune trainer: DeepSpeed fine-tuning under torchrun" \
       org.opencontainers.image.licenses="Apache-2.0"
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+# g++ for the CPU ops DeepSpeed compiles on the node (CPUAdam with offload);
+# the version is whatever the base image's Ubuntu release ships.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends g++ \
+ && rm -rf /var/lib/apt/lists/*
 # Installed from the files built above: the kubetune wheel by path (never by
 # name from an index) with the trainer extra, DeepSpeed from its prebuilt wheel.
 RUN --mount=type=bind,from=trainer-build,source=/build,target=/build \
