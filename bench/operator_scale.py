@@ -9,6 +9,8 @@ job has its batch Job and phase Initializing. Reports:
   storing the job's first batch Job (both timed inside the emulator), p50/p99;
 - API requests per job: every request the operator made after it was ready
   (watch streams excluded), divided by N, with the breakdown per verb/resource;
+- operator CPU: user+system seconds the operator process spent from the
+  burst to the end, per job (less sensitive to a busy machine than latency);
 - operator memory: RSS of the operator process, idle before the burst and
   peak during it (sampled every 20 ms), and the peak growth per job.
 
@@ -86,6 +88,7 @@ def run_once(n: int, workdir: str) -> dict:
             time.sleep(0.5)  # let the initial lists settle
             sampler = RssSampler(proc.pid)
             idle_rss = sampler.current()
+            cpu0 = sum(sampler.proc.cpu_times()[:2])
             sampler.start()
             baseline_calls = len(cluster.operator_calls())
 
@@ -103,6 +106,7 @@ def run_once(n: int, workdir: str) -> dict:
             wait_for(settled, timeout=900, interval=0.5, message=f"{n} jobs Initializing")
             all_done_s = time.monotonic() - t0
             time.sleep(1.0)  # trailing events (Kopf posts them in the background)
+            cpu_s = sum(sampler.proc.cpu_times()[:2]) - cpu0
             sampler.stop_flag.set()
             sampler.join()
 
@@ -118,6 +122,7 @@ def run_once(n: int, workdir: str) -> dict:
                 "p99": percentile(latencies, 0.99),
                 "max": max(latencies),
                 "calls_per_job": len(calls) / n,
+                "cpu_ms_per_job": cpu_s / n * 1000,
                 "breakdown": {k: v / n for k, v in breakdown.most_common()},
                 "idle_mib": idle_rss / 2**20,
                 "peak_mib": sampler.peak / 2**20,
@@ -145,7 +150,7 @@ def main() -> None:
             results.append(r)
             print(f"N={n}: created in {r['create_s']:.1f}s, all Initializing after {r['all_s']:.1f}s; "
                   f"create->Job p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s max {r['max']:.2f}s; "
-                  f"{r['calls_per_job']:.1f} API requests/job; operator RSS idle {r['idle_mib']:.0f} MiB, "
+                  f"{r['calls_per_job']:.1f} API requests/job; operator CPU {r['cpu_ms_per_job']:.0f} ms/job; operator RSS idle {r['idle_mib']:.0f} MiB, "
                   f"peak {r['peak_mib']:.0f} MiB (+{r['per_job_kib']:.0f} KiB/job)", flush=True)
     print("\nAPI requests per job (operator, after start-up, watches excluded), N=%d:" % results[-1]["n"])
     for k, v in results[-1]["breakdown"].items():

@@ -77,7 +77,7 @@ class Runtime:
         self.settings = settings
         self.login_fn = login
         self.states: dict[tuple[str, str], JobState] = {}
-        self.metrics = Metrics(lambda: [s.ftj.get("status", {}).get("phase") or "Pending" for s in list(self.states.values()) if s.ftj])
+        self.metrics = Metrics(lambda: [(s.ftj.get("status") or {}).get("phase") or "Pending" for s in list(self.states.values()) if s.ftj])
         self.kube: Optional[Kube] = None
         # The namespaces this run watches (empty: cluster-wide); set by runner.run_operator.
         self.namespaces: tuple[str, ...] = ()
@@ -104,6 +104,10 @@ class Runtime:
                     self.metrics.api_errors.labels("reconcile").inc()
                     logger.warning(f"reconcile of {namespace}/{name} failed, retrying: {e!r}")
                     requeue = 5.0
+                except Exception:  # a bug or an unexpected answer must not kill the job's loop
+                    self.metrics.api_errors.labels("unexpected").inc()
+                    logger.exception(f"reconcile of {namespace}/{name} failed unexpectedly, retrying in 30s")
+                    requeue = 30.0
                 finally:
                     self.metrics.reconcile_seconds.observe(time.perf_counter() - t0)
                 if stopped:

@@ -397,6 +397,15 @@ def _decide(ftj, name, status, jobs, pods, now, settings, w: _StatusWriter, plan
 
     _check_spec_change(current_hashes, current, w)
 
+    # Conditions are the operator's alone; status.phase is also written by the trainer's
+    # reporter, so a late report from a dying pod must not revive a finished job.
+    finished = next((t for t in TERMINAL if (w.condition(t) or {}).get("status") == "True"), None)
+    if finished and phase != finished:
+        c = w.condition(finished) or {}
+        w.set("phase", finished)
+        w.set("reason", c.get("reason"))
+        w.set("message", c.get("message"))
+        phase = finished
     if phase in TERMINAL:
         if rp.ttl_seconds_after_finished is not None:
             done = parse_time(status.get("completionTime")) or now
@@ -476,10 +485,11 @@ def _decide(ftj, name, status, jobs, pods, now, settings, w: _StatusWriter, plan
 
 def _no_current_job(spec, status, attempt, now, settings, w: _StatusWriter, plan: Plan) -> None:
     phase = status.get("phase")
-    if phase == "Restarting":
-        c = w.condition("Restarting")
-        since = parse_time(c.get("lastTransitionTime")) if c else None
-        counted = status.get("reason") != "Preempted"
+    restarting = w.condition("Restarting")
+    if restarting is not None and restarting.get("status") == "True":  # the condition: see above
+        c = restarting
+        since = parse_time(c.get("lastTransitionTime"))
+        counted = c.get("reason") != "Preempted"
         wait = backoff_seconds(spec.run_policy.backoff_seconds, int(status.get("restarts") or 0), counted, settings.max_backoff_seconds)
         if since is not None:
             due = since + dt.timedelta(seconds=wait)

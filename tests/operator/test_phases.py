@@ -236,3 +236,18 @@ def test_same_observation_twice_plans_nothing_new():
 def test_trainer_error_line_parsing():
     assert phases.trainer_error("x\nkubetune: error: BadData: row 7 is empty\ny") == ("BadData", "row 7 is empty")
     assert phases.trainer_error("no marker") is None
+
+
+def test_a_late_trainer_report_cannot_revive_a_finished_or_restarting_job():
+    # Failed (condition True) but a dying rank 0 wrote phase Running afterwards.
+    st = status("Failed", "DatasetNotFound")
+    st["phase"] = "Running"
+    f = ftj(st)
+    plan = decide(f, [])
+    assert plan.create_attempt is None and plan.status_patch["phase"] == "Failed" and not plan.events
+    # Restarting (condition True) overwritten the same way: the backoff still holds.
+    st = status("Restarting", "PodFailed", attempt=2, restarts=1)
+    st["phase"] = "Running"
+    f = ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 600})
+    plan = decide(f, [])
+    assert plan.create_attempt is None and plan.requeue_after == pytest.approx(40)  # capped at 100 s since 11:59:00
