@@ -171,6 +171,9 @@ def test_ha_uses_kopf_peering(rendered, name, peering_kind):
     assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     assert env["KUBETUNE_STANDALONE"] == "false"
+    # One fixed priority shared by all replicas would make Kopf pause them all:
+    # each replica draws its own.
+    assert "KUBETUNE_PEERING_PRIORITY" not in env
     peerings = find(objs, peering_kind)
     watched = VALUE_SETS[name].get("watch", {}).get("namespaces") or [None]
     assert sorted(p["metadata"].get("namespace") or "" for p in peerings) == sorted(ns or "" for ns in watched)
