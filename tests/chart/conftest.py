@@ -51,7 +51,7 @@ def rendered(helm) -> dict[str, list[dict]]:
 
 # Value sets whose operator runs the whole job lifecycle against the
 # authorizing emulator, with the chart's RBAC and the chart's env settings.
-LIFECYCLE_VALUE_SETS = ("default", "ha", "ha-namespaced")
+LIFECYCLE_VALUE_SETS = ("default", "ha", "ha-namespaced", "no-status-reporter")
 
 
 @pytest.fixture(scope="session")

@@ -135,7 +135,7 @@ def _gitops_violations(before: dict, after: dict) -> list[str]:
     return problems
 
 
-@pytest.mark.parametrize("name", ["default", "ha", "ha-namespaced"])
+@pytest.mark.parametrize("name", ["default", "ha", "ha-namespaced", "no-status-reporter"])
 def test_operator_never_writes_what_gitops_owns(lifecycles, name):
     """Every PATCH/PUT the operator sent for a FineTuneJob during the whole
     lifecycle changes only status (through /status), its own finalizer and its
