@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 
 from kubetune_trainer import tiny
 
-from trainer_helpers import run_trainer
+from trainer_helpers import finish_trainer, start_trainer
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -36,11 +36,12 @@ def ga_spec(model_dir, train, out, micro: int) -> dict:
 
 def test_accumulation_matches_one_big_batch(tiny_model_dir, tmp_path):
     train = str(tiny.write_text_dataset(tmp_path / "text.jsonl", n=32, seed=5))
-    runs = {}
-    for micro in (4, 8):
-        spec = ga_spec(tiny_model_dir, train, tmp_path / f"out{micro}", micro)
-        runs[micro] = run_trainer(tmp_path / f"m{micro}", spec, nproc=1)
-        assert runs[micro].rc == 0, runs[micro].log[-4000:]
+    specs = {micro: ga_spec(tiny_model_dir, train, tmp_path / f"out{micro}", micro) for micro in (4, 8)}
+    # two single-process runs side by side: one core each
+    started = {micro: start_trainer(tmp_path / f"m{micro}", specs[micro], nproc=1) for micro in specs}
+    runs = {micro: finish_trainer(started[micro], tmp_path / f"m{micro}", specs[micro]) for micro in specs}
+    for run in runs.values():
+        assert run.rc == 0, run.log[-4000:]
     a, b = runs[4].summary, runs[8].summary
     assert (a["gradientAccumulation"], b["gradientAccumulation"]) == (2, 1)
     steps_a = [h for h in a["history"] if "loss" in h]

@@ -65,3 +65,8 @@ def test_precision_auto():
     assert dsconfig.resolve_precision(s, cuda=True, bf16_supported=True) == "bf16"
     assert dsconfig.resolve_precision(s, cuda=True, bf16_supported=False) == "fp16"
     assert dsconfig.resolve_precision(s, cuda=False, bf16_supported=False) == "fp32"
+
+
+def test_qlora_with_explicit_zero3_is_refused_up_front():
+    with pytest.raises(PermanentError, match="qlora with distributed.zeroStage 3 is not supported"):
+        dsconfig.choose_zero_stage(spec(method={"type": "qlora"}, distributed={"zeroStage": "3"}), 0, 0, "bf16", 16, None)

@@ -69,7 +69,7 @@ def case(tmp_path, name, tiny_model_dir):
         return spec, "InvalidDataset: train row 3: 'completion' must be a string, got int"
     if name == "invalid config":
         spec["training"]["globalBatchSize"] = 3
-        return spec, "InvalidSpec:"
+        return spec, "InvalidSpec: " + str(tmp_path / "job.yaml") + ": spec.training.globalBatchSize: (3) must be divisible by microBatchSize x world size (1 x 2 = 2)"
     raise AssertionError(name)
 
 
@@ -100,3 +100,12 @@ def test_launcher_exit_code_mapping():
     assert exit_code_for([1, PERMANENT]) == PERMANENT
     assert exit_code_for([-15, PREEMPTED]) == PREEMPTED
     assert exit_code_for([1, -9]) == 1
+
+
+def test_unparsable_config_exits_3(tmp_path, capsys):
+    bad = tmp_path / "job.yaml"
+    bad.write_text("apiVersion: kubetune.io/v1alpha1\nkind: FineTuneJob\nspec: [unclosed\n")
+    assert main(["--config", str(bad)]) == PERMANENT
+    assert f"kubetune: error: InvalidSpec: {bad}:" in capsys.readouterr().err
+    assert main(["--config", str(tmp_path / "missing.yaml")]) == PERMANENT
+    assert "config file" in capsys.readouterr().err

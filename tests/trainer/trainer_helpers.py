@@ -52,13 +52,26 @@ class Run:
         self.records = [json.loads(l) for l in progress.read_text().splitlines()] if progress.exists() else []
 
 
-def run_trainer(workdir: Path, spec: dict, nproc: int = 2, timeout: int = 300) -> Run:
-    """torchrun (through kubetune_trainer.torchrun) with `nproc` CPU processes on one FineTuneJob."""
+def start_trainer(workdir: Path, spec: dict, nproc: int = 2) -> tuple[subprocess.Popen, float]:
+    """Start torchrun (through kubetune_trainer.torchrun) with `nproc` CPU processes on one FineTuneJob."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = write_job(workdir / "job.yaml", spec)
-    t0 = time.monotonic()
-    p = subprocess.run(torchrun_cmd(config, nproc), env=trainer_env(workdir / "scratch", workdir / "progress.jsonl"),
-                       cwd=REPO, capture_output=True, text=True, timeout=timeout)
-    run = Run(workdir, p.returncode, p.stdout + p.stderr, time.monotonic() - t0, Path(spec["output"]["uri"]))
+    p = subprocess.Popen(torchrun_cmd(config, nproc), env=trainer_env(workdir / "scratch", workdir / "progress.jsonl"),
+                         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return p, time.monotonic()
+
+
+def finish_trainer(started: tuple[subprocess.Popen, float], workdir: Path, spec: dict, timeout: int = 300) -> Run:
+    p, t0 = started
+    try:
+        out, _ = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, _ = p.communicate()
+    run = Run(workdir, p.returncode, out, time.monotonic() - t0, Path(spec["output"]["uri"]))
     (workdir / "log.txt").write_text(run.log)
     return run
+
+
+def run_trainer(workdir: Path, spec: dict, nproc: int = 2, timeout: int = 300) -> Run:
+    return finish_trainer(start_trainer(workdir, spec, nproc), workdir, spec, timeout)

@@ -70,6 +70,12 @@ def choose_zero_stage(
     on CPU (no GPU memory to fit) ZeRO-2.
     """
     requested = spec.distributed.zero_stage
+    if requested == "3" and spec.method.type == "qlora":
+        raise PermanentError(
+            "method qlora with distributed.zeroStage 3 is not supported (4-bit weights are not partitioned); "
+            "use zeroStage 2 or auto",
+            "InvalidSpec",
+        )
     if requested != "auto":
         return int(requested)
     if spec.method.type == "qlora" or gpu_memory_bytes is None:

@@ -102,7 +102,10 @@ def generation_accuracy(model, rows: list[dict], fmt: str, tokenizer, samples: i
     rank, world = _rank_world()
     mine = pairs[rank::world]
     rounds = len(pairs[0::world])
-    stop = [tokenizer.eos_token_id]
+    stop = {tokenizer.eos_token_id}  # plus the model's own stop tokens (e.g. Llama 3's <|eot_id|>)
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stop |= set(gen_eos if isinstance(gen_eos, list) else [gen_eos] if gen_eos is not None else [])
+    stop = sorted(stop)
     was_training = model.training
     model.eval()
     # training disables the KV cache; generation wants it

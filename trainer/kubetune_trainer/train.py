@@ -22,6 +22,7 @@ import argparse
 import importlib.util
 import logging
 import os
+import re
 import socket
 import sys
 import time
@@ -91,6 +92,7 @@ def setup_logging(rank: int) -> None:
 
 
 def load_config(path: str):
+    import yaml
     from pydantic import ValidationError
 
     from .spec import load_job_file
@@ -102,9 +104,14 @@ def load_config(path: str):
     except ValidationError as e:
         first = e.errors()[0]
         where = ".".join(str(x) for x in first["loc"])
-        raise PermanentError(f"{path}: {where}: {first['msg']} ({e.error_count()} error(s))", "InvalidSpec") from None
-    except ValueError as e:
-        raise PermanentError(str(e), "InvalidSpec") from None
+        msg = first["msg"].removeprefix("Value error, ")
+        field, sep, rest = msg.partition(": ")  # cross-field messages start with their own field path
+        if sep and re.fullmatch(r"[A-Za-z0-9_.\[\]]+", field):
+            where, msg = f"{where}.{field}", rest
+        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
+        raise PermanentError(f"{path}: {where}: {msg}{more}", "InvalidSpec") from None
+    except (ValueError, yaml.YAMLError) as e:
+        raise PermanentError(f"{path}: {e}", "InvalidSpec") from None
 
 
 # ------------------------------------------------------------------ stages
@@ -153,13 +160,13 @@ def plan_deepspeed(spec, model_dir: str, rt: Runtime) -> Plan:
 
     batch = dsconfig.batch_plan(spec, rt.world_size)
     precision = dsconfig.resolve_precision(spec, rt.cuda, rt.cuda and torch.cuda.is_bf16_supported())
-    stage = spec.distributed.zero_stage
-    if stage == "auto":
+    n = trainable = 0
+    gpu_mem = None
+    if spec.distributed.zero_stage == "auto":  # sizes matter only to 'auto'
         n = model.count_parameters(model_dir, spec)
         trainable = n if spec.method.type == "full" else int(0.02 * n)  # PEFT: a few percent at most
         gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
-        stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
-    stage = int(stage)
+    stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
     log.info("plan: %s, precision %s, ZeRO-%d", batch, precision, stage)
     return Plan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
 
