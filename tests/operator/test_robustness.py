@@ -2,7 +2,6 @@
 import socket
 import time
 
-import pytest
 import requests
 
 from kubetune_operator import builders

@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import threading
 import time
-import urllib.parse
 from typing import Any, Callable, Iterator, Optional
 
 import kmock

@@ -94,10 +94,6 @@ class ApiCall:
         return (self.verb, self.group, self.resource, self.subresource, self.namespace, self.name)
 
 
-class Conflict(kmock.KubernetesError):
-    pass
-
-
 def _error(status: int, reason: str, message: str) -> kmock.KubernetesError:
     return kmock.KubernetesError(status=status, reason=reason, message=message, details={})
 
