@@ -58,3 +58,21 @@ def test_packed_loss_equals_mean_of_unpacked(tokenizer, samples, attn):
 
     assert packed == pytest.approx(unpacked, rel=1e-5, abs=1e-5)
     assert abs(leaky - unpacked) > 1e-2, "control: attention across samples must change the loss"
+
+
+def test_eval_loss_is_the_same_for_any_batching_and_packing(tokenizer, samples):
+    """evaluate.eval_loss is the token-weighted mean however the eval set is cut; the per-batch
+    mean of means (what the HF Trainer's eval loop reports) is not."""
+    from kubetune_trainer import evaluate
+
+    model = model_with(tokenizer, "sdpa")
+    collate = data.Collator(tokenizer.pad_token_id)
+    one_by_one = evaluate.eval_loss(model, samples, collate, batch_size=1, device="cpu")
+    packed = evaluate.eval_loss(model, data.pack(samples, 96), collate, batch_size=2, device="cpu")
+    batched = evaluate.eval_loss(model, samples, collate, batch_size=5, device="cpu")
+    assert one_by_one["eval_tokens"] == packed["eval_tokens"] == batched["eval_tokens"]
+    assert packed["eval_loss"] == pytest.approx(one_by_one["eval_loss"], rel=1e-5)
+    assert batched["eval_loss"] == pytest.approx(one_by_one["eval_loss"], rel=1e-5)
+    with torch.no_grad():
+        means = [model(**collate(samples[i:i + 5]), use_cache=False).loss.item() for i in range(0, len(samples), 5)]
+    assert abs(sum(means) / len(means) - one_by_one["eval_loss"]) > 1e-3
