@@ -305,5 +305,5 @@ def test_notes_tell_the_user_what_to_do_next(helm):
 def test_chart_refuses_clusters_older_than_its_floor(helm):
     """The CRD's CEL rules need Kubernetes 1.29; older clusters are refused up front."""
     too_old = helm.run("template", "kt", str(CHART), "--kube-version", "1.28.9")
-    assert too_old.returncode != 0 and "kubeVersion >=1.29.0-0 is incompatible with Kubernetes v1.28.9" in too_old.stderr
+    assert too_old.returncode != 0 and "requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.9" in too_old.stderr
     assert helm.run("template", "kt", str(CHART), "--kube-version", "1.29.0").returncode == 0
