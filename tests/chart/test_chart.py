@@ -307,3 +307,14 @@ def test_chart_refuses_clusters_older_than_its_floor(helm):
     too_old = helm.run("template", "kt", str(CHART), "--kube-version", "1.28.9")
     assert too_old.returncode != 0 and "requires kubeVersion: >=1.29.0-0 which is incompatible with Kubernetes v1.28.9" in too_old.stderr
     assert helm.run("template", "kt", str(CHART), "--kube-version", "1.29.0").returncode == 0
+
+
+def test_tools_are_the_pinned_helm_4_and_fetching_is_idempotent(tools):
+    import subprocess
+
+    version = subprocess.run([str(tools / "helm"), "version", "--short"], capture_output=True, text=True, check=True)
+    assert version.stdout.startswith("v4."), version.stdout
+    before = {name: (tools / name).stat().st_mtime_ns for name in ("helm", "kubectl")}
+    again = subprocess.run(["bash", str(ROOT / "scripts" / "get-tools.sh")], capture_output=True, text=True, timeout=120)
+    assert again.returncode == 0 and again.stdout.strip() == str(tools)
+    assert {name: (tools / name).stat().st_mtime_ns for name in ("helm", "kubectl")} == before, "a second run re-fetched"
