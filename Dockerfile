@@ -36,12 +36,16 @@ LABEL org.opencontainers.image.title="kubetune-operator" \
       org.opencontainers.image.description="kubetune operator: FineTuneJob -> gang of DeepSpeed pods" \
       org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=operator-build /opt/kubetune /opt/kubetune
+# HOME=/tmp: uid 65532 has no passwd entry or home, and the chart mounts a
+# writable emptyDir at /tmp under a read-only root filesystem.
 ENV PATH=/opt/kubetune/bin:$PATH \
+    HOME=/tmp \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1
-# 65532: the conventional "nonroot" uid; no home, no shell needed.
+# 65532: the conventional "nonroot" uid; no shell or home directory needed.
 USER 65532:65532
-EXPOSE 8080
+# /healthz (KUBETUNE_HEALTH_PORT) and /metrics (KUBETUNE_METRICS_PORT).
+EXPOSE 8080 9090
 ENTRYPOINT ["kubetune", "operator"]
 
 
