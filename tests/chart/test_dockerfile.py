@@ -268,3 +268,13 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies(dockerfile):
         assert not ignored(src.rstrip("/")), f"{src} is copied but .dockerignore excludes it"
     for private in (".venv", ".git", ".tools", "tests", "runs", "operator/kubetune_operator/__pycache__"):
         assert ignored(private), f"{private} would be sent to the Docker daemon"
+
+
+def test_operator_image_exposes_the_operator_default_ports(dockerfile):
+    from kubetune_operator.settings import OperatorSettings
+
+    _, stages = dockerfile
+    exposed = {int(p) for rest in stages["operator"].args("EXPOSE") for p in rest.split()}
+    defaults = OperatorSettings()
+    assert exposed == {defaults.health_port, defaults.metrics_port}
+    assert stages["operator"].args("ENTRYPOINT") == ['["kubetune", "operator"]']
