@@ -272,3 +272,15 @@ def test_pack_layout_positions_restart_per_sample():
     short = [i for i, r in enumerate(rows) if len(r["input_ids"]) == 5][0]
     assert batch["position_ids"][short, 5:].tolist() == [0, 1, 2, 3, 4]
     assert batch["labels"][short, 5:].tolist() == [IGN] * 5
+
+
+def test_bos_added_when_the_tokenizer_adds_it_itself(tokenizer):
+    """Llama-style tokenizers put BOS before plain text; instruction/text samples start with it (masked)."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_token_id)])
+    ids, labels = encoded(tok, {"prompt": "what is two plus three ?", "completion": " five"}, "instruction")
+    assert (ids, labels) == expected(tok, [("<|bos|>what is two plus three ?", False), (" five<|eos|>", True)])
+    assert ids[0] == tok.bos_token_id

@@ -38,6 +38,7 @@ kernels. No attention crosses a sample boundary (see tests/trainer/test_packing.
 from __future__ import annotations
 
 import bisect
+import functools
 import glob
 import logging
 import os
@@ -150,6 +151,7 @@ def _tokens(tokenizer, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
+@functools.lru_cache(maxsize=8)
 def _bos(tokenizer) -> list[int]:
     """[bos] if the tokenizer puts BOS in front of plain text by itself (Llama does, GPT-2 does not)."""
     if tokenizer.bos_token_id is None:
@@ -159,7 +161,7 @@ def _bos(tokenizer) -> list[int]:
 
 
 def encode_text(row: dict, tokenizer) -> tuple[list[int], list[int]]:
-    ids = _bos(tokenizer) + _tokens(tokenizer, _str_field(row, "text")) + [tokenizer.eos_token_id]
+    ids = [*_bos(tokenizer), *_tokens(tokenizer, _str_field(row, "text")), tokenizer.eos_token_id]
     return ids, list(ids)
 
 
@@ -176,7 +178,7 @@ def instruction_completion(row: dict) -> str:
 
 
 def encode_instruction(row: dict, tokenizer) -> tuple[list[int], list[int]]:
-    prompt = _bos(tokenizer) + _tokens(tokenizer, instruction_prompt(row))
+    prompt = [*_bos(tokenizer), *_tokens(tokenizer, instruction_prompt(row))]
     answer = _tokens(tokenizer, instruction_completion(row)) + [tokenizer.eos_token_id]
     return prompt + answer, [IGNORE] * len(prompt) + answer
 

@@ -74,7 +74,7 @@ def _prompt_and_reference(row: dict, fmt: str, tokenizer) -> Optional[tuple[list
     """Prompt token ids and the reference answer text, or None for rows without one."""
     try:
         if fmt == "instruction":
-            prompt = data_mod._bos(tokenizer) + data_mod._tokens(tokenizer, data_mod.instruction_prompt(row))
+            prompt = [*data_mod._bos(tokenizer), *data_mod._tokens(tokenizer, data_mod.instruction_prompt(row))]
             return prompt, data_mod.instruction_completion(row)
         if fmt == "chat":
             msgs = data_mod._messages(row)
