@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -29,7 +28,7 @@ def job(name: str, *, model: str, train: str, output: str, endpoint: str, method
         "model": {"source": model},
         "dataset": {"train": train, "evalFraction": 0.0, "packing": False, "maxSeqLength": 64},
         "method": {"type": method, **({"lora": {"r": 4, "dropout": 0.1}} if method == "lora" else {})},
-        "training": {"maxSteps": steps, "globalBatchSize": 4 * nodes, "microBatchSize": 1, "learningRate": 1e-3,
+        "training": {"maxSteps": steps, "globalBatchSize": 4, "microBatchSize": 1, "learningRate": 1e-3,
                      "seed": 7, "precision": "fp32", "gradientCheckpointing": False, "warmupRatio": 0.0,
                      "scheduler": "linear"},
         "distributed": {"nodes": nodes, "gpusPerNode": 0, "processesPerNode": procs, "zeroStage": zero},
@@ -83,47 +82,52 @@ def kill_tree(pid: int) -> None:
             pass
 
 
-def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, scratch: Optional[Path] = None,
+def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, nnodes: int = 1,
             until: Optional[Callable[[list[dict]], bool]] = None, send: int = signal.SIGKILL,
-            timeout: float = 240, nnodes: int = 1, node_rank: int = 0, port: Optional[int] = None,
-            tag: str = "") -> Run:
+            timeout: float = 300, tag: str = "") -> Run:
     """Run one job under the exit-code-keeping torchrun; optionally signal it once ``until(events)`` holds.
 
-    SIGKILL goes to the launcher and every worker at once (a node dying);
-    SIGTERM goes to the launcher only, as the kubelet sends it to a
-    container's main process.
+    ``nnodes`` > 1 starts one launcher per "node" (static rendezvous on
+    127.0.0.1), each with its own scratch folder, as separate pods would be.
+    SIGKILL goes to every launcher and worker at once (nodes dying); SIGTERM
+    goes to the launchers only, as the kubelet sends it to a container's main
+    process. The result's return code is node 0's.
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = workdir / f"job{tag}.yaml"
     cfg.write_text(yaml.safe_dump(manifest))
     progress = workdir / f"progress{tag}.jsonl"
     progress.unlink(missing_ok=True)
-    e = dict(env)
-    e.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
-             TRANSFORMERS_OFFLINE="1", KUBETUNE_PROGRESS_FILE=str(progress),
-             KUBETUNE_SCRATCH=str(scratch or workdir / "scratch"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "kubetune_trainer.torchrun", f"--nproc-per-node={procs}", f"--nnodes={nnodes}",
-           f"--node-rank={node_rank}", "--master-addr=127.0.0.1", f"--master-port={port or free_port()}",
-           "-m", "kubetune_trainer", "--config", str(cfg)]
+    port = free_port()
+    launchers, logs = [], []
     t0 = time.monotonic()
-    errf = open(workdir / f"stderr{tag}.log", "w")
-    p = subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=errf, stderr=subprocess.STDOUT, start_new_session=True)
+    for node in range(nnodes):
+        e = dict(env)
+        e.update(OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
+                 TRANSFORMERS_OFFLINE="1", KUBETUNE_PROGRESS_FILE=str(progress), PYTHONUNBUFFERED="1",
+                 KUBETUNE_SCRATCH=str(workdir / (f"scratch-node{node}" if nnodes > 1 else "scratch")))
+        cmd = [sys.executable, "-m", "kubetune_trainer.torchrun", f"--nproc-per-node={procs}", f"--nnodes={nnodes}",
+               f"--node-rank={node}", "--master-addr=127.0.0.1", f"--master-port={port}",
+               "-m", "kubetune_trainer", "--config", str(cfg)]
+        log_path = workdir / (f"stderr{tag}.log" if node == 0 else f"stderr{tag}-node{node}.log")
+        logs.append(log_path)
+        out = open(log_path, "w")
+        launchers.append((subprocess.Popen(cmd, cwd=ROOT, env=e, stdout=out, stderr=subprocess.STDOUT), out))
     signalled = False
     try:
-        while p.poll() is None:
+        while any(p.poll() is None for p, _ in launchers):
             if time.monotonic() - t0 > timeout:
-                kill_tree(p.pid)
                 raise TimeoutError(f"job did not finish in {timeout}s; see {workdir}/stderr{tag}.log")
             if until is not None and not signalled and until(read_events(progress)):
-                if send == signal.SIGKILL:
-                    kill_tree(p.pid)
-                else:
-                    p.send_signal(send)
+                for p, _ in launchers:
+                    kill_tree(p.pid) if send == signal.SIGKILL else p.send_signal(send)
                 signalled = True
             time.sleep(0.02)
     finally:
-        errf.close()
-        if p.poll() is None:
-            kill_tree(p.pid)
-        p.wait()
-    return Run(p.returncode, read_events(progress), (workdir / f"stderr{tag}.log").read_text(), time.monotonic() - t0)
+        for p, out in launchers:
+            if p.poll() is None:
+                kill_tree(p.pid)
+            p.wait()
+            out.close()
+    stderr = "\n".join(path.read_text() for path in logs)
+    return Run(launchers[0][0].returncode, read_events(progress), stderr, time.monotonic() - t0)

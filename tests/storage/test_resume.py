@@ -154,21 +154,31 @@ def test_lora_zero2_kill9_sigterm_resume_under_s3_faults(s3, assets, reference_l
     assert "transient error" in a.stderr + b.stderr + c.stderr or "retry" in (a.stderr + b.stderr + c.stderr).lower()
 
 
-def test_full_zero3_kill9_resume(s3, assets, reference_full, tmp_path):
-    out = "runs/full-chain"
-    manifest = _job(s3, assets, "full-chain", out, method="full", zero=3)
-    a = run_job(manifest, tmp_path / "a", s3.env(), until=_first_checkpoint_before_the_end, send=signal.SIGKILL)
+def test_full_zero3_two_nodes_kill9_resume(s3, assets, reference_full, tmp_path):
+    """ZeRO-3 full fine-tuning as two torchrun "nodes" of 1 process each (separate scratch disks, as two
+    pods): each node uploads its own files, COMMITTED waits for both nodes' markers. After kill -9 both
+    resume from S3 and the losses equal the reference's (1 node x 2 processes: same world size and batch)."""
+    out = "runs/full-two-nodes"
+    manifest = _job(s3, assets, "full-two-nodes", out, method="full", zero=3, nodes=2, procs=1)
+    a = run_job(manifest, tmp_path / "a", s3.env(), procs=1, nnodes=2, until=_first_checkpoint_before_the_end)
     assert a.returncode == -signal.SIGKILL, a.stderr[-3000:]
     resume = max(_committed(s3, out))
     assert resume < STEPS
-    b = run_job(manifest, tmp_path / "b", s3.env())
+    best = ck.newest_committed(_store(s3), f"s3://{s3.bucket}/{out}/checkpoints")[0]
+    files = best.manifest["files"]
+    assert best.manifest["nodes"] == 2 and best.manifest["worldSize"] == 2
+    assert {files["rng_state_0.pth"]["node"], files["rng_state_1.pth"]["node"]} == {0, 1}
+    assert files["trainer_state.json"]["node"] == 0  # written by node 0 only, uploaded once
+    assert sorted(f["node"] for n, f in files.items() if "optim_states" in n) == [0, 1], files  # a ZeRO-3 shard per rank
+
+    b = run_job(manifest, tmp_path / "b", s3.env(), procs=1, nnodes=2)
     assert b.returncode == 0, b.stderr[-3000:]
     assert b.of("resumed")[0]["step"] == resume
     worst = assert_matches_reference(b, reference_full, resume, STEPS)
-    names = ck.newest_committed(_store(s3), f"s3://{s3.bucket}/{out}/checkpoints")[0].manifest["files"]
-    assert sum("optim_states" in n for n in names) == 2, names  # one ZeRO-3 optimizer shard per rank
-    print(f"\nZeRO-3 full: killed at step {max(a.losses())}, resumed from {resume}, max |dloss| {worst:.2e}, "
-          f"runs {a.seconds:.1f}s/{b.seconds:.1f}s")
+    node1 = next(p for p in (tmp_path / "b" / "scratch-node1" / "resume").glob("step-*") if p.is_dir())
+    assert (node1 / "rng_state_1.pth").exists() and (node1 / "trainer_state.json").exists()
+    print(f"\nZeRO-3 full, 2 nodes: killed at step {max(a.losses())}, resumed from {resume}, "
+          f"max |dloss| {worst:.2e}, runs {a.seconds:.1f}s/{b.seconds:.1f}s")
 
 
 def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path):
@@ -203,3 +213,4 @@ def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path)
         assert "transient error" not in out, "permanent errors must not be retried"
         print(f"\n{name}: exit {p.returncode}: {line[-1]}")
     print(f"\nfail-fast runs finished in {time.monotonic() - t0:.1f}s")
+

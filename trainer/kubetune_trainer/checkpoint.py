@@ -392,6 +392,11 @@ class CheckpointManager:
             self._worker.start()
 
     def _work(self) -> None:
+        # Uploads yield the CPU to the training loop (threads it starts inherit this).
+        try:
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+        except (AttributeError, OSError):
+            pass
         while True:
             job = self._jobs.get()
             if job is None:
