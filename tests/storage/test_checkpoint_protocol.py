@@ -146,3 +146,36 @@ def test_manager_upload_commit_and_resume_download(s3, tmp_path):
     mgr3.storage.base_delay = 0.01
     with pytest.raises(Exception, match="sha256 mismatch"):
         mgr3.prepare_resume()
+
+
+def test_time_and_step_cadence_and_sigterm_flag(tmp_path):
+    """checkpointEvery as a duration saves once it elapsed; as a step count on multiples; SIGTERM preempts."""
+    topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)
+    timed = ck.CheckpointManager(_spec(str(tmp_path / "o1"), every="90s"), tmp_path / "s1", topology=topo)
+    assert timed.step_flags(1) == (False, False, False)
+    timed._last_save -= 91
+    assert timed.step_flags(2) == (True, False, False)
+    stepped = ck.CheckpointManager(_spec(str(tmp_path / "o2"), every=5), tmp_path / "s2", topology=topo)
+    assert [stepped.step_flags(s)[0] for s in range(1, 11)] == [False] * 4 + [True] + [False] * 4 + [True]
+    stepped._sigterm_at = time.monotonic()
+    assert stepped.step_flags(11) == (True, True, False)
+
+
+@pytest.mark.parametrize("where", ["s3", "local-in-place"])
+def test_publish_final_commits_marker_last(s3, tmp_path, where):
+    topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)
+    if where == "s3":
+        out, endpoint = f"s3://{s3.bucket}/final-{time.monotonic_ns()}", s3.endpoint
+        final = tmp_path / "scratch" / "final"
+    else:
+        out, endpoint = str(tmp_path / "out"), None
+        final = tmp_path / "out" / "final"
+    (final / "adapter").mkdir(parents=True)
+    (final / "adapter" / "adapter_model.safetensors").write_bytes(b"w" * 100)
+    (final / "summary.json").write_text("{}")
+    mgr = ck.CheckpointManager(_spec(out, endpoint), tmp_path / "scratch", topology=topo)
+    uris = mgr.publish_final(final)
+    assert uris == {"adapterUri": f"{out}/final/adapter", "summaryUri": f"{out}/final/summary.json"}
+    marker = mgr.storage.read_json(f"{out}/final/COMMITTED")
+    assert set(marker["files"]) == {"adapter/adapter_model.safetensors", "summary.json"}
+    assert mgr.storage.read_bytes(f"{out}/final/adapter/adapter_model.safetensors") == b"w" * 100

@@ -261,29 +261,25 @@ class CheckpointManager:
         return str(local)
 
     def publish_final(self, local_final_dir: str | os.PathLike) -> dict:
-        """Upload ``final/{adapter,merged,summary.json}`` (rank 0), marker last; returns their URIs."""
+        """Upload ``final/{adapter,merged,summary.json}`` (rank 0), marker last; returns their URIs (rank 0; {} elsewhere)."""
         self.drain()
         local_final_dir = Path(local_final_dir)
         final_uri = join(self.output, "final")
         names = {"adapterUri": "adapter", "mergedUri": "merged", "summaryUri": "summary.json"}
-        uris = {}
-        if self.topo.rank == 0:
-            files = {p.relative_to(local_final_dir).as_posix(): p for p in sorted(local_final_dir.rglob("*"))
-                     if p.is_file() and p.name != COMMITTED and ".tmp-" not in p.name}
-            same_place = not final_uri.startswith("s3://") and Path(final_uri.removeprefix("file://")).resolve() == local_final_dir.resolve()
-            self.storage.delete(join(final_uri, COMMITTED))  # a re-export is uncommitted until done
-            if same_place:
-                manifest = {n: {"size": p.stat().st_size, "sha256": sha256_file(p)} for n, p in files.items()}
-            else:
-                manifest = self.storage.upload_files(files, final_uri)
-            self.storage.write_json(join(final_uri, COMMITTED), {"time": utc_now(), "run": self.run_id, "files": manifest})
-            present = {n.split("/", 1)[0] for n in files}
+        if self.topo.rank != 0:  # rank 0 wrote the artifacts and reports their URIs
+            return {}
+        files = {p.relative_to(local_final_dir).as_posix(): p for p in sorted(local_final_dir.rglob("*"))
+                 if p.is_file() and p.name != COMMITTED and ".tmp-" not in p.name}
+        same_place = (not final_uri.startswith("s3://")
+                      and Path(final_uri.removeprefix("file://")).resolve() == local_final_dir.resolve())
+        self.storage.delete(join(final_uri, COMMITTED))  # a re-export is uncommitted until done
+        if same_place:  # local output: export wrote the files in place
+            manifest = {n: {"size": p.stat().st_size, "sha256": sha256_file(p)} for n, p in files.items()}
         else:
-            present = {p.name for p in local_final_dir.iterdir()} if local_final_dir.is_dir() else set(names.values())
-        for key, name in names.items():
-            if name in present:
-                uris[key] = join(final_uri, name)
-        return uris
+            manifest = self.storage.upload_files(files, final_uri)
+        self.storage.write_json(join(final_uri, COMMITTED), {"time": utc_now(), "run": self.run_id, "files": manifest})
+        present = {n.split("/", 1)[0] for n in files}
+        return {key: join(final_uri, name) for key, name in names.items() if name in present}
 
     def drain(self) -> None:
         """Wait for queued uploads (and, on rank 0, their commits); re-raise a background failure."""
@@ -470,7 +466,7 @@ class CheckpointManager:
         self.storage.write_json(join(step_uri, COMMITTED), marker)
         log.info("committed %s (%d files)", step_uri, len(marker["files"]))
         self._event({"event": "checkpoint", "step": job.step, "uri": step_uri, "time": marker["time"]})
-        busy = {s for s, j in self._by_step.items() if s != job.step and not j.committed.is_set()}
+        busy = {s for s, j in list(self._by_step.items()) if s != job.step and not j.committed.is_set()}
         try:
             apply_retention(self.storage, self.root, self.keep_last, busy)
         except (StorageError, PermanentError) as e:  # the commit stands; old checkpoints are retried next time
