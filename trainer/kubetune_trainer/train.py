@@ -19,7 +19,6 @@ Checkpoint plug-in points (the CheckpointManager of ``checkpoint.py``):
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import logging
 import os
 import re
@@ -115,26 +114,14 @@ def load_config(path: str):
 
 
 # ------------------------------------------------------------------ stages
-def _has_module(name: str) -> bool:
-    return importlib.util.find_spec(f"kubetune_trainer.{name}") is not None
-
-
 def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, Optional[str]]:
     """Local paths of the model folder and the train/eval data (downloaded once per node by fetch)."""
-    if _has_module("fetch"):
-        from . import fetch
+    from . import fetch
 
-        model_dir = str(fetch.resolve_model(spec, rt.scratch))
-        train = str(fetch.resolve_dataset(spec.dataset.train, spec, rt.scratch))
-        eval_ = str(fetch.resolve_dataset(spec.dataset.eval, spec, rt.scratch)) if spec.dataset.eval else None
-        return model_dir, train, eval_
-
-    def local(uri: str) -> str:  # local paths only, until fetch.py lands
-        if uri.startswith(("s3://", "hf://")):
-            raise PermanentError(f"{uri}: remote sources need kubetune_trainer.fetch", "InvalidSpec")
-        return uri[len("file://"):] if uri.startswith("file://") else uri
-
-    return local(spec.model.source), local(spec.dataset.train), local(spec.dataset.eval) if spec.dataset.eval else None
+    model_dir = str(fetch.resolve_model(spec, rt.scratch))
+    train = str(fetch.resolve_dataset(spec.dataset.train, spec, rt.scratch))
+    eval_ = str(fetch.resolve_dataset(spec.dataset.eval, spec, rt.scratch)) if spec.dataset.eval else None
+    return model_dir, train, eval_
 
 
 def prepare_data(spec, tokenizer, train_path: str, eval_path: Optional[str], rt: Runtime):
@@ -171,40 +158,14 @@ def plan_deepspeed(spec, model_dir: str, rt: Runtime) -> Plan:
     return Plan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
 
 
-class LocalOnlyCheckpoints:
-    """Stand-in until checkpoint.CheckpointManager lands: no checkpoints, final artifacts stay local."""
-
-    def __init__(self, spec, rt: Runtime):
-        self.local_dir = os.path.join(rt.scratch, "checkpoints")
-
-    def prepare_resume(self) -> Optional[str]:
-        return None
-
-    def callbacks(self) -> list:
-        return []
-
-    def training_args(self) -> dict:
-        return {"output_dir": self.local_dir, "save_strategy": "no"}
-
-    def publish_final(self, local_final_dir: str) -> dict:
-        uris = {}
-        for key, name in (("adapterUri", "adapter"), ("mergedUri", "merged"), ("summaryUri", "summary.json")):
-            p = os.path.join(local_final_dir, name)
-            if os.path.exists(p):
-                uris[key] = p
-        return uris
-
-
 def checkpoint_manager(spec, rt: Runtime, reporters):
-    if _has_module("checkpoint"):
-        from .checkpoint import CheckpointManager
+    from .checkpoint import CheckpointManager
 
-        return CheckpointManager(spec, scratch=rt.scratch, reporters=reporters)
-    return LocalOnlyCheckpoints(spec, rt)
+    return CheckpointManager(spec, scratch=rt.scratch, reporters=reporters)
 
 
 def local_final_dir(spec, rt: Runtime) -> str:
-    """<output>/final for a local output; scratch/final (published by the checkpoint manager) for S3."""
+    """<output>/final for a local output; scratch/final for S3 (ckpt.publish_final uploads it)."""
     uri = spec.output.uri
     if uri.startswith("s3://"):
         return os.path.join(rt.scratch, "final")
