@@ -151,6 +151,25 @@ def trainer_error(message: str) -> Optional[tuple[str, str]]:
     return found
 
 
+_EXCEPTION_LINE = re.compile(r"\b\w*(?:Error|Exception|Interrupt)\b: *\S")
+
+
+def last_error_line(message: str) -> str:
+    """The line of a termination message (a log tail) that says what went wrong.
+
+    The last 'SomeError: text' line (torchrun's banner ends with separators and
+    an empty 'ChildFailedError:'), else the last line with words in it.
+    """
+    lines = [ln.strip() for ln in (message or "").splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if _EXCEPTION_LINE.search(line):
+            return line[:300]
+    for line in reversed(lines):
+        if re.search(r"[A-Za-z]{3}", line):
+            return line[:300]
+    return ""
+
+
 def classify_pod_failure(pod: dict[str, Any]) -> Failure:
     """Why one failed pod failed: read from its terminated state and conditions."""
     name = _pod_name(pod)
@@ -163,8 +182,7 @@ def classify_pod_failure(pod: dict[str, Any]) -> Failure:
         parsed = trainer_error(tmessage)
         if parsed:
             return Failure("permanent", parsed[0], f"{parsed[1]} (pod {name}, exit code 3)")
-        last = tmessage.splitlines()[-1] if tmessage else "no message"
-        return Failure("permanent", "PermanentError", f"pod {name} exited with code 3: {last}")
+        return Failure("permanent", "PermanentError", f"pod {name} exited with code 3: {last_error_line(tmessage) or 'no message'}")
     if code == _PREEMPTED_EXIT:
         return Failure("preempted", "Preempted", f"pod {name} checkpointed and stopped after SIGTERM (exit code 75)")
     if treason == "OOMKilled":
@@ -179,7 +197,7 @@ def classify_pod_failure(pod: dict[str, Any]) -> Failure:
     detail = f"exit code {code}" if code is not None else "no exit code"
     if treason and treason not in ("Error",):
         detail += f", {treason}"
-    last = tmessage.splitlines()[-1] if tmessage else ""
+    last = last_error_line(tmessage)
     return Failure("transient", "PodFailed", f"pod {name}: container {builders.CONTAINER} failed ({detail})" + (f": {last}" if last else ""))
 
 

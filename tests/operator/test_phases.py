@@ -251,3 +251,18 @@ def test_a_late_trainer_report_cannot_revive_a_finished_or_restarting_job():
     f = ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 600})
     plan = decide(f, [])
     assert plan.create_attempt is None and plan.requeue_after == pytest.approx(40)  # capped at 100 s since 11:59:00
+
+
+def test_failure_message_names_the_error_not_the_banner():
+    log = "\n".join([
+        "[rank1]: ImportError: /root/.cache/torch_extensions/x.so: cannot open shared object file",
+        "Traceback (most recent call last):",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+        "============================================================",
+        "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+        "============================================================",
+    ])
+    f = ftj(status("Running", "PodsRunning"))
+    plan = decide(f, [batch(f)], [pod(1, phase="Failed", state=terminated(1, message=log))])
+    assert plan.status_patch["message"].startswith("pod j-a1-1-x: container trainer failed (exit code 1): [rank1]: ImportError: /root/.cache")
+    assert phases.last_error_line("step 1\nstep 2\n----\n") == "step 2"
