@@ -1,0 +1,58 @@
+"""``kubetune render FILE.yaml``: the Kubernetes objects the operator would create, as YAML.
+
+For review in GitOps pull requests: the same pure builders the operator runs
+(``builders.build_objects``), with the operator settings taken from the same
+``KUBETUNE_*`` environment variables the operator reads, so a reviewer can
+render with the cluster's settings. Owner references are left out (they need
+the live object's uid); everything else is exactly what the operator creates
+for the given attempt.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any, Optional
+
+import yaml
+
+from kubetune_trainer import spec as api
+
+
+def render(doc: dict[str, Any], namespace: Optional[str] = None, attempt: int = 1, settings: Any = None) -> list[dict[str, Any]]:
+    from kubetune_operator import builders
+    from kubetune_operator.settings import OperatorSettings
+
+    doc = dict(doc)
+    meta = dict(doc.get("metadata") or {})
+    if namespace:
+        meta["namespace"] = namespace
+    doc["metadata"] = meta
+    objects = builders.build_objects(doc, settings or OperatorSettings.from_env(), attempt=attempt)
+    if namespace:
+        for obj in objects:
+            obj["metadata"]["namespace"] = namespace
+    return objects
+
+
+def main(args: Any) -> int:
+    from kubetune_operator import builders
+
+    try:
+        with open(args.file) as f:
+            docs = [d for d in yaml.safe_load_all(f) if d]
+    except (OSError, yaml.YAMLError) as e:
+        print(f"kubetune: error: cannot read {args.file}: {e}", file=sys.stderr)
+        return 2
+    jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND]
+    if not jobs:
+        print(f"kubetune: error: {args.file}: no {api.KIND} document found", file=sys.stderr)
+        return 2
+    out = []
+    for doc in jobs:
+        try:
+            out += render(doc, args.namespace, args.attempt)
+        except (builders.InvalidJob, ValueError) as e:
+            name = (doc.get("metadata") or {}).get("name", "?")
+            print(f"kubetune: error: {args.file}: {api.KIND} {name}: {e}", file=sys.stderr)
+            return 1
+    sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False))
+    return 0
