@@ -18,6 +18,19 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
 
+    p = sub.add_parser("run", help="run a FineTuneJob on this machine (CPU or local GPUs) with the real trainer")
+    p.add_argument("file", help="FineTuneJob manifest (YAML)")
+    p.add_argument("--output", help="override spec.output.uri: a local folder or s3://bucket/prefix")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set training.maxSteps=10 (repeatable; values are YAML)")
+    p.add_argument("--run-dir", help="where the resolved manifest, progress and logs go (default .kubetune/runs/<name>)")
+    p.add_argument("--scratch", help="node-local scratch root: model cache, local checkpoints (default ~/.cache/kubetune/scratch)")
+
+    p = sub.add_parser("render", help="print the Kubernetes objects the operator would create for a FineTuneJob")
+    p.add_argument("file", help="FineTuneJob manifest (YAML)")
+    p.add_argument("--namespace", "-n", help="namespace to render into (default: the manifest's, else none)")
+    p.add_argument("--attempt", type=int, default=1, help="attempt number of the batch Job (default 1)")
+
     p = sub.add_parser("operator", help="run the operator (in a pod: its service account; elsewhere: the current kubeconfig)")
     p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                    help="watch this namespace (repeatable, globs allowed); default: $KUBETUNE_WATCH_NAMESPACES, else cluster-wide")
@@ -40,6 +53,14 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(crd_yaml())
         return 0
+    if args.command == "run":
+        from kubetune_operator.local import main as run_main
+
+        return run_main(args)
+    if args.command == "render":
+        from kubetune_operator.render import main as render_main
+
+        return render_main(args)
     if args.command == "operator":
         from kubetune_operator.runner import main as operator_main
 
