@@ -144,18 +144,8 @@ class Runtime:
         assert self.kube is not None
         meta = ftj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        for job_name in plan.delete_jobs:
-            await self.kube.delete("Job", ns, job_name, propagation="Background")
-            # Not waiting for the watch: the next decide must not see it as current.
-            if job_name in st.jobs:
-                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.timezone.utc))
-            logger.info(f"deleted Job {ns}/{job_name}")
-        if plan.suspend_job is not None:
-            job_name, value = plan.suspend_job
-            patched = await self.kube.merge_patch("Job", ns, job_name, {"spec": {"suspend": value}})
-            if patched:
-                st.see(st.jobs, patched)
-            logger.info(f"set spec.suspend={value} on Job {ns}/{job_name}")
+        # The decision goes to status first: if the operator stops right after, the next
+        # one resumes from it (an attempt number already bumped, a restart already counted).
         if plan.status_patch:
             patched = await self.kube.merge_patch(api.KIND, ns, name, {"status": plan.status_patch}, subresource="status")
             if patched is None:
@@ -169,6 +159,18 @@ class Runtime:
                 logger.info(f"{ns}/{name} -> {phase} ({reason}): {plan.status_patch.get('message', '')}")
             if plan.restart_counted is not None:
                 self.metrics.restarts.labels("true" if plan.restart_counted else "false").inc()
+        for job_name in plan.delete_jobs:
+            await self.kube.delete("Job", ns, job_name, propagation="Background")
+            # Not waiting for the watch: the next decide must not see it as current.
+            if job_name in st.jobs:
+                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.timezone.utc))
+            logger.info(f"deleted Job {ns}/{job_name}")
+        if plan.suspend_job is not None:
+            job_name, value = plan.suspend_job
+            patched = await self.kube.merge_patch("Job", ns, job_name, {"spec": {"suspend": value}})
+            if patched:
+                st.see(st.jobs, patched)
+            logger.info(f"set spec.suspend={value} on Job {ns}/{job_name}")
         for ev in plan.events:
             kopf.event(ftj, type=ev.type, reason=ev.reason, message=ev.message[:1024])
         if plan.create_attempt:
