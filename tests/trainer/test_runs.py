@@ -91,7 +91,8 @@ def lora_z2(tiny_model_dir, datasets, tmp_path_factory):
 def full_z3(tiny_model_dir, datasets, tmp_path_factory):
     w = tmp_path_factory.mktemp("full_z3")
     spec = job_spec(tiny_model_dir, datasets["chat"], w / "out", {"type": "full"}, "3",
-                    learningRate=2e-3, microBatchSize=2, gradientCheckpointing=True)
+                    learningRate=2e-3, microBatchSize=2, gradientCheckpointing=True,
+                    generationEval={"samples": 4, "maxNewTokens": 6})  # generate with synced ZeRO-3 ranks
     return spec, run_trainer(w, spec)
 
 
@@ -124,6 +125,7 @@ def test_full_zero3(full_z3, tiny_model_dir):
     spec, run = full_z3
     s = check_run(run, spec, tiny_model_dir, ("merged",))
     assert s["zeroStage"] == 3 and s["format"] == "chat"
+    assert 0.0 <= s["exactMatch"] <= 1.0
     # ZeRO-3 export gathered real weights, not empty partitions
     assert (run.output / "final" / "merged" / "model.safetensors").stat().st_size > 400_000
 
