@@ -10,8 +10,10 @@ ranged GETs of ``--part-mb``) and ``ranged=False`` (one GET), each verified
 Real S3 limits each connection (tens of MB/s to ~100 MB/s per stream);
 ``--per-connection-mbps`` puts a throttling proxy in front of moto that
 paces every connection to that rate, which is the situation ranged
-downloads are for. Without it, the local moto server (Python, same 2 CPU
-cores) is the bottleneck and the ratio says little about real S3.
+downloads are for. Without it, the local moto server is the bottleneck and
+the ratio says little about real S3: moto (5.2) answers every ranged GET by
+copying the whole object and slicing it, so N ranges cost it N full copies
+on the same 2 CPU cores.
 """
 from __future__ import annotations
 

@@ -102,7 +102,8 @@ def _s3_objects(storage: Storage, uri: str) -> tuple[bool, list[ObjectInfo]]:
 def fetch_s3(storage: Storage, uri: str, what: str, reason: str, scratch: Optional[Path] = None) -> Path:
     """Download an s3:// object or prefix into the node cache; return the local file or folder."""
     scratch = Path(scratch or scratch_dir())
-    storage.check_access(uri)
+    # No HeadBucket first: read-only model buckets often grant GetObject/ListBucket on a
+    # prefix only; a missing bucket or bad key surfaces from HEAD/LIST just as clearly.
     single, objs = _s3_objects(storage, uri)
     if not objs:
         raise PermanentError(f"{what} {uri} not found: no object and no objects under that prefix", reason)
