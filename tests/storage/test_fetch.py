@@ -127,3 +127,26 @@ def test_gguf_source_is_converted_once_through_the_hook(tmp_path, monkeypatch):
     b = fetch.resolve_model(spec, tmp_path / "s")
     assert a == b and json.loads((a / "config.json").read_text()) == {"converted": True}
     assert calls == [(str(src), "bfloat16")]
+
+
+def test_hf_source_goes_through_snapshot_download_once(tmp_path, monkeypatch):
+    """hf://org/name -> huggingface_hub.snapshot_download(repo, revision) into the node cache, once."""
+    import huggingface_hub
+
+    calls = []
+
+    def fake_snapshot_download(repo_id, revision=None, repo_type=None, local_dir=None, token=None):
+        calls.append((repo_id, revision, repo_type))
+        with open(os.path.join(local_dir, "config.json"), "w") as f:
+            f.write("{}")
+        return local_dir
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    spec = _spec("hf://org/model", None)
+    spec.model.revision = "abc123"
+    a = fetch.resolve_model(spec, tmp_path)
+    b = fetch.resolve_model(spec, tmp_path)
+    assert a == b and (a / "config.json").exists()
+    assert calls == [("org/model", "abc123", "model")]
+    d = fetch.resolve_dataset("hf://datasets/org/data", None, tmp_path)
+    assert calls[-1] == ("org/data", None, "dataset") and d.is_dir()
