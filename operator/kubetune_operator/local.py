@@ -35,6 +35,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import IO, Any, Optional
@@ -491,6 +492,9 @@ def _summary(plan: LocalPlan, state: RunState, rc: int, wall: float) -> list[str
         after = state.last_eval[1]
     resumed = state.resumed or (summary or {}).get("resumedFrom")
     label = "at resume" if resumed else "before"
+    base = _base_eval(plan)
+    if resumed and base is not None:
+        before, label = base, "before (first launch)"
     if before is not None:
         lines.append(f"eval loss {label}: {before:.4f}" + (f"   after: {after:.4f}" if after is not None else ""))
     if state.exported:
@@ -501,6 +505,24 @@ def _summary(plan: LocalPlan, state: RunState, rc: int, wall: float) -> list[str
         lines.append(f"last checkpoint: {state.checkpoints[-1].get('uri')}")
     lines.append(f"logs and progress: {plan.run_dir}")
     return lines
+
+
+def _base_eval_path(plan: LocalPlan) -> Path:
+    return plan.run_dir / "base-eval.json"
+
+
+def _base_eval(plan: LocalPlan) -> Optional[float]:
+    """The eval loss of the untrained model, kept from the launch that started from scratch."""
+    try:
+        record = json.loads(_base_eval_path(plan).read_text())
+    except (OSError, ValueError):
+        return None
+    return record.get("evalLoss") if record.get("output") == plan.output_uri else None
+
+
+def _remember_base_eval(plan: LocalPlan, state: RunState) -> None:
+    if state.first_eval and state.first_eval[0] == 0 and not state.resumed:
+        _base_eval_path(plan).write_text(json.dumps({"output": plan.output_uri, "evalLoss": state.first_eval[1]}))
 
 
 def _local_summary(output_uri: str) -> Optional[dict[str, Any]]:
@@ -560,6 +582,8 @@ def run(
         nonlocal interrupts
         interrupts += 1
 
+    if threading.current_thread() is not threading.main_thread():
+        previous = None  # signals reach only the main thread; the caller stops us some other way
     if previous is not None:
         signal.signal(signal.SIGINT, on_sigint)
     handled = 0
@@ -606,6 +630,7 @@ def run(
         display.close()
 
     rc = outcome(launcher.poll())
+    _remember_base_eval(plan, state)
     if rc not in (0, PREEMPTED):
         err = next(filter(None, (_trainer_error(g.log) for g in plan.groups)), None)
         if err:
