@@ -40,6 +40,13 @@ PERMANENT_EXIT_CODE = 3
 # with up to 4 digits of attempt and of index that leaves 52 for the name.
 MAX_NAME_LENGTH = 52
 
+# Environment variables the operator sets in trainer pods (the trainer's contract);
+# spec.env may not set them. Other KUBETUNE_* names are the operator's too, except these.
+OPERATOR_ENV = frozenset({
+    "JOB_COMPLETION_INDEX", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "HF_TOKEN",
+})
+USER_KUBETUNE_ENV = frozenset({"KUBETUNE_STATUS_INTERVAL"})
+
 # Spec fields that may change while a job runs; everything else is fixed at start.
 MUTABLE_SPEC_FIELDS = ("suspend", "runPolicy")
 
@@ -89,13 +96,21 @@ def parse_job(job_dict: dict[str, Any]):
         )
     body = {k: v for k, v in job_dict.items() if k in ("apiVersion", "kind", "metadata", "spec")}
     try:
-        return api.load_job(body)
+        job = api.load_job(body)
     except ValidationError as e:
         parts = []
         for err in e.errors():
             loc = ".".join(str(x) for x in err.get("loc", ()))
             parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
         raise InvalidJob("; ".join(parts)) from None
+    for i, var in enumerate(job.spec.env):
+        if var.name in OPERATOR_ENV or var.name.startswith("KUBETUNE_") and var.name not in USER_KUBETUNE_ENV:
+            raise InvalidJob(f"spec.env[{i}].name: {var.name} is set by the operator; remove it "
+                             f"(credentials come from spec.storage.secretRef / hubSecretRef)")
+    for key in job.spec.pod_labels:
+        if key.startswith("kubetune.io/"):
+            raise InvalidJob(f"spec.podLabels: {key!r}: the kubetune.io/ prefix is reserved for the operator's own labels")
+    return job
 
 
 def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
@@ -233,10 +248,16 @@ def build_role(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str
     }
 
 
+def pod_service_account(job_dict: dict[str, Any]) -> Optional[str]:
+    """The ServiceAccount trainer pods run as: spec.serviceAccountName, else the per-job one (None: the namespace default)."""
+    return (job_dict.get("spec") or {}).get("serviceAccountName") or None
+
+
 def build_role_binding(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     meta = job_dict["metadata"]
     name = meta["name"]
-    subject = {"kind": "ServiceAccount", "name": service_account_name(name)}
+    # A user-given account (e.g. one bound to a cloud IAM role) gets the status permission instead.
+    subject = {"kind": "ServiceAccount", "name": pod_service_account(job_dict) or service_account_name(name)}
     if meta.get("namespace"):
         subject["namespace"] = meta["namespace"]
     return {
@@ -279,6 +300,10 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
     hub = (storage.get("hubSecretRef") or {}).get("name")
     if hub:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hub, "key": "HF_TOKEN"}}})
+    # spec.env last: it may replace the convenience defaults (HOME, HF_HOME, ...), never
+    # the contract variables (parse_job refuses those).
+    user = {e["name"]: e for e in spec.get("env") or []}
+    env = [e for e in env if e["name"] not in user] + [{"name": n, "value": e.get("value", "")} for n, e in user.items()]
     return env
 
 
@@ -399,7 +424,9 @@ def build_batch_job(
         "containers": [container],
         "volumes": volumes,
     }
-    if settings.status_reporter:
+    if pod_service_account(job_dict):
+        pod_spec["serviceAccountName"] = pod_service_account(job_dict)
+    elif settings.status_reporter:
         pod_spec["serviceAccountName"] = service_account_name(name)
     if spec.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
@@ -411,8 +438,9 @@ def build_batch_job(
         pod_spec["priorityClassName"] = spec["priorityClassName"]
     if spec.get("schedulerName"):
         pod_spec["schedulerName"] = spec["schedulerName"]
-    if settings.image_pull_secrets:
-        pod_spec["imagePullSecrets"] = [{"name": s} for s in settings.image_pull_secrets]
+    pull_secrets = list(dict.fromkeys([*(spec.get("imagePullSecrets") or []), *settings.image_pull_secrets]))
+    if pull_secrets:
+        pod_spec["imagePullSecrets"] = [{"name": s} for s in pull_secrets]
 
     attempt_labels = {LABEL_ATTEMPT: str(attempt)}
     job_meta = _metadata(job_dict, jname, attempt_labels)
@@ -426,7 +454,12 @@ def build_batch_job(
     if generation is not None:
         job_meta["annotations"][ANNOTATION_GENERATION] = str(generation)
 
-    pod_meta = {"labels": {k: v for k, v in job_meta["labels"].items() if k != LABEL_KUEUE_QUEUE}}
+    pod_meta: dict[str, Any] = {"labels": {
+        **(spec.get("podLabels") or {}),
+        **{k: v for k, v in job_meta["labels"].items() if k != LABEL_KUEUE_QUEUE},
+    }}
+    if spec.get("podAnnotations"):
+        pod_meta["annotations"] = dict(spec["podAnnotations"])
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -457,11 +490,9 @@ def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSe
     """The objects created once per FineTuneJob (not per attempt), in creation order."""
     objs = [build_config_map(job_dict, settings, manifest, hashes), build_service(job_dict, settings)]
     if settings.status_reporter:
-        objs += [
-            build_service_account(job_dict, settings),
-            build_role(job_dict, settings),
-            build_role_binding(job_dict, settings),
-        ]
+        if not pod_service_account(job_dict):
+            objs.append(build_service_account(job_dict, settings))
+        objs += [build_role(job_dict, settings), build_role_binding(job_dict, settings)]
     return objs
 
 

@@ -1,5 +1,6 @@
 """Pure builders: a FineTuneJob -> the objects the operator creates. Fast, no I/O."""
 import json
+import re
 
 import kubernetes_validate
 import pytest
@@ -161,3 +162,36 @@ def test_settings_from_env_and_errors():
                         ({"KUBETUNE_RUN_AS_USER": "0"}, "root"), ({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "Always")]:
         with pytest.raises(ValueError, match=needle):
             OperatorSettings.from_env(env)
+
+
+def test_env_pull_secrets_pod_labels_and_annotations_pass_through():
+    m = live(job_manifest("p", "ml", env=[{"name": "NCCL_DEBUG", "value": "INFO"}, {"name": "HF_HOME", "value": "/models"}],
+                          imagePullSecrets=["team-registry"], podLabels={"cost-center": "ml-42"},
+                          podAnnotations={"sidecar.istio.io/inject": "false"}))
+    job = builders.build_batch_job(m, OperatorSettings(image_pull_secrets=("regcred", "team-registry")), 1)
+    tmpl = job["spec"]["template"]
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert env["NCCL_DEBUG"] == "INFO" and env["HF_HOME"] == "/models" and env["KUBETUNE_JOB_NAME"] == "p"
+    assert [e["name"] for e in container(job)["env"]].count("HF_HOME") == 1
+    assert tmpl["spec"]["imagePullSecrets"] == [{"name": "team-registry"}, {"name": "regcred"}]
+    assert tmpl["metadata"]["labels"]["cost-center"] == "ml-42" and tmpl["metadata"]["labels"]["kubetune.io/job"] == "p"
+    assert tmpl["metadata"]["annotations"] == {"sidecar.istio.io/inject": "false"}
+    kubernetes_validate.validate(job, "1.33", strict=True)
+
+
+def test_user_service_account_runs_the_pods_and_gets_the_status_role():
+    m = live(job_manifest("irsa", "ml", serviceAccountName="s3-reader", storage={}))
+    objs = by_kind(builders.build_objects(m, OperatorSettings()))
+    assert "ServiceAccount" not in objs
+    assert objs["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "s3-reader", "namespace": "ml"}]
+    assert objs["Job"]["spec"]["template"]["spec"]["serviceAccountName"] == "s3-reader"
+
+
+@pytest.mark.parametrize("spec,needle", [
+    ({"env": [{"name": "AWS_SECRET_ACCESS_KEY", "value": "x"}]}, "spec.env[0].name: AWS_SECRET_ACCESS_KEY is set by the operator"),
+    ({"env": [{"name": "KUBETUNE_JOB_NAME", "value": "x"}]}, "KUBETUNE_JOB_NAME"),
+    ({"podLabels": {"kubetune.io/job": "other"}}, "reserved"),
+])
+def test_operator_owned_env_and_labels_are_refused(spec, needle):
+    with pytest.raises(builders.InvalidJob, match=re.escape(needle)):
+        builders.build_objects(job_manifest("o", "ml", **spec))

@@ -136,21 +136,38 @@ def test_kubetune_operator_command_runs_from_a_kubeconfig(cluster, tmp_path):
 
 
 def test_two_peered_replicas_one_acts_and_the_other_takes_over(cluster):
-    """Kopf peering: the highest-priority replica works, the other stands by and takes over when it leaves."""
+    """Kopf peering: the highest-priority replica works, the other stands by and takes over when it leaves.
+
+    The active replica starts first, so the standby meets it in its first look at the peering
+    object (two replicas starting in the same instant can both run for a moment: Kopf's peering
+    is not a lock, see docs/operator.md)."""
+    from kubetune_operator.runner import OperatorThread
+
     ns, name = "peer", "ha"
     cluster.ensure_namespace(ns)
     cluster.create({"apiVersion": "kopf.dev/v1", "kind": "KopfPeering", "metadata": {"name": "kubetune", "namespace": ns}})
     high = OperatorSettings(standalone=False, peering_name="kubetune", peering_priority=100, metrics_port=0, health_port=0)
     low = OperatorSettings(standalone=False, peering_name="kubetune", peering_priority=50, metrics_port=0, health_port=0)
-    with cluster.operator(low, namespaces=(ns,)) as standby:
-        with cluster.operator(high, namespaces=(ns,)) as active:
-            wait_for(lambda: len((cluster.get("KopfPeering", ns, "kubetune") or {}).get("status") or {}) == 2, message="both peers registered")
-            cluster.create(job_manifest(name, ns, runPolicy={"maxRestarts": 1, "backoffSeconds": 0}))
-            wait_for(lambda: phase(cluster, ns, name) == "Initializing", message="handled")
-            assert (ns, name) not in standby.runtime.states and (ns, name) in active.runtime.states
+    peers = lambda: len((cluster.get("KopfPeering", ns, "kubetune") or {}).get("status") or {})  # noqa: E731
+    active = OperatorThread(high, login=cluster.login, namespaces=(ns,)).start()
+    standby = None
+    try:
+        wait_for(lambda: peers() == 1, message="active registered")
+        # Kopf starts paused until it has seen the peers; this one sees a higher one and stays so.
+        standby = OperatorThread(low, login=cluster.login, namespaces=(ns,)).start()
+        wait_for(lambda: peers() == 2, message="standby registered")
+        cluster.create(job_manifest(name, ns, runPolicy={"maxRestarts": 1, "backoffSeconds": 0}))
+        wait_for(lambda: phase(cluster, ns, name) == "Initializing", message="handled")
+        assert (ns, name) not in standby.runtime.states and (ns, name) in active.runtime.states
+        active.stop()
+        active = None
         # The active replica left: the standby resumes and handles what happens next.
         job = cluster.get("Job", ns, f"{name}-a1")
         pods = kubelet.create_pods(cluster, job)
         kubelet.terminate(cluster, pods[0], 1)
         wait_for(lambda: cluster.get("Job", ns, f"{name}-a2"), timeout=15, message="the standby restarts the gang")
+    finally:
+        for op in (active, standby):
+            if op is not None:
+                op.stop()
     assert [(c.name, c.status) for c in job_creations(cluster, ns) if c.status == 201] == [(f"{name}-a1", 201), (f"{name}-a2", 201)]
