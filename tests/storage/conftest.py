@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
@@ -137,9 +138,13 @@ class S3Env:
         return e
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def s3():
-    """moto S3 on 127.0.0.1 with authentication on; an IAM user with s3:* on everything."""
+    """moto S3 on 127.0.0.1 with authentication on; an IAM user with s3:* on everything.
+
+    Module-scoped on purpose: moto's authentication switch is process-global,
+    so it is switched back off before other test folders run their own moto.
+    """
     import boto3
     import moto.settings
     from moto.server import ThreadedMotoServer
@@ -149,6 +154,9 @@ def s3():
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
+    # moto's backends are process-global: start from (and leave behind) an empty state.
+    reset = lambda: urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
+    reset()
     saved = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")
     iam.create_user(UserName="kubetune")
@@ -170,6 +178,7 @@ def s3():
             else:
                 os.environ[k] = v
         moto.settings.INITIAL_NO_AUTH_ACTION_COUNT = saved
+        reset()
         proxy.stop()
         server.stop()
 
