@@ -73,6 +73,8 @@ def check_run(run, spec_dict, model_dir, artifacts: tuple[str, ...]):
     assert s["evalLoss"] < s["initialEvalLoss"], (s["initialEvalLoss"], s["evalLoss"])
     for which in artifacts:
         reloaded = reload_eval_loss(spec_dict, model_dir, which)
+        print(f"{spec_dict['method']['type']} ZeRO-{s['zeroStage']} {which}: eval loss {s['initialEvalLoss']:.5f} -> "
+              f"{s['evalLoss']:.7f}, reloaded {reloaded:.7f} (|diff| {abs(reloaded - s['evalLoss']):.1e}), run {run.seconds:.1f}s")
         assert abs(reloaded - s["evalLoss"]) < RELOAD_TOL, (which, reloaded, s["evalLoss"])
     return s
 
