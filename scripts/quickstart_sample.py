@@ -27,9 +27,18 @@ def main() -> int:
     parser.add_argument("--output", help="the --output given to kubetune run")
     args = parser.parse_args()
 
+    import logging
+    import warnings
+
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)  # peft imports it; its CPU kernel notice is noise here
+    warnings.filterwarnings("ignore", category=FutureWarning)
+
     import torch
+    import transformers
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    transformers.utils.logging.disable_progress_bar()
 
     from kubetune_operator.local import load_manifest, parse_overrides
     from kubetune_trainer import fetch
