@@ -335,11 +335,11 @@ def run(config_path: str) -> None:
     reporters = progress.reporters_from_env(rt.rank)
     try:
         reporters.event({"event": "phase", "phase": "Initializing"})
+        ckpt = checkpoint_manager(spec, rt, reporters)  # first: a wrong output bucket/credential fails before any download
         model_dir, train_path, eval_path = fetch_inputs(spec, rt)
         tokenizer = model.load_tokenizer(model_dir, spec)
         data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
         plan = plan_deepspeed(spec, model_dir, rt)
-        ckpt = checkpoint_manager(spec, rt, reporters)
         args = training_arguments(spec, plan, ckpt, data, rt)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
