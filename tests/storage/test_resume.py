@@ -211,6 +211,7 @@ def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path)
         line = [l for l in out.splitlines() if l.startswith("kubetune: error:")]
         assert line and line[-1].startswith(f"kubetune: error: {reason}: ") and hint in line[-1], out[-3000:]
         assert "transient error" not in out, "permanent errors must not be retried"
+        assert not (tmp_path / name / "cache").exists(), "the output is checked before any model/data download"
         print(f"\n{name}: exit {p.returncode}: {line[-1]}")
     print(f"\nfail-fast runs finished in {time.monotonic() - t0:.1f}s")
 
