@@ -273,6 +273,11 @@ def _quantity(v: Any) -> str:
     return str(v)
 
 
+def _shutdown_timeout(spec: dict[str, Any]) -> int:
+    grace = int(spec["runPolicy"]["terminationGraceSeconds"])
+    return max(5, grace - max(5, grace // 10))
+
+
 def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: OperatorSettings, attempt: int) -> list[dict[str, Any]]:
     meta = job_dict["metadata"]
     env: list[dict[str, Any]] = [
@@ -289,6 +294,10 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
         {"name": "HF_HOME", "value": f"{SCRATCH_DIR}/hf"},
         {"name": "HOME", "value": f"{SCRATCH_DIR}/home"},
         {"name": "PYTHONUNBUFFERED", "value": "1"},
+        # After SIGTERM, torchrun waits this long for the workers (which checkpoint,
+        # commit and exit 75) before killing them; torch's default of 30 s would cut a
+        # commit short. Keep a margin inside the pod's grace period.
+        {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(_shutdown_timeout(spec))},
     ]
     if settings.status_reporter:
         env.append({"name": "KUBETUNE_REPORTER", "value": "kubernetes"})
@@ -389,7 +398,9 @@ def build_batch_job(
         "name": CONTAINER,
         "image": spec["image"],
         "imagePullPolicy": spec["imagePullPolicy"],
-        "command": ["torchrun"],
+        # torchrun that keeps the trainer's exit codes (3 permanent, 75 preempted);
+        # plain torchrun reports every failure as 1.
+        "command": ["python", "-m", "kubetune_trainer.torchrun"],
         "args": args,
         "env": _container_env(job_dict, spec, settings, attempt),
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port, "protocol": "TCP"}],

@@ -81,6 +81,11 @@ def test_resources_shm_scratch_and_scheduling_passthrough():
     assert c["image"] == "registry.example.com/trainer:1" and c["imagePullPolicy"] == "Always"
     assert pod["imagePullSecrets"] == [{"name": "regcred"}]
     assert pod["terminationGracePeriodSeconds"] == 300 and c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # torchrun must give the workers (nearly) the whole grace period to commit a checkpoint
+    # after SIGTERM, and must pass their exit codes 3/75 through to the pod's status.
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert 250 <= int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < 300
+    assert c["command"] == ["python", "-m", "kubetune_trainer.torchrun"]
 
 
 def test_operator_defaults_fill_storage_and_image_and_show_in_the_config():

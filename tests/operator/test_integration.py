@@ -105,7 +105,7 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
 
     pod = js["template"]["spec"]
     c = pod["containers"][0]
-    assert c["command"] == ["torchrun"]
+    assert c["command"] == ["python", "-m", "kubetune_trainer.torchrun"]
     assert "--nnodes=2" in c["args"] and "--nproc-per-node=8" in c["args"]
     assert "--node-rank=$(JOB_COMPLETION_INDEX)" in c["args"]
     assert f"--master-addr={name}-a1-0.{name}" in c["args"]  # rank 0's pod via the headless Service
