@@ -148,7 +148,8 @@ def test_killed_pod_restarts_the_gang_which_resumes_from_the_last_committed_chec
         rec.wait_for(lambda s: (s.get("lastCheckpoint") or {}).get("step"), 180, "a committed checkpoint")
         victims = [p for p in executor.running_pods(f"{name}-a1") if p.index == 1]
         assert victims, _fail_context(executor, f"{name}-a1")
-        executor.kill_pod(victims[0])  # node 1 dies without a chance to checkpoint
+        victim = victims[0]
+        executor.kill_pod(victim)  # node 1 dies without a chance to checkpoint
         killed_at_status = rec.latest
         try:
             final = rec.wait_for(lambda s: s.get("phase") == "Succeeded", 240, "phase Succeeded after the restart")
@@ -157,10 +158,10 @@ def test_killed_pod_restarts_the_gang_which_resumes_from_the_last_committed_chec
 
     assert killed_at_status.get("restarts", 0) == 0
     assert final["restarts"] == 1 and final["attempt"] == 2
-    phases_seen = [s.get("phase") for s in rec.snapshots]
-    assert "Restarting" in phases_seen, phases_seen
-    restarting = next(s for s in rec.snapshots if s.get("phase") == "Restarting")
-    assert restarting["reason"] == "PodFailed" and "137" in restarting["message"], restarting
+    # The operator said why it restarted (Events persist; the Restarting phase may last only an instant).
+    events = [e for e in cluster.events(NAMESPACE, name) if (e.get("message") or "").startswith("Restarting:")]
+    assert len(events) == 1, [e.get("message") for e in cluster.events(NAMESPACE, name)]
+    assert events[0]["reason"] == "PodFailed" and victim.name in events[0]["message"], events[0]
 
     # Attempt 1: what was the last committed checkpoint when node 1 died?
     first = [p for p in _pods_of(executor, f"{name}-a1") if p.index == 0][0]

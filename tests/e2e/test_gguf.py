@@ -12,6 +12,8 @@ import pytest
 from kubetune_trainer import gguf
 from kubetune_trainer.exitcodes import PermanentError
 
+pytestmark = pytest.mark.slow  # de-quantising the 135M model takes ~30 s
+
 
 def smollm2_gguf() -> Path:
     # Found without importing the package: its __init__ needs llama-cpp-python, which
