@@ -145,10 +145,11 @@ def test_render_rejects_an_invalid_manifest_with_the_field(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
 def test_shortened_quickstart_ctrl_c_checkpoints_and_a_rerun_resumes_to_the_summary(tiny_files, tmp_path):
-    """examples/quickstart-cpu.yaml with the tiny model and 8 steps instead of SmolLM2 and 20."""
+    """examples/quickstart-cpu.yaml with the tiny model, 8 steps and 2 node groups (instead of SmolLM2, 20, 1)."""
     out, run_dir, scratch = tmp_path / "out", tmp_path / "run", tmp_path / "scratch"
     sets = [f"model.source={tiny_files / 'model'}", "training.maxSteps=8", "training.evalEvery=4",
-            "training.learningRate=0.01", "output.checkpointEvery=2", "output.keepLast=2"]
+            "training.learningRate=0.01", "output.checkpointEvery=2", "output.keepLast=2",
+            "distributed.nodes=2", "training.microBatchSize=2"]
     cmd = [*KUBETUNE, "run", str(QUICKSTART), "--output", str(out), "--run-dir", str(run_dir), "--scratch", str(scratch)]
     for s in sets:
         cmd += ["--set", s]
@@ -166,6 +167,8 @@ def test_shortened_quickstart_ctrl_c_checkpoints_and_a_rerun_resumes_to_the_summ
     first.send_signal(signal.SIGINT)
     stdout1 = first.communicate(timeout=240)[0]
     assert first.returncode == 75, stdout1
+    assert "2 node group(s) x 1 process(es)" in stdout1
+    assert (run_dir / "node-1.log").stat().st_size > 0  # the second torchrun node group ran
     assert "stopping: the trainer checkpoints and exits" in stdout1
     assert "Run the same command again to resume" in stdout1
     events1 = [json.loads(line) for line in progress.read_text().splitlines()]
