@@ -180,3 +180,22 @@ def test_killed_pod_restarts_the_gang_which_resumes_from_the_last_committed_chec
     # And the job finished its planned steps with the adapter exported.
     assert final["progress"]["step"] == 12
     assert s3.keys(f"runs/{name}/final/adapter/adapter_config.json")
+
+
+def test_a_permanent_trainer_error_fails_the_job_at_once_with_the_trainers_reason(e2e):
+    """Exit code 3 through the real chain: trainer -> torchrun wrapper -> pod -> Job's podFailurePolicy -> operator."""
+    cluster, executor, s3 = e2e["cluster"], e2e["executor"], e2e["s3"]
+    name = "e2e-perm"
+    inputs = dict(e2e["inputs"], train=f"s3://{BUCKET}/data/missing.jsonl")
+    job = finetunejob(name, inputs, s3.endpoint, runPolicy={"maxRestarts": 2, "backoffSeconds": 0})
+    with StatusRecorder(cluster, name) as rec:
+        cluster.create(job)
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and rec.latest.get("phase") != "Failed":
+            time.sleep(0.1)
+    final = rec.latest
+    assert final.get("phase") == "Failed", (final, _fail_context(executor, f"{name}-a1"))
+    assert final["reason"] == "DatasetNotFound" and "missing.jsonl" in final["message"], final
+    assert final.get("restarts", 0) == 0 and final.get("attempt") == 1  # no retry of what a retry cannot fix
+    assert any(p.exit_code == 3 for p in _pods_of(executor, f"{name}-a1"))
+    assert cluster.get("Job", NAMESPACE, f"{name}-a2") is None
