@@ -25,14 +25,25 @@ WHEELHOUSE=bench/.wheelhouse
 COMMON="torch transformers peft accelerate datasets tokenizers safetensors"
 KUBETUNE_ONLY="deepspeed pydantic yaml"
 
+pinned() {  # name==version as installed here (a set known to work together), for each of "$@"
+    $PY - "$@" <<'EOF'
+import sys
+from importlib.metadata import version
+print(" ".join(f"{n}=={version(n)}" for n in sys.argv[1:]))
+EOF
+}
+
 if [[ "${1:-}" == "--prepare-wheelhouse" ]]; then
     pyver=${2:?usage: $0 --prepare-wheelhouse PYTHON_VERSION (e.g. 3.11)}
     mkdir -p "$WHEELHOUSE"
     # deepspeed is an sdist on PyPI: build its (pure Python, ops compiled at run time) wheel here
     $PY -m pip wheel --quiet --no-deps --no-build-isolation -w "$WHEELHOUSE" "deepspeed==0.19.8" || exit 1
-    $PY -m pip download --quiet --only-binary=:all: --python-version "$pyver" --platform manylinux2014_x86_64 \
-        --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 -d "$WHEELHOUSE" \
-        "datasets==5.2.0" "pydantic>=2.7,<3" pyyaml hjson ninja py-cpuinfo msgpack psutil einops || exit 1
+    # --no-deps and an explicit list: the GPU image already has torch, numpy, transformers and
+    # huggingface-hub (with fsspec, requests, tqdm, pyyaml); the carry limit is 64 MiB in all
+    $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$pyver" \
+        --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+        -d "$WHEELHOUSE" "datasets==5.2.0" pyarrow pandas multiprocess dill xxhash \
+        "pydantic>=2.7,<3" pydantic-core annotated-types typing-inspection hjson ninja py-cpuinfo msgpack || exit 1
     du -sh "$WHEELHOUSE"
     echo "carry $WHEELHOUSE to the GPU machine (run tool: carry=[\"$WHEELHOUSE\"]); 64 MiB at most"
     exit 0
