@@ -24,6 +24,8 @@ PY=${PYTHON:-python3}
 WHEELHOUSE=bench/.wheelhouse
 COMMON="torch transformers peft accelerate datasets tokenizers safetensors"
 KUBETUNE_ONLY="deepspeed pydantic yaml"
+# What a GPU image with torch/transformers/peft/accelerate may lack; pyarrow alone is ~53 MB
+DEFAULT_WHEELS="datasets pyarrow pandas multiprocess dill xxhash pydantic pydantic-core annotated-types typing-inspection hjson ninja py-cpuinfo msgpack einops psutil"
 
 pinned() {  # name==version as installed here (a set known to work together), for each of "$@"
     $PY - "$@" <<'EOF'
@@ -42,10 +44,11 @@ if [[ "${1:-}" == "--prepare-wheelhouse" ]]; then
     # huggingface-hub (with fsspec, requests, tqdm, pyyaml); the carry limit is 64 MiB in all
     $PY -m pip download --quiet --no-deps --only-binary=:all: --python-version "$pyver" \
         --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
-        -d "$WHEELHOUSE" "datasets==5.2.0" pyarrow pandas multiprocess dill xxhash \
-        "pydantic>=2.7,<3" pydantic-core annotated-types typing-inspection hjson ninja py-cpuinfo msgpack || exit 1
+        -d "$WHEELHOUSE" $(pinned ${WHEELS:-$DEFAULT_WHEELS}) || exit 1
     du -sh "$WHEELHOUSE"
-    echo "carry $WHEELHOUSE to the GPU machine (run tool: carry=[\"$WHEELHOUSE\"]); 64 MiB at most"
+    echo "carry $WHEELHOUSE to the GPU machine (run tool: carry=[\"$WHEELHOUSE\"]); 64 MiB at most."
+    echo "Over the limit? Check the GPU image first (python -m pip list) and keep only what it lacks:"
+    echo "  rm -rf $WHEELHOUSE; WHEELS='datasets multiprocess dill xxhash pyarrow' $0 --prepare-wheelhouse $pyver"
     exit 0
 fi
 
