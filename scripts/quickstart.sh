@@ -10,6 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 started=$(date +%s)
 bash scripts/setup.sh
+export PATH="$PWD/.venv/bin:$PATH"  # the ninja that built DeepSpeed's CPU op (setup.sh)
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false TRANSFORMERS_VERBOSITY=error
 
 # examples/quickstart-cpu.yaml reads the model from .kubetune/models/ (Python-version

@@ -21,7 +21,10 @@ fi
 # DeepSpeed compiles a small shared-memory op on first use of its CPU backend
 # (~30 s, cached in ~/.cache/torch_extensions). Build it once here: ranks that
 # start together would otherwise race to compile it and one can fail to load it.
+# With .venv/bin first on PATH, as in scripts/test.sh and scripts/quickstart.sh:
+# torch builds with the `ninja` it finds there, and a build by a different ninja
+# (the system's) counts as stale and is redone.
 if ! .venv/bin/python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
-  DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)" >/dev/null 2>&1 \
+  PATH="$PWD/.venv/bin:$PATH" DS_ACCELERATOR=cpu .venv/bin/python -c "from deepspeed.ops.op_builder.cpu import ShareMemCommBuilder; ShareMemCommBuilder().load(verbose=False)" >/dev/null 2>&1 \
     || echo "setup: warning: could not prebuild DeepSpeed's CPU shm op; it will be built on first use" >&2
 fi
