@@ -43,9 +43,7 @@ from typing import IO, Any, Optional
 import yaml
 
 from kubetune_trainer import spec as api
-
-PREEMPTED = 75
-PERMANENT = 3
+from kubetune_trainer.exitcodes import PERMANENT, PREEMPTED
 
 
 class RunError(Exception):
@@ -612,7 +610,12 @@ def run(
             if any(c not in (None, 0) for c in codes) and any(c is None for c in codes):
                 if failed_at is None:
                     failed_at = time.monotonic()
-                    launcher.terminate_workers()
+                    # A group that exited PREEMPTED took part in a stop that all ranks agreed
+                    # on at one step boundary: the others are committing the same checkpoint
+                    # and exit by themselves. Signalling them again could hit a launcher
+                    # whose workers have just exited (it would die of the SIGTERM).
+                    if not all(c in (None, 0, PREEMPTED) for c in codes):
+                        launcher.terminate_workers()
                 elif time.monotonic() - failed_at > 60:
                     launcher.kill()
             time.sleep(0.2)
