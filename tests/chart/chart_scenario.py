@@ -18,12 +18,10 @@ deletes B while it runs.
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from typing import Any, Callable, Iterable, Optional
 
 import attrs
-import kmock
 
 from support import kubelet
 from support.cluster import TEST_AGENT, EmulatedCluster, wait_for
@@ -124,17 +122,8 @@ class AuthorizingCluster(EmulatedCluster):
         super().__init__(keep_history=True)
         self.authorize = authorize
 
-    def _main(self) -> None:  # same as EmulatedCluster._main, with our emulator class
-        async def serve() -> None:
-            self._stop = asyncio.Event()
-            async with AuthorizingEmulator(keep_history=True, authorize=self.authorize) as emu, kmock.Server(emu) as server:
-                self.emulator = emu
-                self.url = str(server.url).rstrip("/")
-                self._loop = asyncio.get_running_loop()
-                self._ready.set()
-                await self._stop.wait()
-
-        asyncio.run(serve())
+    def _make_emulator(self) -> "AuthorizingEmulator":
+        return AuthorizingEmulator(keep_history=True, authorize=self.authorize)
 
     @property
     def denied(self) -> list[ApiCall]:

@@ -67,10 +67,14 @@ class EmulatedCluster:
         self.session.headers["User-Agent"] = TEST_AGENT
 
     # ------------------------------------------------------------ lifecycle
+    def _make_emulator(self) -> KubeEmulator:
+        """The emulator this cluster serves; subclasses may serve a stricter one."""
+        return KubeEmulator(keep_history=self.keep_history)
+
     def _main(self) -> None:
         async def serve() -> None:
             self._stop = asyncio.Event()
-            async with KubeEmulator(keep_history=self.keep_history) as emu, kmock.Server(emu) as server:
+            async with self._make_emulator() as emu, kmock.Server(emu) as server:
                 self.emulator = emu
                 self.url = str(server.url).rstrip("/")
                 self._loop = asyncio.get_running_loop()
