@@ -161,6 +161,26 @@ def test_time_and_step_cadence_and_sigterm_flag(tmp_path):
     assert stepped.step_flags(11) == (True, True, False)
 
 
+def test_sigterm_sets_the_flag_and_the_previous_handler_comes_back(tmp_path):
+    """A real SIGTERM only flags a checkpoint-and-stop; after the run, SIGTERM is the caller's again."""
+    import os
+    import signal
+
+    topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)
+    mgr = ck.CheckpointManager(_spec(str(tmp_path / "o"), every=100), tmp_path / "s", topology=topo)
+    seen = []
+    previous = signal.signal(signal.SIGTERM, lambda *_: seen.append("caller"))
+    try:
+        mgr.callbacks()  # installs the trainer's handler
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert mgr.step_flags(1) == (True, True, False) and seen == []
+        mgr.restore_signal_handlers()
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert seen == ["caller"]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 @pytest.mark.parametrize("where", ["s3", "local-in-place"])
 def test_publish_final_commits_marker_last(s3, tmp_path, where):
     topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)

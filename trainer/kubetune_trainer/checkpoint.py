@@ -305,7 +305,18 @@ class CheckpointManager:
                 self._sigterm_at = time.monotonic()
                 log.warning("SIGTERM: checkpointing at the next step boundary, then exiting with %d", exitcodes.PREEMPTED)
 
-        signal.signal(signal.SIGTERM, on_sigterm)
+        self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
+
+    def restore_signal_handlers(self) -> None:
+        """Give SIGTERM back to whoever had it (for callers that run the trainer in-process).
+
+        The handler stays installed through the final eval and export on purpose: a pod
+        told to stop then still gets its grace period to finish the export.
+        """
+        previous = getattr(self, "_previous_sigterm", None)
+        if previous is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, previous)
+            self._previous_sigterm = None
 
     def step_flags(self, step: int, device: Any = None) -> tuple[bool, bool, bool]:
         """(save now, preempt, failed), identical on all ranks."""

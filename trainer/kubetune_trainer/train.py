@@ -333,6 +333,7 @@ def run(config_path: str) -> None:
     from . import export, model, progress
 
     reporters = progress.reporters_from_env(rt.rank)
+    ckpt = None
     try:
         reporters.event({"event": "phase", "phase": "Initializing"})
         ckpt = checkpoint_manager(spec, rt, reporters)  # first: a wrong output bucket/credential fails before any download
@@ -363,6 +364,8 @@ def run(config_path: str) -> None:
         uris = ckpt.publish_final(final_dir)
         reporters.event({"event": "exported", **uris, "metrics": _status_metrics(metrics)})
     finally:
+        if ckpt is not None:
+            ckpt.restore_signal_handlers()
         reporters.close()
 
 
