@@ -93,7 +93,11 @@ def test_exit_code_3_survives_torchrun(tmp_path, tiny_model_dir):
     p = subprocess.run(torchrun_cmd(config, nproc=2), env=trainer_env(tmp_path / "scratch"), cwd=REPO,
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == PERMANENT, p.stderr[-3000:]
-    assert p.stderr.count(f"kubetune: error: {line}") == 2  # one line per rank
+    # Each rank that gets to its error prints the one line, and nothing else says "error".
+    # The first rank to exit 3 makes torchrun stop the other, which may be stopped before
+    # it prints: one line or two, both correct.
+    errors = [x for x in p.stderr.splitlines() if x.startswith("kubetune: error:")]
+    assert 1 <= len(errors) <= 2 and all(x.startswith(f"kubetune: error: {line}") for x in errors), p.stderr[-3000:]
 
 
 def test_launcher_exit_code_mapping():
