@@ -118,24 +118,21 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
+def _hash_file(path: str | os.PathLike, h: Any) -> str:
     with open(path, "rb") as f:
         while True:
             block = f.read(_HASH_BLOCK)
             if not block:
                 return h.hexdigest()
             h.update(block)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    return _hash_file(path, hashlib.sha256())
 
 
 def md5_file(path: str | os.PathLike) -> str:
-    h = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as f:
-        while True:
-            block = f.read(_HASH_BLOCK)
-            if not block:
-                return h.hexdigest()
-            h.update(block)
+    return _hash_file(path, hashlib.md5(usedforsecurity=False))
 
 
 def _retrying(

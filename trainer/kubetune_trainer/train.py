@@ -48,13 +48,14 @@ class Runtime:
     def from_env(cls) -> "Runtime":
         import torch
 
-        world = int(os.environ.get("WORLD_SIZE", 1))
-        local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+        from .checkpoint import Topology
+
+        topo = Topology.from_env()  # one reading of torchrun's environment
         return cls(
-            rank=int(os.environ.get("RANK", 0)),
-            local_rank=int(os.environ.get("LOCAL_RANK", 0)),
-            world_size=world,
-            nodes=max(1, world // max(1, local_world)),
+            rank=topo.rank,
+            local_rank=topo.local_rank,
+            world_size=topo.world_size,
+            nodes=topo.nodes,
             scratch=os.environ.get("KUBETUNE_SCRATCH", "/tmp/kubetune-scratch"),
             cuda=torch.cuda.is_available(),
         )
