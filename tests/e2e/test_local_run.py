@@ -145,9 +145,12 @@ def test_render_rejects_an_invalid_manifest_with_the_field(tmp_path):
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
 def test_shortened_quickstart_ctrl_c_checkpoints_and_a_rerun_resumes_to_the_summary(tiny_files, tmp_path):
-    """examples/quickstart-cpu.yaml with the tiny model, 8 steps and 2 node groups (instead of SmolLM2, 20, 1)."""
+    """examples/quickstart-cpu.yaml with the tiny model, 40 steps and 2 node groups (instead of SmolLM2, 20, 1)."""
+    # Enough steps that training is still running when Ctrl-C arrives after the first
+    # commit: with 8, a quiet machine finished all of them (and committed step 8) first.
+    steps = 40
     out, run_dir, scratch = tmp_path / "out", tmp_path / "run", tmp_path / "scratch"
-    sets = [f"model.source={tiny_files / 'model'}", "training.maxSteps=8", "training.evalEvery=4",
+    sets = [f"model.source={tiny_files / 'model'}", f"training.maxSteps={steps}", "training.evalEvery=4",
             "training.learningRate=0.01", "output.checkpointEvery=2", "output.keepLast=2",
             "distributed.nodes=2", "training.microBatchSize=2"]
     cmd = [*KUBETUNE, "run", str(QUICKSTART), "--output", str(out), "--run-dir", str(run_dir), "--scratch", str(scratch)]
@@ -173,7 +176,7 @@ def test_shortened_quickstart_ctrl_c_checkpoints_and_a_rerun_resumes_to_the_summ
     assert "Run the same command again to resume" in stdout1
     events1 = [json.loads(line) for line in progress.read_text().splitlines()]
     commits = [e["step"] for e in events1 if e.get("event") == "checkpoint"]
-    assert commits and commits[-1] < 8
+    assert commits and commits[-1] < steps
     assert (out / "checkpoints" / f"step-{commits[-1]:06d}" / "COMMITTED").exists()
     base_eval = next(r["evalLoss"] for r in events1 if "event" not in r and r.get("step") == 0)
 
@@ -186,7 +189,7 @@ def test_shortened_quickstart_ctrl_c_checkpoints_and_a_rerun_resumes_to_the_summ
     first_step = next(r["step"] for r in events2 if "event" not in r and r.get("loss") is not None)
     assert first_step == commits[-1] + 1
     summary = json.loads((out / "final" / "summary.json").read_text())
-    assert summary["steps"] == 8
+    assert summary["steps"] == steps
     stdout2 = second.stdout
     assert f"resumed from the checkpoint at step {commits[-1]}" in stdout2
     m = re.search(r"eval loss before \(first launch\): ([0-9.]+)\s+after: ([0-9.]+)", stdout2)
