@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "trainer"))
+sys.path[:0] = [str(ROOT / "api"), str(ROOT / "trainer")]
 
 
 # ------------------------------------------------------------------ worker (under torchrun)

@@ -29,7 +29,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "trainer"))
+sys.path[:0] = [str(Path(__file__).resolve().parents[1] / d) for d in ("api", "trainer")]
 
 
 def throttling_proxy(upstream_port: int, mbps: float) -> ThreadingHTTPServer:

@@ -138,8 +138,8 @@ def make_texts(words: list[str], n: int, seed: int, median: float, lo: int, hi: 
 
 def encode(texts: list[str], tok, max_len: int) -> list[dict]:
     """kubetune's own tokenization and masking (data.encode_rows), as its trainer will do it."""
+    from kubetune_api.spec import DatasetSpec
     from kubetune_trainer import data
-    from kubetune_trainer.spec import DatasetSpec
 
     spec = DatasetSpec.model_validate({"train": "unused", "maxSeqLength": max_len})
     samples, _ = data.encode_rows([{"text": t} for t in texts], "text", tok, spec)
@@ -248,8 +248,7 @@ def run_hf_baseline(cfg: dict, meter: MemoryMeter) -> dict:
     import torch
     from datasets import load_dataset
     from peft import LoraConfig, get_peft_model
-    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
-                              TrainingArguments, set_seed)
+    from transformers import AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer, TrainingArguments, set_seed
 
     meter.start()
     set_seed(cfg["seed"])
@@ -398,11 +397,10 @@ def per_sample_eval(model, samples: list[dict], pad_id: int, device) -> list[tup
 def arm_main(cfg_path: str) -> None:
     """Entry point of one arm's subprocess: train, measure, score the final model, write JSON."""
     cfg = json.loads(Path(cfg_path).read_text())
-    import torch
-
     # everything either arm imports, before the memory baseline is taken
     import datasets  # noqa: F401
     import peft  # noqa: F401
+    import torch
     import transformers  # noqa: F401
 
     if cfg["kind"] == "kubetune":
@@ -524,7 +522,7 @@ def main(argv=None) -> int:
     n_params = build_model_dir(model_dir, size, args.seed, cuda)
     from transformers import AutoTokenizer
 
-    from kubetune_trainer import data, flops
+    from kubetune_trainer import flops
 
     tok = AutoTokenizer.from_pretrained(model_dir)
     words = word_tokens(tok)

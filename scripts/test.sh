@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # .venv/bin first: the same ninja that built DeepSpeed's CPU op in setup.sh (see there).
 export PATH="$PWD/.venv/bin:$PATH"
+# This checkout's source roots first, for pytest and for the processes tests start.
+export PYTHONPATH="$PWD/api:$PWD/operator:$PWD/trainer${PYTHONPATH:+:$PYTHONPATH}"
 export OMP_NUM_THREADS=1 DS_ACCELERATOR=cpu TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 exec .venv/bin/python -m pytest "$@"

@@ -2,7 +2,7 @@
 import subprocess
 import sys
 
-from kubetune_trainer.spec import load_job
+from kubetune_api.spec import load_job
 
 MINIMAL = {
     "apiVersion": "kubetune.io/v1alpha1",
@@ -25,5 +25,5 @@ def test_minimal_job_gets_defaults():
 
 
 def test_spec_module_is_torch_free():
-    code = "import sys, kubetune_trainer.spec, kubetune_trainer.exitcodes; assert 'torch' not in sys.modules"
+    code = "import sys, kubetune_api.spec, kubetune_api.contract; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

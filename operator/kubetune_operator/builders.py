@@ -16,9 +16,10 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-from typing import Any, Optional
+from typing import Any
 
-from kubetune_trainer import spec as api
+from kubetune_api import contract
+from kubetune_api import spec as api
 from kubetune_operator.settings import OperatorSettings
 
 # Labels and annotations the operator sets on what it creates.
@@ -34,11 +35,8 @@ CONFIG_KEY = "finetunejob.json"  # JSON is YAML too: the trainer reads either
 CONFIG_DIR = "/etc/kubetune"
 SCRATCH_DIR = "/scratch"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
-PERMANENT_EXIT_CODE = 3
-
-# Pod hostnames are "<job>-a<attempt>-<index>" and must fit a DNS label (63):
-# with up to 4 digits of attempt and of index that leaves 52 for the name.
-MAX_NAME_LENGTH = 52
+PERMANENT_EXIT_CODE = contract.PERMANENT
+MAX_NAME_LENGTH = contract.MAX_JOB_NAME_LENGTH
 
 # Environment variables the operator sets in trainer pods (the trainer's contract);
 # spec.env may not set them. Other KUBETUNE_* names are the operator's too, except these.
@@ -47,8 +45,7 @@ OPERATOR_ENV = frozenset({
 })
 USER_KUBETUNE_ENV = frozenset({"KUBETUNE_STATUS_INTERVAL"})
 
-# Spec fields that may change while a job runs; everything else is fixed at start.
-MUTABLE_SPEC_FIELDS = ("suspend", "runPolicy")
+MUTABLE_SPEC_FIELDS = contract.MUTABLE_SPEC_FIELDS
 
 
 class InvalidJob(ValueError):
@@ -156,7 +153,7 @@ def spec_hashes(spec: dict[str, Any]) -> dict[str, str]:
 
 
 # ----------------------------------------------------------------- objects
-def owner_reference(job_dict: dict[str, Any]) -> Optional[dict[str, Any]]:
+def owner_reference(job_dict: dict[str, Any]) -> dict[str, Any] | None:
     meta = job_dict.get("metadata") or {}
     if not meta.get("uid"):
         return None  # rendering offline: no live owner yet
@@ -170,7 +167,7 @@ def owner_reference(job_dict: dict[str, Any]) -> Optional[dict[str, Any]]:
     }
 
 
-def _metadata(job_dict: dict[str, Any], name: str, extra_labels: Optional[dict[str, str]] = None) -> dict[str, Any]:
+def _metadata(job_dict: dict[str, Any], name: str, extra_labels: dict[str, str] | None = None) -> dict[str, Any]:
     meta = job_dict.get("metadata") or {}
     labels = {
         "app.kubernetes.io/name": "kubetune",
@@ -192,8 +189,8 @@ def spec_hashes_annotation(job_dict: dict[str, Any]) -> str:
     return json.dumps(spec_hashes(normalized_spec(job_dict)), sort_keys=True, separators=(",", ":"))
 
 
-def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings, manifest: Optional[dict[str, Any]] = None,
-                     hashes: Optional[str] = None) -> dict[str, Any]:
+def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings, manifest: dict[str, Any] | None = None,
+                     hashes: str | None = None) -> dict[str, Any]:
     manifest = manifest or resolved_manifest(job_dict, settings)
     meta = _metadata(job_dict, config_map_name(job_dict["metadata"]["name"]))
     meta["annotations"] = {ANNOTATION_SPEC_HASHES: hashes or spec_hashes_annotation(job_dict)}
@@ -248,7 +245,7 @@ def build_role(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str
     }
 
 
-def pod_service_account(job_dict: dict[str, Any]) -> Optional[str]:
+def pod_service_account(job_dict: dict[str, Any]) -> str | None:
     """The ServiceAccount trainer pods run as: spec.serviceAccountName, else the per-job one (None: the namespace default)."""
     return (job_dict.get("spec") or {}).get("serviceAccountName") or None
 
@@ -320,8 +317,8 @@ def build_batch_job(
     job_dict: dict[str, Any],
     settings: OperatorSettings,
     attempt: int,
-    recorded_spec_hashes: Optional[str] = None,
-    manifest: Optional[dict[str, Any]] = None,
+    recorded_spec_hashes: str | None = None,
+    manifest: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The Indexed Job of one attempt: ``nodes`` pods, each running torchrun.
 
@@ -497,7 +494,7 @@ def build_batch_job(
 
 
 def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSettings,
-                                  manifest: Optional[dict[str, Any]] = None, hashes: Optional[str] = None) -> list[dict[str, Any]]:
+                                  manifest: dict[str, Any] | None = None, hashes: str | None = None) -> list[dict[str, Any]]:
     """The objects created once per FineTuneJob (not per attempt), in creation order."""
     objs = [build_config_map(job_dict, settings, manifest, hashes), build_service(job_dict, settings)]
     if settings.status_reporter:
@@ -507,7 +504,7 @@ def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSe
     return objs
 
 
-def build_objects(job_dict: dict[str, Any], settings: Optional[OperatorSettings] = None, attempt: int = 1) -> list[dict[str, Any]]:
+def build_objects(job_dict: dict[str, Any], settings: OperatorSettings | None = None, attempt: int = 1) -> list[dict[str, Any]]:
     """Everything the operator creates for a FineTuneJob's given attempt, in creation order.
 
     Raises InvalidJob when the manifest cannot run. ``kubetune render`` prints this.

@@ -45,11 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parser.parse_args(argv)
     if args.command == "validate":
-        from kubetune_trainer.validation import validate_files_cli
+        from kubetune_api.validation import validate_files_cli
 
         return validate_files_cli(args.files)
     if args.command == "crd":
-        from kubetune_trainer.crd import crd_yaml
+        from kubetune_api.crd import crd_yaml
 
         sys.stdout.write(crd_yaml())
         return 0

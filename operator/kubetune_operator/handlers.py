@@ -22,11 +22,12 @@ import asyncio
 import datetime as dt
 import logging
 import time
-from typing import Any, Callable, Optional
+from collections.abc import Callable
+from typing import Any
 
 import kopf
 
-from kubetune_trainer import spec as api
+from kubetune_api import spec as api
 from kubetune_operator import builders, phases
 from kubetune_operator.kube import APIError, Kube
 from kubetune_operator.metrics import Metrics
@@ -37,14 +38,14 @@ FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 log = logging.getLogger("kubetune.operator")
 
 
-def _rv(obj: Optional[dict[str, Any]]) -> int:
+def _rv(obj: dict[str, Any] | None) -> int:
     try:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
 
 
-def _fresher(new: dict[str, Any], old: Optional[dict[str, Any]]) -> bool:
+def _fresher(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
     """resourceVersions are opaque by contract but etcd revisions in practice; compare when numeric."""
     return old is None or _rv(new) == 0 or _rv(old) == 0 or _rv(new) >= _rv(old)
 
@@ -53,7 +54,7 @@ class JobState:
     """What the operator knows about one FineTuneJob and the objects it owns."""
 
     def __init__(self) -> None:
-        self.ftj: Optional[dict[str, Any]] = None
+        self.ftj: dict[str, Any] | None = None
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
@@ -73,12 +74,12 @@ class JobState:
 class Runtime:
     """Shared state of one operator run: settings, API client, metrics, job states."""
 
-    def __init__(self, settings: OperatorSettings, login: Optional[Callable[..., Any]] = None):
+    def __init__(self, settings: OperatorSettings, login: Callable[..., Any] | None = None):
         self.settings = settings
         self.login_fn = login
         self.states: dict[tuple[str, str], JobState] = {}
         self.metrics = Metrics(lambda: [(s.ftj.get("status") or {}).get("phase") or "Pending" for s in list(self.states.values()) if s.ftj])
-        self.kube: Optional[Kube] = None
+        self.kube: Kube | None = None
         # The namespaces this run watches (empty: cluster-wide); set by runner.run_operator.
         self.namespaces: tuple[str, ...] = ()
 
@@ -125,13 +126,13 @@ class Runtime:
             if self.states.get((namespace, name)) is st and st.ftj is not None and (st.ftj.get("metadata") or {}).get("deletionTimestamp"):
                 self.states.pop((namespace, name), None)
 
-    async def reconcile(self, st: JobState, logger: logging.Logger) -> Optional[float]:
+    async def reconcile(self, st: JobState, logger: logging.Logger) -> float | None:
         """Decide and act until nothing is left to do now. -> seconds to the next pass (None: on events)."""
         for _ in range(10):  # every step changes what decide sees; a longer chain would be a bug
             ftj = st.ftj
             if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            plan = phases.decide(ftj, list(st.jobs.values()), list(st.pods.values()), dt.datetime.now(dt.timezone.utc), self.settings)
+            plan = phases.decide(ftj, list(st.jobs.values()), list(st.pods.values()), dt.datetime.now(dt.UTC), self.settings)
             if plan.empty:
                 return plan.requeue_after
             if not await self.act(st, ftj, plan, logger):
@@ -163,7 +164,7 @@ class Runtime:
             await self.kube.delete("Job", ns, job_name, propagation="Background")
             # Not waiting for the watch: the next decide must not see it as current.
             if job_name in st.jobs:
-                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.timezone.utc))
+                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.UTC))
             logger.info(f"deleted Job {ns}/{job_name}")
         if plan.suspend_job is not None:
             job_name, value = plan.suspend_job
@@ -185,7 +186,7 @@ class Runtime:
         assert self.kube is not None
         meta = ftj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        recorded: Optional[str] = None
+        recorded: str | None = None
         source = ftj
         if attempt > 1:
             # Restarts run the spec the job started with (kept in its ConfigMap), with the
@@ -214,7 +215,7 @@ class Runtime:
         logger.info(f"{'created' if created else 'found existing'} Job {ns}/{batch['metadata']['name']} (attempt {attempt})")
 
     # ------------------------------------------------------------- events
-    def on_ftj_event(self, event_type: Optional[str], body: dict[str, Any]) -> None:
+    def on_ftj_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         if event_type == "DELETED":
@@ -224,7 +225,7 @@ class Runtime:
         st.see_ftj(dict(body))
         st.wake.set()
 
-    def on_child_event(self, kind: str, event_type: Optional[str], body: dict[str, Any]) -> None:
+    def on_child_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         owner = (meta.get("labels") or {}).get(builders.LABEL_JOB)
         if not owner:

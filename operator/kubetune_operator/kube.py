@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import logging
 import urllib.parse
-from typing import Any, Optional
+from typing import Any
 
 import kopf
 from kopf._cogs.clients import api as _kopf_api
 from kopf._cogs.clients import errors as _kopf_errors
 
-from kubetune_trainer import spec as ftj_api
+from kubetune_api import spec as ftj_api
 
 APIError = _kopf_errors.APIError
 NotFound = _kopf_errors.APINotFoundError
@@ -36,7 +36,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
 }
 
 
-def url(kind: str, namespace: str, name: Optional[str] = None, subresource: Optional[str] = None, **query: str) -> str:
+def url(kind: str, namespace: str, name: str | None = None, subresource: str | None = None, **query: str) -> str:
     prefix, plural = RESOURCES[kind]
     path = f"{prefix}/namespaces/{namespace}/{plural}"
     if name:
@@ -51,11 +51,11 @@ def url(kind: str, namespace: str, name: Optional[str] = None, subresource: Opti
 class Kube:
     """create / get / merge-patch / delete on the operator's objects (dict in, dict out)."""
 
-    def __init__(self, settings: kopf.OperatorSettings, logger: Optional[logging.Logger] = None):
+    def __init__(self, settings: kopf.OperatorSettings, logger: logging.Logger | None = None):
         self.settings = settings
         self.logger = logger or logging.getLogger("kubetune.kube")
 
-    async def get(self, kind: str, namespace: str, name: str) -> Optional[dict[str, Any]]:
+    async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             return await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
         except NotFound:
@@ -73,7 +73,7 @@ class Kube:
                 raise
             return existing, False
 
-    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: Optional[str] = None) -> Optional[dict[str, Any]]:
+    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
         try:
             return await _kopf_api.patch(
                 url(kind, namespace, name, subresource),

@@ -38,12 +38,13 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any, Optional
+from typing import IO, Any
 
 import yaml
 
-from kubetune_trainer import spec as api
-from kubetune_trainer.exitcodes import PERMANENT, PREEMPTED
+from kubetune_api import contract
+from kubetune_api import spec as api
+from kubetune_api.contract import PERMANENT, PREEMPTED
 
 
 class RunError(Exception):
@@ -76,7 +77,7 @@ class LocalPlan:
     notes: list[str]
 
 
-def visible_gpus(env: Optional[dict[str, str]] = None) -> list[str]:
+def visible_gpus(env: dict[str, str] | None = None) -> list[str]:
     """GPU ids this process may use, without importing torch (CUDA_VISIBLE_DEVICES, else nvidia-smi)."""
     env = os.environ if env is None else env
     if "CUDA_VISIBLE_DEVICES" in env:
@@ -120,7 +121,7 @@ def _absolute(uri: str, base: Path) -> str:
     return str((base / os.path.expanduser(path)).resolve())
 
 
-def load_manifest(path: str | os.PathLike, overrides: Optional[dict[str, Any]] = None, cwd: Optional[Path] = None) -> dict[str, Any]:
+def load_manifest(path: str | os.PathLike, overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """Read the first FineTuneJob in ``path``, apply ``overrides`` (dotted camelCase paths), make local paths absolute."""
     try:
         with open(path) as f:
@@ -213,7 +214,7 @@ def torchrun_command(plan: LocalPlan, group: NodeGroup, python: str = sys.execut
     ]
 
 
-def node_env(plan: LocalPlan, group: NodeGroup, base: Optional[dict[str, str]] = None) -> dict[str, str]:
+def node_env(plan: LocalPlan, group: NodeGroup, base: dict[str, str] | None = None) -> dict[str, str]:
     env = dict(os.environ if base is None else base)
     env["KUBETUNE_SCRATCH"] = str(group.scratch)
     env["KUBETUNE_PROGRESS_FILE"] = str(plan.progress_path)  # only global rank 0 writes it
@@ -233,7 +234,7 @@ def node_env(plan: LocalPlan, group: NodeGroup, base: Optional[dict[str, str]] =
 
 
 # ------------------------------------------------------------------ progress
-def _fmt_duration(seconds: Optional[float]) -> str:
+def _fmt_duration(seconds: float | None) -> str:
     if seconds is None:
         return "?"
     s = int(round(seconds))
@@ -277,14 +278,14 @@ class RunState:
     """What the progress file told us so far."""
 
     progress: dict[str, Any] = dataclasses.field(default_factory=dict)
-    phase: Optional[str] = None
-    first_eval: Optional[tuple[int, float]] = None  # (step, evalLoss) of the first evaluation seen
-    last_eval: Optional[tuple[int, float]] = None
+    phase: str | None = None
+    first_eval: tuple[int, float] | None = None  # (step, evalLoss) of the first evaluation seen
+    last_eval: tuple[int, float] | None = None
     checkpoints: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    resumed: Optional[dict[str, Any]] = None
-    exported: Optional[dict[str, Any]] = None
+    resumed: dict[str, Any] | None = None
+    exported: dict[str, Any] | None = None
 
-    def update(self, rec: dict[str, Any]) -> Optional[str]:
+    def update(self, rec: dict[str, Any]) -> str | None:
         """Fold in one record; return a line worth printing on its own (events), else None."""
         ev = rec.get("event")
         if ev is None:
@@ -376,7 +377,7 @@ def _worker_pids(parent: int) -> list[int]:
 class Launcher:
     """The torchrun subprocesses of one local run."""
 
-    def __init__(self, plan: LocalPlan, python: str = sys.executable, env: Optional[dict[str, str]] = None):
+    def __init__(self, plan: LocalPlan, python: str = sys.executable, env: dict[str, str] | None = None):
         self.plan = plan
         self.python = python
         self.base_env = env
@@ -394,7 +395,7 @@ class Launcher:
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
             ))
 
-    def poll(self) -> list[Optional[int]]:
+    def poll(self) -> list[int | None]:
         return [p.poll() for p in self.procs]
 
     def terminate_workers(self) -> None:
@@ -448,16 +449,15 @@ def _tail(path: Path, lines: int = 25) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def _trainer_error(path: Path) -> Optional[str]:
+def _trainer_error(path: Path) -> str | None:
     try:
         text = path.read_text(errors="replace")
     except OSError:
         return None
-    found = [line.strip() for line in text.splitlines() if line.strip().startswith("kubetune: error:")]
-    return found[-1] if found else None
+    return contract.last_error_line(text)
 
 
-def outcome(codes: list[Optional[int]]) -> int:
+def outcome(codes: list[int | None]) -> int:
     """One exit code for the gang: permanent beats preempted beats other failures."""
     done = [c for c in codes if c is not None]
     if done and all(c == 0 for c in done) and len(done) == len(codes):
@@ -509,7 +509,7 @@ def _base_eval_path(plan: LocalPlan) -> Path:
     return plan.run_dir / "base-eval.json"
 
 
-def _base_eval(plan: LocalPlan) -> Optional[float]:
+def _base_eval(plan: LocalPlan) -> float | None:
     """The eval loss of the untrained model, kept from the launch that started from scratch."""
     try:
         record = json.loads(_base_eval_path(plan).read_text())
@@ -523,7 +523,7 @@ def _remember_base_eval(plan: LocalPlan, state: RunState) -> None:
         _base_eval_path(plan).write_text(json.dumps({"output": plan.output_uri, "evalLoss": state.first_eval[1]}))
 
 
-def _local_summary(output_uri: str) -> Optional[dict[str, Any]]:
+def _local_summary(output_uri: str) -> dict[str, Any] | None:
     if not _is_local(output_uri):
         return None
     base = output_uri[len("file://"):] if output_uri.startswith("file://") else output_uri
@@ -536,13 +536,13 @@ def _local_summary(output_uri: str) -> Optional[dict[str, Any]]:
 def run(
     manifest: str | os.PathLike,
     *,
-    overrides: Optional[dict[str, Any]] = None,
-    run_dir: Optional[str | os.PathLike] = None,
-    scratch: Optional[str | os.PathLike] = None,
+    overrides: dict[str, Any] | None = None,
+    run_dir: str | os.PathLike | None = None,
+    scratch: str | os.PathLike | None = None,
     python: str = sys.executable,
     stream: IO[str] = sys.stdout,
-    env: Optional[dict[str, str]] = None,
-    cpu_count: Optional[int] = None,
+    env: dict[str, str] | None = None,
+    cpu_count: int | None = None,
 ) -> int:
     """Run a FineTuneJob locally; return the exit code (0, 75 when stopped with a checkpoint, 3, other)."""
     started = time.monotonic()
@@ -585,7 +585,7 @@ def run(
     if previous is not None:
         signal.signal(signal.SIGINT, on_sigint)
     handled = 0
-    failed_at: Optional[float] = None
+    failed_at: float | None = None
     try:
         launcher.start()
         while True:

@@ -11,7 +11,7 @@ The liveness endpoint is Kopf's own (``/healthz`` on the health port).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
@@ -49,7 +49,7 @@ class Metrics:
         self.api_errors = Counter("kubetune_api_errors_total", "Failed API calls (retried)", ["operation"], registry=self.registry)
         self._server = None
 
-    def serve(self, port: int, addr: str = "0.0.0.0") -> Optional[int]:
+    def serve(self, port: int, addr: str = "0.0.0.0") -> int | None:
         """Serve /metrics on ``port`` (0 picks a free port); returns the port."""
         from prometheus_client import start_http_server
 

@@ -25,8 +25,9 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from typing import Any, Optional
+from typing import Any
 
+from kubetune_api import contract
 from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 
@@ -41,7 +42,6 @@ _NORMAL_REASONS = {
     "Exporting", "Suspended", "Resuming", "Completed", "ContainerCreating",
 }
 
-_TRAINER_ERROR = re.compile(r"kubetune: error: ([A-Za-z][A-Za-z0-9]*): (.*)")
 _PERMANENT_EXIT = builders.PERMANENT_EXIT_CODE
 _PREEMPTED_EXIT = 75
 _IMAGE_PULL_TRANSIENT = ("ErrImagePull", "ImagePullBackOff")
@@ -50,10 +50,10 @@ _IMAGE_PULL_PERMANENT = ("InvalidImageName", "ErrImageNeverPull")
 
 def rfc3339(t: dt.datetime) -> str:
     """RFC 3339 in UTC with milliseconds (backoff due times are computed from these)."""
-    return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    return t.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
 
 
-def parse_time(s: Optional[str]) -> Optional[dt.datetime]:
+def parse_time(s: str | None) -> dt.datetime | None:
     if not s:
         return None
     try:
@@ -73,14 +73,14 @@ class Event:
 class Plan:
     status_patch: dict[str, Any] = dataclasses.field(default_factory=dict)
     events: list[Event] = dataclasses.field(default_factory=list)
-    create_attempt: Optional[int] = None  # create the per-job objects (if missing) and this attempt's Job
+    create_attempt: int | None = None  # create the per-job objects (if missing) and this attempt's Job
     delete_jobs: list[str] = dataclasses.field(default_factory=list)  # batch Job names, propagation Background
-    suspend_job: Optional[tuple[str, bool]] = None  # (batch Job name, spec.suspend value)
+    suspend_job: tuple[str, bool] | None = None  # (batch Job name, spec.suspend value)
     delete_self: bool = False  # ttlSecondsAfterFinished elapsed
-    requeue_after: Optional[float] = None  # seconds; None: wait for the next event or resync
+    requeue_after: float | None = None  # seconds; None: wait for the next event or resync
     # What the transition was about, for metrics: (phase, reason) entered, and restart kind.
-    entered: Optional[tuple[str, str]] = None
-    restart_counted: Optional[bool] = None
+    entered: tuple[str, str] | None = None
+    restart_counted: bool | None = None
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -141,14 +141,9 @@ def _pod_name(pod: dict[str, Any]) -> str:
     return (pod.get("metadata") or {}).get("name", "?")
 
 
-def trainer_error(message: str) -> Optional[tuple[str, str]]:
+def trainer_error(message: str) -> tuple[str, str] | None:
     """(reason, message) from the trainer's last 'kubetune: error: <reason>: <message>' line."""
-    found = None
-    for line in (message or "").splitlines():
-        m = _TRAINER_ERROR.search(line)
-        if m:
-            found = (m.group(1), m.group(2).strip())
-    return found
+    return contract.parse_error_line(message)
 
 
 _EXCEPTION_LINE = re.compile(r"\b\w*(?:Error|Exception|Interrupt)\b: *\S")
@@ -201,7 +196,7 @@ def classify_pod_failure(pod: dict[str, Any]) -> Failure:
     return Failure("transient", "PodFailed", f"pod {name}: container {builders.CONTAINER} failed ({detail})" + (f": {last}" if last else ""))
 
 
-def classify_attempt_failure(pods: list[dict[str, Any]], job: dict[str, Any]) -> Optional[Failure]:
+def classify_attempt_failure(pods: list[dict[str, Any]], job: dict[str, Any]) -> Failure | None:
     """The attempt's failure, if any: a failed pod, or the Job controller's verdict."""
     failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" and not (p.get("metadata") or {}).get("deletionTimestamp")]
     failures = sorted((classify_pod_failure(p) for p in failed), key=lambda f: {"permanent": 0, "transient": 1, "preempted": 2}[f.kind])
@@ -217,7 +212,7 @@ def classify_attempt_failure(pods: list[dict[str, Any]], job: dict[str, Any]) ->
     return None
 
 
-def pods_problem(pods: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
+def pods_problem(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
     """A reason pods are not running yet that a person should see (reason, message)."""
     for p in pods:
         sched = _conditions(p).get("PodScheduled")
@@ -232,7 +227,7 @@ def pods_problem(pods: list[dict[str, Any]]) -> Optional[tuple[str, str]]:
     return None
 
 
-def _permanent_image_error(pods: list[dict[str, Any]]) -> Optional[str]:
+def _permanent_image_error(pods: list[dict[str, Any]]) -> str | None:
     for p in pods:
         w = _waiting(p)
         if w.get("reason") in _IMAGE_PULL_PERMANENT:
@@ -256,7 +251,7 @@ def backoff_seconds(base: int, restarts: int, counted: bool, cap: int) -> int:
 class _StatusWriter:
     """Accumulates a status merge-patch and the events of transitions."""
 
-    def __init__(self, status: dict[str, Any], now: dt.datetime, generation: Optional[int], plan: Plan):
+    def __init__(self, status: dict[str, Any], now: dt.datetime, generation: int | None, plan: Plan):
         self.status = status
         self.now = now
         self.generation = generation
@@ -271,7 +266,7 @@ class _StatusWriter:
         if self.status.get(key) != value or key in self.plan.status_patch:
             self.plan.status_patch[key] = value
 
-    def condition(self, ctype: str) -> Optional[dict[str, Any]]:
+    def condition(self, ctype: str) -> dict[str, Any] | None:
         for c in self.conditions:
             if c.get("type") == ctype:
                 return c
@@ -353,7 +348,7 @@ def _parse(ftj: dict[str, Any]) -> tuple[Any, dict[str, str]]:
     return value
 
 
-def _attempt_of(obj: dict[str, Any]) -> Optional[int]:
+def _attempt_of(obj: dict[str, Any]) -> int | None:
     v = ((obj.get("metadata") or {}).get("labels") or {}).get(builders.LABEL_ATTEMPT)
     try:
         return int(v)

@@ -10,14 +10,14 @@ for the given attempt.
 from __future__ import annotations
 
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import yaml
 
-from kubetune_trainer import spec as api
+from kubetune_api import spec as api
 
 
-def render(doc: dict[str, Any], namespace: Optional[str] = None, attempt: int = 1, settings: Any = None) -> list[dict[str, Any]]:
+def render(doc: dict[str, Any], namespace: str | None = None, attempt: int = 1, settings: Any = None) -> list[dict[str, Any]]:
     from kubetune_operator import builders
     from kubetune_operator.settings import OperatorSettings
 

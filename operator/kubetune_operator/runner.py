@@ -7,7 +7,8 @@ import logging
 import os
 import random
 import threading
-from typing import Any, Callable, Optional, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import kopf
 
@@ -52,7 +53,7 @@ def configure_logging(fmt: str = "json", verbose: bool = False) -> None:
     logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
 
 
-def default_login(**kwargs: Any) -> Optional[kopf.ConnectionInfo]:
+def default_login(**kwargs: Any) -> kopf.ConnectionInfo | None:
     """In a pod: the service account; elsewhere: the current kubeconfig context (exec plugins too)."""
     if os.path.exists(SERVICE_ACCOUNT_TOKEN) and os.environ.get("KUBERNETES_SERVICE_HOST"):
         return kopf.login_with_service_account(**kwargs)
@@ -66,13 +67,13 @@ def run_operator(
     settings: OperatorSettings,
     *,
     namespaces: Sequence[str] = (),
-    clusterwide: Optional[bool] = None,
-    login: Optional[Callable[..., Any]] = None,
-    stop_flag: Optional[Any] = None,
-    ready_flag: Optional[Any] = None,
-    metrics_port: Optional[int] = None,
-    health_port: Optional[int] = None,
-    runtime: Optional[Runtime] = None,
+    clusterwide: bool | None = None,
+    login: Callable[..., Any] | None = None,
+    stop_flag: Any | None = None,
+    ready_flag: Any | None = None,
+    metrics_port: int | None = None,
+    health_port: int | None = None,
+    runtime: Runtime | None = None,
 ) -> None:
     """Run the operator in this thread with its own event loop until ``stop_flag`` is set.
 
@@ -121,7 +122,7 @@ class OperatorThread:
         self.runtime = Runtime(settings, login=login)
         self._stop = threading.Event()
         self._ready = threading.Event()
-        self._error: Optional[BaseException] = None
+        self._error: BaseException | None = None
         self._kwargs = dict(kwargs, namespaces=namespaces, login=login)
         self._settings = settings
         self._thread = threading.Thread(target=self._main, name="kubetune-operator", daemon=True)
@@ -133,7 +134,7 @@ class OperatorThread:
             self._error = e
             self._ready.set()
 
-    def start(self, timeout: float = 30.0) -> "OperatorThread":
+    def start(self, timeout: float = 30.0) -> OperatorThread:
         self._thread.start()
         if not self._ready.wait(timeout):
             raise TimeoutError("the operator did not become ready")
@@ -149,7 +150,7 @@ class OperatorThread:
         if self._error:
             raise RuntimeError("the operator failed") from self._error
 
-    def __enter__(self) -> "OperatorThread":
+    def __enter__(self) -> OperatorThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Mapping, Optional
+from collections.abc import Mapping
 
 from kubetune_operator import __version__
 
@@ -65,13 +65,13 @@ class OperatorSettings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
     image_pull_policy: str = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
-    default_storage_endpoint: Optional[str] = None
-    default_storage_region: Optional[str] = None
-    default_storage_secret: Optional[str] = None
+    default_storage_endpoint: str | None = None
+    default_storage_region: str | None = None
+    default_storage_secret: str | None = None
     watch_namespaces: tuple[str, ...] = ()
     peering_name: str = "kubetune"
     standalone: bool = False
-    peering_priority: Optional[int] = None  # None: a random one per process
+    peering_priority: int | None = None  # None: a random one per process
     metrics_port: int = 9090
     health_port: int = 8080
     run_as_user: int = 1000
@@ -84,10 +84,10 @@ class OperatorSettings:
     log_format: str = "json"
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None) -> "OperatorSettings":
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
         env = os.environ if environ is None else environ
 
-        def get(name: str) -> Optional[str]:
+        def get(name: str) -> str | None:
             v = env.get(name)
             return v if v not in (None, "") else None
 

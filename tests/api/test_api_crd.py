@@ -8,11 +8,11 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-from kubetune_trainer import crd, spec as api
-from kubetune_trainer.validation import _cel_program, _field_path, crd_schema
-
 from api_manifests import REPO
+
+from kubetune_api import crd
+from kubetune_api import spec as api
+from kubetune_api.validation import _cel_program, _field_path, crd_schema
 
 K8S_VERSION = "1.37"
 
@@ -112,10 +112,10 @@ def test_schema_is_structural_and_explained():
 
 def test_defaults_validate_against_their_own_schema():
     # the API server refuses a CRD whose default does not validate (structural defaulting)
-    from kubetune_trainer.validation import _draft4
+    from kubetune_api.validation import _draft4
 
     count = 0
-    for path, node in _walk(crd_schema()):
+    for _path, node in _walk(crd_schema()):
         if "default" in node:
             jsonschema.Draft4Validator(_draft4(node)).validate(node["default"])
             count += 1
@@ -268,7 +268,7 @@ STATUS = {
 def test_every_rule_evaluates_on_a_manifest_with_every_field_set(method):
     """cel-python does not type-check like the API server; running every rule on every field catches
     rules that would fail at run time (a double compared with an int, a missing has())."""
-    from kubetune_trainer.validation import cel_problems, prepare, validate_manifest, validate_update
+    from kubetune_api.validation import cel_problems, prepare, validate_manifest, validate_update
 
     spec = copy.deepcopy(FULL_SPEC)
     spec["method"] = copy.deepcopy(METHODS[method])

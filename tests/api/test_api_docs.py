@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import re
 
-from kubetune_trainer.validation import crd_schema
-
 from api_manifests import REPO
+
+from kubetune_api.validation import crd_schema
 
 
 def _names(node, depth):

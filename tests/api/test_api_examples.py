@@ -6,11 +6,10 @@ import sys
 
 import pytest
 import yaml
-
-from kubetune_trainer import spec as api
-from kubetune_trainer.validation import cel_problems, crd_schema, prepare, schema_problems, validate_manifest
-
 from api_manifests import EXAMPLES, REPO
+
+from kubetune_api import spec as api
+from kubetune_api.validation import cel_problems, crd_schema, prepare, schema_problems, validate_manifest
 
 REQUIRED = {
     "quickstart-cpu.yaml",

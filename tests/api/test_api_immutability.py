@@ -8,11 +8,10 @@ from __future__ import annotations
 import copy
 
 import pytest
-
-from kubetune_trainer import spec as api
-from kubetune_trainer.validation import crd_schema, validate_manifest, validate_update
-
 from api_manifests import base
+
+from kubetune_api import spec as api
+from kubetune_api.validation import crd_schema, validate_manifest, validate_update
 
 # For every immutable spec field: a value that differs from the base manifest (and is valid).
 CHANGES = {

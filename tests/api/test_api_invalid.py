@@ -8,14 +8,15 @@ itself (schema or CEL rule) must reject it, so the API server refuses it at
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 import yaml
+from api_manifests import base
 
-from kubetune_operator.cli import main as kubetune
-from kubetune_trainer.validation import (
+from kubetune_api.validation import (
     cel_problems,
     crd_schema,
     model_problems,
@@ -23,8 +24,7 @@ from kubetune_trainer.validation import (
     schema_problems,
     validate_manifest,
 )
-
-from api_manifests import base
+from kubetune_operator.cli import main as kubetune
 
 _DELETE = object()
 

@@ -7,12 +7,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from kubetune_operator.cli import main as kubetune
-from kubetune_trainer import spec as api
-from kubetune_trainer.validation import validate_manifest
-
 from api_manifests import EXAMPLES, REPO, base
+
+from kubetune_api import spec as api
+from kubetune_api.validation import validate_manifest
+from kubetune_operator.cli import main as kubetune
 
 
 def _kubetune_binary() -> list[str]:

@@ -19,16 +19,16 @@ deletes B while it runs.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import attrs
+from kmock._internal import enums
 
 from support import kubelet
 from support.cluster import TEST_AGENT, EmulatedCluster, wait_for
 from support.emulator import ApiCall, KubeEmulator, _error
 from support.manifests import job_manifest
-
-from kmock._internal import enums
 
 _ACTION_VERBS = {
     enums.action.LIST: "list", enums.action.WATCH: "watch", enums.action.FETCH: "get",
@@ -48,7 +48,7 @@ FOREIGN_FINALIZER = "example.com/keep-until-archived"
 class Grant:
     """One (namespace, group, resource, verb) a rule allows; namespace None: cluster-wide."""
 
-    namespace: Optional[str]
+    namespace: str | None
     group: str
     resource: str  # plural or plural/subresource
     verb: str
@@ -94,7 +94,7 @@ def allows(grants: set[Grant], call: ApiCall) -> bool:
 class AuthorizingEmulator(KubeEmulator):
     """The recording emulator, answering 403 to the operator's unauthorized requests."""
 
-    authorize: Optional[Callable[[ApiCall], bool]] = None
+    authorize: Callable[[ApiCall], bool] | None = None
     denied: list[ApiCall] = attrs.field(factory=list, init=False)
 
     async def _handle(self, request: Any) -> Any:
@@ -122,7 +122,7 @@ class AuthorizingCluster(EmulatedCluster):
         super().__init__(keep_history=True)
         self.authorize = authorize
 
-    def _make_emulator(self) -> "AuthorizingEmulator":
+    def _make_emulator(self) -> AuthorizingEmulator:
         return AuthorizingEmulator(keep_history=True, authorize=self.authorize)
 
     @property
@@ -135,7 +135,7 @@ class AuthorizingCluster(EmulatedCluster):
 
 
 # ------------------------------------------------------------- scenario
-def _phase(cluster: EmulatedCluster, ns: str, name: str) -> Optional[str]:
+def _phase(cluster: EmulatedCluster, ns: str, name: str) -> str | None:
     obj = cluster.get("FineTuneJob", ns, name)
     return ((obj or {}).get("status") or {}).get("phase")
 

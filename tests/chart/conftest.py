@@ -62,6 +62,7 @@ def lifecycles(rendered):
 
     from chart_scenario import AuthorizingCluster, allows, grants_of, run_lifecycle
     from chartkit import container_env, find, the
+
     from kubetune_operator.settings import OperatorSettings
 
     results = {}

@@ -12,7 +12,6 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
 from chartkit import CHART, ROOT, VALUE_SETS, container_env, find, the
 
 # The chart's kubeVersion floor and the newest schema kubernetes-validate has.

@@ -13,10 +13,9 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
+from chartkit import ROOT
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
-
-from chartkit import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
@@ -86,7 +85,7 @@ def stage_chain(stages: dict[str, Stage], target: str) -> list[Stage]:
         stage = stages[name]
         seen.append(stage)
         todo.append(stage.base)
-        for kw, rest in stage.instructions:
+        for _kw, rest in stage.instructions:
             todo += re.findall(r"--from=([\w.-]+)", rest)
     return seen
 

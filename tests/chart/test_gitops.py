@@ -10,7 +10,6 @@ import re
 import jsonpatch
 import pytest
 import yaml
-
 from chartkit import ROOT
 
 

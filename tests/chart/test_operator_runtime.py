@@ -11,9 +11,9 @@ import logging
 import socket
 
 import requests
-
 from chart_scenario import AuthorizingCluster, allows, grants_of
 from chartkit import container_env, find, the
+
 from support import kubelet
 from support.cluster import wait_for
 from support.manifests import job_manifest

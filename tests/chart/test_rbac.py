@@ -14,9 +14,9 @@ person adds it to REVIEWED (with the reason) and to the chart's rules.
 from __future__ import annotations
 
 import pytest
-
 from chart_scenario import Grant, allows
 from chartkit import VALUE_SETS, the
+
 from support.emulator import ApiCall
 
 # (API group, resource[/subresource], verb) -> why the operator needs it.

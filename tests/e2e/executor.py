@@ -44,7 +44,6 @@ from __future__ import annotations
 import base64
 import copy
 import datetime as dt
-import json
 import os
 import re
 import shlex
@@ -54,8 +53,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import requests
 
@@ -66,7 +66,7 @@ FAKE_TOKEN = "executor-service-account-token"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _free_port() -> int:
@@ -89,22 +89,22 @@ class PodProcess:
         self.name = name
         self.workdir = workdir
         self.log_path = workdir / "container.log"
-        self.proc: Optional[subprocess.Popen] = None
-        self.exit_code: Optional[int] = None
-        self.started_at: Optional[str] = None
-        self.finished_at: Optional[str] = None
+        self.proc: subprocess.Popen | None = None
+        self.exit_code: int | None = None
+        self.started_at: str | None = None
+        self.finished_at: str | None = None
         self.reported = False  # terminal status written to the API
-        self.stopping_since: Optional[float] = None
+        self.stopping_since: float | None = None
         self.grace = 30.0
         self.argv: list[str] = []
         self.env: dict[str, str] = {}
         self._tree_killed = False
 
     @property
-    def pid(self) -> Optional[int]:
+    def pid(self) -> int | None:
         return self.proc.pid if self.proc else None
 
-    def poll(self) -> Optional[int]:
+    def poll(self) -> int | None:
         if self.proc is None:
             return self.exit_code
         if self.exit_code is None:
@@ -137,7 +137,7 @@ class PodProcess:
                 pass
         self._tree_killed = True
 
-    def stop(self, grace: Optional[float] = None) -> None:
+    def stop(self, grace: float | None = None) -> None:
         """SIGTERM now; ``tick`` kills everything once the grace period is over."""
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
@@ -169,9 +169,9 @@ class JobRun:
         self.pods: dict[int, PodProcess] = {}  # index -> current pod
         self.succeeded: set[int] = set()
         self.failed = 0
-        self.finished: Optional[str] = None  # Complete | Failed
+        self.finished: str | None = None  # Complete | Failed
         self.ports: dict[int, int] = {}  # container port -> local port
-        self.start_time: Optional[str] = None
+        self.start_time: str | None = None
         self.pod_seq = 0
 
 
@@ -183,8 +183,8 @@ class PodExecutor:
         self,
         api_url: str,
         workdir: Path,
-        extra_env: Optional[dict[str, str]] = None,
-        bin_dir: Optional[Path] = None,
+        extra_env: dict[str, str] | None = None,
+        bin_dir: Path | None = None,
         interval: float = 0.1,
         grace_cap: float = 60.0,
     ):
@@ -206,7 +206,7 @@ class PodExecutor:
         self.on_pod_started: list[Callable[[PodProcess], None]] = []
 
     # ------------------------------------------------------------ API calls
-    def _req(self, method: str, path: str, body: Any = None, ctype: Optional[str] = None, ok404: bool = False) -> Any:
+    def _req(self, method: str, path: str, body: Any = None, ctype: str | None = None, ok404: bool = False) -> Any:
         headers = {"Content-Type": ctype} if ctype else {}
         r = self.session.request(method, self.api_url + path, json=body, headers=headers, timeout=30)
         if ok404 and r.status_code == 404:
@@ -230,7 +230,7 @@ class PodExecutor:
         return f"/api/v1/namespaces/{ns}/pods" + (f"/{name}" if name else "")
 
     # ------------------------------------------------------------ lifecycle
-    def start(self) -> "PodExecutor":
+    def start(self) -> PodExecutor:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self._thread.start()
         return self
@@ -249,7 +249,7 @@ class PodExecutor:
                         pass
         self.session.close()
 
-    def __enter__(self) -> "PodExecutor":
+    def __enter__(self) -> PodExecutor:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
@@ -267,7 +267,7 @@ class PodExecutor:
             self._stop.wait(self.interval)
 
     # ------------------------------------------------------------ test helpers
-    def running_pods(self, job_name: Optional[str] = None) -> list[PodProcess]:
+    def running_pods(self, job_name: str | None = None) -> list[PodProcess]:
         with self._lock:
             return [p for p in self.pods if p.poll() is None and p.proc is not None and (job_name is None or p.job_key[1] == job_name)]
 
@@ -295,7 +295,7 @@ class PodExecutor:
                 run = self.jobs[uid] = JobRun(job)
             self._sync_job(run, job)
 
-    def _grace_of(self, job: Optional[dict[str, Any]]) -> float:
+    def _grace_of(self, job: dict[str, Any] | None) -> float:
         if job is None:
             return 10.0
         g = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("terminationGracePeriodSeconds", 30)
@@ -375,7 +375,7 @@ class PodExecutor:
         self._write_job_status(run, job, extra_conditions=[self._cond("Suspended", "JobResumed", "Job resumed", status="False")]
                                if any(c.get("type") == "Suspended" for c in (job.get("status") or {}).get("conditions") or []) else [])
 
-    def _failure_verdict(self, run: JobRun, job: dict[str, Any]) -> Optional[tuple[str, str]]:
+    def _failure_verdict(self, run: JobRun, job: dict[str, Any]) -> tuple[str, str] | None:
         spec = job.get("spec") or {}
         for pod in run.pods.values():
             if not pod.reported or pod.exit_code in (None, 0) or pod.stopping_since is not None:
@@ -617,7 +617,7 @@ class PodExecutor:
             raise ConfigError(f'configmap "{ref["name"]}" not found')
         return dict(cm.get("data") or {})
 
-    def _secret_data(self, ns: str, name: str, optional: Optional[bool]) -> dict[str, str]:
+    def _secret_data(self, ns: str, name: str, optional: bool | None) -> dict[str, str]:
         secret = self._get(f"/api/v1/namespaces/{ns}/secrets/{name}")
         if secret is None:
             if optional:
@@ -627,7 +627,7 @@ class PodExecutor:
         out.update(secret.get("stringData") or {})
         return out
 
-    def _value_from(self, ns: str, pod: dict[str, Any], src: dict[str, Any]) -> Optional[str]:
+    def _value_from(self, ns: str, pod: dict[str, Any], src: dict[str, Any]) -> str | None:
         if "fieldRef" in src:
             path = src["fieldRef"]["fieldPath"]
             meta = pod["metadata"]
@@ -652,7 +652,7 @@ class PodExecutor:
         return None
 
     @staticmethod
-    def _write_items(d: Path, data: dict[str, str], items: Optional[list[dict[str, Any]]]) -> None:
+    def _write_items(d: Path, data: dict[str, str], items: list[dict[str, Any]] | None) -> None:
         pairs = [(i["key"], i.get("path", i["key"])) for i in items] if items else [(k, k) for k in data]
         for key, rel in pairs:
             if key in data:

@@ -12,12 +12,12 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import pytest
 import requests
-
 from conftest import BUCKET, NAMESPACE, finetunejob
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
@@ -42,7 +42,7 @@ class StatusRecorder:
                 self.snapshots.append(status)
             self._stop.wait(0.1)
 
-    def __enter__(self) -> "StatusRecorder":
+    def __enter__(self) -> StatusRecorder:
         self._thread.start()
         return self
 

@@ -6,7 +6,6 @@ import base64
 import json
 
 import pytest
-
 from executor import PodExecutor, _expand, _ranges
 
 NS = "exec"

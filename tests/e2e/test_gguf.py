@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from kubetune_api.contract import PermanentError
 from kubetune_trainer import gguf
-from kubetune_trainer.exitcodes import PermanentError
 
 pytestmark = pytest.mark.slow  # de-quantising the 135M model takes ~30 s
 

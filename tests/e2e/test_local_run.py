@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from kubetune_api import spec as api
 from kubetune_operator import local
-from kubetune_trainer import spec as api
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart-cpu.yaml"

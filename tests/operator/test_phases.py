@@ -8,7 +8,7 @@ from kubetune_operator import builders, phases
 from kubetune_operator.settings import OperatorSettings
 from support.manifests import job_manifest
 
-NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
 SETTINGS = OperatorSettings(max_backoff_seconds=100)
 
 

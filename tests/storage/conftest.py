@@ -155,7 +155,8 @@ def s3():
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
     # moto's backends are process-global: start from (and leave behind) an empty state.
-    reset = lambda: urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
+    def reset():
+        return urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)
     reset()
     saved = moto.settings.INITIAL_NO_AUTH_ACTION_COUNT
     iam = boto3.client("iam", endpoint_url=endpoint, region_name=REGION, aws_access_key_id="bootstrap", aws_secret_access_key="bootstrap")

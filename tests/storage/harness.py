@@ -7,9 +7,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Optional
 
 import yaml
 
@@ -83,7 +83,7 @@ def kill_tree(pid: int) -> None:
 
 
 def run_job(manifest: dict, workdir: Path, env: dict, *, procs: int = 2, nnodes: int = 1,
-            until: Optional[Callable[[list[dict]], bool]] = None, send: int = signal.SIGKILL,
+            until: Callable[[list[dict]], bool] | None = None, send: int = signal.SIGKILL,
             timeout: float = 300, tag: str = "") -> Run:
     """Run one job under the exit-code-keeping torchrun; optionally signal it once ``until(events)`` holds.
 

@@ -104,7 +104,7 @@ def test_retention_deletes_the_marker_first(store, monkeypatch):
 
 
 def _spec(output: str, endpoint=None, every="30m", keep_last=2):
-    from kubetune_trainer.spec import OutputSpec, RunPolicy, StorageSpec
+    from kubetune_api.spec import OutputSpec, RunPolicy, StorageSpec
 
     return types.SimpleNamespace(
         output=OutputSpec(uri=output, checkpoint_every=every, keep_last=keep_last),

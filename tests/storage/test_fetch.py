@@ -8,9 +8,9 @@ import types
 
 import pytest
 
+from kubetune_api.contract import PermanentError
 from kubetune_trainer import fetch
-from kubetune_trainer.exitcodes import PermanentError
-from kubetune_trainer.storage import MiB, Storage
+from kubetune_trainer.storage import MiB
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -9,10 +9,10 @@ import io
 import signal
 
 import pytest
-
 from harness import job, run_job
+
+from kubetune_api import contract
 from kubetune_trainer import checkpoint as ck
-from kubetune_trainer import exitcodes
 from kubetune_trainer.storage import Storage, join
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -132,7 +132,7 @@ def test_lora_zero2_kill9_sigterm_resume_under_s3_faults(s3, assets, reference_l
         b = run_job(manifest, tmp_path / "b", env, until=after_a_few_steps, send=signal.SIGTERM)
         assert b.of("resumed") == [{"event": "resumed", "step": resume_a, "uri": f"s3://{s3.bucket}/{out}/checkpoints/{ck.step_dirname(resume_a)}"}]
         assert "ignoring incomplete checkpoint" in b.stderr and ck.step_dirname(resume_a + 2) in b.stderr
-        assert b.returncode == exitcodes.PREEMPTED, b.stderr[-3000:]
+        assert b.returncode == contract.PREEMPTED, b.stderr[-3000:]
         preempt_step = max(b.losses())
         assert b.of("checkpoint")[-1]["step"] == preempt_step < STEPS
         assert preempt_step in _committed(s3, out)
@@ -188,7 +188,6 @@ def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path)
     import time
 
     import yaml
-
     from harness import ROOT
 
     cases = {
@@ -207,7 +206,7 @@ def test_wrong_bucket_or_credentials_fail_fast_with_exit_3(s3, assets, tmp_path)
     for name, p in procs.items():
         out, _ = p.communicate(timeout=240)
         _, _, reason, hint = cases[name]
-        assert p.returncode == exitcodes.PERMANENT, out[-3000:]
+        assert p.returncode == contract.PERMANENT, out[-3000:]
         line = [l for l in out.splitlines() if l.startswith("kubetune: error:")]
         assert line and line[-1].startswith(f"kubetune: error: {reason}: ") and hint in line[-1], out[-3000:]
         assert "transient error" not in out, "permanent errors must not be retried"

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from kubetune_trainer.exitcodes import PermanentError
-from kubetune_trainer.storage import ChecksumMismatch, MiB, ObjectNotFound, Storage, StorageError, join
+from kubetune_api.contract import PermanentError
+from kubetune_trainer.storage import ChecksumMismatch, MiB, ObjectNotFound, Storage, join
 
 pytestmark = pytest.mark.timeout(120)
 

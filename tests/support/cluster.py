@@ -15,7 +15,8 @@ import asyncio
 import contextlib
 import threading
 import time
-from typing import Any, Callable, Iterator, Optional
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import kmock
 import requests
@@ -57,10 +58,10 @@ class EmulatedCluster:
 
     def __init__(self, keep_history: bool = True):
         self.keep_history = keep_history
-        self.emulator: Optional[KubeEmulator] = None
+        self.emulator: KubeEmulator | None = None
         self.url = ""
-        self._loop: Optional[asyncio.AbstractEventLoop] = None
-        self._stop: Optional[asyncio.Event] = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._main, name="kube-emulator", daemon=True)
         self.session = requests.Session()
@@ -83,7 +84,7 @@ class EmulatedCluster:
 
         asyncio.run(serve())
 
-    def start(self) -> "EmulatedCluster":
+    def start(self) -> EmulatedCluster:
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("the API emulator did not start")
@@ -95,14 +96,14 @@ class EmulatedCluster:
         self._thread.join(10)
         self.session.close()
 
-    def __enter__(self) -> "EmulatedCluster":
+    def __enter__(self) -> EmulatedCluster:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
 
     # ----------------------------------------------------------- the client
-    def path(self, kind: str, namespace: Optional[str] = None, name: Optional[str] = None, subresource: Optional[str] = None) -> str:
+    def path(self, kind: str, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
         prefix, plural, namespaced = KINDS[kind]
         p = prefix + (f"/namespaces/{namespace}" if namespaced and namespace else "") + f"/{plural}"
         if name:
@@ -111,7 +112,7 @@ class EmulatedCluster:
             p += f"/{subresource}"
         return p
 
-    def request(self, method: str, path: str, body: Any = None, content_type: Optional[str] = None, **params: Any) -> Any:
+    def request(self, method: str, path: str, body: Any = None, content_type: str | None = None, **params: Any) -> Any:
         headers = {"Content-Type": content_type} if content_type else {}
         r = self.session.request(method, self.url + path, json=body, headers=headers, params=params or None, timeout=30)
         data = r.json() if r.content else None
@@ -119,11 +120,11 @@ class EmulatedCluster:
             raise ApiError(r.status_code, data)
         return data
 
-    def create(self, obj: dict[str, Any], namespace: Optional[str] = None) -> dict[str, Any]:
+    def create(self, obj: dict[str, Any], namespace: str | None = None) -> dict[str, Any]:
         ns = namespace or (obj.get("metadata") or {}).get("namespace")
         return self.request("POST", self.path(obj["kind"], ns), obj)
 
-    def get(self, kind: str, namespace: Optional[str], name: str) -> Optional[dict[str, Any]]:
+    def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:
             return self.request("GET", self.path(kind, namespace, name))
         except ApiError as e:
@@ -131,18 +132,18 @@ class EmulatedCluster:
                 return None
             raise
 
-    def list(self, kind: str, namespace: Optional[str] = None, label_selector: Optional[str] = None) -> list[dict[str, Any]]:
+    def list(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[dict[str, Any]]:
         params = {"labelSelector": label_selector} if label_selector else {}
         return self.request("GET", self.path(kind, namespace), **params)["items"]
 
-    def patch(self, kind: str, namespace: Optional[str], name: str, patch: Any, subresource: Optional[str] = None) -> dict[str, Any]:
+    def patch(self, kind: str, namespace: str | None, name: str, patch: Any, subresource: str | None = None) -> dict[str, Any]:
         ctype = "application/json-patch+json" if isinstance(patch, list) else "application/merge-patch+json"
         return self.request("PATCH", self.path(kind, namespace, name, subresource), patch, content_type=ctype)
 
-    def patch_status(self, kind: str, namespace: Optional[str], name: str, status: dict[str, Any]) -> dict[str, Any]:
+    def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self.patch(kind, namespace, name, {"status": status}, subresource="status")
 
-    def delete(self, kind: str, namespace: Optional[str], name: str, propagation: str = "Background") -> Optional[dict[str, Any]]:
+    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> dict[str, Any] | None:
         try:
             return self.request("DELETE", self.path(kind, namespace, name), {"propagationPolicy": propagation})
         except ApiError as e:
@@ -150,7 +151,7 @@ class EmulatedCluster:
                 return None
             raise
 
-    def events(self, namespace: str, involved_name: Optional[str] = None) -> list[dict[str, Any]]:
+    def events(self, namespace: str, involved_name: str | None = None) -> list[dict[str, Any]]:
         evs = self.list("Event", namespace)
         return [e for e in evs if involved_name is None or (e.get("involvedObject") or {}).get("name") == involved_name]
 

@@ -44,7 +44,8 @@ import json
 import re
 import time
 import uuid
-from typing import Any, Iterable, Optional
+from collections.abc import Iterable
+from typing import Any
 
 import aiohttp.web
 import attrs
@@ -83,9 +84,9 @@ class ApiCall:
     verb: str
     group: str
     resource: str
-    subresource: Optional[str]
-    namespace: Optional[str]
-    name: Optional[str]  # for create: the name in the body
+    subresource: str | None
+    namespace: str | None
+    name: str | None  # for create: the name in the body
     user_agent: str = dataclasses.field(default="", compare=False)
     status: int = dataclasses.field(default=0, compare=False)  # the HTTP status answered
 
@@ -119,7 +120,7 @@ def _split_selector(selector: str) -> list[str]:
     return [p.strip() for p in parts if p.strip()]
 
 
-def match_labels(selector: Optional[str], labels: dict[str, str]) -> bool:
+def match_labels(selector: str | None, labels: dict[str, str]) -> bool:
     """Kubernetes label-selector semantics for the forms listed in the module docstring."""
     if not selector:
         return True
@@ -147,7 +148,7 @@ def match_labels(selector: Optional[str], labels: dict[str, str]) -> bool:
     return True
 
 
-def match_fields(selector: Optional[str], obj: dict[str, Any]) -> bool:
+def match_fields(selector: str | None, obj: dict[str, Any]) -> bool:
     if not selector:
         return True
     meta = obj.get("metadata") or {}
@@ -161,7 +162,7 @@ def match_fields(selector: Optional[str], obj: dict[str, Any]) -> bool:
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @attrs.define(kw_only=True)
@@ -174,7 +175,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _events: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
     _uids: dict[str, Any] = attrs.field(factory=dict, init=False)  # uid -> object key
     # (plural, namespace, name) -> time.monotonic() of the last successful create (latency benchmarks)
-    created_at: dict[tuple[str, Optional[str], str], float] = attrs.field(factory=dict, init=False)
+    created_at: dict[tuple[str, str | None, str], float] = attrs.field(factory=dict, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -199,7 +200,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
         self._rv += 1
         return str(self._rv)
 
-    def _live(self, key: Any) -> Optional[dict[str, Any]]:
+    def _live(self, key: Any) -> dict[str, Any] | None:
         if key not in self._objects:
             return None
         obj = self._objects[key]
@@ -461,7 +462,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             await self._collect_garbage(body["metadata"].get("uid"))
         return body
 
-    async def _collect_garbage(self, owner_uid: Optional[str]) -> None:
+    async def _collect_garbage(self, owner_uid: str | None) -> None:
         if not owner_uid:
             return
         dependents = [
@@ -511,7 +512,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
             if timeout and timeout.isdigit():
                 try:
                     await asyncio.wait_for(pump(), timeout=int(timeout))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     pass
             else:
                 await pump()

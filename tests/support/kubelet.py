@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import uuid
-from typing import Any, Optional
+from typing import Any
 
 from support.cluster import EmulatedCluster
 
@@ -19,7 +19,7 @@ INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
 
 def _now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
@@ -54,7 +54,7 @@ def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str,
     return pods
 
 
-def _container(state: dict[str, Any], name: str = "trainer", last: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+def _container(state: dict[str, Any], name: str = "trainer", last: dict[str, Any] | None = None) -> dict[str, Any]:
     cs = {"name": name, "image": "trainer", "imageID": "", "ready": "running" in state, "restartCount": 0, "state": state}
     if last:
         cs["lastState"] = last
@@ -85,8 +85,8 @@ def run(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any]:
     })
 
 
-def terminate(cluster: EmulatedCluster, pod: dict[str, Any], exit_code: int, reason: Optional[str] = None, message: str = "",
-              pod_conditions: Optional[list[dict[str, Any]]] = None) -> dict[str, Any]:
+def terminate(cluster: EmulatedCluster, pod: dict[str, Any], exit_code: int, reason: str | None = None, message: str = "",
+              pod_conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """The kubelet: the trainer container exited; the pod is Succeeded (0) or Failed."""
     reason = reason or ("Completed" if exit_code == 0 else "Error")
     status: dict[str, Any] = {

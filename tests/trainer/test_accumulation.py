@@ -15,9 +15,7 @@ import json
 import random
 
 import pytest
-import torch
 from safetensors.torch import load_file
-
 from trainer_helpers import finish_trainer, start_trainer
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]

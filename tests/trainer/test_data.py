@@ -13,9 +13,9 @@ import json
 
 import pytest
 
-from kubetune_trainer import data, tiny
-from kubetune_trainer.exitcodes import PermanentError
-from kubetune_trainer.spec import DatasetSpec
+from kubetune_api.contract import PermanentError
+from kubetune_api.spec import DatasetSpec
+from kubetune_trainer import data
 
 IGN = data.IGNORE
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import pytest
 
+from kubetune_api.contract import PermanentError
+from kubetune_api.spec import load_job
 from kubetune_trainer import dsconfig
-from kubetune_trainer.exitcodes import PermanentError
-from kubetune_trainer.spec import load_job
 
 GiB = 1024**3
 

@@ -11,13 +11,11 @@ import json
 import subprocess
 
 import pytest
+from trainer_helpers import REPO, torchrun_cmd, trainer_env, write_job
 
-from kubetune_trainer import tiny
-from kubetune_trainer.exitcodes import PERMANENT, PREEMPTED
+from kubetune_api.contract import PERMANENT, PREEMPTED
 from kubetune_trainer.torchrun import exit_code_for
 from kubetune_trainer.train import main
-
-from trainer_helpers import REPO, torchrun_cmd, trainer_env, write_job
 
 
 def base_spec(model_dir, train) -> dict:

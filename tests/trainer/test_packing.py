@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kubetune_api.spec import DatasetSpec
 from kubetune_trainer import data, tiny
-from kubetune_trainer.spec import DatasetSpec
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def model_with(tokenizer, attn: str):
     torch.manual_seed(0)
     m = tiny.build_model(tokenizer)
     with torch.no_grad():  # larger weights than the default init: attention patterns matter for the loss
-        for name, p in m.named_parameters():
+        for _name, p in m.named_parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.3)
     m.config._attn_implementation = attn

@@ -13,11 +13,10 @@ import json
 
 import pytest
 import torch
+from trainer_helpers import free_port, run_trainer, torchrun_cmd, trainer_env, write_job
 
+from kubetune_api.spec import load_job
 from kubetune_trainer import data, evaluate, tiny
-from kubetune_trainer.spec import load_job
-
-from trainer_helpers import free_port, run_trainer, trainer_env, torchrun_cmd, write_job
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -1,6 +1,5 @@
 """kubetune trainer: runs in every training pod under torchrun.
 
-Importing this package must stay cheap and torch-free: the operator imports
-``kubetune_trainer.spec``.
+It reads the FineTuneJob spec with ``kubetune_api`` and never imports the operator.
 """
 __version__ = "0.1.0"

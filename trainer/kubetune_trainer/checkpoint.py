@@ -40,11 +40,10 @@ which restores the global step, optimizer, scheduler, RNG and data position.
 Preemption: SIGTERM only sets a flag. At the next step boundary all ranks
 save, the upload runs at once, every rank waits (polling storage) for the
 commit within ``runPolicy.terminationGraceSeconds``, and the process exits
-with ``exitcodes.PREEMPTED`` (75).
+with ``contract.PREEMPTED`` (75).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -55,12 +54,13 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
-from . import exitcodes
-from .exitcodes import PermanentError
+from kubetune_api import contract
+from kubetune_api.contract import PermanentError
+
 from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file
 
 log = logging.getLogger("kubetune.checkpoint")
@@ -76,13 +76,13 @@ def step_dirname(step: int) -> str:
     return f"step-{step:06d}"
 
 
-def parse_step(name: str) -> Optional[int]:
+def parse_step(name: str) -> int | None:
     m = _STEP_RE.match(name)
     return int(m.group(1)) if m else None
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 # ------------------------------------------------------------ storage side
@@ -91,7 +91,7 @@ class StoredCheckpoint:
     step: int
     uri: str
     committed: bool
-    manifest: Optional[dict] = None
+    manifest: dict | None = None
 
 
 def list_checkpoints(storage: Storage, root: str) -> list[StoredCheckpoint]:
@@ -105,7 +105,7 @@ def list_checkpoints(storage: Storage, root: str) -> list[StoredCheckpoint]:
     return sorted(out, key=lambda c: c.step)
 
 
-def newest_committed(storage: Storage, root: str) -> tuple[Optional[StoredCheckpoint], list[StoredCheckpoint]]:
+def newest_committed(storage: Storage, root: str) -> tuple[StoredCheckpoint | None, list[StoredCheckpoint]]:
     """(newest committed checkpoint with its manifest, uncommitted ones newer than it)."""
     all_ = list_checkpoints(storage, root)
     committed = [c for c in all_ if c.committed]
@@ -166,7 +166,7 @@ class Topology:
     nodes: int
 
     @classmethod
-    def from_env(cls) -> "Topology":
+    def from_env(cls) -> Topology:
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -187,14 +187,14 @@ class _Job:
     local_dir: Path
     done: threading.Event = field(default_factory=threading.Event)
     committed: threading.Event = field(default_factory=threading.Event)
-    error: Optional[BaseException] = None
+    error: BaseException | None = None
 
 
 class CheckpointManager:
     """Plug-in for the trainer: ``training_args()``, ``callbacks()``, ``prepare_resume()``, ``publish_final()``."""
 
-    def __init__(self, spec: Any, scratch: str | os.PathLike, reporters: Any = None, storage: Optional[Storage] = None,
-                 topology: Optional[Topology] = None):
+    def __init__(self, spec: Any, scratch: str | os.PathLike, reporters: Any = None, storage: Storage | None = None,
+                 topology: Topology | None = None):
         self.spec = spec
         self.output = spec.output.uri.rstrip("/")
         self.root = join(self.output, "checkpoints")
@@ -208,15 +208,15 @@ class CheckpointManager:
         self.local_root = self.scratch / "checkpoints-local"
         self.reporters = reporters
         self.run_id = uuid.uuid4().hex[:12]  # replaced by rank 0's in prepare_resume
-        self.resumed_step: Optional[int] = None
+        self.resumed_step: int | None = None
 
-        self._sigterm_at: Optional[float] = None
+        self._sigterm_at: float | None = None
         self._preempting = False
         self._last_save = time.monotonic()
-        self._jobs: "queue.Queue[Optional[_Job]]" = queue.Queue()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._by_step: dict[int, _Job] = {}
-        self._error: Optional[BaseException] = None
-        self._worker: Optional[threading.Thread] = None
+        self._error: BaseException | None = None
+        self._worker: threading.Thread | None = None
         self._synced = False
         # Fail before any model is loaded if the output bucket is missing or the credentials are wrong.
         self.storage.check_access(self.output, write=self.topo.rank == 0)
@@ -237,7 +237,7 @@ class CheckpointManager:
         self._install_sigterm_handler()
         return [_make_callback(self)]
 
-    def prepare_resume(self) -> Optional[str]:
+    def prepare_resume(self) -> str | None:
         """Agree on a run id and the newest committed checkpoint; download it once per node; return its local dir."""
         if self.topo.local_rank == 0:
             shutil.rmtree(self.local_root, ignore_errors=True)  # stale local saves of a killed attempt
@@ -303,7 +303,7 @@ class CheckpointManager:
         def on_sigterm(signum, frame):
             if self._sigterm_at is None:
                 self._sigterm_at = time.monotonic()
-                log.warning("SIGTERM: checkpointing at the next step boundary, then exiting with %d", exitcodes.PREEMPTED)
+                log.warning("SIGTERM: checkpointing at the next step boundary, then exiting with %d", contract.PREEMPTED)
 
         self._previous_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -351,12 +351,12 @@ class CheckpointManager:
         uri = join(self.root, step_dirname(step))
         ok = self._wait_committed(step, deadline)
         if ok:
-            log.warning("preempted: checkpoint %s committed; exiting with %d", uri, exitcodes.PREEMPTED)
+            log.warning("preempted: checkpoint %s committed; exiting with %d", uri, contract.PREEMPTED)
         else:
             log.error("preempted: checkpoint %s NOT committed within the grace period; the next attempt "
                       "resumes from the previous commit", uri)
         self.close_reporters()
-        raise SystemExit(exitcodes.PREEMPTED)
+        raise SystemExit(contract.PREEMPTED)
 
     def close_reporters(self) -> None:
         if self.reporters is not None:

@@ -43,11 +43,12 @@ import glob
 import logging
 import os
 import random
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Optional
+from typing import Any
 
-from .exitcodes import PermanentError
-from .spec import DatasetSpec
+from kubetune_api.contract import PermanentError
+from kubetune_api.spec import DatasetSpec
 
 log = logging.getLogger("kubetune.data")
 
@@ -81,7 +82,7 @@ def _data_files(path: str) -> tuple[str, list[str]]:
     return _EXT_BUILDERS[ext], [path]
 
 
-def load_rows(path: str, cache_dir: Optional[str] = None) -> list[dict[str, Any]]:
+def load_rows(path: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
     """Read a local JSONL/JSON/Parquet/CSV file or folder (or a Hub dataset id) into row dicts."""
     import datasets
 
@@ -339,7 +340,7 @@ def pack(samples: list[dict], max_len: int) -> list[dict]:
 class Collator:
     """Right-pads a batch. Packed rows get position_ids and no attention mask (see module docstring)."""
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: Optional[int] = None):
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
         self.pad_id = pad_token_id
         self.multiple = pad_to_multiple_of
 
@@ -370,7 +371,7 @@ class PreparedData:
     eval_examples: list[dict]  # raw eval rows, for generation accuracy
     format: str
     train_stats: DataStats
-    eval_stats: Optional[DataStats]
+    eval_stats: DataStats | None
     packing: bool
 
 
@@ -389,10 +390,10 @@ def prepare(
     spec: DatasetSpec,
     tokenizer,
     train_path: str,
-    eval_path: Optional[str],
+    eval_path: str | None,
     seed: int,
     packing: bool,
-    cache_dir: Optional[str] = None,
+    cache_dir: str | None = None,
 ) -> PreparedData:
     """The data stage: rows → format → tokens + loss mask → (packed) training and eval samples."""
     rows = load_rows(train_path, cache_dir)

@@ -7,10 +7,9 @@ CPU and GPU; a DeepSpeed optimizer block would compile FusedAdam/CPUAdam).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
 
-from .exitcodes import PermanentError
-from .spec import FineTuneJobSpec
+from kubetune_api.contract import PermanentError
+from kubetune_api.spec import FineTuneJobSpec
 
 # Bytes per parameter of model state in mixed-precision Adam training (ZeRO paper):
 # 2 (16-bit weights) + 2 (16-bit grads) + 12 (fp32 master, momentum, variance).
@@ -62,7 +61,7 @@ def choose_zero_stage(
     n_trainable: int,
     precision: str,
     world_size: int,
-    gpu_memory_bytes: Optional[int],
+    gpu_memory_bytes: int | None,
 ) -> int:
     """'auto': ZeRO-2 when model state fits in the headroom of one GPU, else ZeRO-3.
 

@@ -11,7 +11,6 @@ parameter gathers stay in step.
 from __future__ import annotations
 
 import math
-from typing import Optional
 
 from . import data as data_mod
 
@@ -70,7 +69,7 @@ def eval_loss(model, samples: list[dict], collator, batch_size: int, device) -> 
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
-def _prompt_and_reference(row: dict, fmt: str, tokenizer) -> Optional[tuple[list[int], str]]:
+def _prompt_and_reference(row: dict, fmt: str, tokenizer) -> tuple[list[int], str] | None:
     """Prompt token ids and the reference answer text, or None for rows without one."""
     try:
         if fmt == "instruction":

@@ -17,9 +17,8 @@ import json
 import logging
 import os
 import shutil
-from typing import Optional
 
-from .spec import FineTuneJobSpec
+from kubetune_api.spec import FineTuneJobSpec
 
 log = logging.getLogger("kubetune.export")
 
@@ -89,7 +88,7 @@ def write_summary(final_dir: str, summary: dict) -> str:
     return path
 
 
-def read_summary(final_dir: str) -> Optional[dict]:
+def read_summary(final_dir: str) -> dict | None:
     path = os.path.join(final_dir, "summary.json")
     if not os.path.exists(path):
         return None

@@ -25,9 +25,10 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
-from .exitcodes import PermanentError
+from kubetune_api.contract import PermanentError
+
 from .storage import ObjectInfo, ObjectNotFound, Storage, is_s3, join, local_path, split_s3
 
 log = logging.getLogger("kubetune.fetch")
@@ -55,7 +56,7 @@ class _NodeOnce:
         self.entry = entry
         self.marker = entry / READY
 
-    def ready(self) -> Optional[dict]:
+    def ready(self) -> dict | None:
         try:
             return json.loads(self.marker.read_text())
         except (OSError, ValueError):
@@ -99,7 +100,7 @@ def _s3_objects(storage: Storage, uri: str) -> tuple[bool, list[ObjectInfo]]:
     return False, objs
 
 
-def fetch_s3(storage: Storage, uri: str, what: str, reason: str, scratch: Optional[Path] = None) -> Path:
+def fetch_s3(storage: Storage, uri: str, what: str, reason: str, scratch: Path | None = None) -> Path:
     """Download an s3:// object or prefix into the node cache; return the local file or folder."""
     scratch = Path(scratch or scratch_dir())
     # No HeadBucket first: read-only model buckets often grant GetObject/ListBucket on a
@@ -120,7 +121,7 @@ def fetch_s3(storage: Storage, uri: str, what: str, reason: str, scratch: Option
 
 
 # ------------------------------------------------------------------ hub
-def fetch_hf(repo: str, revision: Optional[str], repo_type: str, what: str, reason: str, scratch: Optional[Path] = None) -> Path:
+def fetch_hf(repo: str, revision: str | None, repo_type: str, what: str, reason: str, scratch: Path | None = None) -> Path:
     scratch = Path(scratch or scratch_dir())
     entry = scratch / "cache" / f"hf-{_key(repo, revision, repo_type)}"
     record = {"hf": repo, "revision": revision, "type": repo_type}
@@ -147,7 +148,7 @@ def fetch_hf(repo: str, revision: Optional[str], repo_type: str, what: str, reas
 
 
 # ------------------------------------------------------------------ public
-def _gguf_to_hf(gguf_file: Path, scratch: Path, dtype: Optional[str]) -> Path:
+def _gguf_to_hf(gguf_file: Path, scratch: Path, dtype: str | None) -> Path:
     from . import gguf
 
     st = gguf_file.stat()
@@ -163,7 +164,7 @@ def _gguf_to_hf(gguf_file: Path, scratch: Path, dtype: Optional[str]) -> Path:
     return _NodeOnce(entry).run(fill, record)
 
 
-def resolve_model(spec: Any, scratch: Optional[str | os.PathLike] = None) -> Path:
+def resolve_model(spec: Any, scratch: str | os.PathLike | None = None) -> Path:
     """``spec.model.source`` -> a local Hugging Face model folder (a FineTuneJobSpec or anything with .model/.storage)."""
     scratch = Path(scratch or scratch_dir())
     model = spec.model
@@ -184,7 +185,7 @@ def resolve_model(spec: Any, scratch: Optional[str | os.PathLike] = None) -> Pat
     return path
 
 
-def resolve_dataset(uri: str, spec: Any = None, scratch: Optional[str | os.PathLike] = None) -> Path | str:
+def resolve_dataset(uri: str, spec: Any = None, scratch: str | os.PathLike | None = None) -> Path | str:
     """A dataset URI -> a local file or folder. ``hf://`` datasets become a local snapshot folder."""
     scratch = Path(scratch or scratch_dir())
     if uri.startswith("hf://"):

@@ -31,7 +31,7 @@ MFU = model FLOPs per token × real tokens/s ÷ (bf16 dense peak × GPUs). It is
 from __future__ import annotations
 
 import re
-from typing import Iterable, Optional, Sequence
+from collections.abc import Iterable, Sequence
 
 TERA = 1e12
 
@@ -60,7 +60,7 @@ BF16_DENSE_PEAK: list[tuple[str, str, float]] = [
 ]
 
 
-def peak_bf16_flops(device_name: Optional[str]) -> Optional[float]:
+def peak_bf16_flops(device_name: str | None) -> float | None:
     """The card's bf16 dense peak in FLOP/s, or None for an unknown name (or None)."""
     if not device_name:
         return None
@@ -70,7 +70,7 @@ def peak_bf16_flops(device_name: Optional[str]) -> Optional[float]:
     return None
 
 
-def device_peak_flops(device=None) -> Optional[float]:
+def device_peak_flops(device=None) -> float | None:
     """bf16 peak of the current CUDA device; None on CPU (or other accelerators) and unknown GPUs."""
     try:
         import torch
@@ -94,7 +94,7 @@ def flops_per_token(
     return 6.0 * trainable_matmul_params + 4.0 * frozen_matmul_params + 12.0 * layers * attention_width * context
 
 
-def mfu(flops_per_token_: Optional[float], tokens_per_second: Optional[float], peak: Optional[float], devices: int = 1) -> Optional[float]:
+def mfu(flops_per_token_: float | None, tokens_per_second: float | None, peak: float | None, devices: int = 1) -> float | None:
     """Model FLOPs utilisation in [0, 1] (None when anything is unknown)."""
     if not flops_per_token_ or not tokens_per_second or not peak or devices < 1:
         return None
@@ -186,7 +186,7 @@ def model_flops_per_token(model, context: float) -> float:
     return flops_per_token(trainable, frozen, layers, width, context)
 
 
-def training_mfu(model, rows: Sequence[dict], tokens_per_second: Optional[float], devices: int = 1) -> Optional[float]:
+def training_mfu(model, rows: Sequence[dict], tokens_per_second: float | None, devices: int = 1) -> float | None:
     """MFU of a finished or running training: None off a known GPU. ``rows`` are the training rows."""
     peak = device_peak_flops()
     if peak is None or not tokens_per_second:

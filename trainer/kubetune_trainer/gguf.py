@@ -26,7 +26,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .exitcodes import PermanentError
+from kubetune_api import contract
+from kubetune_api.contract import PermanentError
 
 MARKER = "kubetune-gguf-source.json"
 
@@ -143,7 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         out = convert_to_hf(args.gguf_file, args.out_dir, dtype=args.dtype)
     except PermanentError as e:
-        print(f"kubetune: error: {e.reason}: {e}", file=sys.stderr)
+        print(contract.format_error_line(e.reason, e), file=sys.stderr)
         return 3
     print(out)
     return 0

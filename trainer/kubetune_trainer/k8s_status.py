@@ -37,7 +37,8 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from typing import Any, Mapping, Optional
+from collections.abc import Mapping
+from typing import Any
 
 log = logging.getLogger("kubetune.k8s_status")
 
@@ -74,8 +75,8 @@ class KubernetesStatusReporter:
         server: str,
         namespace: str,
         name: str,
-        token_file: Optional[str] = None,
-        ca_file: Optional[str] = None,
+        token_file: str | None = None,
+        ca_file: str | None = None,
         min_interval: float = 10.0,
         timeout: float = 10.0,
     ):
@@ -83,11 +84,11 @@ class KubernetesStatusReporter:
         self.token_file = token_file
         self.min_interval = min_interval
         self.timeout = timeout
-        self._ssl: Optional[ssl.SSLContext] = None
+        self._ssl: ssl.SSLContext | None = None
         if self.url.startswith("https://"):
             self._ssl = ssl.create_default_context(cafile=ca_file if ca_file and os.path.exists(ca_file) else None)
         self._lock = threading.Condition()
-        self._pending_progress: Optional[dict[str, Any]] = None
+        self._pending_progress: dict[str, Any] | None = None
         self._pending_status: dict[str, Any] = {}
         self._urgent = False
         self._closing = False
@@ -128,7 +129,7 @@ class KubernetesStatusReporter:
         self._thread.join(timeout)
 
     # ------------------------------------------------------------- sender
-    def _take(self) -> Optional[dict[str, Any]]:
+    def _take(self) -> dict[str, Any] | None:
         status = dict(self._pending_status)
         if self._pending_progress:
             status["progress"] = self._pending_progress
@@ -168,7 +169,7 @@ class KubernetesStatusReporter:
                     self._failures += 1
                     self._restore(status)
 
-    def _token(self) -> Optional[str]:
+    def _token(self) -> str | None:
         if not self.token_file:
             return None
         try:

@@ -10,8 +10,8 @@ import logging
 import os
 from dataclasses import dataclass
 
-from .exitcodes import PermanentError
-from .spec import FineTuneJobSpec
+from kubetune_api.contract import PermanentError
+from kubetune_api.spec import FineTuneJobSpec
 
 log = logging.getLogger("kubetune.model")
 

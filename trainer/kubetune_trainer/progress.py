@@ -19,11 +19,12 @@ import os
 import sys
 import threading
 import time
-from datetime import datetime, timezone
-from typing import Optional, Protocol
+from datetime import UTC, datetime
+from typing import Protocol
+
+from kubetune_api.spec import Progress
 
 from . import flops
-from .spec import Progress
 
 log = logging.getLogger("kubetune.progress")
 
@@ -31,7 +32,7 @@ PROGRESS_KEYS = tuple(f.alias for f in Progress.model_fields.values())
 
 
 def utc_now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class Reporter(Protocol):
@@ -64,7 +65,7 @@ class JsonlFileReporter:
         self._f.close()
 
 
-def _fmt_eta(seconds: Optional[int]) -> str:
+def _fmt_eta(seconds: int | None) -> str:
     if seconds is None:
         return "?"
     h, rem = divmod(int(seconds), 3600)
@@ -141,7 +142,7 @@ def reporters_from_env(rank: int, env=os.environ) -> Reporters:
     return Reporters(out)
 
 
-def _round4(x: Optional[float]) -> Optional[float]:
+def _round4(x: float | None) -> float | None:
     return round(x, 4) if x is not None else None
 
 

@@ -19,7 +19,7 @@ S3 (AWS, MinIO, Ceph RGW, GCS's S3 API):
   an object replaced mid-download is detected, not silently mixed.
 - every uploaded file carries its sha256 (object metadata ``sha256``; the
   checkpoint manifest keeps it too) and downloads verify it.
-- errors a retry cannot fix become :class:`~kubetune_trainer.exitcodes.PermanentError`
+- errors a retry cannot fix become :class:`~kubetune_api.contract.PermanentError`
   with reason ``BucketNotFound``, ``StorageAccessDenied`` or
   ``StorageCredentialsMissing``; a missing object is :class:`ObjectNotFound`.
 
@@ -37,12 +37,13 @@ import shutil
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional, TypeVar
+from typing import Any, TypeVar
 
-from .exitcodes import PermanentError
+from kubetune_api.contract import PermanentError
 
 log = logging.getLogger("kubetune.storage")
 
@@ -81,8 +82,8 @@ class ObjectInfo:
 
     name: str
     size: int
-    etag: Optional[str] = None
-    sha256: Optional[str] = None
+    etag: str | None = None
+    sha256: str | None = None
 
 
 # ------------------------------------------------------------------ helpers
@@ -165,8 +166,8 @@ class Storage:
 
     def __init__(
         self,
-        endpoint: Optional[str] = None,
-        region: Optional[str] = None,
+        endpoint: str | None = None,
+        region: str | None = None,
         addressing_style: str = "auto",
         *,
         concurrency: int = 8,
@@ -193,7 +194,7 @@ class Storage:
         self._client_lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, storage_spec: Any = None, **kwargs: Any) -> "Storage":
+    def from_spec(cls, storage_spec: Any = None, **kwargs: Any) -> Storage:
         """Build from a ``spec.storage`` (StorageSpec) or None (AWS defaults).
 
         Transfer tuning from the environment (defaults fit most nodes):
@@ -252,11 +253,13 @@ class Storage:
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
-            ConnectionError as BotoConnectionError,
             NoCredentialsError,
             PartialCredentialsError,
             ReadTimeoutError,
             ResponseStreamingError,
+        )
+        from botocore.exceptions import (
+            ConnectionError as BotoConnectionError,
         )
 
         try:
@@ -452,7 +455,7 @@ class Storage:
         bucket, key = split_s3(uri)
         self._op("delete", uri, lambda: self.client.delete_object(Bucket=bucket, Key=key))
 
-    def delete_prefix(self, prefix_uri: str, first: Optional[str] = None) -> int:
+    def delete_prefix(self, prefix_uri: str, first: str | None = None) -> int:
         """Delete everything under a prefix; the relative name ``first`` goes before the rest.
 
         Checkpoint retention passes the commit marker as ``first``: dying half
@@ -485,7 +488,7 @@ class Storage:
         return len(names)
 
     # ------------------------------------------------------------ files
-    def upload_file(self, local: str | os.PathLike, uri: str, sha256: Optional[str] = None) -> ObjectInfo:
+    def upload_file(self, local: str | os.PathLike, uri: str, sha256: str | None = None) -> ObjectInfo:
         """Upload one file (multipart and concurrent above the threshold); returns its size and sha256."""
         local = Path(local)
         digest = sha256 or sha256_file(local)
@@ -497,8 +500,8 @@ class Storage:
             shutil.copyfile(local, tmp)
             os.replace(tmp, dst)
             return ObjectInfo(uri, size, None, digest)
-        from boto3.s3.transfer import TransferConfig
         from boto3.exceptions import S3UploadFailedError
+        from boto3.s3.transfer import TransferConfig
 
         bucket, key = split_s3(uri)
         cfg = TransferConfig(
@@ -528,9 +531,9 @@ class Storage:
         uri: str,
         dest: str | os.PathLike,
         *,
-        sha256: Optional[str] = None,
+        sha256: str | None = None,
         ranged: bool = True,
-        info: Optional[ObjectInfo] = None,
+        info: ObjectInfo | None = None,
     ) -> ObjectInfo:
         """Download one object to ``dest`` atomically and verify it.
 
@@ -576,7 +579,7 @@ class Storage:
         r = self.client.head_object(Bucket=bucket, Key=key)
         return ObjectInfo(uri, int(r["ContentLength"]), r.get("ETag", "").strip('"') or None, (r.get("Metadata") or {}).get("sha256"))
 
-    def _verify(self, uri: str, path: Path, head: ObjectInfo, expected: Optional[str]) -> Optional[str]:
+    def _verify(self, uri: str, path: Path, head: ObjectInfo, expected: str | None) -> str | None:
         size = path.stat().st_size
         if size != head.size:
             raise _Transient(f"{uri}: got {size} bytes, expected {head.size}")
@@ -640,7 +643,7 @@ class Storage:
         finally:
             os.close(fd)
 
-    def upload_files(self, files: dict[str, Path], prefix_uri: str, sha256s: Optional[dict[str, str]] = None) -> dict[str, dict]:
+    def upload_files(self, files: dict[str, Path], prefix_uri: str, sha256s: dict[str, str] | None = None) -> dict[str, dict]:
         """Upload {relative name: local file} concurrently; returns the manifest {name: {size, sha256}}."""
         sha256s = sha256s or {}
         manifest: dict[str, dict] = {}

@@ -11,9 +11,8 @@ if any worker exited 3, else PREEMPTED if any exited 75, else torchrun's 1:
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
-from .exitcodes import PERMANENT, PREEMPTED
+from kubetune_api.contract import PERMANENT, PREEMPTED
 
 
 def exit_code_for(worker_exit_codes: list[int]) -> int:
@@ -24,7 +23,7 @@ def exit_code_for(worker_exit_codes: list[int]) -> int:
     return 1
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     import signal
 
     from torch.distributed.elastic.multiprocessing.api import SignalException

@@ -26,10 +26,9 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
-from typing import Optional
 
-from . import exitcodes
-from .exitcodes import PermanentError
+from kubetune_api import contract
+from kubetune_api.contract import PermanentError
 
 log = logging.getLogger("kubetune")
 
@@ -45,7 +44,7 @@ class Runtime:
     cuda: bool
 
     @classmethod
-    def from_env(cls) -> "Runtime":
+    def from_env(cls) -> Runtime:
         import torch
 
         from .checkpoint import Topology
@@ -95,7 +94,7 @@ def load_config(path: str):
     import yaml
     from pydantic import ValidationError
 
-    from .spec import load_job_file
+    from kubetune_api.spec import load_job_file
 
     if not os.path.exists(path):
         raise PermanentError(f"config file {path} not found", "InvalidSpec")
@@ -115,7 +114,7 @@ def load_config(path: str):
 
 
 # ------------------------------------------------------------------ stages
-def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, Optional[str]]:
+def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, str | None]:
     """Local paths of the model folder and the train/eval data (downloaded once per node by fetch)."""
     from . import fetch
 
@@ -125,7 +124,7 @@ def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, Optional[str]]:
     return model_dir, train, eval_
 
 
-def prepare_data(spec, tokenizer, train_path: str, eval_path: Optional[str], rt: Runtime):
+def prepare_data(spec, tokenizer, train_path: str, eval_path: str | None, rt: Runtime):
     from . import data
 
     # spec parsing resolves packing (off for prompt/prefix tuning: the soft prompt leads each sequence)
@@ -215,10 +214,10 @@ def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
 
 
 def build_trainer(spec, net, tokenizer, args, data, callbacks):
+    from transformers import PrinterCallback, Trainer
+
     from . import data as data_mod
     from . import evaluate
-
-    from transformers import PrinterCallback, Trainer
 
     class KubetuneTrainer(Trainer):
         """The HF Trainer with exact token-weighted evaluation (see evaluate.py)."""
@@ -375,13 +374,13 @@ def _status_metrics(metrics: dict) -> dict:
     return {names[k]: float(v) for k, v in metrics.items() if k in names}
 
 
-def main(argv: Optional[list[str]] = None) -> int:
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_trainer", description="Run one FineTuneJob (under torchrun).")
     parser.add_argument("--config", required=True, help="FineTuneJob manifest (YAML or JSON)")
     args = parser.parse_args(argv)
     try:
         run(args.config)
     except PermanentError as e:
-        print(f"kubetune: error: {e.reason}: {e}", file=sys.stderr, flush=True)
-        return exitcodes.PERMANENT
-    return exitcodes.OK
+        print(contract.format_error_line(e.reason, e), file=sys.stderr, flush=True)
+        return contract.PERMANENT
+    return contract.OK

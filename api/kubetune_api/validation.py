@@ -22,14 +22,15 @@ import copy
 import functools
 import re
 import sys
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Iterable, Optional, Sequence, Union
+from typing import Any
 
 import yaml
 
 from . import spec as api
 
-Path = tuple[Union[str, int], ...]
+Path = tuple[str | int, ...]
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -44,7 +45,7 @@ class Problem:
         return f"{self.path}: {self.message}" if self.path else self.message
 
 
-def render_path(path: Sequence[Union[str, int]], map_keys: frozenset[int] = frozenset()) -> str:
+def render_path(path: Sequence[str | int], map_keys: frozenset[int] = frozenset()) -> str:
     """('spec', 'tolerations', 0, 'value') -> 'spec.tolerations[0].value'; map keys as [key]."""
     out = ""
     for i, seg in enumerate(path):
@@ -69,7 +70,7 @@ def _props(schema: dict[str, Any]) -> dict[str, Any]:
     return schema.get("properties") or {}
 
 
-def _child_schema(schema: dict[str, Any], key: Union[str, int]) -> Optional[dict[str, Any]]:
+def _child_schema(schema: dict[str, Any], key: str | int) -> dict[str, Any] | None:
     if isinstance(key, int):
         return schema.get("items")
     if key in _props(schema):
@@ -230,7 +231,7 @@ def _heterogeneous_ne(a: Any, b: Any):
     return celtypes.BoolType(not _heterogeneous_eq(a, b))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cel_program(expr: str):
     import celpy
 
@@ -307,7 +308,7 @@ class RuleError(Exception):
 
 def cel_problems(
     doc: dict[str, Any],
-    old: Optional[dict[str, Any]] = None,
+    old: dict[str, Any] | None = None,
     *,
     transitions_only: bool = False,
     schema_errors: Sequence[Problem] = (),
@@ -373,7 +374,7 @@ def _cel_walk(schema, value, old, path: Path, problems: list[Problem], transitio
             _cel_walk(schema["items"], v, None, path + (i,), problems, transitions_only, bad)
 
 
-def _map_key_positions(path: Sequence[Union[str, int]]) -> frozenset[int]:
+def _map_key_positions(path: Sequence[str | int]) -> frozenset[int]:
     """Positions in a path that are keys of a map (additionalProperties) rather than field names."""
     node, keys = crd_schema(), set()
     for i, seg in enumerate(path):
@@ -402,9 +403,9 @@ _REL_PATH = re.compile(r"^([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.+
 
 
 def _pydantic_problem(err: dict[str, Any], doc: dict[str, Any]) -> Problem:
-    node: Optional[dict[str, Any]] = crd_schema()
+    node: dict[str, Any] | None = crd_schema()
     value: Any = doc
-    path: list[Union[str, int]] = []
+    path: list[str | int] = []
     map_keys: set[int] = set()
     for seg in err["loc"]:
         if node is None:
@@ -452,7 +453,7 @@ _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _HUB_REPO = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?$")
 
 
-def _uri_problem(uri: Any, where: str) -> Optional[Problem]:
+def _uri_problem(uri: Any, where: str) -> Problem | None:
     if not isinstance(uri, str):
         return None
     if uri.startswith("s3://"):

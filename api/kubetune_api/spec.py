@@ -1,7 +1,7 @@
 """The FineTuneJob API (kubetune.io/v1alpha1): the single source of truth.
 
 This module is torch-free on purpose: the operator imports it, the CRD is
-generated from it (``python -m kubetune_trainer.crd --write``), and the
+generated from it (``python -m kubetune_api.crd --write``), and the
 trainer parses the same spec from the config file the operator hands it.
 
 Field names are camelCase on the wire (YAML/JSON) and snake_case in Python.
@@ -22,10 +22,14 @@ parsed, so code reading a parsed spec always sees a concrete value.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal, Optional, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
 from pydantic.alias_generators import to_camel
+
+# Which spec fields may change after creation, and how long a job name may be:
+# the contract with the operator.
+from .contract import MAX_JOB_NAME_LENGTH, MUTABLE_SPEC_FIELDS  # noqa: F401
 
 GROUP = "kubetune.io"
 VERSION = "v1alpha1"
@@ -40,15 +44,6 @@ MethodType = Literal["full", "lora", "qlora", "prompt-tuning", "prefix-tuning", 
 PEFT_METHODS = ("lora", "qlora", "prompt-tuning", "prefix-tuning", "ia3")
 SOFT_PROMPT_METHODS = ("prompt-tuning", "prefix-tuning")
 
-# spec fields that may change after creation; every other spec field is immutable
-# (enforced by CEL transition rules generated in crd.py).
-MUTABLE_SPEC_FIELDS = ("suspend", "runPolicy")
-
-# metadata.name must fit the names the operator derives from it (Service, Job
-# "<name>-a<attempt>", pod hostnames "<name>-a<attempt>-<index>", all DNS-1035
-# labels of at most 63 characters): a DNS-1035 label of at most this many
-# characters (the operator's builders use the same limit).
-MAX_JOB_NAME_LENGTH = 52
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
 _DURATION = re.compile(r"^([0-9]+)(s|m|h)$")
@@ -90,7 +85,7 @@ def _invalid(path: str, message: str) -> ValueError:
     return ValueError(f"{path}: {message}")
 
 
-def _cel(rule: str, message: str, field_path: Optional[str] = None, message_expression: Optional[str] = None) -> dict:
+def _cel(rule: str, message: str, field_path: str | None = None, message_expression: str | None = None) -> dict:
     r: dict[str, Any] = {"rule": rule, "message": message}
     if message_expression:
         r["messageExpression"] = message_expression
@@ -118,14 +113,14 @@ def _check_scheme(v: str, schemes: tuple[str, ...]) -> str:
 
 ShortName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-Quantity = Annotated[Union[int, str], Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
+Quantity = Annotated[int | str, Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
 LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
 AnnotationValue = Annotated[str, StringConstraints(max_length=4096)]
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
 
 
-def _check_quantities(v: dict[str, Union[int, str]]) -> dict[str, Union[int, str]]:
+def _check_quantities(v: dict[str, int | str]) -> dict[str, int | str]:
     for key, q in v.items():
         if isinstance(q, bool) or (isinstance(q, str) and not _QUANTITY_RE.match(q)):
             raise ValueError(f"{q!r} (for {key}) is not a Kubernetes quantity like '32', '500m' or '256Gi'")
@@ -164,7 +159,7 @@ class ModelSpec(_Model):
         max_length=URI_MAX,
         json_schema_extra={"x-kubernetes-validations": [_scheme_rule(MODEL_SCHEMES, "model.source")]},
     )
-    revision: Optional[str] = Field(
+    revision: str | None = Field(
         default=None,
         min_length=1,
         max_length=NAME_MAX,
@@ -189,7 +184,7 @@ class ModelSpec(_Model):
         return _check_scheme(v, MODEL_SCHEMES)
 
     @model_validator(mode="after")
-    def _revision_needs_hub(self) -> "ModelSpec":
+    def _revision_needs_hub(self) -> ModelSpec:
         if self.revision is not None and not self.source.startswith("hf://"):
             raise _invalid("revision", "applies only to hf:// sources; remove it or use an hf:// source")
         return self
@@ -208,7 +203,7 @@ class DatasetSpec(_Model):
         ),
         json_schema_extra={"x-kubernetes-validations": [_scheme_rule(DATA_SCHEMES, "dataset.train")]},
     )
-    eval: Optional[str] = Field(
+    eval: str | None = Field(
         default=None,
         min_length=1,
         max_length=URI_MAX,
@@ -243,7 +238,7 @@ class DatasetSpec(_Model):
             "maxSeqLength tokens, 'drop' skips the sample (counted), 'fail' stops with an error."
         ),
     )
-    packing: Optional[bool] = Field(
+    packing: bool | None = Field(
         default=None,
         description=(
             "Pack several short samples into one sequence, with attention kept inside each "
@@ -263,7 +258,7 @@ class DatasetSpec(_Model):
 
     @field_validator("train", "eval")
     @classmethod
-    def _known_scheme(cls, v: Optional[str]) -> Optional[str]:
+    def _known_scheme(cls, v: str | None) -> str | None:
         return None if v is None else _check_scheme(v, DATA_SCHEMES)
 
     def has_eval(self) -> bool:
@@ -284,7 +279,7 @@ class LoraOptions(_Model):
     )
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
-    alpha: Optional[int] = Field(
+    alpha: int | None = Field(
         default=None, ge=1, le=4096, description="LoRA scaling numerator. Unset means 2*r."
     )
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
@@ -294,7 +289,7 @@ class LoraOptions(_Model):
         max_length=LIST_MAX,
         description="Module names to adapt, e.g. [q_proj, v_proj], or [all-linear] for every linear layer but the output head.",
     )
-    modules_to_save: Optional[list[ModuleName]] = Field(
+    modules_to_save: list[ModuleName] | None = Field(
         default=None,
         max_length=LIST_MAX,
         description=(
@@ -306,7 +301,7 @@ class LoraOptions(_Model):
     use_rslora: bool = Field(default=False, description="Rank-stabilised scaling alpha/sqrt(r).")
 
     @model_validator(mode="after")
-    def _all_linear_alone(self) -> "LoraOptions":
+    def _all_linear_alone(self) -> LoraOptions:
         if "all-linear" in self.target_modules and len(self.target_modules) > 1:
             raise _invalid(
                 "targetModules",
@@ -343,7 +338,7 @@ class PromptTuningOptions(_Model):
 
     num_virtual_tokens: int = Field(default=20, ge=1, le=1024, description="Length of the soft prompt in tokens.")
     init: Literal["random", "text"] = Field(default="random", description="Initialise the soft prompt randomly or from initText.")
-    init_text: Optional[str] = Field(
+    init_text: str | None = Field(
         default=None,
         min_length=1,
         max_length=4096,
@@ -351,7 +346,7 @@ class PromptTuningOptions(_Model):
     )
 
     @model_validator(mode="after")
-    def _init_text(self) -> "PromptTuningOptions":
+    def _init_text(self) -> PromptTuningOptions:
         if self.init == "text" and not self.init_text:
             raise _invalid("initText", "is required when promptTuning.init is 'text'")
         if self.init_text is not None and self.init != "text":
@@ -369,11 +364,11 @@ class PrefixTuningOptions(_Model):
 class IA3Options(_Model):
     """(IA)^3: learned rescaling vectors on a frozen model."""
 
-    target_modules: Optional[list[ModuleName]] = Field(
+    target_modules: list[ModuleName] | None = Field(
         default=None, min_length=1, max_length=LIST_MAX,
         description="Modules to rescale. Unset: the model type's defaults in PEFT.",
     )
-    feedforward_modules: Optional[list[ModuleName]] = Field(
+    feedforward_modules: list[ModuleName] | None = Field(
         default=None, max_length=LIST_MAX,
         description="Which of targetModules are feed-forward layers. Unset: PEFT's defaults.",
     )
@@ -416,14 +411,14 @@ class MethodSpec(_Model):
         default="lora",
         description="full | lora | qlora | prompt-tuning | prefix-tuning | ia3.",
     )
-    lora: Optional[LoraOptions] = Field(default=None, description="Options for type lora or qlora.")
-    quantization: Optional[QuantizationOptions] = Field(default=None, description="Options for type qlora.")
-    prompt_tuning: Optional[PromptTuningOptions] = Field(default=None, description="Options for type prompt-tuning.")
-    prefix_tuning: Optional[PrefixTuningOptions] = Field(default=None, description="Options for type prefix-tuning.")
-    ia3: Optional[IA3Options] = Field(default=None, description="Options for type ia3.")
+    lora: LoraOptions | None = Field(default=None, description="Options for type lora or qlora.")
+    quantization: QuantizationOptions | None = Field(default=None, description="Options for type qlora.")
+    prompt_tuning: PromptTuningOptions | None = Field(default=None, description="Options for type prompt-tuning.")
+    prefix_tuning: PrefixTuningOptions | None = Field(default=None, description="Options for type prefix-tuning.")
+    ia3: IA3Options | None = Field(default=None, description="Options for type ia3.")
 
     @model_validator(mode="after")
-    def _options_match_type(self) -> "MethodSpec":
+    def _options_match_type(self) -> MethodSpec:
         allowed = _METHOD_OPTIONS[self.type]
         for block in _OPTION_BLOCKS:
             if getattr(self, _snake(block)) is not None and block not in allowed:
@@ -478,9 +473,9 @@ class TrainingSpec(_Model):
         ),
     )
 
-    epochs: Optional[float] = Field(default=None, gt=0, le=1000, description="Passes over the training data (may be fractional). Exactly one of epochs/maxSteps.")
-    max_steps: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Optimizer steps to run. Exactly one of epochs/maxSteps.")
-    learning_rate: Optional[float] = Field(
+    epochs: float | None = Field(default=None, gt=0, le=1000, description="Passes over the training data (may be fractional). Exactly one of epochs/maxSteps.")
+    max_steps: int | None = Field(default=None, ge=1, le=100_000_000, description="Optimizer steps to run. Exactly one of epochs/maxSteps.")
+    learning_rate: float | None = Field(
         default=None,
         gt=0,
         le=10,
@@ -502,14 +497,14 @@ class TrainingSpec(_Model):
         default="auto", description="Mixed precision. 'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU. fp16 needs GPUs."
     )
     gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward to save memory (~30% slower).")
-    eval_every: Optional[int] = Field(default=None, ge=1, le=100_000_000, description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training. Needs eval data.")
+    eval_every: int | None = Field(default=None, ge=1, le=100_000_000, description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training. Needs eval data.")
     log_every: int = Field(default=1, ge=1, le=100_000, description="Report loss and progress every N optimizer steps.")
-    generation_eval: Optional[GenerationEvalSpec] = Field(default=None, description="Optional task accuracy from greedy generation. Needs eval data.")
+    generation_eval: GenerationEvalSpec | None = Field(default=None, description="Optional task accuracy from greedy generation. Needs eval data.")
     liger_kernels: bool = Field(default=False, description="Use Liger fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when installed.")
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(default="none", description="Experiment tracker (must be installed in the image).")
 
     @model_validator(mode="after")
-    def _one_of_epochs_steps(self) -> "TrainingSpec":
+    def _one_of_epochs_steps(self) -> TrainingSpec:
         if (self.epochs is None) == (self.max_steps is None):
             raise ValueError("set exactly one of training.epochs or training.maxSteps")
         return self
@@ -551,7 +546,7 @@ class DistributedSpec(_Model):
 
     nodes: int = Field(default=1, ge=1, le=1024, description="Pods (machines) in the gang. Each runs torchrun.")
     gpus_per_node: int = Field(default=1, ge=0, le=16, description="GPUs per pod, requested as nvidia.com/gpu. 0 runs on CPU.")
-    processes_per_node: Optional[int] = Field(
+    processes_per_node: int | None = Field(
         default=None, ge=1, le=256,
         description="Training processes per pod. Unset: gpusPerNode, or 1 on CPU. Only CPU runs (gpusPerNode 0) may choose another number.",
     )
@@ -580,7 +575,7 @@ class DistributedSpec(_Model):
         return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
 
     @model_validator(mode="after")
-    def _offload_and_processes(self) -> "DistributedSpec":
+    def _offload_and_processes(self) -> DistributedSpec:
         if self.offload == "parameters" and self.zero_stage != "3":
             raise _invalid("offload", "'parameters' needs distributed.zeroStage 3; set zeroStage: 3 or offload: optimizer")
         if self.offload != "none" and self.zero_stage == "0":
@@ -609,7 +604,7 @@ class OutputSpec(_Model):
         description="Output location: 's3://bucket/prefix' or a local path. Checkpoints go to <uri>/checkpoints/, the result to <uri>/final/.",
         json_schema_extra={"x-kubernetes-validations": [_scheme_rule(OUTPUT_SCHEMES, "output.uri")]},
     )
-    checkpoint_every: Union[int, str] = Field(
+    checkpoint_every: int | str = Field(
         default="30m",
         description="Checkpoint cadence: a number of optimizer steps (e.g. 500) or a duration ('90s', '30m', '2h').",
         json_schema_extra={"pattern": CHECKPOINT_EVERY_PATTERN, "minimum": 1, "maxLength": 32},
@@ -631,7 +626,7 @@ class OutputSpec(_Model):
 
     @field_validator("checkpoint_every")
     @classmethod
-    def _cadence(cls, v: Union[int, str]) -> Union[int, str]:
+    def _cadence(cls, v: int | str) -> int | str:
         if isinstance(v, bool):
             raise ValueError("must be a step count or a duration")
         if isinstance(v, int):
@@ -644,10 +639,10 @@ class OutputSpec(_Model):
             raise ValueError("a duration must be at least 1s")
         return v
 
-    def checkpoint_every_steps(self) -> Optional[int]:
+    def checkpoint_every_steps(self) -> int | None:
         return self.checkpoint_every if isinstance(self.checkpoint_every, int) else None
 
-    def checkpoint_every_seconds(self) -> Optional[int]:
+    def checkpoint_every_seconds(self) -> int | None:
         return None if isinstance(self.checkpoint_every, int) else parse_duration_seconds(self.checkpoint_every)
 
 
@@ -666,19 +661,19 @@ class SecretRef(_Model):
 class StorageSpec(_Model):
     """S3-compatible storage settings. Credentials come only from a Secret or the pod's cloud identity."""
 
-    endpoint: Optional[str] = Field(
+    endpoint: str | None = Field(
         default=None,
         max_length=URI_MAX,
         pattern=ENDPOINT_PATTERN,
         description="S3 endpoint URL (http:// or https://) for MinIO, Ceph RGW, GCS etc. Unset: AWS S3.",
     )
-    region: Optional[str] = Field(default=None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
+    region: str | None = Field(default=None, min_length=1, max_length=64, description="Region, e.g. us-east-1.")
     addressing_style: Literal["auto", "path", "virtual"] = Field(default="auto", description="Bucket addressing. MinIO usually needs 'path'.")
-    secret_ref: Optional[SecretRef] = Field(
+    secret_ref: SecretRef | None = Field(
         default=None,
         description="Secret with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (and optionally AWS_SESSION_TOKEN). Unset: the pod's cloud identity (IRSA, workload identity).",
     )
-    hub_secret_ref: Optional[SecretRef] = Field(default=None, description="Secret with HF_TOKEN for gated hf:// models and datasets.")
+    hub_secret_ref: SecretRef | None = Field(default=None, description="Secret with HF_TOKEN for gated hf:// models and datasets.")
 
 
 # ----------------------------------------------------------------- pod knobs
@@ -693,14 +688,14 @@ class Toleration(_Model):
         ),
     )
 
-    key: Optional[str] = Field(default=None, max_length=317, description="Taint key. Empty with operator Exists matches all taints.")
-    operator: Optional[Literal["Exists", "Equal"]] = Field(default=None, description="Exists or Equal (default Equal).")
-    value: Optional[str] = Field(default=None, max_length=63, description="Taint value (operator Equal).")
-    effect: Optional[Literal["NoSchedule", "PreferNoSchedule", "NoExecute"]] = Field(default=None, description="Taint effect. Empty matches all effects.")
-    toleration_seconds: Optional[int] = Field(default=None, description="For NoExecute: how long the pod stays bound after the taint appears.")
+    key: str | None = Field(default=None, max_length=317, description="Taint key. Empty with operator Exists matches all taints.")
+    operator: Literal["Exists", "Equal"] | None = Field(default=None, description="Exists or Equal (default Equal).")
+    value: str | None = Field(default=None, max_length=63, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(default=None, description="Taint effect. Empty matches all effects.")
+    toleration_seconds: int | None = Field(default=None, description="For NoExecute: how long the pod stays bound after the taint appears.")
 
     @model_validator(mode="after")
-    def _exists_has_no_value(self) -> "Toleration":
+    def _exists_has_no_value(self) -> Toleration:
         if self.operator == "Exists" and self.value:
             raise _invalid("value", "a toleration with operator Exists must not set a value")
         return self
@@ -734,18 +729,18 @@ class ResourcesSpec(_Model):
         default="16Gi", max_length=64, pattern=QUANTITY_PATTERN,
         description="Size of the /dev/shm memory volume (NCCL and data loaders need it).",
     )
-    scratch_size: Optional[str] = Field(
+    scratch_size: str | None = Field(
         default=None, max_length=64, pattern=QUANTITY_PATTERN,
         description="Size limit of the node-local scratch volume for the model cache and checkpoints.",
     )
 
     @field_validator("requests", "limits")
     @classmethod
-    def _quantities(cls, v: dict[str, Union[int, str]]) -> dict[str, Union[int, str]]:
+    def _quantities(cls, v: dict[str, int | str]) -> dict[str, int | str]:
         return _check_quantities(v)
 
     @model_validator(mode="after")
-    def _no_gpus_here(self) -> "ResourcesSpec":
+    def _no_gpus_here(self) -> ResourcesSpec:
         if _GPU_RESOURCE in self.requests or _GPU_RESOURCE in self.limits:
             raise ValueError(f"set GPUs with distributed.gpusPerNode, not {_GPU_RESOURCE} in resources")
         return self
@@ -756,8 +751,8 @@ class RunPolicy(_Model):
 
     max_restarts: int = Field(default=3, ge=0, le=1000, description="Gang restarts after pod failures before the job fails with BackoffLimitExceeded.")
     backoff_seconds: int = Field(default=30, ge=0, le=86400, description="Wait before the first restart; doubles each restart (capped by the operator, 1h by default).")
-    active_deadline_seconds: Optional[int] = Field(default=None, ge=1, le=31_536_000, description="Fail the job with DeadlineExceeded after this long running.")
-    ttl_seconds_after_finished: Optional[int] = Field(default=None, ge=0, le=31_536_000, description="Delete the finished FineTuneJob and its objects after this long.")
+    active_deadline_seconds: int | None = Field(default=None, ge=1, le=31_536_000, description="Fail the job with DeadlineExceeded after this long running.")
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0, le=31_536_000, description="Delete the finished FineTuneJob and its objects after this long.")
     termination_grace_seconds: int = Field(default=300, ge=10, le=86400, description="Pod grace period; on SIGTERM the trainer checkpoints within it.")
 
 
@@ -836,9 +831,9 @@ class FineTuneJobSpec(_Model):
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Nodes, GPUs, ZeRO.")
     output: OutputSpec = Field(description="Checkpoint and result location.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="S3 endpoint and credentials Secret.")
-    image: Optional[str] = Field(default=None, min_length=1, max_length=1024, description="Trainer image. Unset: the operator's default.")
-    image_pull_policy: Optional[Literal["Always", "IfNotPresent", "Never"]] = Field(default=None, description="Image pull policy.")
-    image_pull_secrets: Optional[list[ShortName]] = Field(
+    image: str | None = Field(default=None, min_length=1, max_length=1024, description="Trainer image. Unset: the operator's default.")
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = Field(default=None, description="Image pull policy.")
+    image_pull_secrets: list[ShortName] | None = Field(
         default=None, max_length=16, description="Names of Secrets for pulling the trainer image from a private registry."
     )
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="CPU, memory, shm and scratch per pod.")
@@ -849,7 +844,7 @@ class FineTuneJobSpec(_Model):
     )
     node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAP_MAX, description="Node labels the pods must match.")
     tolerations: list[Toleration] = Field(default_factory=list, max_length=LIST_MAX, description="Tolerations for tainted GPU nodes.")
-    affinity: Optional[dict[str, Any]] = Field(
+    affinity: dict[str, Any] | None = Field(
         default=None,
         description="Kubernetes affinity (nodeAffinity, podAffinity, podAntiAffinity), passed through to the pods unchanged.",
         json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
@@ -861,20 +856,20 @@ class FineTuneJobSpec(_Model):
     pod_labels: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, max_length=MAP_MAX, description="Labels added to the trainer pods (e.g. for cost attribution)."
     )
-    service_account_name: Optional[str] = Field(
+    service_account_name: str | None = Field(
         default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN,
         description=(
             "ServiceAccount the trainer pods run as, e.g. one bound to a cloud IAM role (IRSA, workload "
             "identity) for S3 access without a Secret. Unset: a per-job ServiceAccount made by the operator."
         ),
     )
-    priority_class_name: Optional[str] = Field(
+    priority_class_name: str | None = Field(
         default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN, description="PriorityClass of the pods."
     )
-    scheduler_name: Optional[str] = Field(
+    scheduler_name: str | None = Field(
         default=None, min_length=1, max_length=NAME_MAX, description="Scheduler for the pods (e.g. a gang scheduler)."
     )
-    queue_name: Optional[str] = Field(
+    queue_name: str | None = Field(
         default=None, min_length=1, max_length=63, pattern=DNS_LABEL_PATTERN,
         description="Kueue LocalQueue. The Job is created suspended for Kueue to admit as a gang.",
     )
@@ -882,7 +877,7 @@ class FineTuneJobSpec(_Model):
     run_policy: RunPolicy = Field(default_factory=RunPolicy, description="Restarts, deadlines, clean-up. May be changed at any time.")
 
     @model_validator(mode="after")
-    def _cross_field(self) -> "FineTuneJobSpec":
+    def _cross_field(self) -> FineTuneJobSpec:
         m, t, d, o, ds = self.method.type, self.training, self.distributed, self.output, self.dataset
         per_step = t.micro_batch_size * d.world_size()
         if t.global_batch_size % per_step:
@@ -938,71 +933,71 @@ class Condition(_Model):
 
     type: str = Field(max_length=316, description="Condition type, e.g. Ready, Running, Succeeded, Failed, Suspended.")
     status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
-    reason: Optional[str] = Field(default=None, max_length=1024, description="CamelCase machine-readable reason.")
-    message: Optional[str] = Field(default=None, max_length=32768, description="Human-readable details.")
-    last_transition_time: Optional[str] = Field(default=None, description="When status last changed (RFC 3339).")
-    observed_generation: Optional[int] = Field(default=None, description="Spec generation this condition describes.")
+    reason: str | None = Field(default=None, max_length=1024, description="CamelCase machine-readable reason.")
+    message: str | None = Field(default=None, max_length=32768, description="Human-readable details.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Spec generation this condition describes.")
 
 
 class Progress(_Model):
     """Training progress, reported by rank 0 (keys are the progress-record contract)."""
 
-    step: Optional[int] = Field(default=None, description="Optimizer steps done.")
-    total_steps: Optional[int] = Field(default=None, description="Optimizer steps planned.")
-    epoch: Optional[float] = Field(default=None, description="Fractional epoch.")
-    percent: Optional[float] = Field(default=None, description="step / totalSteps x 100.")
-    loss: Optional[float] = Field(default=None, description="Latest training loss.")
-    eval_loss: Optional[float] = Field(default=None, description="Latest evaluation loss.")
-    learning_rate: Optional[float] = Field(default=None, description="Current learning rate.")
-    tokens_per_second: Optional[float] = Field(default=None, description="Real (non-padding) tokens per second over all ranks.")
-    mfu: Optional[float] = Field(default=None, description="Model FLOPs utilisation (0-1) on a known GPU.")
-    eta_seconds: Optional[int] = Field(default=None, description="Estimated seconds to the end of training.")
-    updated_at: Optional[str] = Field(default=None, description="When the trainer last reported (RFC 3339).")
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Fractional epoch.")
+    percent: float | None = Field(default=None, description="step / totalSteps x 100.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Real (non-padding) tokens per second over all ranks.")
+    mfu: float | None = Field(default=None, description="Model FLOPs utilisation (0-1) on a known GPU.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to the end of training.")
+    updated_at: str | None = Field(default=None, description="When the trainer last reported (RFC 3339).")
 
 
 class CheckpointRef(_Model):
     """A committed checkpoint."""
 
-    step: Optional[int] = Field(default=None, description="Global step of the checkpoint.")
-    uri: Optional[str] = Field(default=None, description="Where it is.")
-    time: Optional[str] = Field(default=None, description="When it was committed.")
+    step: int | None = Field(default=None, description="Global step of the checkpoint.")
+    uri: str | None = Field(default=None, description="Where it is.")
+    time: str | None = Field(default=None, description="When it was committed.")
 
 
 class OutputStatus(_Model):
     """Where the exported results are."""
 
-    adapter_uri: Optional[str] = Field(default=None, description="Exported PEFT adapter.")
-    merged_uri: Optional[str] = Field(default=None, description="Exported merged model.")
-    summary_uri: Optional[str] = Field(default=None, description="Run summary JSON.")
+    adapter_uri: str | None = Field(default=None, description="Exported PEFT adapter.")
+    merged_uri: str | None = Field(default=None, description="Exported merged model.")
+    summary_uri: str | None = Field(default=None, description="Run summary JSON.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. evalLoss, perplexity.")
 
 
 class FineTuneJobStatus(_Model):
     """Observed state, written by the operator and (progress only) by rank 0."""
 
-    phase: Optional[Phase] = Field(default=None, description="Pending, Queued, Initializing, Running, Suspended, Restarting, Exporting, Succeeded or Failed.")
-    reason: Optional[str] = Field(default=None, description="Reason for the current phase (CamelCase), e.g. InvalidSpec, BackoffLimitExceeded.")
-    message: Optional[str] = Field(default=None, description="Human-readable details.")
+    phase: Phase | None = Field(default=None, description="Pending, Queued, Initializing, Running, Suspended, Restarting, Exporting, Succeeded or Failed.")
+    reason: str | None = Field(default=None, description="Reason for the current phase (CamelCase), e.g. InvalidSpec, BackoffLimitExceeded.")
+    message: str | None = Field(default=None, description="Human-readable details.")
     conditions: list[Condition] = Field(
         default_factory=list,
         description="Latest observations, one per type.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
-    progress: Optional[Progress] = Field(default=None, description="Training progress reported by rank 0.")
-    last_checkpoint: Optional[CheckpointRef] = Field(default=None, description="Newest committed checkpoint.")
+    progress: Progress | None = Field(default=None, description="Training progress reported by rank 0.")
+    last_checkpoint: CheckpointRef | None = Field(default=None, description="Newest committed checkpoint.")
     restarts: int = Field(default=0, description="Gang restarts so far.")
     attempt: int = Field(default=0, description="Current attempt number (Job suffix).")
-    active_job: Optional[str] = Field(default=None, description="Name of the current attempt's batch Job.")
-    start_time: Optional[str] = Field(default=None, description="When training first started.")
-    completion_time: Optional[str] = Field(default=None, description="When the job finished.")
-    observed_generation: Optional[int] = Field(default=None, description="Spec generation the status describes.")
-    output: Optional[OutputStatus] = Field(default=None, description="Exported artifacts.")
+    active_job: str | None = Field(default=None, description="Name of the current attempt's batch Job.")
+    start_time: str | None = Field(default=None, description="When training first started.")
+    completion_time: str | None = Field(default=None, description="When the job finished.")
+    observed_generation: int | None = Field(default=None, description="Spec generation the status describes.")
+    output: OutputStatus | None = Field(default=None, description="Exported artifacts.")
 
 
 class ObjectMeta(BaseModel):
     model_config = ConfigDict(extra="allow")
-    name: Optional[str] = None
-    namespace: Optional[str] = None
+    name: str | None = None
+    namespace: str | None = None
 
 
 class FineTuneJob(_Model):
@@ -1012,7 +1007,7 @@ class FineTuneJob(_Model):
     kind: Literal["FineTuneJob"] = Field(description="FineTuneJob")
     metadata: ObjectMeta = Field(default_factory=ObjectMeta, description="Standard object metadata.")
     spec: FineTuneJobSpec = Field(description="Desired state.")
-    status: Optional[FineTuneJobStatus] = Field(default=None, description="Observed state, written by the operator and rank 0.")
+    status: FineTuneJobStatus | None = Field(default=None, description="Observed state, written by the operator and rank 0.")
 
 
 def load_job(data: dict[str, Any]) -> FineTuneJob:
