@@ -152,7 +152,7 @@ def main() -> None:
                   f"create->Job p50 {r['p50']:.2f}s p99 {r['p99']:.2f}s max {r['max']:.2f}s; "
                   f"{r['calls_per_job']:.1f} API requests/job; operator CPU {r['cpu_ms_per_job']:.0f} ms/job; operator RSS idle {r['idle_mib']:.0f} MiB, "
                   f"peak {r['peak_mib']:.0f} MiB (+{r['per_job_kib']:.0f} KiB/job)", flush=True)
-    print("\nAPI requests per job (operator, after start-up, watches excluded), N=%d:" % results[-1]["n"])
+    print(f"\nAPI requests per job (operator, after start-up, watches excluded), N={results[-1]['n']}:")
     for k, v in results[-1]["breakdown"].items():
         print(f"  {v:5.2f}  {k}")
     base = results[0]

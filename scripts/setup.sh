@@ -9,7 +9,8 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.kubetune-installed
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
+# Reinstall when the declared dependencies or this script change (not for tool settings).
+want=$( { "$PY" -c 'import tomllib; p = tomllib.load(open("pyproject.toml", "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"], p.get("scripts"))'; cat scripts/setup.sh; } | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check "torch==${KUBETUNE_TORCH_VERSION:-2.13.0}"
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'

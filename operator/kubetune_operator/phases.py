@@ -497,7 +497,6 @@ def _decide(ftj, name, status, jobs, pods, now, settings, w: _StatusWriter, plan
 
 
 def _no_current_job(spec, status, attempt, now, settings, w: _StatusWriter, plan: Plan) -> None:
-    phase = status.get("phase")
     restarting = w.condition("Restarting")
     if restarting is not None and restarting.get("status") == "True":  # the condition: see above
         c = restarting

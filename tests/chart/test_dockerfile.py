@@ -216,7 +216,7 @@ def dependency_closure(requirements: list[str], extras: frozenset[str] = frozens
         try:
             dist = metadata.distribution(req.name)
         except metadata.PackageNotFoundError:
-            raise AssertionError(f"{req.name} is needed but not installed: cannot follow its dependencies")
+            raise AssertionError(f"{req.name} is needed but not installed: cannot follow its dependencies") from None
         todo += [(Requirement(r), frozenset(req.extras)) for r in dist.requires or []]
     return names
 

@@ -110,7 +110,8 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
 
             for probe in ("livenessProbe", "readinessProbe"):
                 get = container[probe]["httpGet"]
-                r = wait_for(lambda: answer(f"http://127.0.0.1:{ports[get['port']]}{get['path']}"), timeout=15,
+                url = f"http://127.0.0.1:{ports[get['port']]}{get['path']}"
+                r = wait_for(lambda url=url: answer(url), timeout=15,
                              message=f"{probe} endpoint listening")
                 assert r.status_code == 200, f"{probe}: HTTP {r.status_code}"
             r = requests.get(f"http://127.0.0.1:{ports[service['spec']['ports'][0]['targetPort']]}/metrics", timeout=5)

@@ -136,7 +136,7 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
     assert cm["metadata"] == {"name": name, "namespace": NS} and "status" not in cm
 
     # What the API server stored passes kubernetes-validate --strict, as created (server fields removed).
-    for (kind, _), o in found.items():
+    for o in found.values():
         o = {k: v for k, v in o.items() if k != "status"}
         o["metadata"] = {k: v for k, v in o["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp", "generation")}
         kubernetes_validate.validate(o, "1.33", strict=True)

@@ -136,11 +136,11 @@ def test_virtual_host_addressing_is_configurable(s3):
         raise RuntimeError("stop before sending")
 
     req.register("before-send.s3", capture)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="stop before sending"):
         st.client.head_object(Bucket="mybucket", Key="k")
     assert seen["url"].startswith("http://mybucket.s3.example.test:9000/k")
     st2 = Storage(endpoint="http://s3.example.test:9000", region="us-east-1", addressing_style="path")
     st2.client.meta.events.register("before-send.s3", capture)
-    with pytest.raises(Exception):
+    with pytest.raises(RuntimeError, match="stop before sending"):
         st2.client.head_object(Bucket="mybucket", Key="k")
     assert seen["url"].startswith("http://s3.example.test:9000/mybucket/k")

@@ -369,9 +369,9 @@ class KubeEmulator(kmock.KubernetesEmulator):
             try:
                 return jsonpatch.apply_patch(copy.deepcopy(old), data, in_place=False)
             except jsonpatch.JsonPatchTestFailed as e:
-                raise _error(422, "Invalid", f"the JSON patch test failed: {e}")
+                raise _error(422, "Invalid", f"the JSON patch test failed: {e}") from None
             except (jsonpatch.JsonPatchException, jsonpatch.JsonPointerException) as e:
-                raise _error(422, "Invalid", f"the JSON patch cannot be applied: {e}")
+                raise _error(422, "Invalid", f"the JSON patch cannot be applied: {e}") from None
         if ctype == "application/apply-patch+yaml":
             raise _error(415, "UnsupportedMediaType", "server-side apply is not emulated")
         if not isinstance(data, dict):
