@@ -1,6 +1,6 @@
 """Generate the FineTuneJob CustomResourceDefinition from the pydantic model.
 
-    python -m kubetune_api.crd --write   # regenerate crds/ and charts/kubetune/crds/
+    python -m kubetune_api.crd --write   # regenerate crds/ and charts/kubetune/files/crds/
     python -m kubetune_api.crd --check   # exit 1 when a committed copy is stale
     kubetune crd                             # print it
 
@@ -30,7 +30,7 @@ from pydantic.json_schema import GenerateJsonSchema, NoDefault
 from . import spec as api
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_PATHS = (Path("crds/finetunejob.yaml"), Path("charts/kubetune/crds/finetunejob.yaml"))
+CRD_PATHS = (Path("crds/finetunejob.yaml"), Path("charts/kubetune/files/crds/finetunejob.yaml"))
 REGENERATE_COMMAND = "python -m kubetune_api.crd --write"
 
 HEADER = (
@@ -276,7 +276,7 @@ def stale_files(root: Path = REPO_ROOT) -> list[Path]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m kubetune_api.crd", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", action="store_true", help="write crds/ and charts/kubetune/crds/")
+    parser.add_argument("--write", action="store_true", help="write crds/ and charts/kubetune/files/crds/")
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed copy differs")
     args = parser.parse_args(argv)
     if args.write:

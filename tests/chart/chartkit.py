@@ -43,6 +43,23 @@ VALUE_SETS: dict[str, dict] = {
         },
     },
     "no-status-reporter": {"jobDefaults": {"statusReporter": False}},
+    # OpenShift's restricted-v2 SCC hands out uids from the namespace's range
+    # (1000680000 and up): larger than Helm's float-to-%v printing keeps exact.
+    # Also every optional knob of the operator pod, and CRDs managed outside.
+    "openshift-uids": {
+        "jobDefaults": {"podSecurityContext": {"runAsUser": 1000680000, "runAsGroup": 1000680000, "fsGroup": 1000680000}},
+        "podSecurityContext": {"runAsUser": 1000690000, "runAsGroup": 1000690000, "fsGroup": 1000690000},
+        "operator": {"resyncSeconds": 86400, "maxBackoffSeconds": 2000000000},
+        "commonLabels": {"team": "platform", "cost-center": "ml-1234"},
+        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
+                                       "whenUnsatisfiable": "ScheduleAnyway"}],
+        "extraVolumes": [{"name": "ca", "configMap": {"name": "corp-ca"}}],
+        "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/corp", "readOnly": True}],
+        "metrics": {"service": {"type": "LoadBalancer", "exposeOutsideCluster": True}},
+        "crds": {"install": False},
+        "rbac": {"userRoles": False},
+        "replicaCount": 2,
+    },
     "openshift-like": {
         "podSecurityContext": {"runAsUser": None, "runAsGroup": None, "fsGroup": None},
         "serviceAccount": {"create": True, "name": "kubetune-operator",
@@ -72,8 +89,8 @@ class Helm:
             cmd += ["-f", str(self.values_file(values))]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=ROOT)
 
-    def template(self, values: dict, namespace: str = "kubetune-system") -> list[dict]:
-        out = self.run("template", "kt", str(CHART), "--namespace", namespace, "--include-crds", values=values)
+    def template(self, values: dict, namespace: str = "kubetune-system", release: str = "kt", *extra: str) -> list[dict]:
+        out = self.run("template", release, str(CHART), "--namespace", namespace, "--include-crds", *extra, values=values)
         assert out.returncode == 0, out.stderr
         # libyaml's loader: the pure-Python one takes ~1 s per rendering (the CRD).
         return [doc for doc in yaml.load_all(out.stdout, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) if doc]

@@ -28,10 +28,13 @@ def test_chart_version_follows_the_project_version():
 
 def test_chart_crd_is_the_generated_crd():
     generated = ROOT / "crds" / "finetunejob.yaml"
-    shipped = CHART / "crds" / "finetunejob.yaml"
+    shipped = CHART / "files" / "crds" / "finetunejob.yaml"
     assert generated.exists(), "crds/finetunejob.yaml is missing (run `kubetune crd`)"
     assert shipped.read_bytes() == generated.read_bytes(), (
-        "charts/kubetune/crds/finetunejob.yaml differs from crds/finetunejob.yaml: regenerate both with the CRD generator")
+        "charts/kubetune/files/crds/finetunejob.yaml differs from crds/finetunejob.yaml: regenerate both with the CRD generator")
+    # Helm would install a FineTuneJob CRD in crds/ itself, once, and then clash
+    # with the template that upgrades it.
+    assert not (CHART / "crds" / "finetunejob.yaml").exists()
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
@@ -192,7 +195,12 @@ def test_ha_uses_kopf_peering(rendered, name, peering_kind):
 
 def test_namespaced_mode_has_no_cluster_wide_permissions(rendered):
     objs = rendered["namespaced"]
-    assert not find(objs, "ClusterRole") and not find(objs, "ClusterRoleBinding")
+    assert not find(objs, "ClusterRoleBinding")
+    # The only ClusterRoles are the people's roles, which bind nobody by
+    # themselves: they only add FineTuneJob rules to view/edit/admin.
+    for role in find(objs, "ClusterRole"):
+        assert role["metadata"]["name"] in ("kt-kubetune-view", "kt-kubetune-edit"), role["metadata"]["name"]
+        assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
     roles = find(objs, "Role")
     bindings = find(objs, "RoleBinding")
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["ml-team-a", "ml-team-b"]
@@ -298,7 +306,7 @@ def test_notes_tell_the_user_what_to_do_next(helm):
     assert "kubectl -n kubetune-system rollout status deployment/kt-kubetune" in notes
     assert "kubectl -n ml-team-a create secret generic" in notes
     assert "get ftj -w" in notes
-    assert "does not upgrade the CRDs" in notes
+    assert "`helm upgrade` upgrades it" in notes and "not --reuse-values" in notes
 
 
 def test_chart_refuses_clusters_older_than_its_floor(helm):

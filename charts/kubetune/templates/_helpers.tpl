@@ -1,15 +1,37 @@
 {{/* Names, labels, images and the operator's RBAC rules. */}}
 
 {{- define "kubetune.name" -}}
-{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/*
+The release's full name, at most 63 characters (a DNS label, the longest name
+a Service may have). fullnameOverride replaces it; otherwise it is the release
+name, followed by the chart name unless the release name already contains it.
+*/}}
 {{- define "kubetune.fullname" -}}
-{{- if contains .Chart.Name .Release.Name -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
 {{- .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- else -}}
-{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+The full name with a suffix ("metrics", "view", ...), still at most 63
+characters: the full name is shortened, never the suffix, so names stay
+distinct. Call as (include "kubetune.suffixed" (list . "metrics")).
+*/}}
+{{- define "kubetune.suffixed" -}}
+{{- $root := index . 0 -}}
+{{- $suffix := index . 1 -}}
+{{- $keep := sub 62 (len $suffix) | int -}}
+{{- printf "%s-%s" (include "kubetune.fullname" $root | trunc $keep | trimSuffix "-") $suffix -}}
 {{- end -}}
 
 {{- define "kubetune.selectorLabels" -}}
@@ -24,6 +46,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
 app.kubernetes.io/part-of: kubetune
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
 {{- end -}}
 
 {{- define "kubetune.serviceAccountName" -}}

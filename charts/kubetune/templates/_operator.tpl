@@ -1,5 +1,7 @@
 {{/*
-Environment of the operator container. The names are the operator's settings
+Environment of the operator container. Numbers go through int64 before quote:
+Helm reads numbers in values files as floats, and quote would print
+1000680000 as "1.00068e+09". The names are the operator's settings
 (operator/kubetune_operator/settings.py); tests/chart checks that every name
 set here is one the operator reads.
 */}}
@@ -24,15 +26,15 @@ set here is one the operator reads.
   value: "true"
 {{- end }}
 - name: KUBETUNE_HEALTH_PORT
-  value: {{ .Values.operator.healthPort | quote }}
+  value: {{ int64 .Values.operator.healthPort | quote }}
 - name: KUBETUNE_METRICS_PORT
-  value: {{ .Values.operator.metricsPort | quote }}
+  value: {{ int64 .Values.operator.metricsPort | quote }}
 - name: KUBETUNE_LOG_FORMAT
   value: {{ .Values.operator.logFormat | quote }}
 - name: KUBETUNE_RESYNC_SECONDS
-  value: {{ .Values.operator.resyncSeconds | quote }}
+  value: {{ int64 .Values.operator.resyncSeconds | quote }}
 - name: KUBETUNE_MAX_BACKOFF_SECONDS
-  value: {{ .Values.operator.maxBackoffSeconds | quote }}
+  value: {{ int64 .Values.operator.maxBackoffSeconds | quote }}
 - name: KUBETUNE_TRAINER_IMAGE
   value: {{ include "kubetune.image" (list $d.image .) | quote }}
 - name: KUBETUNE_IMAGE_PULL_POLICY
@@ -42,13 +44,13 @@ set here is one the operator reads.
   value: {{ include "kubetune.secretNames" . | quote }}
 {{- end }}
 - name: KUBETUNE_RUN_AS_USER
-  value: {{ $d.podSecurityContext.runAsUser | quote }}
+  value: {{ int64 $d.podSecurityContext.runAsUser | quote }}
 - name: KUBETUNE_RUN_AS_GROUP
-  value: {{ $d.podSecurityContext.runAsGroup | quote }}
+  value: {{ int64 $d.podSecurityContext.runAsGroup | quote }}
 - name: KUBETUNE_FS_GROUP
-  value: {{ $d.podSecurityContext.fsGroup | quote }}
+  value: {{ int64 $d.podSecurityContext.fsGroup | quote }}
 - name: KUBETUNE_RENDEZVOUS_PORT
-  value: {{ $d.rendezvousPort | quote }}
+  value: {{ int64 $d.rendezvousPort | quote }}
 - name: KUBETUNE_STATUS_REPORTER
   value: {{ $d.statusReporter | quote }}
 {{- with $d.storage.endpoint }}
@@ -81,6 +83,17 @@ what to change.
 {{- end -}}
 {{- if and (eq .Values.watch.scope "cluster") .Values.watch.namespaces -}}
 {{- fail (printf "watch.namespaces (%s) is only used with watch.scope=namespaced; set watch.scope=namespaced or remove watch.namespaces" (join "," .Values.watch.namespaces)) -}}
+{{- end -}}
+{{- if eq (int64 .Values.operator.healthPort) (int64 .Values.operator.metricsPort) -}}
+{{- fail (printf "operator.healthPort and operator.metricsPort are both %d: the operator serves /healthz and /metrics on separate ports; give them different values" (int64 .Values.operator.healthPort)) -}}
+{{- end -}}
+{{- if and (ne .Values.metrics.service.type "ClusterIP") (not .Values.metrics.service.exposeOutsideCluster) -}}
+{{- fail (printf "metrics.service.type=%s publishes the operator's metrics outside the cluster (job names, namespaces, failure reasons): keep ClusterIP and scrape from inside, or set metrics.service.exposeOutsideCluster=true to accept that" .Values.metrics.service.type) -}}
+{{- end -}}
+{{- range $key, $_ := .Values.commonLabels -}}
+{{- if or (hasPrefix "app.kubernetes.io/" $key) (eq $key "helm.sh/chart") -}}
+{{- fail (printf "commonLabels.%s: the chart sets app.kubernetes.io/* and helm.sh/chart labels itself (selectors depend on them); use another key, e.g. team or cost-center" $key) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true: the ServiceMonitor scrapes that Service" -}}
