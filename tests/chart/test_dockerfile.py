@@ -1,5 +1,5 @@
-"""The Dockerfile: lints clean, has both targets, and the operator image cannot
-contain torch. (No Docker engine here: the images are not built by the tests.)"""
+"""The Dockerfile: lints clean, has both targets, layers that keep rebuilds
+cheap, and an operator image that cannot contain torch or trainer code. (No Docker engine here: the images are not built by the tests.)"""
 from __future__ import annotations
 
 import fnmatch
@@ -100,11 +100,11 @@ def test_both_targets_exist_on_the_right_bases(dockerfile):
     args, stages = dockerfile
     assert {"operator", "trainer"} <= set(stages)
     operator_base = expand(stages["operator"].base, args)
-    assert re.fullmatch(r"python:3\.1[0-9]+-slim(-\w+)?", operator_base), operator_base
+    assert re.fullmatch(r"python:3\.1[1-9]-slim(-\w+)?", operator_base), operator_base
     trainer_base = expand(stages["trainer"].base, args)
     assert trainer_base.startswith("pytorch/pytorch:") and "cuda" in trainer_base, trainer_base
     # The trainer's DeepSpeed ops compile in the CUDA devel image.
-    build = expand(stages["trainer-build"].base, args)
+    build = expand(stages["trainer-deps"].base, args)
     assert build.startswith("pytorch/pytorch:") and build.endswith("-devel")
     assert trainer_base.replace("-runtime", "") == build.replace("-devel", ""), "build and runtime must share torch/CUDA"
 
@@ -138,7 +138,7 @@ def test_trainer_scratch_is_where_the_operator_points_it(dockerfile):
 
 def test_trainer_prebuilds_deepspeed_ops_of_the_pinned_version(dockerfile):
     _, stages = dockerfile
-    build = stages["trainer-build"]
+    build = stages["trainer-deps"]
     pin = [r for r in PYPROJECT["project"]["optional-dependencies"]["trainer"] if r.startswith("deepspeed")]
     assert pin == [f"deepspeed=={_arg(build, 'DEEPSPEED_VERSION')}"], "Dockerfile DEEPSPEED_VERSION != pyproject pin"
     run = " ".join(build.args("RUN"))
@@ -176,25 +176,146 @@ def _pip_installs(stage: Stage) -> list[list[str]]:
     return found
 
 
-def test_operator_image_installs_only_the_operator_extra(dockerfile):
+def _copies(stage: Stage) -> list[str]:
+    """Sources of the stage's COPY instructions from the build context."""
+    return [src for rest in stage.args("COPY") if "--from=" not in rest for src in shlex.split(rest)[:-1]]
+
+
+def _mounts(run: str) -> list[str]:
+    """Stages a RUN bind-mounts (--mount=type=bind,from=STAGE,...)."""
+    return re.findall(r"--mount=type=bind,from=([\w.-]+)", run)
+
+
+SOURCE_ROOTS = {"api/", "operator/", "trainer/"}
+
+
+@pytest.mark.parametrize("target,extra,package", [("operator", "operator", "kubetune_operator"),
+                                                  ("trainer", "trainer", "kubetune_trainer")])
+def test_dependencies_install_in_their_own_layer_before_the_wheel(dockerfile, target, extra, package):
+    """Layer order of each image: the dependencies (from a stage that sees only
+    pyproject.toml and scripts/requirements.py) before the kubetune wheel,
+    which is installed with --no-deps so it adds nothing else."""
+    _, stages = dockerfile
+    final = stages[target]
+    runs = final.args("RUN")
+    installs = [(i, args) for i, run in enumerate(runs) for args in _pip_installs(Stage("x", "", [("RUN", run)]))]
+    assert len(installs) == 2, f"{target}: expected a dependency install and a wheel install, got {installs}"
+    (dep_i, dep_args), (whl_i, whl_args) = installs
+    assert dep_i < whl_i, f"{target}: the dependencies must be installed before the wheel"
+    assert "-r" in dep_args and "--no-deps" not in dep_args
+    assert "--no-deps" in whl_args and [a for a in whl_args if not a.startswith("-")] == ["/wheels/kubetune-*.whl"]
+    (dep_stage,) = _mounts(runs[dep_i])
+    (whl_stage,) = _mounts(runs[whl_i])
+    assert set(_copies(stages[dep_stage])) == {"pyproject.toml", "scripts/requirements.py"}, (
+        f"{dep_stage} must not see the source: a source change would reinstall every dependency")
+    assert f"scripts/requirements.py {extra}" in " ".join(stages[dep_stage].args("RUN"))
+    assert not SOURCE_ROOTS & set(_copies(final)), f"{target} copies source outside its wheel stage"
+    assert set(_copies(stages[whl_stage])) == {"pyproject.toml", "README.md", "api/", f"{extra}/"}
+
+
+def test_deepspeed_ops_compile_before_anything_of_ours_is_copied(dockerfile):
+    _, stages = dockerfile
+    deps = stages["trainer-deps"]
+    keywords = [kw for kw, _ in deps.instructions]
+    compile_at = next(i for i, (kw, rest) in enumerate(deps.instructions) if kw == "RUN" and "DS_BUILD_FUSED_ADAM=1" in rest)
+    assert "COPY" not in keywords[:compile_at], "a COPY before the DeepSpeed build invalidates its cache on every change"
+
+
+def test_operator_image_holds_no_torch_and_no_trainer_code(dockerfile):
     _, stages = dockerfile
     chain = stage_chain(stages, "operator")
-    installs = [args for stage in chain for args in _pip_installs(stage)]
-    assert installs, "the operator stages install nothing?"
-    for args in installs:
-        packages = [a for a in args if not a.startswith("-")]
-        assert packages == [".[operator]"], f"operator image pip install {args}: only .[operator] is allowed"
+    assert not any("trainer/" in _copies(stage) for stage in chain), "trainer source in an operator stage"
     text = " ".join(rest for stage in chain for _, rest in stage.instructions)
     assert "torch" not in text.replace("find_spec('torch')", "").replace("torch found", ""), \
         "the operator stages mention torch outside the no-torch guard"
-    # The build itself refuses an image with torch in it.
-    assert any("find_spec('torch')" in r for s in chain for r in s.args("RUN"))
+    # The build itself refuses an image with torch or trainer code in it.
+    runs = " ".join(stages["operator"].args("RUN"))
+    assert "find_spec('torch')" in runs and "find_spec('kubetune_trainer')" in runs
 
 
-def test_trainer_image_installs_the_trainer_extra(dockerfile):
-    _, stages = dockerfile
-    installs = [args for args in _pip_installs(stages["trainer"])]
-    assert any(any(a.endswith("[trainer]") for a in args) for args in installs)
+@pytest.fixture(scope="module")
+def wheels(tmp_path_factory) -> dict[str, Path]:
+    """The kubetune wheel built as each image's wheel stage builds it: from a
+    context with pyproject.toml, README.md, api/ and that image's source root."""
+    import shutil
+
+    out = {}
+    for part in ("operator", "trainer"):
+        ctx = tmp_path_factory.mktemp(f"ctx-{part}")
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(ROOT / name, ctx / name)
+        for root in ("api", part):
+            shutil.copytree(ROOT / root, ctx / root, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info"))
+        r = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "--wheel-dir", str(ctx / "wheels"), str(ctx)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr
+        (out[part],) = (ctx / "wheels").glob("kubetune-*.whl")
+    return out
+
+
+@pytest.mark.parametrize("part,packages", [("operator", {"kubetune_api", "kubetune_operator"}),
+                                           ("trainer", {"kubetune_api", "kubetune_trainer"})])
+def test_each_image_wheel_holds_only_its_packages(wheels, part, packages):
+    import zipfile
+
+    names = zipfile.ZipFile(wheels[part]).namelist()
+    top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert top == packages
+
+
+@pytest.mark.parametrize("part", ["operator", "trainer"])
+def test_image_dependency_sets_agree_with_pyproject(wheels, part):
+    """What each image installs (scripts/requirements.py, the dependency layer)
+    is exactly the core dependencies plus that extra, as pyproject.toml and the
+    wheel's own metadata (what `pip install kubetune[extra]` would resolve)
+    declare them."""
+    import zipfile
+    from email.parser import Parser
+
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "requirements.py"), part],
+                       capture_output=True, text=True, timeout=60, check=True)
+    image = {str(Requirement(line)) for line in r.stdout.splitlines() if line.strip()}
+    assert image == {str(Requirement(x)) for x in _extra(part)}
+    with zipfile.ZipFile(wheels[part]) as z:
+        (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
+        message = Parser().parsestr(z.read(meta).decode())
+    from_wheel = set()
+    for line in message.get_all("Requires-Dist") or []:
+        req = Requirement(line)
+        if req.marker is None or req.marker.evaluate({"extra": part}):
+            req.marker = None
+            from_wheel.add(str(req))
+    assert image == from_wheel
+    # No image installs a development tool.
+    dev_only = {canonicalize_name(Requirement(x).name) for x in PYPROJECT["project"]["optional-dependencies"]["dev"]}
+    assert not {canonicalize_name(Requirement(x).name) for x in image} & (dev_only - {"kubetune"})
+
+
+def test_python_and_torch_floors_agree(dockerfile):
+    """requires-python, the torch floor of the trainer extra, the Dockerfile's
+    base images and docs/install.md say the same thing."""
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    args, _ = dockerfile
+    requires_python = SpecifierSet(PYPROJECT["project"]["requires-python"])
+    assert str(requires_python) == ">=3.11", "kopf 1.45 and transformers 5 need Python 3.11"
+    (python_floor,) = [s.version for s in requires_python]
+    image_python = re.match(r"python:(\d+\.\d+)", args["PYTHON_IMAGE"]).group(1)
+    assert image_python == python_floor, "the operator image should run the floor Python that CI tests"
+    (torch,) = [Requirement(r) for r in PYPROJECT["project"]["optional-dependencies"]["trainer"] if r.startswith("torch")]
+    (torch_floor,) = [s.version for s in torch.specifier if s.operator == ">="]
+    assert Version(torch_floor) >= Version("2.6"), "transformers 5 needs torch 2.6"
+    image_torch = re.match(r"pytorch/pytorch:(\d+\.\d+(\.\d+)?)-", args["TORCH_IMAGE"]).group(1)
+    assert Version(image_torch) in torch.specifier, f"TORCH_IMAGE ships torch {image_torch}, outside {torch.specifier}"
+    tool = PYPROJECT["tool"]
+    assert tool["ruff"]["target-version"] == "py" + python_floor.replace(".", "")
+    assert tool["mypy"]["python_version"] == python_floor
+    dockerfile_text = DOCKERFILE.read_text()
+    install = (ROOT / "docs" / "install.md").read_text()
+    for text, where in ((dockerfile_text, "Dockerfile"), (install, "docs/install.md")):
+        assert f"torch >= {torch_floor}" in text or f"torch {torch_floor} or newer" in text, where
+        assert f"Python >= {python_floor}" in text or f"Python {python_floor}" in text, where
 
 
 def dependency_closure(requirements: list[str], extras: frozenset[str] = frozenset()) -> set[str]:
@@ -256,16 +377,11 @@ def test_dockerignore_lets_in_exactly_what_the_dockerfile_copies(dockerfile):
                 result = not negate
         return result
 
-    sources = set()
-    for stage in stages.values():
-        for rest in stage.args("COPY"):
-            if "--from=" in rest:
-                continue
-            sources.update(shlex.split(rest)[:-1])
-    assert sources == {"pyproject.toml", "README.md", "operator/", "trainer/"}
+    sources = {src for stage in stages.values() for src in _copies(stage)}
+    assert sources == {"pyproject.toml", "README.md", "scripts/requirements.py", "api/", "operator/", "trainer/"}
     for src in sources:
         assert not ignored(src.rstrip("/")), f"{src} is copied but .dockerignore excludes it"
-    for private in (".venv", ".git", ".tools", "tests", "runs", "operator/kubetune_operator/__pycache__"):
+    for private in (".venv", ".git", ".tools", "tests", "runs", "scripts/setup.sh", "operator/kubetune_operator/__pycache__"):
         assert ignored(private), f"{private} would be sent to the Docker daemon"
 
 
@@ -277,3 +393,15 @@ def test_operator_image_exposes_the_operator_default_ports(dockerfile):
     defaults = OperatorSettings()
     assert exposed == {defaults.health_port, defaults.metrics_port}
     assert stages["operator"].args("ENTRYPOINT") == ['["kubetune", "operator"]']
+
+
+@pytest.mark.parametrize("target", ["operator", "trainer"])
+def test_images_carry_oci_labels(dockerfile, target):
+    _, stages = dockerfile
+    labels = dict(re.findall(r'(org\.opencontainers\.image\.[\w.]+)="([^"]*)"', " ".join(stages[target].args("LABEL"))))
+    assert {"title", "description", "version", "source", "licenses"} <= {k.rsplit(".", 1)[1] for k in labels}
+    assert labels["org.opencontainers.image.title"] == f"kubetune-{target}"
+    assert labels["org.opencontainers.image.version"] == "${VERSION}"
+    args, _ = dockerfile
+    assert args["VERSION"] == PYPROJECT["project"]["version"], "the VERSION build arg follows the project version"
+    assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
