@@ -41,7 +41,7 @@ def main() -> int:
     transformers.utils.logging.disable_progress_bar()
 
     from kubetune_api.spec import load_job
-    from kubetune_operator.local import load_manifest, parse_overrides
+    from kubetune_operator.localrun import load_manifest, parse_overrides
     from kubetune_trainer import fetch
 
     torch.set_num_threads(os.cpu_count() or 1)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kubetune_api import contract
@@ -79,8 +80,8 @@ def rank0_address(job: str, attempt: int) -> str:
 
 
 # ------------------------------------------------------------------ parsing
-def parse_job(job_dict: dict[str, Any]):
-    """Validate a manifest with the API model; raise InvalidJob with field paths."""
+def parse_runnable_job(job_dict: dict[str, Any]) -> api.FineTuneJob:
+    """Validate a manifest with the API model and the operator's own rules; raise InvalidJob with field paths."""
     from pydantic import ValidationError
 
     name = (job_dict.get("metadata") or {}).get("name") or ""
@@ -95,11 +96,7 @@ def parse_job(job_dict: dict[str, Any]):
     try:
         job = api.load_job(body)
     except ValidationError as e:
-        parts = []
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err.get("loc", ()))
-            parts.append(f"{loc}: {err.get('msg')}" if loc else str(err.get("msg")))
-        raise InvalidJob("; ".join(parts)) from None
+        raise InvalidJob("; ".join(contract.validation_messages(e))) from None
     for i, var in enumerate(job.spec.env):
         if var.name in OPERATOR_ENV or var.name.startswith("KUBETUNE_") and var.name not in USER_KUBETUNE_ENV:
             raise InvalidJob(f"spec.env[{i}].name: {var.name} is set by the operator; remove it "
@@ -116,7 +113,7 @@ def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> d
     Operator-level defaults (storage endpoint/region/secret, image) are applied
     here so the ConfigMap shows exactly what the job runs with.
     """
-    job = parse_job(job_dict)
+    job = parse_runnable_job(job_dict)
     spec = job.spec
     storage = spec.storage
     if storage.endpoint is None and settings.default_storage_endpoint:
@@ -140,7 +137,7 @@ def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> d
 
 def normalized_spec(job_dict: dict[str, Any]) -> dict[str, Any]:
     """The spec with the API model's defaults filled (no operator defaults): what a user asked for."""
-    return parse_job(job_dict).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
+    return parse_runnable_job(job_dict).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
 def spec_hashes(spec: dict[str, Any]) -> dict[str, str]:
@@ -307,7 +304,7 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
     if hub:
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hub, "key": "HF_TOKEN"}}})
     # spec.env last: it may replace the convenience defaults (HOME, HF_HOME, ...), never
-    # the contract variables (parse_job refuses those).
+    # the contract variables (parse_runnable_job refuses those).
     user = {e["name"]: e for e in spec.get("env") or []}
     env = [e for e in env if e["name"] not in user] + [{"name": n, "value": e.get("value", "")} for n, e in user.items()]
     return env
@@ -517,6 +514,7 @@ def build_objects(job_dict: dict[str, Any], settings: OperatorSettings | None = 
     ]
 
 
-def manifest_from_config_map(cm: dict[str, Any]) -> dict[str, Any]:
+def manifest_from_config_map(cm: Mapping[str, Any]) -> dict[str, Any]:
     """The resolved manifest stored in a job's ConfigMap (the spec an attempt started with)."""
-    return json.loads((cm.get("data") or {})[CONFIG_KEY])
+    manifest: dict[str, Any] = json.loads((cm.get("data") or {})[CONFIG_KEY])
+    return manifest

@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(crd_yaml())
         return 0
     if args.command == "run":
-        from kubetune_operator.local import main as run_main
+        from kubetune_operator.localrun import main as run_main
 
         return run_main(args)
     if args.command == "render":

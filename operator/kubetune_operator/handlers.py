@@ -1,4 +1,4 @@
-"""Kopf handlers: watch, decide (phases.decide), act. Small on purpose.
+"""Kopf handlers: watch, observe, decide (phases.decide), act. Small on purpose.
 
 One daemon per FineTuneJob runs its reconcile loop: read the freshest known
 state, ask ``phases.decide`` what to do, do it, sleep until an event, a due
@@ -23,19 +23,23 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
 from kubetune_api import spec as api
-from kubetune_operator import builders, phases
+from kubetune_operator import builders, observe, phases
 from kubetune_operator.kube import APIError, Kube
 from kubetune_operator.metrics import Metrics
+from kubetune_operator.observe import Observation, ParsedSpec
 from kubetune_operator.settings import OperatorSettings
+from kubetune_operator.status_writer import rfc3339
 
 FINALIZER = "kubetune.io/finalizer"
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 log = logging.getLogger("kubetune.operator")
+# Kopf hands handlers a LoggerAdapter bound to the object.
+Logger = logging.Logger | logging.LoggerAdapter[Any]
 
 
 def _rv(obj: dict[str, Any] | None) -> int:
@@ -58,6 +62,17 @@ class JobState:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.pods: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
+        self._parsed: tuple[Any, ParsedSpec] | None = None
+
+    def parsed(self, ftj: dict[str, Any]) -> ParsedSpec:
+        """The spec parsed once per generation (the API server bumps it on every spec change)."""
+        meta = ftj.get("metadata") or {}
+        key: Any = (meta.get("uid"), meta.get("generation"), meta.get("name"))
+        if not (meta.get("uid") and meta.get("generation")):
+            key = (meta.get("name"), repr(ftj.get("spec")))
+        if self._parsed is None or self._parsed[0] != key:
+            self._parsed = (key, observe.parse_spec(ftj))
+        return self._parsed[1]
 
     def see_ftj(self, body: dict[str, Any]) -> None:
         if _fresher(body, self.ftj):
@@ -68,13 +83,13 @@ class JobState:
         if deleted:
             store.pop(name, None)
         elif _fresher(body, store.get(name)):
-            store[name] = phases.summarize(body)
+            store[name] = observe.summarize(body)
 
 
-class Runtime:
-    """Shared state of one operator run: settings, API client, metrics, job states."""
+class Reconciler:
+    """Shared state of one operator run (settings, API client, metrics, job states) and the per-job loop."""
 
-    def __init__(self, settings: OperatorSettings, login: Callable[..., Any] | None = None):
+    def __init__(self, settings: OperatorSettings, login: Callable[..., Any] | None = None) -> None:
         self.settings = settings
         self.login_fn = login
         self.states: dict[tuple[str, str], JobState] = {}
@@ -91,7 +106,7 @@ class Runtime:
         return st
 
     # ------------------------------------------------------------ the loop
-    async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: Any, logger: logging.Logger) -> None:
+    async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: kopf.DaemonStopped, logger: Logger) -> None:
         st = self.state(namespace, name)
         st.see_ftj(body)
         stop_task = asyncio.ensure_future(stopped.wait())
@@ -126,22 +141,26 @@ class Runtime:
             if self.states.get((namespace, name)) is st and st.ftj is not None and (st.ftj.get("metadata") or {}).get("deletionTimestamp"):
                 self.states.pop((namespace, name), None)
 
-    async def reconcile(self, st: JobState, logger: logging.Logger) -> float | None:
+    async def reconcile(self, st: JobState, logger: Logger) -> float | None:
         """Decide and act until nothing is left to do now. -> seconds to the next pass (None: on events)."""
         for _ in range(10):  # every step changes what decide sees; a longer chain would be a bug
             ftj = st.ftj
             if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            plan = phases.decide(ftj, list(st.jobs.values()), list(st.pods.values()), dt.datetime.now(dt.UTC), self.settings)
-            if plan.empty:
-                return plan.requeue_after
-            if not await self.act(st, ftj, plan, logger):
+            observation = Observation(
+                ftj=ftj, parsed=st.parsed(ftj), jobs=tuple(st.jobs.values()), pods=tuple(st.pods.values()),
+                now=dt.datetime.now(dt.UTC), settings=self.settings,
+            )
+            decision = phases.decide(observation)
+            if decision.empty:
+                return decision.requeue_after
+            if not await self.act(st, ftj, decision, logger):
                 return None
         logger.warning("reconcile did not settle after 10 steps; retrying shortly")
         return 1.0
 
-    async def act(self, st: JobState, ftj: dict[str, Any], plan: phases.Plan, logger: logging.Logger) -> bool:
-        """Carry out a plan. -> whether to decide again (False: the FineTuneJob is gone)."""
+    async def act(self, st: JobState, ftj: dict[str, Any], plan: phases.Decision, logger: Logger) -> bool:
+        """Carry out a decision. -> whether to decide again (False: the FineTuneJob is gone)."""
         assert self.kube is not None
         meta = ftj["metadata"]
         ns, name = meta["namespace"], meta["name"]
@@ -164,7 +183,7 @@ class Runtime:
             await self.kube.delete("Job", ns, job_name, propagation="Background")
             # Not waiting for the watch: the next decide must not see it as current.
             if job_name in st.jobs:
-                st.jobs[job_name]["metadata"]["deletionTimestamp"] = phases.rfc3339(dt.datetime.now(dt.UTC))
+                st.jobs[job_name]["metadata"]["deletionTimestamp"] = rfc3339(dt.datetime.now(dt.UTC))
             logger.info(f"deleted Job {ns}/{job_name}")
         if plan.suspend_job is not None:
             job_name, value = plan.suspend_job
@@ -173,7 +192,7 @@ class Runtime:
                 st.see(st.jobs, patched)
             logger.info(f"set spec.suspend={value} on Job {ns}/{job_name}")
         for ev in plan.events:
-            kopf.event(ftj, type=ev.type, reason=ev.reason, message=ev.message[:1024])
+            kopf.event(cast(kopf.Body, ftj), type=ev.type, reason=ev.reason, message=ev.message[:1024])
         if plan.create_attempt:
             await self.create_attempt(st, ftj, plan.create_attempt, logger)
         if plan.delete_self:
@@ -182,27 +201,16 @@ class Runtime:
             return False
         return True
 
-    async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: logging.Logger) -> None:
+    async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: Logger) -> None:
         assert self.kube is not None
         meta = ftj["metadata"]
         ns, name = meta["namespace"], meta["name"]
-        recorded: str | None = None
-        source = ftj
-        if attempt > 1:
-            # Restarts run the spec the job started with (kept in its ConfigMap), with the
-            # live runPolicy and suspend, whatever happened to the spec since.
-            cm = await self.kube.get("ConfigMap", ns, builders.config_map_name(name))
-            if cm is not None:
-                stored = builders.manifest_from_config_map(cm)
-                stored_spec = dict(stored["spec"])
-                for field in builders.MUTABLE_SPEC_FIELDS:
-                    if field in (ftj.get("spec") or {}):
-                        stored_spec[field] = ftj["spec"][field]
-                source = {**ftj, "spec": stored_spec}
-                recorded = ((cm.get("metadata") or {}).get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASHES)
+        config_map = await self.kube.get("ConfigMap", ns, builders.config_map_name(name)) if attempt > 1 else None
+        chosen = phases.attempt_spec(ftj, attempt, config_map)
+        source = chosen.source
         manifest = builders.resolved_manifest(source, self.settings)
-        hashes = recorded or builders.spec_hashes_annotation(source)
-        objects = builders.build_job_independent_objects(source, self.settings, manifest, hashes) if attempt == 1 or recorded is None else []
+        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(source)
+        objects = builders.build_job_independent_objects(source, self.settings, manifest, hashes) if chosen.create_job_objects else []
         for obj in objects:
             obj["metadata"]["namespace"] = ns
             _, created = await self.kube.create(obj)
@@ -235,12 +243,12 @@ class Runtime:
         st.wake.set()
 
 
-def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
-    """All handlers of one operator run, bound to its Runtime (no global state)."""
+def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
+    """All handlers of one operator run, bound to its Reconciler (no global state)."""
     registry = kopf.OperatorRegistry()
 
     @kopf.on.startup(registry=registry)
-    async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    async def configure(*, settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = FINALIZER
         # Kopf keeps handler progress only when a handler is retried; keep it in
         # annotations of our own prefix (status fields outside the CRD schema are pruned).
@@ -262,19 +270,19 @@ def make_registry(rt: Runtime) -> kopf.OperatorRegistry:
             return rt.login_fn(**kwargs)  # type: ignore[misc]
 
     @kopf.on.event(*FTJ, registry=registry)
-    async def finetunejob_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def finetunejob_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         rt.on_ftj_event(event.get("type"), dict(body))
 
     @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def job_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def job_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         rt.on_child_event("Job", event.get("type"), dict(body))
 
     @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def pod_event(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         rt.on_child_event("Pod", event.get("type"), dict(body))
 
     @kopf.daemon(*FTJ, registry=registry, cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
-    async def reconcile(body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: logging.Logger, **_: Any) -> None:
+    async def reconcile(*, body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
         await rt.run_job(meta["namespace"], meta["name"], dict(body), stopped, logger)
 
     return registry

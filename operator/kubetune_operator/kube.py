@@ -57,9 +57,10 @@ class Kube:
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
+            found: dict[str, Any] = await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
         except NotFound:
             return None
+        return found
 
     async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``obj``; if it exists already, return the existing one. -> (object, created)."""
@@ -75,7 +76,7 @@ class Kube:
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
         try:
-            return await _kopf_api.patch(
+            patched: dict[str, Any] = await _kopf_api.patch(
                 url(kind, namespace, name, subresource),
                 payload=patch,
                 headers={"Content-Type": "application/merge-patch+json"},
@@ -84,6 +85,7 @@ class Kube:
             )
         except NotFound:
             return None
+        return patched
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
         """Delete; False when it was already gone."""

@@ -11,19 +11,20 @@ The liveness endpoint is Kopf's own (``/healthz`` on the health port).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
-from kubetune_operator.phases import PHASES
+from kubetune_operator.reasons import PHASES
 
 
 class _PhaseCollector:
-    def __init__(self, phases: Callable[[], Iterable[str]]):
+    def __init__(self, phases: Callable[[], Iterable[str]]) -> None:
         self._phases = phases
 
-    def collect(self):
+    def collect(self) -> Iterator[GaugeMetricFamily]:
         g = GaugeMetricFamily("kubetune_jobs", "FineTuneJobs reconciled by this operator, by phase", labels=["phase"])
         counts = {p: 0 for p in PHASES}
         for p in self._phases():
@@ -34,7 +35,7 @@ class _PhaseCollector:
 
 
 class Metrics:
-    def __init__(self, phases: Callable[[], Iterable[str]]):
+    def __init__(self, phases: Callable[[], Iterable[str]]) -> None:
         self.registry = CollectorRegistry()
         self.registry.register(_PhaseCollector(phases))
         self.reconcile_seconds = Histogram(
@@ -47,7 +48,7 @@ class Metrics:
         self.failures = Counter("kubetune_failures_total", "FineTuneJobs that ended Failed, by reason", ["reason"], registry=self.registry)
         self.transitions = Counter("kubetune_transitions_total", "Phase transitions", ["phase", "reason"], registry=self.registry)
         self.api_errors = Counter("kubetune_api_errors_total", "Failed API calls (retried)", ["operation"], registry=self.registry)
-        self._server = None
+        self._server: Any = None
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> int | None:
         """Serve /metrics on ``port`` (0 picks a free port); returns the port."""
@@ -55,7 +56,7 @@ class Metrics:
 
         server, _thread = start_http_server(port, addr=addr, registry=self.registry)
         self._server = server
-        return server.server_address[1]
+        return int(server.server_address[1])
 
     def close(self) -> None:
         if self._server is not None:

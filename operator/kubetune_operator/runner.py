@@ -12,7 +12,7 @@ from typing import Any
 
 import kopf
 
-from kubetune_operator.handlers import Runtime, make_registry
+from kubetune_operator.handlers import Reconciler, make_registry
 from kubetune_operator.settings import OperatorSettings
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -73,7 +73,7 @@ def run_operator(
     ready_flag: Any | None = None,
     metrics_port: int | None = None,
     health_port: int | None = None,
-    runtime: Runtime | None = None,
+    runtime: Reconciler | None = None,
 ) -> None:
     """Run the operator in this thread with its own event loop until ``stop_flag`` is set.
 
@@ -82,7 +82,7 @@ def run_operator(
     namespaces = tuple(namespaces or settings.watch_namespaces)
     if clusterwide is None:
         clusterwide = not namespaces
-    rt = runtime or Runtime(settings, login=login or default_login)
+    rt = runtime or Reconciler(settings, login=login or default_login)
     if rt.login_fn is None:
         rt.login_fn = login or default_login
     rt.namespaces = () if clusterwide else tuple(namespaces)
@@ -119,7 +119,7 @@ class OperatorThread:
     """The operator in a background thread with its own loop: start(), stop(). For tests and benches."""
 
     def __init__(self, settings: OperatorSettings, *, login: Callable[..., Any], namespaces: Sequence[str] = (), **kwargs: Any):
-        self.runtime = Runtime(settings, login=login)
+        self.reconciler = Reconciler(settings, login=login)
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -129,7 +129,7 @@ class OperatorThread:
 
     def _main(self) -> None:
         try:
-            run_operator(self._settings, stop_flag=self._stop, ready_flag=self._ready, runtime=self.runtime, **self._kwargs)
+            run_operator(self._settings, stop_flag=self._stop, ready_flag=self._ready, runtime=self.reconciler, **self._kwargs)
         except BaseException as e:  # surfaced by start()/stop()
             self._error = e
             self._ready.set()

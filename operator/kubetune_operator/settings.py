@@ -3,37 +3,52 @@
 Every variable is documented here and in docs/operator.md; the Helm chart sets
 them on the operator Deployment. Unset variables take the defaults shown.
 
-| Variable | Default | Meaning |
-| --- | --- | --- |
-| KUBETUNE_TRAINER_IMAGE | ghcr.io/kubetune/kubetune-trainer:<version> | Trainer image for jobs that set no spec.image. |
-| KUBETUNE_IMAGE_PULL_POLICY | IfNotPresent | Pull policy for jobs that set no spec.imagePullPolicy. |
-| KUBETUNE_IMAGE_PULL_SECRETS | (none) | Comma-separated Secret names added as imagePullSecrets to trainer pods. |
-| KUBETUNE_DEFAULT_STORAGE_ENDPOINT | (none) | S3 endpoint for jobs whose spec.storage.endpoint is unset (e.g. an in-cluster MinIO). |
-| KUBETUNE_DEFAULT_STORAGE_REGION | (none) | S3 region for jobs whose spec.storage.region is unset. |
-| KUBETUNE_DEFAULT_STORAGE_SECRET | (none) | Secret (in the job's namespace) with AWS_* keys for jobs whose spec.storage.secretRef is unset. |
-| KUBETUNE_WATCH_NAMESPACES | (none: cluster-wide) | Comma-separated namespaces (globs allowed) to watch; empty means the whole cluster. The CLI's --namespace/--all-namespaces override it. |
-| KUBETUNE_PEERING_NAME | kubetune | Kopf peering object shared by operator replicas (only one replica acts at a time). |
-| KUBETUNE_STANDALONE | false | true: no peering (a single replica, or tests). |
-| KUBETUNE_PEERING_PRIORITY | random per process | Kopf peering priority: the live replica with the highest priority acts, the others stand by (Kopf pauses replicas of equal priority, so each replica needs its own). |
-| KUBETUNE_METRICS_PORT | 9090 | Port of the Prometheus /metrics endpoint (0 disables). |
-| KUBETUNE_HEALTH_PORT | 8080 | Port of the liveness endpoint /healthz (0 disables). |
-| KUBETUNE_RUN_AS_USER | 1000 | UID of the trainer containers (they must not run as root). |
-| KUBETUNE_RUN_AS_GROUP | 1000 | GID of the trainer containers. |
-| KUBETUNE_FS_GROUP | 1000 | fsGroup of the trainer pods (owns the scratch volume). |
-| KUBETUNE_RENDEZVOUS_PORT | 29500 | torchrun master port on rank 0's pod. |
-| KUBETUNE_STATUS_REPORTER | true | Give trainer pods a service-account token bound to a Role that may only patch their own FineTuneJob's status, so rank 0 reports progress. false: no token at all, progress only in logs. |
-| KUBETUNE_MAX_BACKOFF_SECONDS | 3600 | Cap of the doubling restart backoff. |
-| KUBETUNE_RESYNC_SECONDS | 60 | A job is re-reconciled at least this often even without events. |
-| KUBETUNE_LOG_FORMAT | json | Operator log format: json (one object per line) or plain. |
+- ``KUBETUNE_TRAINER_IMAGE`` (default: ghcr.io/kubetune/kubetune-trainer:<version>): Trainer image
+  for jobs that set no spec.image.
+- ``KUBETUNE_IMAGE_PULL_POLICY`` (default: IfNotPresent): Pull policy for jobs that set no
+  spec.imagePullPolicy.
+- ``KUBETUNE_IMAGE_PULL_SECRETS`` (default: (none)): Comma-separated Secret names added as
+  imagePullSecrets to trainer pods.
+- ``KUBETUNE_DEFAULT_STORAGE_ENDPOINT`` (default: (none)): S3 endpoint for jobs whose
+  spec.storage.endpoint is unset (e.g. an in-cluster MinIO).
+- ``KUBETUNE_DEFAULT_STORAGE_REGION`` (default: (none)): S3 region for jobs whose
+  spec.storage.region is unset.
+- ``KUBETUNE_DEFAULT_STORAGE_SECRET`` (default: (none)): Secret (in the job's namespace) with AWS_*
+  keys for jobs whose spec.storage.secretRef is unset.
+- ``KUBETUNE_WATCH_NAMESPACES`` (default: (none: cluster-wide)): Comma-separated namespaces (globs
+  allowed) to watch; empty means the whole cluster. The CLI's --namespace/--all-namespaces override
+  it.
+- ``KUBETUNE_PEERING_NAME`` (default: kubetune): Kopf peering object shared by operator replicas
+  (only one replica acts at a time).
+- ``KUBETUNE_STANDALONE`` (default: false): true: no peering (a single replica, or tests).
+- ``KUBETUNE_PEERING_PRIORITY`` (default: random per process): Kopf peering priority: the live
+  replica with the highest priority acts, the others stand by (Kopf pauses replicas of equal
+  priority, so each replica needs its own).
+- ``KUBETUNE_METRICS_PORT`` (default: 9090): Port of the Prometheus /metrics endpoint (0 disables).
+- ``KUBETUNE_HEALTH_PORT`` (default: 8080): Port of the liveness endpoint /healthz (0 disables).
+- ``KUBETUNE_RUN_AS_USER`` (default: 1000): UID of the trainer containers (they must not run as
+  root).
+- ``KUBETUNE_RUN_AS_GROUP`` (default: 1000): GID of the trainer containers.
+- ``KUBETUNE_FS_GROUP`` (default: 1000): fsGroup of the trainer pods (owns the scratch volume).
+- ``KUBETUNE_RENDEZVOUS_PORT`` (default: 29500): torchrun master port on rank 0's pod.
+- ``KUBETUNE_STATUS_REPORTER`` (default: true): Give trainer pods a service-account token bound to a
+  Role that may only patch their own FineTuneJob's status, so rank 0 reports progress. false: no
+  token at all, progress only in logs.
+- ``KUBETUNE_MAX_BACKOFF_SECONDS`` (default: 3600): Cap of the doubling restart backoff.
+- ``KUBETUNE_RESYNC_SECONDS`` (default: 60): A job is re-reconciled at least this often even without
+  events.
+- ``KUBETUNE_LOG_FORMAT`` (default: json): Operator log format: json (one object per line) or plain.
 """
 from __future__ import annotations
 
 import dataclasses
 import os
 from collections.abc import Mapping
+from typing import Any, Literal
 
 from kubetune_operator import __version__
 
+PullPolicy = Literal["Always", "IfNotPresent", "Never"]
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
 
 
@@ -63,7 +78,7 @@ def _list(value: str) -> tuple[str, ...]:
 @dataclasses.dataclass(frozen=True)
 class OperatorSettings:
     trainer_image: str = DEFAULT_TRAINER_IMAGE
-    image_pull_policy: str = "IfNotPresent"
+    image_pull_policy: PullPolicy = "IfNotPresent"
     image_pull_secrets: tuple[str, ...] = ()
     default_storage_endpoint: str | None = None
     default_storage_region: str | None = None
@@ -91,7 +106,7 @@ class OperatorSettings:
             v = env.get(name)
             return v if v not in (None, "") else None
 
-        kw: dict = {}
+        kw: dict[str, Any] = {}
         if (v := get("KUBETUNE_TRAINER_IMAGE")) is not None:
             kw["trainer_image"] = v
         if (v := get("KUBETUNE_IMAGE_PULL_POLICY")) is not None:

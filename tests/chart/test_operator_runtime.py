@@ -61,7 +61,7 @@ def test_two_replicas_one_active_then_failover(rendered, caplog):
             cluster.create(job_manifest("ha-run", "ml"))
             job1 = wait_for(lambda: cluster.get("Job", "ml", builders.batch_job_name("ha-run", 1)), timeout=30,
                             message="the active replica creates the Job")
-            active = [r for r in replicas if ("ml", "ha-run") in r.runtime.states]
+            active = [r for r in replicas if ("ml", "ha-run") in r.reconciler.states]
             assert len(active) == 1, "exactly one replica handles the job"
             (standby,) = [r for r in replicas if r is not active[0]]
 
@@ -73,7 +73,7 @@ def test_two_replicas_one_active_then_failover(rendered, caplog):
                 kubelet.run(cluster, p)
             wait_for(lambda: (cluster.get("FineTuneJob", "ml", "ha-run").get("status") or {}).get("phase") == "Running",
                      timeout=30, message="the standby takes over and sees the pods running")
-            assert ("ml", "ha-run") in standby.runtime.states
+            assert ("ml", "ha-run") in standby.reconciler.states
             assert not cluster.denied, f"refused: {cluster.denied}"
         finally:
             for r in replicas:

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from kubetune_api import spec as api
-from kubetune_operator import local
+from kubetune_operator import localrun as local
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart-cpu.yaml"
@@ -80,7 +80,7 @@ def test_manifest_overrides_and_relative_paths(tmp_path):
         local.parse_overrides(["training.maxSteps"])
     bad = local.load_manifest(QUICKSTART, local.parse_overrides(["training.maxSteps=0"]))
     with pytest.raises(local.RunError, match="training.maxSteps"):
-        local.parse_job(bad)
+        local.validate_manifest(bad)
 
 
 def test_gang_exit_code():

@@ -311,7 +311,8 @@ def test_spec_change_while_running_is_surfaced_not_applied(cluster, operator):
     job2 = wait_for(lambda: cluster.get("Job", NS, f"{name}-a2"), message="attempt 2")
     cm = builders.manifest_from_config_map(cluster.get("ConfigMap", NS, f"{name}-config"))
     assert cm["spec"]["training"]["maxSteps"] == 100
-    assert job2["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES] == cluster.get("ConfigMap", NS, f"{name}-config")["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES]
+    recorded = cluster.get("ConfigMap", NS, f"{name}-config")["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES]
+    assert job2["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES] == recorded
 
 
 def test_invalid_spec_fails_with_invalid_spec_and_creates_nothing(cluster, operator):

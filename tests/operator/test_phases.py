@@ -1,10 +1,15 @@
-"""The phase machine as a pure function: observed Job/pods + status + time -> plan. Fast, no I/O."""
+"""The phase machine as a pure function: one observation (status, Jobs, pods, time) -> a decision. Fast, no I/O.
+
+Decision and classification cases are tables: each row is one named situation
+and what the operator must decide in it.
+"""
 import datetime as dt
 import uuid
 
 import pytest
 
-from kubetune_operator import builders, phases
+from kubetune_operator import builders, observe, phases
+from kubetune_operator.observe import Observation
 from kubetune_operator.settings import OperatorSettings
 from support.manifests import job_manifest
 
@@ -24,7 +29,7 @@ def batch(f, attempt=1, suspend=False, conditions=()):
     job = builders.build_batch_job(f, SETTINGS, attempt)
     job["spec"]["suspend"] = suspend
     job["status"] = {"conditions": [{"type": t, "status": "True", "reason": r, "message": m} for t, r, m in conditions]}
-    return phases.summarize(job)
+    return observe.summarize(job)
 
 
 def pod(index=0, attempt=1, phase="Running", state=None, conditions=(), reason=None, deleting=False):
@@ -44,225 +49,332 @@ def terminated(code, reason="Error", message=""):
     return {"terminated": {"exitCode": code, "reason": reason, "message": message}}
 
 
+def waiting(reason, message):
+    return {"waiting": {"reason": reason, "message": message}}
+
+
 def status(phase, reason="x", attempt=1, restarts=0, **extra):
     return {"phase": phase, "reason": reason, "attempt": attempt, "restarts": restarts, "activeJob": f"j-a{attempt}", "observedGeneration": 1,
             "conditions": [{"type": phase, "status": "True", "reason": reason, "message": "", "lastTransitionTime": "2026-01-01T11:59:00.000Z"}], **extra}
 
 
 def decide(f, jobs=(), pods=(), now=NOW):
-    return phases.decide(f, list(jobs), list(pods), now, SETTINGS)
+    return phases.decide(Observation.of(f, jobs=jobs, pods=pods, now=now, settings=SETTINGS))
 
 
-def test_new_job_goes_pending_then_creates_attempt_one():
-    plan = decide(ftj())
-    assert plan.status_patch["phase"] == "Pending" and plan.status_patch["attempt"] == 1
-    assert plan.status_patch["observedGeneration"] == 1 and plan.create_attempt is None
-    assert [(e.type, e.reason) for e in plan.events] == [("Normal", "Accepted")]
-    plan = decide(ftj(status("Pending", "Accepted")))
-    assert plan.create_attempt == 1 and not plan.status_patch
+def phase_reason(decision):
+    return decision.status_patch.get("phase"), decision.status_patch.get("reason")
+
+
+UNSCHEDULABLE = {"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "no GPUs"}
+PREEMPTED_BY_SCHEDULER = {"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}
+
+
+# ------------------------------------------------------------- start-up
+def test_new_job_goes_pending():
+    decision = decide(ftj())
+    assert decision.status_patch["phase"] == "Pending" and decision.status_patch["attempt"] == 1
+    assert decision.status_patch["observedGeneration"] == 1 and decision.create_attempt is None
+    assert [(e.type, e.reason) for e in decision.events] == [("Normal", "Accepted")]
+
+
+def test_pending_job_creates_attempt_one_and_writes_nothing():
+    decision = decide(ftj(status("Pending", "Accepted")))
+    assert decision.create_attempt == 1 and not decision.status_patch
 
 
 def test_suspended_before_start_creates_nothing():
-    plan = decide(ftj(status("Pending", "Accepted"), suspend=True))
-    assert plan.create_attempt is None and plan.status_patch["phase"] == "Suspended"
+    decision = decide(ftj(status("Pending", "Accepted"), suspend=True))
+    assert decision.create_attempt is None and decision.status_patch["phase"] == "Suspended"
 
 
-def test_kueue_waiting_admitted_and_preempted():
-    f = ftj(status("Pending", "Accepted"), queueName="q")
-    plan = decide(f, [batch(f, suspend=True)])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Queued", "WaitingForAdmission")
-    assert plan.suspend_job is None  # never unsuspend what Kueue holds
-    f = ftj(status("Running", "PodsRunning"), queueName="q")
-    plan = decide(f, [batch(f, suspend=True)])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Queued", "Preempted")
-    assert plan.events[0].type == "Warning"
+# ------------------------------------------------------- pods and phases
+# (id, FineTuneJob status, pods of attempt 1 as (index, phase, state, conditions), expected (phase, reason), message part)
+POD_STATE_CASES = [
+    pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Pending", None, ()), (1, "Pending", None, ())],
+                 ("Initializing", "PodsStarting"), "0/2 pods", id="pods-pending-starting"),
+    pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Running", None, ()), (1, "Pending", None, [UNSCHEDULABLE])],
+                 ("Initializing", "Unschedulable"), "no GPUs", id="unschedulable-pod-named"),
+    pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Running", None, ()), (1, "Pending", waiting("ErrImagePull", "not found"), ())],
+                 ("Initializing", "ImagePullFailed"), "not found", id="image-pull-transient-waits"),
+    pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Running", None, ()), (1, "Pending", waiting("InvalidImageName", "bad ref"), ())],
+                 ("Failed", "ImagePullFailed"), "bad ref", id="invalid-image-name-fails"),
+    pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Running", None, ()), (1, "Running", None, ())],
+                 ("Running", "PodsRunning"), "all 2 pods of attempt 1", id="all-pods-running"),
+    pytest.param(status("Running", "PodsRunning", progress={"step": 3, "updatedAt": "2026-01-01T11:59:59Z"}),
+                 [(0, "Running", None, ()), (1, "Running", None, ())],
+                 ("Running", "TrainingStarted"), "the trainer reports progress", id="trainer-report-confirmed"),
+]
 
 
-def test_pods_starting_unschedulable_image_errors_then_running():
+@pytest.mark.parametrize(("st", "pod_specs", "expected", "message_part"), POD_STATE_CASES)
+def test_pod_states_decide_the_phase(st, pod_specs, expected, message_part):
+    f = ftj(st)
+    pods = [pod(i, phase=ph, state=state, conditions=conds) for i, ph, state, conds in pod_specs]
+    decision = decide(f, [batch(f)], pods)
+    after = {**st, **decision.status_patch}
+    assert (after["phase"], after["reason"]) == expected and "reason" in decision.status_patch
+    assert message_part in decision.status_patch["message"]
+
+
+def test_first_start_time_is_stamped():
     f = ftj(status("Queued", "WaitingForAdmission"))
-    job = batch(f)
-    plan = decide(f, [job], [pod(0, phase="Pending"), pod(1, phase="Pending")])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Initializing", "PodsStarting")
-    assert plan.status_patch["startTime"] == "2026-01-01T12:00:00.000Z"
-    unsched = pod(1, phase="Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "no GPUs"}])
-    plan = decide(f, [job], [pod(0), unsched])
-    assert plan.status_patch["reason"] == "Unschedulable" and "no GPUs" in plan.status_patch["message"]
-    pulling = pod(1, phase="Pending", state={"waiting": {"reason": "ErrImagePull", "message": "not found"}})
-    assert decide(f, [job], [pod(0), pulling]).status_patch["reason"] == "ImagePullFailed"
-    bad = pod(1, phase="Pending", state={"waiting": {"reason": "InvalidImageName", "message": "bad ref"}})
-    plan = decide(f, [job], [pod(0), bad])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Failed", "ImagePullFailed")
-    plan = decide(f, [job], [pod(0), pod(1)])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Running", "PodsRunning")
+    decision = decide(f, [batch(f)], [pod(0, phase="Pending"), pod(1, phase="Pending")])
+    assert decision.status_patch["startTime"] == "2026-01-01T12:00:00.000Z"
 
 
-def test_trainer_reported_phases_are_confirmed():
-    f = ftj(status("Running", "PodsRunning", progress={"step": 3, "updatedAt": "2026-01-01T11:59:59Z"}))
-    job = batch(f)
-    assert decide(f, [job], [pod(0), pod(1)]).status_patch["reason"] == "TrainingStarted"
+def test_trainer_reported_exporting_is_confirmed():
     f = ftj(status("Running", "TrainingStarted"))
     f["status"]["phase"] = "Exporting"  # written by the reporter
-    plan = decide(f, [job], [pod(0), pod(1)])
-    assert plan.status_patch["conditions"][-1]["type"] == "Exporting" and plan.events[0].reason == "Exporting"
+    decision = decide(f, [batch(f)], [pod(0), pod(1)])
+    assert decision.status_patch["conditions"][-1]["type"] == "Exporting" and decision.events[0].reason == "Exporting"
 
 
-def test_complete_job_succeeds_and_ttl_deletes_later():
+# (id, spec overrides, FineTuneJob status, Job suspended, expected (phase, reason), expected suspend_job, event type)
+KUEUE_AND_SUSPEND_CASES = [
+    pytest.param({"queueName": "q"}, status("Pending", "Accepted"), True, ("Queued", "WaitingForAdmission"), None, "Normal",
+                 id="kueue-waiting-never-unsuspended"),
+    pytest.param({"queueName": "q"}, status("Running", "PodsRunning"), True, ("Queued", "Preempted"), None, "Warning",
+                 id="kueue-preempted-running-job"),
+    pytest.param({"suspend": True}, status("Running", "PodsRunning"), False, ("Suspended", "Suspended"), ("j-a1", True), "Normal",
+                 id="suspend-patches-job"),
+    pytest.param({}, status("Suspended", "Suspended"), True, ("Initializing", "Resuming"), ("j-a1", False), "Normal",
+                 id="resume-patches-job"),
+]
+
+
+@pytest.mark.parametrize(("spec", "st", "job_suspended", "expected", "suspend_job", "event_type"), KUEUE_AND_SUSPEND_CASES)
+def test_kueue_and_suspend(spec, st, job_suspended, expected, suspend_job, event_type):
+    f = ftj(st, **spec)
+    decision = decide(f, [batch(f, suspend=job_suspended)])
+    assert phase_reason(decision) == expected
+    assert decision.suspend_job == suspend_job
+    assert decision.events[0].type == event_type
+
+
+def test_kueue_managed_suspend_ends_the_attempt_uncounted():
+    # Kueue would unsuspend a suspended admitted Job: the attempt ends and resumes as a new one.
+    f = ftj(status("Running", "PodsRunning"), suspend=True, queueName="q")
+    decision = decide(f, [batch(f)])
+    assert decision.delete_jobs == ["j-a1"] and decision.status_patch["attempt"] == 2 and "restarts" not in decision.status_patch
+
+
+# -------------------------------------------------------------- finishing
+def test_complete_job_succeeds():
     f = ftj(status("Exporting", "Exporting"), runPolicy={"ttlSecondsAfterFinished": 60})
-    plan = decide(f, [batch(f, conditions=[("Complete", "CompletionsReached", "")])])
-    assert plan.status_patch["phase"] == "Succeeded" and plan.status_patch["completionTime"]
+    decision = decide(f, [batch(f, conditions=[("Complete", "CompletionsReached", "")])])
+    assert decision.status_patch["phase"] == "Succeeded" and decision.status_patch["completionTime"]
+
+
+@pytest.mark.parametrize(("seconds_after", "requeue_after", "delete_self"), [
+    pytest.param(0, 30, False, id="ttl-not-elapsed-requeues"),
+    pytest.param(31, None, True, id="ttl-elapsed-deletes"),
+])
+def test_ttl_after_finished(seconds_after, requeue_after, delete_self):
     done = ftj(status("Succeeded", "Completed", completionTime="2026-01-01T11:59:30.000Z"), runPolicy={"ttlSecondsAfterFinished": 60})
-    assert decide(done).requeue_after == pytest.approx(30) and not decide(done).delete_self
-    assert decide(done, now=NOW + dt.timedelta(seconds=31)).delete_self
+    decision = decide(done, now=NOW + dt.timedelta(seconds=seconds_after))
+    assert decision.delete_self is delete_self
+    if requeue_after is not None:
+        assert decision.requeue_after == pytest.approx(requeue_after)
 
 
-def test_oom_restarts_the_gang_counting_with_doubling_backoff():
-    f = ftj(status("Running", "PodsRunning", restarts=1), runPolicy={"maxRestarts": 3, "backoffSeconds": 10})
-    plan = decide(f, [batch(f)], [pod(0), pod(1, phase="Failed", state=terminated(137, "OOMKilled"))])
-    p = plan.status_patch
-    assert (p["phase"], p["reason"], p["restarts"], p["attempt"]) == ("Restarting", "OOMKilled", 2, 2)
-    assert plan.delete_jobs == ["j-a1"] and plan.requeue_after == 20 and plan.restart_counted is True
-    assert "restart 2/3" in p["message"] and "memory limit" in p["message"]
+@pytest.mark.parametrize(("now", "expected_reason", "delete_jobs", "requeue_after"), [
+    pytest.param(NOW, "DeadlineExceeded", ["j-a1"], None, id="deadline-passed-fails"),
+    pytest.param(NOW - dt.timedelta(seconds=100), None, [], 100, id="deadline-ahead-requeues"),
+])
+def test_deadline_exceeded(now, expected_reason, delete_jobs, requeue_after):
+    f = ftj(status("Running", "PodsRunning", startTime="2026-01-01T11:00:00.000Z"), runPolicy={"activeDeadlineSeconds": 3600})
+    decision = decide(f, [batch(f)], [pod(0), pod(1)], now=now)
+    assert decision.status_patch.get("reason") == expected_reason and decision.delete_jobs == delete_jobs
+    if requeue_after is not None:
+        assert not decision.status_patch and decision.requeue_after == pytest.approx(requeue_after)
+
+
+# --------------------------------------------------------------- failures
+# (id, restarts so far, runPolicy, failed pods, expected phase/reason/restarts/attempt, counted, message parts, requeue)
+FAILURE_CASES = [
+    pytest.param(1, {"maxRestarts": 3, "backoffSeconds": 10}, [pod(0), pod(1, phase="Failed", state=terminated(137, "OOMKilled"))],
+                 ("Restarting", "OOMKilled", 2, 2), True, ("restart 2/3", "memory limit"), 20, id="oom-counts-doubling-backoff"),
+    pytest.param(0, {"maxRestarts": 0, "backoffSeconds": 5}, [pod(0, phase="Failed", state=terminated(75))],
+                 ("Restarting", "Preempted", None, 2), False, ("not counted",), 5, id="exit-75-not-counted"),
+    pytest.param(0, {"maxRestarts": 0, "backoffSeconds": 5},
+                 [pod(0, phase="Failed", state=terminated(143), conditions=[PREEMPTED_BY_SCHEDULER])],
+                 ("Restarting", "Preempted", None, 2), False, ("PreemptionByScheduler",), 5, id="disruption-target-not-counted"),
+    pytest.param(2, {"maxRestarts": 2}, [pod(0, phase="Failed", state=terminated(1, message="Traceback...\nRuntimeError: boom"))],
+                 ("Failed", "BackoffLimitExceeded", None, None), None, ("RuntimeError: boom",), None, id="max-restarts-exceeded"),
+    pytest.param(0, {}, [pod(0, phase="Failed", state=terminated(3, message="step 0\nkubetune: error: ModelNotFound: hf://org/model has no config.json\n"))],
+                 ("Failed", "ModelNotFound", None, None), None, ("no config.json",), None, id="exit-3-trainer-reason"),
+]
+
+
+@pytest.mark.parametrize(("restarts", "run_policy", "pods", "expected", "counted", "message_parts", "requeue_after"), FAILURE_CASES)
+def test_failed_pods(restarts, run_policy, pods, expected, counted, message_parts, requeue_after):
+    f = ftj(status("Running", "PodsRunning", restarts=restarts), runPolicy=run_policy)
+    decision = decide(f, [batch(f)], pods)
+    p = decision.status_patch
+    phase, reason, new_restarts, attempt = expected
+    assert (p["phase"], p["reason"]) == (phase, reason)
+    assert p.get("restarts") == new_restarts  # None: not written (unchanged)
+    assert p.get("attempt") == attempt
+    assert decision.restart_counted is counted
+    assert decision.delete_jobs == ["j-a1"]
+    for part in message_parts:
+        assert part in p["message"]
+    if requeue_after is not None:
+        assert decision.requeue_after == requeue_after
+
+
+def test_job_controller_verdict_alone_fails_permanently():
+    # The Job controller's verdict alone (pods already gone) is read too.
+    f = ftj(status("Running", "PodsRunning"))
+    verdict = ("Failed", "PodFailurePolicy", "Container trainer for pod ml/j-a1-0 failed with exit code 3 matching FailJob rule at index 0")
+    decision = decide(f, [batch(f, conditions=[verdict])])
+    assert phase_reason(decision) == ("Failed", "PermanentError")
+
+
+def test_pods_deleted_by_the_job_controller_are_not_failures():
+    f = ftj(status("Running", "PodsRunning"))
+    decision = decide(f, [batch(f)], [pod(0), pod(1, phase="Failed", state=terminated(75), deleting=True)])
+    assert decision.status_patch.get("phase") in (None, "Initializing")  # one pod is gone: not all running, no restart
+    assert not decision.delete_jobs
 
 
 def test_restart_waits_for_backoff_then_creates_next_attempt_once():
     st = status("Restarting", "PodFailed", attempt=2, restarts=2)
     st["conditions"][0]["lastTransitionTime"] = "2026-01-01T11:59:50.000Z"
     f = ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 10})
-    plan = decide(f, [])
-    assert plan.create_attempt is None and plan.requeue_after == pytest.approx(10)  # 10 * 2^(2-1) = 20s since 11:59:50
+    decision = decide(f, [])
+    assert decision.create_attempt is None and decision.requeue_after == pytest.approx(10)  # 10 * 2^(2-1) = 20s since 11:59:50
     assert decide(f, [], now=NOW + dt.timedelta(seconds=10)).create_attempt == 2
     # An old attempt still visible (deleting) is not "current"; a non-deleted one is removed.
     old = batch(f, attempt=1)
     assert decide(f, [old], now=NOW + dt.timedelta(seconds=10)).delete_jobs == ["j-a1"]
 
 
-def test_backoff_is_capped():
-    assert phases.backoff_seconds(30, 1, True, 3600) == 30
-    assert phases.backoff_seconds(30, 4, True, 3600) == 240
-    assert phases.backoff_seconds(30, 20, True, 3600) == 3600
-    assert phases.backoff_seconds(30, 20, False, 3600) == 30
-
-
-def test_max_restarts_then_backoff_limit_exceeded():
-    f = ftj(status("Running", "PodsRunning", restarts=2), runPolicy={"maxRestarts": 2})
-    plan = decide(f, [batch(f)], [pod(0, phase="Failed", state=terminated(1, message="Traceback...\nRuntimeError: boom"))])
-    p = plan.status_patch
-    assert (p["phase"], p["reason"]) == ("Failed", "BackoffLimitExceeded") and "restarts" not in p
-    assert "RuntimeError: boom" in p["message"] and plan.delete_jobs == ["j-a1"]
-
-
-def test_permanent_exit_fails_at_once_with_trainer_reason():
-    f = ftj(status("Running", "PodsRunning"))
-    msg = "step 0\nkubetune: error: ModelNotFound: hf://org/model has no config.json\n"
-    plan = decide(f, [batch(f)], [pod(0, phase="Failed", state=terminated(3, message=msg))])
-    p = plan.status_patch
-    assert (p["phase"], p["reason"]) == ("Failed", "ModelNotFound") and "no config.json" in p["message"]
-    # The Job controller's verdict alone (pods already gone) is read too.
-    plan = decide(f, [batch(f, conditions=[("Failed", "PodFailurePolicy", "Container trainer for pod ml/j-a1-0 failed with exit code 3 matching FailJob rule at index 0")])])
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Failed", "PermanentError")
-
-
-@pytest.mark.parametrize("failed_pod", [
-    pod(0, phase="Failed", state=terminated(75)),
-    pod(0, phase="Failed", state=terminated(143), conditions=[{"type": "DisruptionTarget", "status": "True", "reason": "PreemptionByScheduler"}]),
+@pytest.mark.parametrize(("base", "restarts", "counted", "expected"), [
+    pytest.param(30, 1, True, 30, id="first-restart-base"),
+    pytest.param(30, 4, True, 240, id="doubles-per-counted-restart"),
+    pytest.param(30, 20, True, 3600, id="capped"),
+    pytest.param(30, 20, False, 30, id="uncounted-stays-base"),
 ])
-def test_preemption_restarts_without_counting(failed_pod):
-    f = ftj(status("Running", "PodsRunning"), runPolicy={"maxRestarts": 0, "backoffSeconds": 5})
-    plan = decide(f, [batch(f)], [failed_pod])
-    p = plan.status_patch
-    assert (p["phase"], p["reason"], p["attempt"]) == ("Restarting", "Preempted", 2) and "restarts" not in p
-    assert plan.restart_counted is False
+def test_backoff(base, restarts, counted, expected):
+    assert phases.backoff_seconds(base, restarts, counted, 3600) == expected
 
 
-def test_pods_deleted_by_the_job_controller_are_not_failures():
-    f = ftj(status("Running", "PodsRunning"))
-    plan = decide(f, [batch(f)], [pod(0), pod(1, phase="Failed", state=terminated(75), deleting=True)])
-    assert plan.status_patch.get("phase") in (None, "Initializing")  # one pod is gone: not all running, no restart
-    assert not plan.delete_jobs
+def test_a_late_trainer_report_cannot_revive_a_finished_job():
+    # Failed (condition True) but a dying rank 0 wrote phase Running afterwards.
+    st = status("Failed", "DatasetNotFound")
+    st["phase"] = "Running"
+    decision = decide(ftj(st), [])
+    assert decision.create_attempt is None and decision.status_patch["phase"] == "Failed" and not decision.events
 
 
-def test_suspend_and_resume_patch_the_job():
-    f = ftj(status("Running", "PodsRunning"), suspend=True)
-    plan = decide(f, [batch(f)])
-    assert plan.suspend_job == ("j-a1", True) and plan.status_patch["phase"] == "Suspended"
-    f = ftj(status("Suspended", "Suspended"))
-    plan = decide(f, [batch(f, suspend=True)])
-    assert plan.suspend_job == ("j-a1", False) and plan.status_patch["reason"] == "Resuming"
-    # Kueue-managed: the attempt ends (Kueue would unsuspend a suspended admitted Job) and resumes as a new one.
-    f = ftj(status("Running", "PodsRunning"), suspend=True, queueName="q")
-    plan = decide(f, [batch(f)])
-    assert plan.delete_jobs == ["j-a1"] and plan.status_patch["attempt"] == 2 and "restarts" not in plan.status_patch
+def test_a_late_trainer_report_cannot_cut_a_restart_backoff_short():
+    # Restarting (condition True) overwritten the same way: the backoff still holds.
+    st = status("Restarting", "PodFailed", attempt=2, restarts=1)
+    st["phase"] = "Running"
+    decision = decide(ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 600}), [])
+    assert decision.create_attempt is None and decision.requeue_after == pytest.approx(40)  # capped at 100 s since 11:59:00
 
 
-def test_deadline_exceeded():
-    f = ftj(status("Running", "PodsRunning", startTime="2026-01-01T11:00:00.000Z"), runPolicy={"activeDeadlineSeconds": 3600})
-    plan = decide(f, [batch(f)], [pod(0), pod(1)])
-    assert plan.status_patch["reason"] == "DeadlineExceeded" and plan.delete_jobs == ["j-a1"]
-    plan = decide(f, [batch(f)], [pod(0), pod(1)], now=NOW - dt.timedelta(seconds=100))
-    assert not plan.status_patch and plan.requeue_after == pytest.approx(100)
-
-
+# ------------------------------------------------------- spec and idempotence
 def test_spec_change_is_a_condition_and_changes_nothing_else():
     started = ftj(status("Running", "PodsRunning"))
     job = batch(started)
     changed = ftj(status("Running", "PodsRunning"), generation=2, model={"source": "hf://org/other"})
-    plan = decide(changed, [job], [pod(0), pod(1)])
-    cond = next(c for c in plan.status_patch["conditions"] if c["type"] == "SpecChangeIgnored")
+    decision = decide(changed, [job], [pod(0), pod(1)])
+    cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "SpecChangeIgnored")
     assert cond["status"] == "True" and cond["message"].startswith("spec.model changed")
-    assert plan.status_patch["observedGeneration"] == 2 and "phase" not in plan.status_patch
-    assert not plan.delete_jobs and plan.create_attempt is None
-    assert [(e.type, e.reason) for e in plan.events] == [("Warning", "SpecChangeIgnored")]
+    assert decision.status_patch["observedGeneration"] == 2 and "phase" not in decision.status_patch
+    assert not decision.delete_jobs and decision.create_attempt is None
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "SpecChangeIgnored")]
     relaxed = ftj(status("Running", "PodsRunning"), generation=2, runPolicy={"maxRestarts": 9})
     assert not decide(relaxed, [job], [pod(0), pod(1)]).events
 
 
 def test_invalid_spec_fails_once():
     f = ftj(training={"maxSteps": 1, "globalBatchSize": 3})
-    plan = decide(f)
-    assert (plan.status_patch["phase"], plan.status_patch["reason"]) == ("Failed", "InvalidSpec")
-    f["status"] = {**plan.status_patch}
+    decision = decide(f)
+    assert phase_reason(decision) == ("Failed", "InvalidSpec")
+    f["status"] = {**decision.status_patch}
     assert decide(f).empty
 
 
 def test_same_observation_twice_plans_nothing_new():
     f = ftj(status("Queued", "WaitingForAdmission"))
     job, pods = batch(f), [pod(0), pod(1)]
-    plan = decide(f, [job], pods)
-    f["status"] = {**f["status"], **plan.status_patch}
+    decision = decide(f, [job], pods)
+    f["status"] = {**f["status"], **decision.status_patch}
     again = decide(f, [job], pods)
     assert again.empty, again
 
 
-def test_trainer_error_line_parsing():
-    assert phases.trainer_error("x\nkubetune: error: BadData: row 7 is empty\ny") == ("BadData", "row 7 is empty")
-    assert phases.trainer_error("no marker") is None
+def test_observation_is_frozen():
+    obs = Observation.of(ftj(), now=NOW, settings=SETTINGS)
+    with pytest.raises(AttributeError):
+        obs.now = NOW  # type: ignore[misc]
 
 
-def test_a_late_trainer_report_cannot_revive_a_finished_or_restarting_job():
-    # Failed (condition True) but a dying rank 0 wrote phase Running afterwards.
-    st = status("Failed", "DatasetNotFound")
-    st["phase"] = "Running"
-    f = ftj(st)
-    plan = decide(f, [])
-    assert plan.create_attempt is None and plan.status_patch["phase"] == "Failed" and not plan.events
-    # Restarting (condition True) overwritten the same way: the backoff still holds.
-    st = status("Restarting", "PodFailed", attempt=2, restarts=1)
-    st["phase"] = "Running"
-    f = ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 600})
-    plan = decide(f, [])
-    assert plan.create_attempt is None and plan.requeue_after == pytest.approx(40)  # capped at 100 s since 11:59:00
+# -------------------------------------------------- which spec an attempt runs
+def test_first_attempt_runs_the_live_spec():
+    f = ftj(status("Pending", "Accepted"))
+    chosen = phases.attempt_spec(f, 1, None)
+    assert chosen.source == f and chosen.spec_hashes is None and chosen.create_job_objects
+
+
+def test_restart_runs_the_stored_spec_with_the_live_run_policy():
+    started = ftj()
+    cm = builders.build_config_map(started, SETTINGS)
+    edited = ftj(model={"source": "hf://org/other"}, runPolicy={"maxRestarts": 9, "backoffSeconds": 0})
+    chosen = phases.attempt_spec(edited, 2, cm)
+    assert chosen.source["spec"]["model"]["source"] == "hf://org/model"
+    assert chosen.source["spec"]["runPolicy"]["maxRestarts"] == 9
+    assert chosen.spec_hashes == cm["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES]
+    assert not chosen.create_job_objects
+
+
+# ------------------------------------------------------------ classification
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("x\nkubetune: error: BadData: row 7 is empty\ny", ("BadData", "row 7 is empty"), id="error-line-found"),
+    pytest.param("no marker", None, id="no-error-line"),
+])
+def test_trainer_error_line_parsing(text, expected):
+    assert observe.trainer_error(text) == expected
+
+
+TORCHRUN_BANNER = "\n".join([
+    "[rank1]: ImportError: /root/.cache/torch_extensions/x.so: cannot open shared object file",
+    "Traceback (most recent call last):",
+    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
+    "============================================================",
+    "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+    "============================================================",
+])
+
+
+@pytest.mark.parametrize(("pod_obj", "kind", "reason", "message_start"), [
+    pytest.param(pod(1, phase="Failed", state=terminated(1, message=TORCHRUN_BANNER)), "transient", "PodFailed",
+                 "pod j-a1-1-x: container trainer failed (exit code 1): [rank1]: ImportError: /root/.cache", id="error-not-banner"),
+    pytest.param(pod(0, phase="Failed", state=terminated(137, "OOMKilled")), "transient", "OOMKilled",
+                 "pod j-a1-0-x: container trainer was killed for exceeding its memory limit", id="oom-killed"),
+    pytest.param(pod(0, phase="Failed", state=terminated(3, message="kubetune: error: DatasetNotFound: s3://d missing")),
+                 "permanent", "DatasetNotFound", "s3://d missing (pod j-a1-0-x, exit code 3)", id="exit-3-with-reason"),
+    pytest.param(pod(0, phase="Failed", state=terminated(3, message="RuntimeError: x")), "permanent", "PermanentError",
+                 "pod j-a1-0-x exited with code 3: RuntimeError: x", id="exit-3-without-reason"),
+    pytest.param(pod(0, phase="Failed", state=terminated(75)), "preempted", "Preempted",
+                 "pod j-a1-0-x checkpointed and stopped after SIGTERM", id="exit-75"),
+    pytest.param(pod(0, phase="Failed", state=terminated(143), conditions=[PREEMPTED_BY_SCHEDULER]), "preempted", "Preempted",
+                 "pod j-a1-0-x was disrupted (PreemptionByScheduler)", id="disruption-target"),
+])
+def test_classify_pod_failure(pod_obj, kind, reason, message_start):
+    failure = observe.classify_pod_failure(pod_obj)
+    assert (failure.kind, failure.reason) == (kind, reason)
+    assert failure.message.startswith(message_start), failure.message
 
 
 def test_failure_message_names_the_error_not_the_banner():
-    log = "\n".join([
-        "[rank1]: ImportError: /root/.cache/torch_extensions/x.so: cannot open shared object file",
-        "Traceback (most recent call last):",
-        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ",
-        "============================================================",
-        "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
-        "============================================================",
-    ])
     f = ftj(status("Running", "PodsRunning"))
-    plan = decide(f, [batch(f)], [pod(1, phase="Failed", state=terminated(1, message=log))])
-    assert plan.status_patch["message"].startswith("pod j-a1-1-x: container trainer failed (exit code 1): [rank1]: ImportError: /root/.cache")
-    assert phases.last_error_line("step 1\nstep 2\n----\n") == "step 2"
+    decision = decide(f, [batch(f)], [pod(1, phase="Failed", state=terminated(1, message=TORCHRUN_BANNER))])
+    assert decision.status_patch["message"].startswith(
+        "pod j-a1-1-x: container trainer failed (exit code 1): [rank1]: ImportError: /root/.cache")
+    assert observe.last_error_line("step 1\nstep 2\n----\n") == "step 2"

@@ -158,7 +158,7 @@ def test_two_peered_replicas_one_acts_and_the_other_takes_over(cluster):
         wait_for(lambda: peers() == 2, message="standby registered")
         cluster.create(job_manifest(name, ns, runPolicy={"maxRestarts": 1, "backoffSeconds": 0}))
         wait_for(lambda: phase(cluster, ns, name) == "Initializing", message="handled")
-        assert (ns, name) not in standby.runtime.states and (ns, name) in active.runtime.states
+        assert (ns, name) not in standby.reconciler.states and (ns, name) in active.reconciler.states
         active.stop()
         active = None
         # The active replica left: the standby resumes and handles what happens next.

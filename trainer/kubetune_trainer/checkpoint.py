@@ -1,6 +1,6 @@
 """Checkpoints on S3-compatible storage (or a local folder): save, upload, commit, resume.
 
-Layout (DESIGN.md, "Storage contract")::
+Layout (docs/storage.md)::
 
     <output.uri>/checkpoints/step-000500/<files of a Hugging Face Trainer checkpoint>
     <output.uri>/checkpoints/step-000500/.nodes/node-<K>.json   per-node "uploaded" marker + its files' sha256

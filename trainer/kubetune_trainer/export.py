@@ -9,7 +9,7 @@
   original weights (not into de-quantised 4-bit ones) avoids the quality loss
   users report for merged QLoRA adapters; it also needs no ZeRO gathering.
 
-Layout (DESIGN.md): ``final/adapter/``, ``final/merged/``, ``final/summary.json``.
+Layout (docs/storage.md): ``final/adapter/``, ``final/merged/``, ``final/summary.json``.
 """
 from __future__ import annotations
 

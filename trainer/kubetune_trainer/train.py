@@ -1,4 +1,4 @@
-"""The trainer's recipe: one short ``main`` calling the stages of DESIGN.md in order.
+"""The trainer's recipe: one short ``main`` calling the stages of docs/trainer.md in order.
 
     fetch → prepare data → DeepSpeed config → model + method → train (with eval)
     → final eval → export → summary → publish

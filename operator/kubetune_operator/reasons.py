@@ -1,0 +1,59 @@
+"""Phases, condition types and reasons the operator writes: the one list of them.
+
+Reasons are CamelCase and stable (machine-readable, Kubernetes API conventions);
+dashboards, alerts and tests match on them. The trainer's own permanent-error
+reasons (``DatasetNotFound``, ``ModelNotFound``, ...) arrive through the error
+line of the contract and are passed through as they are.
+"""
+from __future__ import annotations
+
+# ------------------------------------------------------------------ phases
+PENDING = "Pending"
+QUEUED = "Queued"
+INITIALIZING = "Initializing"
+RUNNING = "Running"
+SUSPENDED = "Suspended"
+RESTARTING = "Restarting"
+EXPORTING = "Exporting"
+SUCCEEDED = "Succeeded"
+FAILED = "Failed"
+
+# Every phase is also a condition type of the same name.
+PHASES = (PENDING, QUEUED, INITIALIZING, RUNNING, SUSPENDED, RESTARTING, EXPORTING, SUCCEEDED, FAILED)
+TERMINAL = (SUCCEEDED, FAILED)
+ACTIVE = (INITIALIZING, RUNNING, EXPORTING)
+
+# ---------------------------------------------------- other condition types
+SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+
+# ----------------------------------------------------------------- reasons
+ACCEPTED = "Accepted"
+WAITING_FOR_ADMISSION = "WaitingForAdmission"
+PODS_STARTING = "PodsStarting"
+PODS_RUNNING = "PodsRunning"
+TRAINING_STARTED = "TrainingStarted"
+RESUMING = "Resuming"
+COMPLETED = "Completed"
+CONTAINER_CREATING = "ContainerCreating"
+# Phase-named reasons: the phase entered because the trainer or the user said so.
+SUSPENDED_REASON = SUSPENDED
+EXPORTING_REASON = EXPORTING
+
+PREEMPTED = "Preempted"
+OOM_KILLED = "OOMKilled"
+EVICTED = "Evicted"
+POD_FAILED = "PodFailed"
+PERMANENT_ERROR = "PermanentError"
+BACKOFF_LIMIT_EXCEEDED = "BackoffLimitExceeded"
+DEADLINE_EXCEEDED = "DeadlineExceeded"
+INVALID_SPEC = "InvalidSpec"
+IMAGE_PULL_FAILED = "ImagePullFailed"
+UNSCHEDULABLE = "Unschedulable"
+CONTAINER_CONFIG_ERROR = "ContainerConfigError"
+SPEC_RESTORED = "SpecRestored"
+
+# Reasons that are expected or not the user's fault get Normal events; the rest Warning.
+NORMAL_REASONS = frozenset({
+    ACCEPTED, WAITING_FOR_ADMISSION, PODS_STARTING, PODS_RUNNING, TRAINING_STARTED,
+    EXPORTING_REASON, SUSPENDED_REASON, RESUMING, COMPLETED, CONTAINER_CREATING,
+})
