@@ -23,7 +23,7 @@ live here too, so no component keeps its own copy.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pydantic is a core dependency, but keep the import lazy for the CLI's start-up
@@ -91,23 +91,53 @@ def error_path(loc: Iterable[Any]) -> str:
     return out
 
 
-def validation_messages(error: ValidationError, prefix: str = "") -> list[str]:
-    """One '<field path>: <message>' line per problem in a pydantic ValidationError.
+# A cross-field validator's message starts with the path of the field it is
+# about, relative to the model it runs on: "training.globalBatchSize: ...".
+_RELATIVE_PATH = re.compile(r"([A-Za-z][A-Za-z0-9]*(?:\.[A-Za-z][A-Za-z0-9]*)*): (.+)", re.S)
+# pydantic tags the errors of each member of a union (int | str) with the
+# member's type; for a person they belong to the field itself.
+_UNION_TAGS = {"int": "int_", "str": "string_", "float": "float_", "bool": "bool_"}
 
-    ``prefix`` is prepended to each path (e.g. 'spec' when the model parsed
-    was the spec alone). Errors raised by our own cross-field validators
-    already start with their relative path ('training.globalBatchSize: ...');
-    that path is joined onto the location instead of repeated.
+
+def field_errors(error: ValidationError, prefix: Sequence[str | int] = ()) -> list[tuple[tuple[str | int, ...], str]]:
+    """(field path, message) per problem in a pydantic ValidationError.
+
+    The path is the error's location, with ``prefix`` in front (e.g. 'spec'
+    when the model parsed was the spec alone), without pydantic's union-member
+    tags, and with the relative path a cross-field validator's message starts
+    with joined on. Messages lose pydantic's 'Value error, ' prefix; a missing
+    field says 'required field is missing', an unknown one 'unknown field'.
+    """
+    out = []
+    for err in error.errors():
+        loc: tuple[str | int, ...] = (*prefix, *err.get("loc", ()))
+        kind = err.get("type", "")
+        tag = _UNION_TAGS.get(loc[-1]) if loc and isinstance(loc[-1], str) else None
+        if tag and kind.startswith(tag):
+            loc = loc[:-1]
+        msg = re.sub(r"^(Value error|Assertion failed), ", "", str(err.get("msg", "")))
+        rel = _RELATIVE_PATH.fullmatch(msg)
+        if rel and kind == "value_error":
+            loc += tuple(rel.group(1).split("."))
+            msg = rel.group(2)
+        if kind == "missing":
+            msg = "required field is missing"
+        elif kind == "extra_forbidden":
+            msg = "unknown field"
+        out.append((loc, msg))
+    return out
+
+
+def validation_messages(error: ValidationError, prefix: str = "") -> list[str]:
+    """One '<field path>: <message>' line per problem in a pydantic ValidationError (see :func:`field_errors`).
+
+    The one formatting of pydantic errors: ``kubetune validate``, the operator,
+    ``kubetune run`` and the trainer all print these lines.
     """
     lines = []
-    for err in error.errors():
-        path = error_path(([prefix] if prefix else []) + list(err.get("loc", ())))
-        msg = str(err.get("msg", ""))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        head, sep, rest = msg.partition(": ")
-        if sep and re.fullmatch(r"[A-Za-z][A-Za-z0-9]*(\[[0-9]+\])?(\.[A-Za-z][A-Za-z0-9]*(\[[0-9]+\])?)*", head):
-            path = f"{path}.{head}" if path else head
-            msg = rest
-        lines.append(f"{path}: {msg}" if path else msg)
+    for loc, msg in field_errors(error, (prefix,) if prefix else ()):
+        path = error_path(loc)
+        line = f"{path}: {msg}" if path else msg
+        if line not in lines:
+            lines.append(line)
     return lines

@@ -26,8 +26,10 @@ from typing import Any
 import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import GenerateJsonSchema, NoDefault
+from pydantic_core import core_schema
 
 from . import spec as api
+from .contract import MAX_JOB_NAME_LENGTH, MUTABLE_SPEC_FIELDS
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_PATHS = (Path("crds/finetunejob.yaml"), Path("charts/kubetune/files/crds/finetunejob.yaml"))
@@ -55,11 +57,11 @@ PRINTER_COLUMNS = [
 ROOT_RULES = [
     {
         "rule": (
-            f"!has(self.metadata.name) || (self.metadata.name.size() <= {api.MAX_JOB_NAME_LENGTH} "
+            f"!has(self.metadata.name) || (self.metadata.name.size() <= {MAX_JOB_NAME_LENGTH} "
             f"&& self.metadata.name.matches('{api.JOB_NAME_PATTERN}'))"
         ),
         "message": (
-            f"metadata.name must be at most {api.MAX_JOB_NAME_LENGTH} characters of lowercase letters, digits "
+            f"metadata.name must be at most {MAX_JOB_NAME_LENGTH} characters of lowercase letters, digits "
             "and '-', starting with a letter: the operator derives Service, Job and pod host names from it"
         ),
         "fieldPath": ".metadata.name",
@@ -70,9 +72,10 @@ ROOT_RULES = [
 class _CRDSchema(GenerateJsonSchema):
     """Defaults from default factories too: [] and {} for collections, {} for nested objects."""
 
-    def get_default_value(self, schema):  # type: ignore[override]
-        if "default_factory" in schema and not schema.get("default_factory_takes_data"):
-            value = schema["default_factory"]()
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            value = factory()  # type: ignore[call-arg]
             return {} if isinstance(value, BaseModel) else value
         return schema.get("default", NoDefault)
 
@@ -176,7 +179,7 @@ def _immutability_rules(spec_schema: dict[str, Any]) -> list[dict[str, Any]]:
     rules = []
     required = set(spec_schema.get("required", []))
     for name, sub in spec_schema["properties"].items():
-        if name in api.MUTABLE_SPEC_FIELDS:
+        if name in MUTABLE_SPEC_FIELDS:
             continue
         always_present = name in required or "default" in sub
         rule = (

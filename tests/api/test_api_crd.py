@@ -12,7 +12,7 @@ from api_manifests import REPO
 
 from kubetune_api import crd
 from kubetune_api import spec as api
-from kubetune_api.validation import _cel_program, _field_path, crd_schema
+from kubetune_api.validation import crd_schema, field_path, program
 
 K8S_VERSION = "1.37"
 
@@ -112,12 +112,12 @@ def test_schema_is_structural_and_explained():
 
 def test_defaults_validate_against_their_own_schema():
     # the API server refuses a CRD whose default does not validate (structural defaulting)
-    from kubetune_api.validation import _draft4
+    from kubetune_api.validation import draft4
 
     count = 0
     for _path, node in _walk(crd_schema()):
         if "default" in node:
-            jsonschema.Draft4Validator(_draft4(node)).validate(node["default"])
+            jsonschema.Draft4Validator(draft4(node)).validate(node["default"])
             count += 1
     assert count > 50
 
@@ -178,12 +178,12 @@ def test_every_cel_rule_compiles_and_names_an_existing_field():
     rules = list(_rules())
     assert len(rules) >= 40
     for path, node, rule in rules:
-        _cel_program(rule["rule"])
+        program(rule["rule"])
         if "messageExpression" in rule:
-            _cel_program(rule["messageExpression"])
+            program(rule["messageExpression"])
         assert rule["message"] and "\n" not in rule["message"], path
         target = node
-        for part in _field_path(rule.get("fieldPath", "")):
+        for part in field_path(rule.get("fieldPath", "")):
             if path == "" and part in ("metadata", "name"):
                 target = {"properties": {"name": {}}}
                 continue

@@ -64,14 +64,20 @@ def test_kubectl_list_of_jobs(tmp_path, capsys):
     assert capsys.readouterr().out.startswith(f"{f}: items[1]: spec.queueName: must be lowercase letters")
 
 
-def test_unreadable_and_unparsable_files_exit_2(tmp_path, capsys):
-    broken = tmp_path / "broken.yaml"
-    broken.write_text("spec: [unclosed\n")
-    assert kubetune(["validate", str(tmp_path / "missing.yaml")]) == 2
-    assert kubetune(["validate", str(broken), str(EXAMPLES[0])]) == 2
+@pytest.mark.parametrize(
+    "name, content, needle",
+    [("missing.yaml", None, "cannot read"), ("broken.yaml", "spec: [unclosed\n", "not valid YAML")],
+    ids=["missing-file", "not-yaml"],
+)
+def test_unreadable_and_unparsable_files_exit_2(tmp_path, capsys, name, content, needle):
+    f = tmp_path / name
+    if content is not None:
+        f.write_text(content)
+    assert kubetune(["validate", str(f)]) == 2
+    assert capsys.readouterr().out.startswith(f"{f}: {needle}")
+    assert kubetune(["validate", str(f), str(EXAMPLES[0])]) == 2  # the worst file sets the exit code
     out = capsys.readouterr().out
-    assert f"{tmp_path / 'missing.yaml'}: cannot read" in out
-    assert f"{broken}: not valid YAML" in out
+    assert f"{f}: {needle}" in out
     assert f"{EXAMPLES[0]}: valid" in out
 
 
@@ -137,24 +143,42 @@ def _warnings_for(tmp_path, capsys, doc) -> list[str]:
     return [line for line in capsys.readouterr().out.splitlines() if ": warning: " in line]
 
 
-def test_warnings_are_printed_but_do_not_fail(tmp_path, capsys):
+def test_warning_line_names_the_field_and_what_to_do(tmp_path, capsys):
     no_secret = base()
     del no_secret["spec"]["storage"]
     assert _warnings_for(tmp_path, capsys, no_secret) == [
         f"{tmp_path / 'w.yaml'}: spec.storage.secretRef: warning: not set: S3 credentials must come from the pods' "
         "cloud identity (IRSA, workload identity); set storage.secretRef or serviceAccountName unless the nodes provide one"
     ]
+
+
+def _no_secret(spec: dict) -> None:
+    del spec["storage"]
+
+
+def _checkpoint_and_eval_after_the_end(spec: dict) -> None:
+    spec["training"] = {"maxSteps": 100, "evalEvery": 500, "globalBatchSize": 16}
+    spec["output"]["checkpointEvery"] = 100
+
+
+def _local_qlora_on_cpu_with_s3_settings(spec: dict) -> None:
+    spec.update(model={"source": "models/m"}, dataset={"train": "d.jsonl"}, output={"uri": "out"},
+                storage={"endpoint": "http://minio:9000"}, method={"type": "qlora"}, distributed={"gpusPerNode": 0})
+
+
+@pytest.mark.parametrize(
+    "mutate, paths",
+    [
+        (_no_secret, ["spec.storage.secretRef"]),
+        (_checkpoint_and_eval_after_the_end, ["spec.output.checkpointEvery", "spec.training.evalEvery"]),
+        (_local_qlora_on_cpu_with_s3_settings, ["spec.method.type", "spec.storage"]),
+    ],
+    ids=["no-secret-ref", "checkpoint-and-eval-after-the-end", "local-qlora-on-cpu-with-s3-settings"],
+)
+def test_warnings_are_printed_but_do_not_fail(tmp_path, capsys, mutate, paths):
     job = base()
-    job["spec"]["training"] = {"maxSteps": 100, "evalEvery": 500, "globalBatchSize": 16}
-    job["spec"]["output"]["checkpointEvery"] = 100
-    paths = [line.split(": ")[1] for line in _warnings_for(tmp_path, capsys, job)]
-    assert paths == ["spec.output.checkpointEvery", "spec.training.evalEvery"]
-    local = base()
-    local["spec"].update(model={"source": "models/m"}, dataset={"train": "d.jsonl"}, output={"uri": "out"},
-                         storage={"endpoint": "http://minio:9000"}, method={"type": "qlora"},
-                         distributed={"gpusPerNode": 0})
-    paths = [line.split(": ")[1] for line in _warnings_for(tmp_path, capsys, local)]
-    assert paths == ["spec.method.type", "spec.storage"]
+    mutate(job["spec"])
+    assert [line.split(": ")[1] for line in _warnings_for(tmp_path, capsys, job)] == paths
 
 
 def test_examples_have_no_warnings(capsys):

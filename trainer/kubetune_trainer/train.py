@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import socket
 import sys
 import time
@@ -101,14 +100,9 @@ def load_config(path: str):
     try:
         return load_job_file(path)
     except ValidationError as e:
-        first = e.errors()[0]
-        where = ".".join(str(x) for x in first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        field, sep, rest = msg.partition(": ")  # cross-field messages start with their own field path
-        if sep and re.fullmatch(r"[A-Za-z0-9_.\[\]]+", field):
-            where, msg = f"{where}.{field}", rest
-        more = f" (and {e.error_count() - 1} more)" if e.error_count() > 1 else ""
-        raise PermanentError(f"{path}: {where}: {msg}{more}", "InvalidSpec") from None
+        first, *rest = contract.validation_messages(e)
+        more = f" (and {len(rest)} more)" if rest else ""
+        raise PermanentError(f"{path}: {first}{more}", "InvalidSpec") from None
     except (ValueError, yaml.YAMLError) as e:
         raise PermanentError(f"{path}: {e}", "InvalidSpec") from None
 

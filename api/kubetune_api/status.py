@@ -1,0 +1,79 @@
+"""status: the observed state, written by the operator and (progress only) by rank 0."""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from .common import ApiModel
+
+Phase = Literal["Pending", "Queued", "Initializing", "Running", "Suspended", "Restarting", "Exporting", "Succeeded", "Failed"]
+PHASES: tuple[str, ...] = Phase.__args__  # type: ignore[attr-defined]
+TERMINAL_PHASES = ("Succeeded", "Failed")
+
+
+class Condition(ApiModel):
+    """One observation of the job's state (Kubernetes condition conventions)."""
+
+    type: str = Field(max_length=316, description="Condition type, e.g. Ready, Running, Succeeded, Failed, Suspended.")
+    status: Literal["True", "False", "Unknown"] = Field(description="True, False or Unknown.")
+    reason: str | None = Field(default=None, max_length=1024, description="CamelCase machine-readable reason.")
+    message: str | None = Field(default=None, max_length=32768, description="Human-readable details.")
+    last_transition_time: str | None = Field(default=None, description="When status last changed (RFC 3339).")
+    observed_generation: int | None = Field(default=None, description="Spec generation this condition describes.")
+
+
+class Progress(ApiModel):
+    """Training progress, reported by rank 0 (keys are the progress-record contract)."""
+
+    step: int | None = Field(default=None, description="Optimizer steps done.")
+    total_steps: int | None = Field(default=None, description="Optimizer steps planned.")
+    epoch: float | None = Field(default=None, description="Fractional epoch.")
+    percent: float | None = Field(default=None, description="step / totalSteps x 100.")
+    loss: float | None = Field(default=None, description="Latest training loss.")
+    eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    learning_rate: float | None = Field(default=None, description="Current learning rate.")
+    tokens_per_second: float | None = Field(default=None, description="Real (non-padding) tokens per second over all ranks.")
+    mfu: float | None = Field(default=None, description="Model FLOPs utilisation (0-1) on a known GPU.")
+    eta_seconds: int | None = Field(default=None, description="Estimated seconds to the end of training.")
+    updated_at: str | None = Field(default=None, description="When the trainer last reported (RFC 3339).")
+
+
+class CheckpointRef(ApiModel):
+    """A committed checkpoint."""
+
+    step: int | None = Field(default=None, description="Global step of the checkpoint.")
+    uri: str | None = Field(default=None, description="Where it is.")
+    time: str | None = Field(default=None, description="When it was committed.")
+
+
+class OutputStatus(ApiModel):
+    """Where the exported results are."""
+
+    adapter_uri: str | None = Field(default=None, description="Exported PEFT adapter.")
+    merged_uri: str | None = Field(default=None, description="Exported merged model.")
+    summary_uri: str | None = Field(default=None, description="Run summary JSON.")
+    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. evalLoss, perplexity.")
+
+
+class FineTuneJobStatus(ApiModel):
+    """Observed state, written by the operator and (progress only) by rank 0."""
+
+    phase: Phase | None = Field(default=None, description="Pending, Queued, Initializing, Running, Suspended, Restarting, Exporting, Succeeded or Failed.")
+    reason: str | None = Field(default=None, description="Reason for the current phase (CamelCase), e.g. InvalidSpec, BackoffLimitExceeded.")
+    message: str | None = Field(default=None, description="Human-readable details.")
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        description="Latest observations, one per type.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    progress: Progress | None = Field(default=None, description="Training progress reported by rank 0.")
+    last_checkpoint: CheckpointRef | None = Field(default=None, description="Newest committed checkpoint.")
+    restarts: int = Field(default=0, description="Gang restarts so far.")
+    attempt: int = Field(default=0, description="Current attempt number (Job suffix).")
+    active_job: str | None = Field(default=None, description="Name of the current attempt's batch Job.")
+    start_time: str | None = Field(default=None, description="When training first started.")
+    completion_time: str | None = Field(default=None, description="When the job finished.")
+    observed_generation: int | None = Field(default=None, description="Spec generation the status describes.")
+    output: OutputStatus | None = Field(default=None, description="Exported artifacts.")
+

@@ -1,0 +1,196 @@
+"""Layer 2: every ``x-kubernetes-validations`` rule of the CRD evaluated with
+cel-python at its node, on the defaulted object, exactly as admission would.
+Transition rules (those using ``oldSelf``) run only when an old object is given.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from .problems import Path, Problem, Schema, render_path, schema_path
+from .schema import crd_schema
+
+_OLD_SELF = re.compile(r"\boldSelf\b")
+
+
+def _heterogeneous_eq(a: Any, b: Any) -> Any:
+    """CEL's equality: values of different types are unequal (cel-python raises instead)."""
+    from celpy import celtypes
+
+    try:
+        return celtypes.BoolType(bool(a == b))
+    except TypeError:
+        return celtypes.BoolType(False)
+
+
+def _heterogeneous_ne(a: Any, b: Any) -> Any:
+    from celpy import celtypes
+
+    return celtypes.BoolType(not _heterogeneous_eq(a, b))
+
+
+@functools.cache
+def program(expr: str) -> Any:
+    """A compiled CEL expression (cached), with Kubernetes' equality across types."""
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expr), functions={"_==_": _heterogeneous_eq, "_!=_": _heterogeneous_ne})
+
+
+def to_cel(schema: Schema, value: Any, root: bool = False, lenient: bool = False) -> Any:
+    """A YAML value as the CEL value the API server would bind, typed by the schema.
+
+    Null-valued and unknown fields are absent (as in Kubernetes CEL); numbers of
+    ``type: number`` are doubles even when written as integers; at the root,
+    ``metadata`` exposes only name and generateName. ``lenient`` drops values
+    of the wrong type (already reported by the schema layer) instead of raising.
+    """
+    from celpy import celtypes
+
+    if schema.get("x-kubernetes-int-or-string"):
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise TypeError(f"expected an integer or a string, got {value!r}")
+        return celtypes.IntType(value) if isinstance(value, int) else celtypes.StringType(value)
+    kind = schema.get("type")
+    if kind == "object":
+        if not isinstance(value, dict):
+            raise TypeError(f"expected an object, got {value!r}")
+        out: dict[Any, Any] = {}
+        if "properties" in schema:
+            for key, sub in schema["properties"].items():
+                if value.get(key) is not None:
+                    _put(out, celtypes.StringType(key), sub, value[key], lenient)
+        elif isinstance(schema.get("additionalProperties"), dict):
+            for key, v in value.items():
+                _put(out, celtypes.StringType(key), schema["additionalProperties"], v, lenient)
+        if root and isinstance(value.get("metadata"), dict):
+            meta = {k: value["metadata"][k] for k in ("name", "generateName") if isinstance(value["metadata"].get(k), str)}
+            out[celtypes.StringType("metadata")] = celtypes.MapType(
+                {celtypes.StringType(k): celtypes.StringType(v) for k, v in meta.items()}
+            )
+        return celtypes.MapType(out)
+    if kind == "array":
+        if not isinstance(value, list):
+            raise TypeError(f"expected a list, got {value!r}")
+        items: dict[Any, Any] = {}
+        for i, v in enumerate(value):
+            _put(items, i, schema.get("items", {}), v, lenient)
+        return celtypes.ListType(list(items.values()))
+    if kind == "string" and isinstance(value, str):
+        return celtypes.StringType(value)
+    if kind == "boolean" and isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
+        return celtypes.IntType(value)
+    if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return celtypes.DoubleType(float(value))
+    raise TypeError(f"expected {kind}, got {value!r}")
+
+
+def _put(out: dict[Any, Any], key: Any, schema: Schema, value: Any, lenient: bool) -> None:
+    try:
+        out[key] = to_cel(schema, value, lenient=lenient)
+    except TypeError:
+        if not lenient:
+            raise
+
+
+def field_path(path: str) -> list[str]:
+    """A rule's fieldPath as segments: '.training.globalBatchSize' -> ['training', 'globalBatchSize'],
+    ".a['b.c']" -> ['a', 'b.c']."""
+    return [m.group(1) or m.group(2) for m in re.finditer(r"\.([A-Za-z0-9_]+)|\['([^']+)'\]", path)]
+
+
+class RuleError(Exception):
+    """A CEL rule that could not be evaluated on a value the schema accepted: a bug in the rule."""
+
+
+def cel_problems(
+    doc: dict[str, Any],
+    old: dict[str, Any] | None = None,
+    *,
+    transitions_only: bool = False,
+    schema_errors: Sequence[Problem] = (),
+) -> list[Problem]:
+    """Layer 2 on a prepared document; with ``old`` also the transition rules (an update).
+
+    Rules at a node whose subtree has schema errors are skipped when they cannot
+    run (a string where a number belongs); anywhere else a rule that cannot run
+    raises RuleError: the schema accepted the value, so the rule is wrong.
+    """
+    problems: list[Problem] = []
+    bad = [p.path for p in schema_errors]
+    _walk(crd_schema(), doc, old, (), problems, transitions_only, bad, root=True)
+    return problems
+
+
+def _subtree_has(bad: Sequence[str], path: Path) -> bool:
+    prefix = schema_path(crd_schema(), path)
+    return any(not prefix or b == prefix or b.startswith(prefix + ".") or b.startswith(prefix + "[") for b in bad)
+
+
+def _walk(
+    schema: Schema,
+    value: Any,
+    old: Any,
+    path: Path,
+    problems: list[Problem],
+    transitions_only: bool,
+    bad: Sequence[str],
+    root: bool = False,
+) -> None:
+    if value is None:
+        return
+    rules = schema.get("x-kubernetes-validations") or []
+    if rules:
+        activation: dict[str, Any] | None = None
+        for rule in rules:
+            transition = bool(_OLD_SELF.search(rule["rule"]))
+            if (transition and old is None) or (transitions_only and not transition):
+                continue
+            try:
+                if activation is None:
+                    lenient = _subtree_has(bad, path)
+                    activation = {"self": to_cel(schema, value, root=root, lenient=lenient)}
+                    if old is not None:
+                        activation["oldSelf"] = to_cel(schema, old, root=root, lenient=lenient)
+                ok = _evaluate(rule["rule"], activation, path)
+            except (RuleError, TypeError) as e:
+                if _subtree_has(bad, path):
+                    continue
+                raise RuleError(str(e)) from e
+            if not ok:
+                message = rule.get("message") or f"failed rule: {rule['rule']}"
+                if rule.get("messageExpression"):
+                    try:
+                        message = str(program(rule["messageExpression"]).evaluate(activation))
+                    except Exception:  # k8s falls back to message too
+                        pass
+                where = [*path, *field_path(rule.get("fieldPath", ""))]
+                problems.append(Problem(schema_path(crd_schema(), where), message, "cel"))
+    if isinstance(value, dict) and "properties" in schema:
+        for key, sub in schema["properties"].items():
+            if value.get(key) is not None:
+                old_child = old.get(key) if isinstance(old, dict) else None
+                _walk(sub, value[key], old_child, (*path, key), problems, transitions_only, bad)
+    elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
+        for key, v in value.items():
+            _walk(schema["additionalProperties"], v, None, (*path, key), problems, transitions_only, bad)
+    elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        for i, v in enumerate(value):
+            _walk(schema["items"], v, None, (*path, i), problems, transitions_only, bad)
+
+
+def _evaluate(expr: str, activation: dict[str, Any], path: Path) -> bool:
+    from celpy import celtypes
+
+    try:
+        result = program(expr).evaluate(activation)
+    except Exception as e:
+        raise RuleError(f"{render_path(path) or '<root>'}: rule {expr!r} failed to evaluate: {e}") from e
+    if not isinstance(result, celtypes.BoolType):
+        raise RuleError(f"{render_path(path) or '<root>'}: rule {expr!r} returned {result!r}, not a bool")
+    return bool(result)

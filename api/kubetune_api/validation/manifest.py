@@ -1,0 +1,30 @@
+"""All layers on one document, one line per problem: a problem already
+reported at a field path by an earlier layer is not repeated by a later one."""
+from __future__ import annotations
+
+from typing import Any
+
+from .cel import cel_problems
+from .checks import code_problems, model_problems
+from .problems import Problem, merge, type_name
+from .schema import crd_schema, prepare, schema_problems
+
+
+def validate_manifest(doc: Any) -> list[Problem]:
+    """All problems of one FineTuneJob document (an empty list: valid)."""
+    if not isinstance(doc, dict):
+        return [Problem("", f"a manifest must be a mapping, not {type_name(doc)}", "schema")]
+    schema = crd_schema()
+    pruned = prepare(schema, doc, defaults=False)
+    defaulted = prepare(schema, doc, defaults=True)
+    structural = schema_problems(defaulted)
+    rules = cel_problems(defaulted, schema_errors=structural)
+    return merge(structural, rules, model_problems(pruned) + code_problems(pruned))
+
+
+def validate_update(old: dict[str, Any], new: dict[str, Any]) -> list[Problem]:
+    """Problems of updating ``old`` to ``new`` (all rules, transition rules included)."""
+    schema = crd_schema()
+    new_d, old_d = prepare(schema, new), prepare(schema, old)
+    structural = schema_problems(new_d)
+    return merge(structural, cel_problems(new_d, old_d, schema_errors=structural), [])
