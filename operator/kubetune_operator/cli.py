@@ -15,6 +15,14 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("validate", help="validate FineTuneJob manifests offline (schema, CEL rules, code checks)")
     p.add_argument("files", nargs="+")
+    p.add_argument("--gpu", metavar="NAME",
+                   help="also check that each job fits in this GPU's memory (e.g. H100-80GB, A100-40GB, L4); exit 3 if not")
+    p.add_argument("--gpu-memory", metavar="QUANTITY", help="GPU memory per GPU instead of a name, e.g. 80Gi")
+
+    p = sub.add_parser("plan", help="memory plan of FineTuneJobs: bytes per GPU by term, the chosen settings, the fit")
+    p.add_argument("files", nargs="+", help="FineTuneJob manifests (only the model's config.json is read)")
+    p.add_argument("--gpu", metavar="NAME", help="GPU to plan for, e.g. H100-80GB (default: the nodeSelector's GPU, if any)")
+    p.add_argument("--gpu-memory", metavar="QUANTITY", help="GPU memory per GPU instead of a name, e.g. 80Gi")
 
     sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
 
@@ -47,7 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "validate":
         from kubetune_api.validation import validate_files_cli
 
-        return validate_files_cli(args.files)
+        code = validate_files_cli(args.files)
+        if code == 0 and (args.gpu or args.gpu_memory):
+            from kubetune_api.memory_cli import check_memory_cli
+
+            code = check_memory_cli(args.files, args.gpu, args.gpu_memory)
+        return code
+    if args.command == "plan":
+        from kubetune_api.memory_cli import plan_cli
+
+        return plan_cli(args.files, args.gpu, args.gpu_memory)
     if args.command == "crd":
         from kubetune_api.crd import crd_yaml
 

@@ -1,0 +1,207 @@
+#!/usr/bin/env python
+"""The memory planner's estimate against the measured peak, on CPU.
+
+For several Llama-style configs (a few M to ~100M parameters), full fine-tuning
+and LoRA, ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
+each case runs in its own subprocess: the model is built from its config in
+fp32, the method applied (peft), ``deepspeed.initialize`` with the trainer's own
+DeepSpeed config (``kubetune_trainer.dsconfig.build_ds_config``) and torch
+AdamW, then three optimizer steps on full-length sequences (loss from the
+model, as the trainer computes it).
+
+How the peak is measured: the PyTorch profiler with ``profile_memory=True``
+records every allocation and free of the CPU tensor allocator (c10's
+``DefaultCPUAllocator``, which every CPU tensor of torch, transformers, peft
+and DeepSpeed goes through), each with the allocator's total of live bytes
+allocated since profiling began. The largest total over model build + three
+steps is the measurement, the CPU twin of
+``torch.cuda.max_memory_allocated``. Not counted (by either side): Python
+objects, the interpreter, library code, the allocator's own fragmentation --
+the planner's runtime margin stands for those. (Process RSS was not used: the
+high-water mark of RSS includes imports and glibc's cached free memory, and
+cannot be reset between phases.)
+
+The estimate is ``kubetune_api.memory.estimate`` for the same shape, method and
+settings, world size 1, fp32, without the runtime margin.
+
+    python bench/memory_plan.py            # the full table (~25 cases, several minutes on 2 cores)
+    python bench/memory_plan.py --quick    # 4 cases
+
+Last line: ``max error: X%`` (|estimate - measured| / measured, worst case).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+SIZES = {
+    # name: (hidden, layers, heads, kv heads, intermediate, vocabulary)
+    "tiny": (128, 2, 4, 2, 344, 4096),
+    "small": (384, 6, 6, 2, 1024, 16384),
+    "medium": (640, 10, 10, 5, 1728, 32000),
+}
+SEQ = 256
+
+
+def config_dict(size: str) -> dict:
+    h, n_layers, heads, kv, inter, vocab = SIZES[size]
+    return dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=h,
+                num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
+                max_position_embeddings=4096, tie_word_embeddings=False, rms_norm_eps=1e-5, hidden_act="silu")
+
+
+# (size, method, zero stage, gradient checkpointing, micro-batch)
+CASES = [
+    ("tiny", "full", 0, False, 1), ("tiny", "full", 2, True, 4), ("tiny", "lora", 3, False, 8), ("tiny", "lora", 0, True, 2),
+    ("small", "full", 0, False, 1), ("small", "full", 0, True, 8), ("small", "full", 2, False, 4), ("small", "full", 2, True, 1),
+    ("small", "full", 3, False, 2), ("small", "full", 3, True, 8),
+    ("small", "lora", 0, False, 8), ("small", "lora", 0, True, 1), ("small", "lora", 2, False, 1), ("small", "lora", 2, True, 8),
+    ("small", "lora", 3, False, 4), ("small", "lora", 3, True, 2),
+    ("medium", "full", 0, False, 2), ("medium", "full", 2, True, 8), ("medium", "full", 3, False, 1),
+    ("medium", "lora", 0, False, 4), ("medium", "lora", 2, False, 8), ("medium", "lora", 3, True, 1),
+    ("medium", "lora", 0, True, 8), ("medium", "full", 0, True, 4),
+]
+QUICK = [CASES[0], CASES[3], CASES[6], CASES[13]]
+
+
+def job_manifest(method: str, stage: int, gc: bool, mb: int) -> dict:
+    return {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "memory-plan"},
+        "spec": {
+            "model": {"source": "/nonexistent"},
+            "dataset": {"train": "/nonexistent.jsonl", "maxSeqLength": SEQ},
+            "method": {"type": method, **({"lora": {"r": 16, "dropout": 0.05}} if method == "lora" else {})},
+            "training": {"maxSteps": 3, "globalBatchSize": mb, "microBatchSize": mb, "precision": "fp32",
+                         "gradientCheckpointing": gc},
+            "distributed": {"gpusPerNode": 0, "zeroStage": stage},
+            "output": {"uri": "/tmp/unused"},
+        },
+    }
+
+
+# ------------------------------------------------------------------ estimate
+def estimate_bytes(size: str, method: str, stage: int, gc: bool, mb: int) -> tuple[float, dict]:
+    from kubetune_api import memory
+    from kubetune_api.spec import load_job
+
+    spec = load_job(job_manifest(method, stage, gc, mb)).spec
+    shape = memory.shape_from_config(config_dict(size))
+    job = memory.job_from_spec(spec, precision="fp32")
+    e = memory.estimate(shape, job, memory.Settings(stage, "none", gc, mb))
+    return e.total, {k: round(v / 2**20, 1) for k, v in e.terms.items()}
+
+
+# ------------------------------------------------------------------ measurement (subprocess)
+def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
+    import socket
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    import deepspeed
+    import transformers
+
+    from kubetune_api.spec import load_job
+    from kubetune_trainer import dsconfig
+
+    deepspeed.init_distributed(dist_backend="gloo")
+    spec = load_job(job_manifest(method, stage, gc, mb)).spec
+    plan = dsconfig.batch_plan(spec, 1)
+    ds_config = dsconfig.build_ds_config(spec, plan, stage, "fp32")
+    cfg = transformers.LlamaConfig(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
+    cfg.use_cache = False
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    batch = torch.randint(0, cfg.vocab_size, (mb, SEQ), generator=g)
+    t0 = time.time()
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
+        if stage == 3:
+            with deepspeed.zero.Init(config_dict_or_path=ds_config):
+                model = transformers.LlamaForCausalLM(cfg)
+        else:
+            model = transformers.LlamaForCausalLM(cfg)
+        if gc:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if method == "lora":
+            import peft
+
+            model = peft.get_peft_model(model, peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=16, lora_alpha=32,
+                                                               lora_dropout=0.05, target_modules="all-linear"))
+        params = [p for p in model.parameters() if p.requires_grad]
+        opt = torch.optim.AdamW(params, lr=1e-4)
+        engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
+        for _ in range(3):
+            loss = engine(input_ids=batch, labels=batch).loss
+            engine.backward(loss)
+            engine.step()
+    elapsed = time.time() - t0
+    from torch._C._profiler import _EventType
+
+    def walk(nodes):
+        for node in nodes:
+            yield node
+            yield from walk(node.children)
+
+    # each allocation record carries the allocator's live total at that moment
+    totals = [n.typed[1].total_allocated for n in walk(prof.profiler.kineto_results.experimental_event_tree())
+              if n.typed[0] == _EventType.Allocation]
+    return {"peak": max(totals), "allocations": len(totals), "seconds": elapsed}
+
+
+def run_case(case) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), DS_ACCELERATOR="cpu",
+               TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
+    p = subprocess.run([sys.executable, __file__, "--measure", json.dumps(case)], capture_output=True, text=True,
+                       env=env, cwd=REPO, timeout=1800)
+    line = next((ln for ln in reversed(p.stdout.splitlines()) if ln.startswith("{")), None)
+    if p.returncode or line is None:
+        raise RuntimeError(f"case {case} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-3000:]}")
+    return json.loads(line)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="4 cases instead of all")
+    ap.add_argument("--measure", help=argparse.SUPPRESS)
+    ap.add_argument("--json", help="write the rows here")
+    args = ap.parse_args(argv)
+    if args.measure:
+        print(json.dumps(measure(*json.loads(args.measure))), flush=True)
+        return 0
+    rows = []
+    print(f"{'model':<8}{'params':>8} {'method':<6}{'ZeRO':>5}{'ckpt':>6}{'mb':>4}{'estimate':>11}{'measured':>11}{'error':>8}  estimate terms (MiB)")
+    for case in (QUICK if args.quick else CASES):
+        size, method, stage, gc, mb = case
+        from kubetune_api import memory
+
+        n = memory.shape_from_config(config_dict(size)).parameters()
+        est, terms = estimate_bytes(*case)
+        m = run_case(case)
+        err = (est - m["peak"]) / m["peak"]
+        rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,
+                     "seconds": m["seconds"]})
+        print(f"{size:<8}{n / 1e6:>7.1f}M {method:<6}{stage:>5}{'on' if gc else 'off':>6}{mb:>4}"
+              f"{est / 2**20:>9.1f}Mi{m['peak'] / 2**20:>9.1f}Mi{err * 100:>+7.1f}%  {terms}", flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+    worst = max(abs(r["error"]) for r in rows)
+    print(f"max error: {worst * 100:.1f}%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path[:0] = [str(REPO / "api"), str(REPO / "trainer")]
+    sys.exit(main())
