@@ -36,6 +36,13 @@ CONFIG_KEY = "finetunejob.json"  # JSON is YAML too: the trainer reads either
 CONFIG_DIR = "/etc/kubetune"
 SCRATCH_DIR = "/scratch"
 SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# The container's root filesystem is read-only; these are its only writable
+# places besides /dev/shm. Scratch holds the model cache and checkpoints before
+# upload, so its limit is large; a pod that exceeds a sizeLimit is evicted
+# instead of filling the node's disk.
+DEFAULT_SCRATCH_SIZE = "100Gi"
+TMP_DIR = "/tmp"
+TMP_SIZE = "8Gi"
 PERMANENT_EXIT_CODE = contract.PERMANENT
 MAX_NAME_LENGTH = contract.MAX_JOB_NAME_LENGTH
 
@@ -362,14 +369,13 @@ def build_batch_job(
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "dshm", "mountPath": "/dev/shm"},
         {"name": "scratch", "mountPath": SCRATCH_DIR},
+        {"name": "tmp", "mountPath": TMP_DIR},
     ]
-    scratch: dict[str, Any] = {}
-    if res.get("scratchSize"):
-        scratch["sizeLimit"] = res["scratchSize"]
     volumes: list[dict[str, Any]] = [
         {"name": "config", "configMap": {"name": config_map_name(name)}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": res.get("shmSize", "16Gi")}},
-        {"name": "scratch", "emptyDir": scratch},
+        {"name": "scratch", "emptyDir": {"sizeLimit": res.get("scratchSize") or DEFAULT_SCRATCH_SIZE}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
     ]
     if settings.status_reporter:
         # The only API credential a trainer pod holds: a short-lived token of the job's
@@ -405,6 +411,8 @@ def build_batch_job(
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "privileged": False,
+            # Writable: /scratch (HOME, HF_HOME, checkpoints), /tmp, /dev/shm.
+            "readOnlyRootFilesystem": True,
             "runAsNonRoot": True,
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},

@@ -552,9 +552,16 @@ class PodExecutor:
                 run.ports[cp] = _free_port()
         subdomain = pspec.get("subdomain")
 
+        # One pass over all mount paths (longest first), so a rewritten path is
+        # never rewritten again: /etc/kubetune becomes <pod>/volumes/config, which
+        # lies under /tmp, itself a mount path of the trainer pods.
+        mount_pattern = re.compile(
+            r"(?<![\w.\-/])(" + "|".join(re.escape(p) for p in sorted(mounts, key=len, reverse=True)) + r")(?=/|$|[\s:,;\"'])"
+        ) if mounts else None
+
         def rewrite(value: str) -> str:
-            for path in sorted(mounts, key=len, reverse=True):
-                value = re.sub(r"(?<![\w.\-/])" + re.escape(path) + r"(?=/|$|[\s:,;\"'])", str(mounts[path]), value)
+            if mount_pattern is not None:
+                value = mount_pattern.sub(lambda m: str(mounts[m.group(1)]), value)
             if subdomain:
                 value = re.sub(r"\b[a-z0-9]([a-z0-9\-]*[a-z0-9])?\." + re.escape(subdomain)
                                + r"(\." + re.escape(ns) + r"(\.svc(\.cluster\.local)?)?)?\b", "127.0.0.1", value)

@@ -76,6 +76,7 @@ def test_resources_shm_scratch_and_scheduling_passthrough():
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["dshm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "64Gi"}
     assert vols["scratch"]["emptyDir"] == {"sizeLimit": "500Gi"}
+
     assert pod["affinity"] == affinity and pod["priorityClassName"] == "train" and pod["schedulerName"] == "volcano"
     assert pod["tolerations"] == [{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert c["image"] == "registry.example.com/trainer:1" and c["imagePullPolicy"] == "Always"
@@ -87,6 +88,27 @@ def test_resources_shm_scratch_and_scheduling_passthrough():
     assert 250 <= int(env["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"]) < 300
     assert c["command"] == ["python", "-m", "kubetune_trainer.torchrun"]
 
+
+def test_trainer_root_filesystem_is_read_only_with_bounded_writable_volumes():
+    """readOnlyRootFilesystem: the trainer writes only to /scratch (HOME and
+    HF_HOME point there), /tmp and /dev/shm, each an emptyDir with a sizeLimit,
+    so a runaway job is evicted instead of filling the node's disk."""
+    job = [o for o in builders.build_objects(live(job_manifest("ro", "ml"))) if o["kind"] == "Job"][0]
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    vols = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    writable = {path: name for path, name in mounts.items() if "emptyDir" in vols[name]}
+    assert set(writable) == {builders.SCRATCH_DIR, "/tmp", "/dev/shm"}
+    assert all(vols[name]["emptyDir"].get("sizeLimit") for name in writable.values())
+    assert vols["scratch"]["emptyDir"] == {"sizeLimit": builders.DEFAULT_SCRATCH_SIZE}  # no scratchSize in the spec
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert env["HOME"].startswith(builders.SCRATCH_DIR + "/") and env["HF_HOME"].startswith(builders.SCRATCH_DIR + "/")
+    # Read-only mounts stay read-only.
+    for m in container["volumeMounts"]:
+        if "emptyDir" not in vols[m["name"]]:
+            assert m.get("readOnly") is True, m
 
 def test_operator_defaults_fill_storage_and_image_and_show_in_the_config():
     m = live(job_manifest("d", "ml", storage={"region": "eu-west-1"}))
