@@ -3,7 +3,7 @@
     .venv/bin/python bench/fetch_throughput.py [--size-mb 128] [--concurrency 8] [--per-connection-mbps 0]
 
 Starts moto's S3 server on 127.0.0.1, uploads one object, then downloads it
-alternately with ``Storage.download_file(ranged=True)`` (``concurrency``
+alternately with ``S3Storage.download_file(ranged=True)`` (``concurrency``
 ranged GETs of ``--part-mb``) and ``ranged=False`` (one GET), each verified
 (sha256), ``--repeats`` times. Prints MB/s of both and their ratio.
 
@@ -91,7 +91,7 @@ def main() -> int:
     import boto3
     from moto.server import ThreadedMotoServer
 
-    from kubetune_trainer.storage import MiB, Storage
+    from kubetune_trainer.storage import MiB, S3Storage
 
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     os.environ.setdefault("AWS_ACCESS_KEY_ID", "bench")
@@ -112,8 +112,8 @@ def main() -> int:
     s3.put_object(Bucket="bench", Key="blob", Body=data, Metadata={"sha256": digest})
     del data
 
-    st = Storage(endpoint=endpoint, region="us-east-1", addressing_style="path",
-                 concurrency=args.concurrency, part_size=args.part_mb * MiB)
+    st = S3Storage(endpoint=endpoint, region="us-east-1", addressing_style="path",
+                   concurrency=args.concurrency, part_size=args.part_mb * MiB)
     uri = "s3://bench/blob"
     times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:

@@ -10,7 +10,7 @@ import types
 import pytest
 
 from kubetune_trainer import checkpoint as ck
-from kubetune_trainer.storage import Storage, join
+from kubetune_trainer.storage import LocalStorage, S3Storage, Storage, join
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -18,9 +18,9 @@ pytestmark = pytest.mark.timeout(120)
 @pytest.fixture(params=["s3", "local"])
 def store(request, s3, tmp_path):
     if request.param == "s3":
-        st = Storage(endpoint=s3.endpoint, region="us-east-1", addressing_style="path", base_delay=0.01)
+        st = S3Storage(endpoint=s3.endpoint, region="us-east-1", addressing_style="path", base_delay=0.01)
         return st, f"s3://{s3.bucket}/proto-{time.monotonic_ns()}/checkpoints"
-    return Storage(), f"{tmp_path}/out/checkpoints"
+    return LocalStorage(), f"{tmp_path}/out/checkpoints"
 
 
 def _put(st: Storage, root: str, step: int, committed: bool, run: str = "r1") -> str:

@@ -13,7 +13,7 @@ from harness import job, run_job
 
 from kubetune_api import contract
 from kubetune_trainer import checkpoint as ck
-from kubetune_trainer.storage import Storage, join
+from kubetune_trainer.storage import S3Storage, join
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -42,8 +42,8 @@ def _job(s3, assets, name, out, **kw):
                endpoint=kw.pop("endpoint", s3.endpoint), steps=STEPS, every=EVERY, **kw)
 
 
-def _store(s3) -> Storage:
-    return Storage(endpoint=s3.endpoint, region="us-east-1", addressing_style="path")
+def _store(s3) -> S3Storage:
+    return S3Storage(endpoint=s3.endpoint, region="us-east-1", addressing_style="path")
 
 
 def _reference(s3, assets, tmp_path_factory, name, **kw):

@@ -1,4 +1,4 @@
-"""storage.Storage against a real S3 HTTP server (moto, authenticated) and local paths."""
+"""storage.S3Storage and storage.LocalStorage against a real S3 HTTP server (moto, authenticated) and local paths."""
 from __future__ import annotations
 
 import hashlib
@@ -8,14 +8,14 @@ import time
 import pytest
 
 from kubetune_api.contract import PermanentError
-from kubetune_trainer.storage import ChecksumMismatch, MiB, ObjectNotFound, Storage, join
+from kubetune_trainer.storage import ChecksumMismatch, LocalStorage, MiB, ObjectNotFound, S3Storage, join, storage_for
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _store(endpoint: str, **kw) -> Storage:
+def _store(endpoint: str, **kw) -> S3Storage:
     kw.setdefault("base_delay", 0.01)
-    return Storage(endpoint=endpoint, region="us-east-1", addressing_style="path", **kw)
+    return S3Storage(endpoint=endpoint, region="us-east-1", addressing_style="path", **kw)
 
 
 @pytest.fixture(params=["s3", "local"])
@@ -23,7 +23,7 @@ def root(request, s3, tmp_path):
     """The same tests through both back ends."""
     if request.param == "s3":
         return _store(s3.endpoint), f"s3://{s3.bucket}/t-{request.node.name.split('[')[0]}-{time.monotonic_ns()}"
-    return Storage(), f"file://{tmp_path}/store"
+    return LocalStorage(), f"file://{tmp_path}/store"
 
 
 def test_roundtrip_list_delete(root, tmp_path):
@@ -127,7 +127,7 @@ def test_missing_credentials_are_permanent(s3, monkeypatch, tmp_path):
 
 def test_virtual_host_addressing_is_configurable(s3):
     """addressingStyle is passed to botocore: 'virtual' puts the bucket in the host name."""
-    st = Storage(endpoint="http://s3.example.test:9000", region="us-east-1", addressing_style="virtual")
+    st = S3Storage(endpoint="http://s3.example.test:9000", region="us-east-1", addressing_style="virtual")
     req = st.client.meta.events
     seen = {}
 
@@ -139,8 +139,33 @@ def test_virtual_host_addressing_is_configurable(s3):
     with pytest.raises(RuntimeError, match="stop before sending"):
         st.client.head_object(Bucket="mybucket", Key="k")
     assert seen["url"].startswith("http://mybucket.s3.example.test:9000/k")
-    st2 = Storage(endpoint="http://s3.example.test:9000", region="us-east-1", addressing_style="path")
+    st2 = S3Storage(endpoint="http://s3.example.test:9000", region="us-east-1", addressing_style="path")
     st2.client.meta.events.register("before-send.s3", capture)
     with pytest.raises(RuntimeError, match="stop before sending"):
         st2.client.head_object(Bucket="mybucket", Key="k")
     assert seen["url"].startswith("http://s3.example.test:9000/mybucket/k")
+
+
+def test_storage_for_picks_the_implementation_from_the_uri(tmp_path, monkeypatch):
+    """s3:// gets S3Storage configured from spec.storage (and the transfer env); paths and file:// get LocalStorage."""
+    from kubetune_api.spec import StorageSpec
+
+    monkeypatch.setenv("KUBETUNE_S3_CONCURRENCY", "3")
+    st = storage_for("s3://b/p", StorageSpec(endpoint="http://minio:9000", region="eu-west-1", addressing_style="path"))
+    assert isinstance(st, S3Storage)
+    assert (st.endpoint, st.region, st.addressing_style, st.concurrency) == ("http://minio:9000", "eu-west-1", "path", 3)
+    assert isinstance(storage_for(str(tmp_path)), LocalStorage)
+    assert isinstance(storage_for(f"file://{tmp_path}"), LocalStorage)
+    # One implementation never silently serves the other's URIs.
+    with pytest.raises(ValueError, match="not a local path"):
+        LocalStorage().read_bytes("s3://b/k")
+    with pytest.raises(ValueError, match="not an s3:// URI"):
+        st.read_bytes(str(tmp_path / "k"))
+
+
+def test_local_download_detects_wrong_checksum(tmp_path):
+    st = LocalStorage()
+    st.write_bytes(str(tmp_path / "x.bin"), b"hello")
+    with pytest.raises(ChecksumMismatch):
+        st.download_file(str(tmp_path / "x.bin"), tmp_path / "out" / "x.bin", sha256="0" * 64)
+    assert not (tmp_path / "out" / "x.bin").exists() and list((tmp_path / "out").iterdir()) == []

@@ -56,12 +56,16 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api import contract
 from kubetune_api.contract import PermanentError
 
-from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file
+if TYPE_CHECKING:
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file, storage_for
 
 log = logging.getLogger("kubetune.checkpoint")
 
@@ -202,7 +206,7 @@ class CheckpointManager:
         self.every_seconds = spec.output.checkpoint_every_seconds()
         self.keep_last = spec.output.keep_last
         self.grace_s = float(spec.run_policy.termination_grace_seconds)
-        self.storage = storage or Storage.from_spec(spec.storage)
+        self.storage = storage or storage_for(self.output, spec.storage)
         self.topo = topology or Topology.from_env()
         self.scratch = Path(scratch)
         self.local_root = self.scratch / "checkpoints-local"
@@ -300,7 +304,7 @@ class CheckpointManager:
         if threading.current_thread() is not threading.main_thread():
             return
 
-        def on_sigterm(signum, frame):
+        def on_sigterm(signum: int, frame: FrameType | None) -> None:
             if self._sigterm_at is None:
                 self._sigterm_at = time.monotonic()
                 log.warning("SIGTERM: checkpointing at the next step boundary, then exiting with %d", contract.PREEMPTED)
@@ -516,19 +520,19 @@ class CheckpointManager:
             self.reporters.event(event)
 
 
-def _make_callback(mgr: CheckpointManager):
+def _make_callback(mgr: CheckpointManager) -> TrainerCallback:
     from transformers import TrainerCallback
 
     class CheckpointCallback(TrainerCallback):
         """Turns CheckpointManager decisions into Trainer saves."""
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
             if not mgr._synced:  # prepare_resume was not called: still agree on one run id
                 mgr.run_id = mgr._broadcast(mgr.run_id)
                 mgr._synced = True
             mgr._last_save = time.monotonic()
 
-        def on_step_end(self, args, state, control, **kw):
+        def on_step_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> TrainerControl:
             save, preempt, failed = mgr.step_flags(state.global_step, args.device)
             if failed:
                 mgr._raise_if_failed()
@@ -539,10 +543,10 @@ def _make_callback(mgr: CheckpointManager):
                 mgr._preempting = True
             return control
 
-        def on_save(self, args, state, control, **kw):
+        def on_save(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
             mgr.on_saved(state.global_step)
 
-        def on_train_end(self, args, state, control, **kw):
+        def on_train_end(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
             mgr.drain()
 
     return CheckpointCallback()

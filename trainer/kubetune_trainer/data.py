@@ -45,10 +45,14 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PermanentError
 from kubetune_api.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
 
 log = logging.getLogger("kubetune.data")
 
@@ -148,12 +152,12 @@ def _str_field(row: dict, name: str, allow_empty: bool = False) -> str:
     return v
 
 
-def _tokens(tokenizer, text: str) -> list[int]:
+def _tokens(tokenizer: PreTrainedTokenizerBase, text: str) -> list[int]:
     return tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
 
 @functools.lru_cache(maxsize=8)
-def _bos(tokenizer) -> list[int]:
+def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """[bos] if the tokenizer puts BOS in front of plain text by itself (Llama does, GPT-2 does not)."""
     if tokenizer.bos_token_id is None:
         return []
@@ -161,7 +165,7 @@ def _bos(tokenizer) -> list[int]:
     return [tokenizer.bos_token_id] if ids and ids[0] == tokenizer.bos_token_id else []
 
 
-def encode_text(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+def encode_text(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     ids = [*_bos(tokenizer), *_tokens(tokenizer, _str_field(row, "text")), tokenizer.eos_token_id]
     return ids, list(ids)
 
@@ -178,7 +182,7 @@ def instruction_completion(row: dict) -> str:
     return _str_field(row, "completion" if row.get("completion") is not None else "output")
 
 
-def encode_instruction(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+def encode_instruction(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     prompt = [*_bos(tokenizer), *_tokens(tokenizer, instruction_prompt(row))]
     answer = _tokens(tokenizer, instruction_completion(row)) + [tokenizer.eos_token_id]
     return prompt + answer, [IGNORE] * len(prompt) + answer
@@ -198,10 +202,10 @@ def _messages(row: dict) -> list[dict[str, str]]:
     return out
 
 
-def assistant_char_spans(messages: list[dict], tokenizer) -> tuple[str, list[tuple[int, int]]]:
+def assistant_char_spans(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that carry loss (see the module docstring)."""
 
-    def render(msgs, gen_prompt=False) -> str:
+    def render(msgs: list[dict], gen_prompt: bool = False) -> str:
         if not msgs:
             return ""
         return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt)
@@ -225,7 +229,7 @@ def assistant_char_spans(messages: list[dict], tokenizer) -> tuple[str, list[tup
     return full, spans
 
 
-def encode_chat(row: dict, tokenizer) -> tuple[list[int], list[int]]:
+def encode_chat(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "chat_template", None):
         raise PermanentError("dataset format is chat but the tokenizer has no chat template", "InvalidDataset")
     text, spans = assistant_char_spans(_messages(row), tokenizer)
@@ -262,7 +266,7 @@ class DataStats:
         return asdict(self)
 
 
-def encode_rows(rows: list[dict], fmt: str, tokenizer, spec: DatasetSpec, what: str = "train") -> tuple[list[dict], DataStats]:
+def encode_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, what: str = "train") -> tuple[list[dict], DataStats]:
     """Tokenize and mask rows; apply the bad-row and truncation policies."""
     stats = DataStats(format=fmt, rows=len(rows))
     encode, limit = ENCODERS[fmt], spec.max_seq_length
@@ -344,7 +348,7 @@ class Collator:
         self.pad_id = pad_token_id
         self.multiple = pad_to_multiple_of
 
-    def __call__(self, batch: list[dict]) -> dict:
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         import torch
 
         width = max(len(b["input_ids"]) for b in batch)
@@ -388,7 +392,7 @@ def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict]
 
 def prepare(
     spec: DatasetSpec,
-    tokenizer,
+    tokenizer: PreTrainedTokenizerBase,
     train_path: str,
     eval_path: str | None,
     seed: int,

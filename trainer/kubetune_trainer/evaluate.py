@@ -11,8 +11,15 @@ parameter gathers stay in step.
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING, Any
 
 from . import data as data_mod
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from .data import Collator
 
 
 def _dist():
@@ -21,7 +28,7 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
-def _all_reduce_sum(values: list[float], device) -> list[float]:
+def _all_reduce_sum(values: list[float], device: torch.device | str) -> list[float]:
     import torch
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
@@ -36,7 +43,8 @@ def _rank_world() -> tuple[int, int]:
     return (d.get_rank(), d.get_world_size()) if d is not None else (0, 1)
 
 
-def eval_loss(model, samples: list[dict], collator, batch_size: int, device) -> dict:
+def eval_loss(model: torch.nn.Module, samples: list[dict[str, Any]], collator: Collator, batch_size: int,
+              device: torch.device | str) -> dict[str, float]:
     """{'eval_loss', 'eval_perplexity', 'eval_tokens'}: mean loss over every eval loss token."""
     import torch
 
@@ -69,7 +77,7 @@ def eval_loss(model, samples: list[dict], collator, batch_size: int, device) -> 
     return {"eval_loss": loss, "eval_perplexity": math.exp(min(loss, 50.0)), "eval_tokens": int(count)}
 
 
-def _prompt_and_reference(row: dict, fmt: str, tokenizer) -> tuple[list[int], str] | None:
+def _prompt_and_reference(row: dict[str, Any], fmt: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], str] | None:
     """Prompt token ids and the reference answer text, or None for rows without one."""
     try:
         if fmt == "instruction":
@@ -85,7 +93,8 @@ def _prompt_and_reference(row: dict, fmt: str, tokenizer) -> tuple[list[int], st
     return None
 
 
-def generation_accuracy(model, rows: list[dict], fmt: str, tokenizer, samples: int, max_new_tokens: int, device, synced: bool) -> dict:
+def generation_accuracy(model: torch.nn.Module, rows: list[dict[str, Any]], fmt: str, tokenizer: PreTrainedTokenizerBase,
+                        samples: int, max_new_tokens: int, device: torch.device | str, synced: bool) -> dict[str, float]:
     """Greedy generation on the first `samples` eval rows; exact match (whitespace-trimmed) with the reference.
 
     ``synced`` (ZeRO-3): all ranks must step through generate together, so

@@ -17,8 +17,13 @@ import json
 import logging
 import os
 import shutil
+from typing import TYPE_CHECKING
 
 from kubetune_api.spec import FineTuneJobSpec
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, Trainer
 
 log = logging.getLogger("kubetune.export")
 
@@ -39,7 +44,8 @@ def _barrier():
         dist.barrier()
 
 
-def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str, dtype, tokenizer, trust_remote_code: bool) -> None:
+def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase,
+                  trust_remote_code: bool) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
@@ -50,7 +56,8 @@ def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str, dtype, tokenize
     tokenizer.save_pretrained(out_dir)
 
 
-def export_model(trainer, spec: FineTuneJobSpec, tokenizer, base_model_dir: str, final_dir: str, scratch: str, merge_dtype) -> dict:
+def export_model(trainer: Trainer, spec: FineTuneJobSpec, tokenizer: PreTrainedTokenizerBase, base_model_dir: str, final_dir: str,
+                 scratch: str, merge_dtype: torch.dtype) -> dict[str, str | None]:
     """Write the artifacts; returns {'adapter': path|None, 'merged': path|None}. Call on every rank."""
     adapter, merged = wants(spec)
     out = {"adapter": None, "merged": None}

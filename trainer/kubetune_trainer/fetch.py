@@ -24,12 +24,13 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from kubetune_api.contract import PermanentError
 
-from .storage import ObjectInfo, ObjectNotFound, Storage, is_s3, join, local_path, split_s3
+from .storage import ObjectInfo, ObjectNotFound, S3Storage, Storage, is_s3, join, local_path, split_s3
 
 log = logging.getLogger("kubetune.fetch")
 
@@ -45,8 +46,8 @@ def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:20]
 
 
-def _storage_for(spec: Any) -> Storage:
-    return Storage.from_spec(getattr(spec, "storage", None))
+def _s3_for(spec: Any) -> S3Storage:
+    return S3Storage.from_spec(getattr(spec, "storage", None))
 
 
 class _NodeOnce:
@@ -62,7 +63,7 @@ class _NodeOnce:
         except (OSError, ValueError):
             return None
 
-    def run(self, fill, record: dict) -> Path:
+    def run(self, fill: Callable[[Path], None], record: dict[str, Any]) -> Path:
         if self.ready() == record:
             return self.entry
         from filelock import FileLock, Timeout
@@ -173,7 +174,7 @@ def resolve_model(spec: Any, scratch: str | os.PathLike | None = None) -> Path:
     if source.startswith("hf://"):
         return fetch_hf(source[len("hf://"):], model.revision, "model", "model", "ModelNotFound", scratch)
     if is_s3(source):
-        path = fetch_s3(_storage_for(spec), source.rstrip("/"), "model", "ModelNotFound", scratch)
+        path = fetch_s3(_s3_for(spec), source.rstrip("/"), "model", "ModelNotFound", scratch)
     else:
         path = local_path(source).expanduser()
         if not path.exists():
@@ -195,7 +196,7 @@ def resolve_dataset(uri: str, spec: Any = None, scratch: str | os.PathLike | Non
         return fetch_hf(repo, None, "dataset", "dataset", "DatasetNotFound", scratch)
     if is_s3(uri):
         split_s3(uri)
-        return fetch_s3(_storage_for(spec), uri, "dataset", "DatasetNotFound", scratch)
+        return fetch_s3(_s3_for(spec), uri, "dataset", "DatasetNotFound", scratch)
     path = local_path(uri).expanduser()
     if not path.exists():
         raise PermanentError(f"dataset {uri} does not exist", "DatasetNotFound")

@@ -32,6 +32,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PretrainedConfig
 
 TERA = 1e12
 
@@ -70,7 +75,7 @@ def peak_bf16_flops(device_name: str | None) -> float | None:
     return None
 
 
-def device_peak_flops(device=None) -> float | None:
+def device_peak_flops(device: torch.device | str | None = None) -> float | None:
     """bf16 peak of the current CUDA device; None on CPU (or other accelerators) and unknown GPUs."""
     try:
         import torch
@@ -136,7 +141,7 @@ def dataset_attention_context(rows: Sequence[dict], max_rows: int = 512) -> floa
 
 
 # ---------------------------------------------------------------- from models
-def _numel(p) -> int:
+def _numel(p: torch.Tensor) -> int:
     quant_state = getattr(p, "quant_state", None)  # bitsandbytes 4-bit: the stored tensor is packed
     if quant_state is not None and getattr(quant_state, "shape", None) is not None:
         n = 1
@@ -146,7 +151,7 @@ def _numel(p) -> int:
     return int(getattr(p, "ds_numel", None) or p.numel())  # ZeRO-3 partitions hold no local data
 
 
-def matmul_params(model) -> tuple[int, int]:
+def matmul_params(model: torch.nn.Module) -> tuple[int, int]:
     """(trainable, frozen) parameters of ``model`` that enter matrix multiplies (input embedding excluded)."""
     skip = set()
     get_in, get_out = getattr(model, "get_input_embeddings", None), getattr(model, "get_output_embeddings", None)
@@ -166,7 +171,7 @@ def matmul_params(model) -> tuple[int, int]:
     return trainable, frozen
 
 
-def attention_shape(config) -> tuple[int, int]:
+def attention_shape(config: PretrainedConfig) -> tuple[int, int]:
     """(layers, query heads × head dim) from a transformers config; (0, 0) when it does not say."""
     get_text = getattr(config, "get_text_config", None)
     cfg = get_text() if callable(get_text) else config
@@ -179,14 +184,14 @@ def attention_shape(config) -> tuple[int, int]:
     return int(layers), int(heads) * int(head_dim)
 
 
-def model_flops_per_token(model, context: float) -> float:
+def model_flops_per_token(model: Any, context: float) -> float:
     """Training FLOPs per token for ``model`` as it is set up (requires_grad says what trains)."""
     trainable, frozen = matmul_params(model)
     layers, width = attention_shape(model.config)
     return flops_per_token(trainable, frozen, layers, width, context)
 
 
-def training_mfu(model, rows: Sequence[dict], tokens_per_second: float | None, devices: int = 1) -> float | None:
+def training_mfu(model: Any, rows: Sequence[dict[str, Any]], tokens_per_second: float | None, devices: int = 1) -> float | None:
     """MFU of a finished or running training: None off a known GPU. ``rows`` are the training rows."""
     peak = device_peak_flops()
     if peak is None or not tokens_per_second:

@@ -9,9 +9,15 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PermanentError
 from kubetune_api.spec import FineTuneJobSpec
+
+if TYPE_CHECKING:
+    import peft
+    import torch
+    from transformers import BitsAndBytesConfig, PreTrainedTokenizerBase
 
 log = logging.getLogger("kubetune.model")
 
@@ -25,7 +31,7 @@ def check_model_dir(path: str) -> None:
         )
 
 
-def load_tokenizer(model_dir: str, spec: FineTuneJobSpec):
+def load_tokenizer(model_dir: str, spec: FineTuneJobSpec) -> PreTrainedTokenizerBase:
     from transformers import AutoTokenizer
 
     check_model_dir(model_dir)
@@ -52,7 +58,7 @@ def count_parameters(model_dir: str, spec: FineTuneJobSpec) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
-def load_dtype(spec: FineTuneJobSpec, precision: str):
+def load_dtype(spec: FineTuneJobSpec, precision: str) -> torch.dtype:
     import torch
 
     name = spec.model.dtype if spec.model.dtype != "auto" else TORCH_DTYPES[precision]
@@ -74,7 +80,7 @@ def attention_implementation(spec: FineTuneJobSpec) -> str:
     return "sdpa"
 
 
-def quantization_config(spec: FineTuneJobSpec, precision: str):
+def quantization_config(spec: FineTuneJobSpec, precision: str) -> BitsAndBytesConfig:
     import torch
     from transformers import BitsAndBytesConfig
 
@@ -88,7 +94,7 @@ def quantization_config(spec: FineTuneJobSpec, precision: str):
     )
 
 
-def peft_config(spec: FineTuneJobSpec, model_dir: str):
+def peft_config(spec: FineTuneJobSpec, model_dir: str) -> peft.PeftConfig | None:
     """The PEFT config for the method, or None for full fine-tuning."""
     import peft
 
@@ -126,11 +132,11 @@ def peft_config(spec: FineTuneJobSpec, model_dir: str):
     return None
 
 
-def _numel(p) -> int:
+def _numel(p: torch.Tensor) -> int:
     return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitioned parameters are empty locally
 
 
-def _count_4bit(model) -> int:
+def _count_4bit(model: torch.nn.Module) -> int:
     try:
         import bitsandbytes as bnb
     except ImportError:
@@ -147,7 +153,7 @@ class ModelInfo:
     quantized_modules: int = 0  # bitsandbytes 4-bit linear layers (qlora)
 
 
-def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool):
+def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool) -> tuple[Any, ModelInfo]:
     """The base model with the method applied; returns (model, ModelInfo)."""
     from transformers import AutoModelForCausalLM
 

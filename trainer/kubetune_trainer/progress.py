@@ -20,11 +20,16 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from kubetune_api.spec import Progress
 
 from . import flops
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 log = logging.getLogger("kubetune.progress")
 
@@ -75,7 +80,7 @@ def _fmt_eta(seconds: int | None) -> str:
 class ConsoleReporter:
     """One compact line per record on stderr (pod logs and terminals alike)."""
 
-    def __init__(self, stream=None):
+    def __init__(self, stream: IO[str] | None = None):
         self.stream = stream or sys.stderr
 
     def progress(self, r: dict) -> None:
@@ -126,7 +131,7 @@ class Reporters:
                 log.warning("reporter %s.close failed: %s", type(r).__name__, e)
 
 
-def reporters_from_env(rank: int, env=os.environ) -> Reporters:
+def reporters_from_env(rank: int, env: Mapping[str, str] = os.environ) -> Reporters:
     if rank != 0:
         return Reporters([])
     out: list = [ConsoleReporter()]
@@ -146,7 +151,7 @@ def _round4(x: float | None) -> float | None:
     return round(x, 4) if x is not None else None
 
 
-def make_progress_callback(reporters: Reporters):
+def make_progress_callback(reporters: Reporters) -> TrainerCallback:
     """A TrainerCallback turning the Trainer's logs into progress records (rank 0 only)."""
     from transformers import TrainerCallback
 
@@ -162,7 +167,7 @@ def make_progress_callback(reporters: Reporters):
             self.flops_per_token = self.peak = None
             self.devices = 1
 
-        def on_train_begin(self, args, state, control, **kw):
+        def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kw: Any) -> None:
             self.t0 = self.last_t = time.monotonic()
             self.step0, self.last_tokens = state.global_step, state.num_input_tokens_seen
             # MFU only on a known GPU (flops.py); tokens/s is over all ranks, so is the peak
@@ -171,7 +176,7 @@ def make_progress_callback(reporters: Reporters):
                 rows = kw["train_dataloader"].dataset
                 self.flops_per_token = flops.model_flops_per_token(kw["model"], flops.dataset_attention_context(rows))
 
-        def _record(self, state, logs: dict) -> dict:
+        def _record(self, state: TrainerState, logs: dict[str, Any]) -> dict[str, Any]:
             now = time.monotonic()
             tokens = state.num_input_tokens_seen
             tps = None
@@ -197,7 +202,8 @@ def make_progress_callback(reporters: Reporters):
                 "updatedAt": utc_now(),
             }
 
-        def on_log(self, args, state, control, logs=None, **kw):
+        def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
+                   logs: dict[str, Any] | None = None, **kw: Any) -> None:
             logs = logs or {}
             if "eval_loss" in logs:
                 self.eval_loss = logs["eval_loss"]

@@ -1,30 +1,41 @@
-"""One storage interface for ``s3://`` URIs and local paths (or ``file://``).
+"""Storage: one interface, two implementations, chosen by the URI.
 
-Everything the trainer reads or writes outside the node goes through
+Everything the trainer reads or writes outside the node goes through a
 :class:`Storage`: checkpoints, the final model, fetched models and data.
+:func:`storage_for` picks the implementation from a URI:
 
-S3 (AWS, MinIO, Ceph RGW, GCS's S3 API):
-- endpoint, region and addressing style come from ``spec.storage``;
-  credentials only from boto3's default chain (the standard ``AWS_*``
-  environment variables, which the pod fills from the job's Secret, or the
-  pod's cloud identity: IRSA web identity, instance/pod metadata). Never
-  from the manifest.
-- transient errors (5xx, throttling, dropped connections, short reads) are
-  retried twice over: per HTTP request by botocore's ``standard`` retry mode,
-  and per whole operation by :func:`_retrying` with exponential backoff and
-  jitter, which also covers what botocore cannot retry (a body cut off while
-  streaming, a checksum mismatch, a multipart upload that failed as a whole).
-- large files go up as concurrent multipart uploads (boto3 ``TransferConfig``)
-  and come down as concurrent ranged GETs pinned to one ETag (``IfMatch``), so
-  an object replaced mid-download is detected, not silently mixed.
-- every uploaded file carries its sha256 (object metadata ``sha256``; the
-  checkpoint manifest keeps it too) and downloads verify it.
-- errors a retry cannot fix become :class:`~kubetune_api.contract.PermanentError`
-  with reason ``BucketNotFound``, ``StorageAccessDenied`` or
-  ``StorageCredentialsMissing``; a missing object is :class:`ObjectNotFound`.
+- :class:`LocalStorage` for local paths and ``file://`` URIs (``kubetune run``
+  and tests): atomic writes by rename, sha256 computed on upload and checked on
+  download, the same errors as S3 (:class:`ObjectNotFound`,
+  :class:`ChecksumMismatch`, :class:`~kubetune_api.contract.PermanentError`).
+- :class:`S3Storage` for ``s3://`` URIs (AWS, MinIO, Ceph RGW, GCS's S3 API):
 
-Local paths behave the same (atomic writes by rename), so ``output.uri`` can
-be a directory for ``kubetune run`` and for tests.
+  - endpoint, region and addressing style come from ``spec.storage``;
+    credentials only from boto3's default chain (the standard ``AWS_*``
+    environment variables, which the pod fills from the job's Secret, or the
+    pod's cloud identity: IRSA web identity, instance/pod metadata). Never
+    from the manifest.
+  - transient errors (5xx, throttling, dropped connections, short reads) are
+    retried twice over: per HTTP request by botocore's ``standard`` retry mode,
+    and per whole operation by :func:`_retrying` with exponential backoff and
+    jitter, which also covers what botocore cannot retry (a body cut off while
+    streaming, a checksum mismatch, a multipart upload that failed as a whole).
+  - large files go up as concurrent multipart uploads (boto3 ``TransferConfig``)
+    and come down as concurrent ranged GETs pinned to one ETag (``IfMatch``):
+    :meth:`S3Storage.download_file` → :meth:`S3Storage._get_ranged`; an object
+    replaced mid-download is detected (412), not silently mixed.
+  - every uploaded file carries its sha256 (object metadata ``sha256``; the
+    checkpoint manifest keeps it too) and downloads verify it.
+  - errors a retry cannot fix become :class:`~kubetune_api.contract.PermanentError`
+    with reason ``BucketNotFound``, ``StorageAccessDenied``,
+    ``StorageCredentialsMissing`` or ``StorageMisconfigured``; a missing object
+    is :class:`ObjectNotFound`.
+
+A subclass implements the primitives (``check_access``, ``head``,
+``read_bytes``, ``write_bytes``, ``list``, ``list_dirs``, ``delete``,
+``_delete_tree``, ``upload_file``, ``download_file``); the composites
+(``exists``, JSON, ``delete_prefix``, many-file transfers) live once in the base.
+Instances are thread-safe: the checkpoint uploader and the training thread share one.
 """
 from __future__ import annotations
 
@@ -37,13 +48,17 @@ import shutil
 import threading
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubetune_api.contract import PermanentError
+
+if TYPE_CHECKING:
+    from kubetune_api.spec import StorageSpec
 
 log = logging.getLogger("kubetune.storage")
 
@@ -51,6 +66,9 @@ T = TypeVar("T")
 
 MiB = 1024 * 1024
 _HASH_BLOCK = 8 * MiB
+_FILES_IN_PARALLEL = 4  # many-file transfers: files at once (big S3 files also split into parts)
+
+Manifest = dict[str, dict[str, Any]]  # relative name -> {"size": int, "sha256": str}
 
 
 class StorageError(Exception):
@@ -71,9 +89,9 @@ class _Transient(Exception):
     ``final`` is the StorageError subclass raised once retries are exhausted.
     """
 
-    def __init__(self, message: str, final: type = None):
+    def __init__(self, message: str, final: type[StorageError] = StorageError):
         super().__init__(message)
-        self.final = final or StorageError
+        self.final = final
 
 
 @dataclass(frozen=True)
@@ -104,6 +122,8 @@ def split_s3(uri: str) -> tuple[str, str]:
 
 def local_path(uri: str) -> Path:
     """'file:///x/y' or '/x/y' -> Path('/x/y')."""
+    if is_s3(uri):
+        raise ValueError(f"not a local path or file:// URI: {uri!r}")
     if uri.startswith("file://"):
         uri = uri[len("file://"):]
     return Path(uri)
@@ -119,7 +139,7 @@ def join(base: str, *parts: str) -> str:
     return out
 
 
-def _hash_file(path: str | os.PathLike, h: Any) -> str:
+def _hash_file(path: str | os.PathLike[str], h: Any) -> str:
     with open(path, "rb") as f:
         while True:
             block = f.read(_HASH_BLOCK)
@@ -128,11 +148,11 @@ def _hash_file(path: str | os.PathLike, h: Any) -> str:
             h.update(block)
 
 
-def sha256_file(path: str | os.PathLike) -> str:
+def sha256_file(path: str | os.PathLike[str]) -> str:
     return _hash_file(path, hashlib.sha256())
 
 
-def md5_file(path: str | os.PathLike) -> str:
+def md5_file(path: str | os.PathLike[str]) -> str:
     return _hash_file(path, hashlib.md5(usedforsecurity=False))
 
 
@@ -157,12 +177,228 @@ def _retrying(
     raise AssertionError("unreachable")
 
 
-# ------------------------------------------------------------------ storage
-class Storage:
-    """Read and write ``s3://`` URIs and local paths through one interface.
+def _temp_beside(dest: Path) -> Path:
+    """A hidden temporary name next to ``dest``: renamed over it when complete, skipped by listings."""
+    return dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
 
-    Thread-safe: the checkpoint uploader and the training thread share one.
-    """
+
+# ------------------------------------------------------------------ the interface
+class Storage(ABC):
+    """Where checkpoints, the final model and fetched inputs live; see the module docstring."""
+
+    #: files transferred at once by :meth:`upload_files` / :meth:`download_files`
+    files_in_parallel: int = _FILES_IN_PARALLEL
+
+    # ------------------------------------------------ primitives
+    @abstractmethod
+    def check_access(self, uri: str, write: bool = False) -> None:
+        """Fail fast (PermanentError) if the location is missing or the credentials are wrong.
+
+        With ``write=True`` a small probe object is written and deleted under
+        ``uri``, so a read-only credential is caught before hours of training.
+        """
+
+    @abstractmethod
+    def head(self, uri: str) -> ObjectInfo:
+        """Size (and ETag, sha256 where recorded) of one object; ObjectNotFound if absent."""
+
+    @abstractmethod
+    def read_bytes(self, uri: str) -> bytes: ...
+
+    @abstractmethod
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        """Write one small object; readers see the old or the new bytes, never a part."""
+
+    @abstractmethod
+    def list(self, prefix_uri: str, recursive: bool = True) -> list[ObjectInfo]:
+        """Objects under a prefix ('dir'), names relative to it, sorted."""
+
+    @abstractmethod
+    def list_dirs(self, prefix_uri: str) -> list[str]:
+        """Immediate 'sub-directory' names under a prefix, sorted."""
+
+    @abstractmethod
+    def delete(self, uri: str) -> None:
+        """Delete one object; deleting a missing one is not an error."""
+
+    @abstractmethod
+    def _delete_tree(self, prefix_uri: str) -> int:
+        """Delete everything under a prefix; returns how many objects went."""
+
+    @abstractmethod
+    def upload_file(self, local: str | os.PathLike[str], uri: str, sha256: str | None = None) -> ObjectInfo:
+        """Upload one file; returns its size and sha256 (computed unless given)."""
+
+    @abstractmethod
+    def download_file(
+        self,
+        uri: str,
+        dest: str | os.PathLike[str],
+        *,
+        sha256: str | None = None,
+        ranged: bool = True,
+        info: ObjectInfo | None = None,
+    ) -> ObjectInfo:
+        """Download one object to ``dest`` atomically and verify it against ``sha256`` when given.
+
+        Returns what was verified in ``ObjectInfo.sha256`` (None if only the
+        size could be checked). ``info`` is the object's ``head`` when the
+        caller already has it; ``ranged`` allows concurrent range requests.
+        """
+
+    # ------------------------------------------------ composites
+    def exists(self, uri: str) -> bool:
+        try:
+            self.head(uri)
+            return True
+        except ObjectNotFound:
+            return False
+
+    def read_json(self, uri: str) -> Any:
+        return json.loads(self.read_bytes(uri))
+
+    def write_json(self, uri: str, obj: Any) -> None:
+        self.write_bytes(uri, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+    def delete_prefix(self, prefix_uri: str, first: str | None = None) -> int:
+        """Delete everything under a prefix; the relative name ``first`` goes before the rest.
+
+        Checkpoint retention passes the commit marker as ``first``: dying half
+        way then leaves an uncommitted (ignored) checkpoint, never a committed
+        but incomplete one.
+        """
+        if first:
+            self.delete(join(prefix_uri, first))
+        return self._delete_tree(prefix_uri)
+
+    def upload_files(self, files: dict[str, Path], prefix_uri: str, sha256s: dict[str, str] | None = None) -> Manifest:
+        """Upload {relative name: local file} concurrently; returns the manifest {name: {size, sha256}}."""
+        sha256s = sha256s or {}
+        manifest: Manifest = {}
+        with ThreadPoolExecutor(self.files_in_parallel, thread_name_prefix="kubetune-put") as ex:
+            futs = {name: ex.submit(self.upload_file, path, join(prefix_uri, name), sha256s.get(name)) for name, path in files.items()}
+            for name, fut in futs.items():
+                info = fut.result()
+                manifest[name] = {"size": info.size, "sha256": info.sha256}
+        return manifest
+
+    def download_files(self, prefix_uri: str, manifest: Manifest, dest_dir: str | os.PathLike[str]) -> None:
+        """Download the files named in a manifest under a prefix, verifying each sha256."""
+        dest_dir = Path(dest_dir)
+        with ThreadPoolExecutor(self.files_in_parallel, thread_name_prefix="kubetune-dl") as ex:
+            futs = [
+                ex.submit(self.download_file, join(prefix_uri, name), dest_dir / name, sha256=meta.get("sha256"))
+                for name, meta in sorted(manifest.items())
+            ]
+            for fut in futs:
+                fut.result()
+
+
+def storage_for(uri: str, storage_spec: StorageSpec | None = None, **s3_tuning: Any) -> Storage:
+    """The storage for a URI: :class:`S3Storage` for ``s3://`` (configured from ``spec.storage``), else :class:`LocalStorage`."""
+    if is_s3(uri):
+        return S3Storage.from_spec(storage_spec, **s3_tuning)
+    return LocalStorage()
+
+
+# ------------------------------------------------------------------ local paths
+class LocalStorage(Storage):
+    """Local paths and ``file://`` URIs, with the same guarantees as S3 (atomic, checksummed)."""
+
+    def check_access(self, uri: str, write: bool = False) -> None:
+        if not write:
+            return
+        p = local_path(uri)
+        try:
+            p.mkdir(parents=True, exist_ok=True)
+            probe = p / f".kubetune-probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as e:
+            raise PermanentError(f"cannot write to {uri}: {e}", "StorageAccessDenied") from e
+
+    def head(self, uri: str) -> ObjectInfo:
+        p = local_path(uri)
+        if not p.is_file():
+            raise ObjectNotFound(f"{uri} not found")
+        return ObjectInfo(uri, p.stat().st_size)
+
+    def read_bytes(self, uri: str) -> bytes:
+        try:
+            return local_path(uri).read_bytes()
+        except FileNotFoundError as e:
+            raise ObjectNotFound(f"{uri} not found") from e
+
+    def write_bytes(self, uri: str, data: bytes) -> None:
+        p = local_path(uri)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_beside(p)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+
+    def list(self, prefix_uri: str, recursive: bool = True) -> list[ObjectInfo]:
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return []
+        it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
+        out = [ObjectInfo(p.relative_to(root).as_posix(), p.stat().st_size) for p in it if p.is_file() and ".tmp-" not in p.name]
+        return sorted(out, key=lambda o: o.name)
+
+    def list_dirs(self, prefix_uri: str) -> list[str]:
+        root = local_path(prefix_uri)
+        return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+
+    def delete(self, uri: str) -> None:
+        local_path(uri).unlink(missing_ok=True)
+
+    def _delete_tree(self, prefix_uri: str) -> int:
+        root = local_path(prefix_uri)
+        if not root.is_dir():
+            return 0
+        n = sum(1 for p in root.rglob("*") if p.is_file())
+        shutil.rmtree(root, ignore_errors=True)
+        return n
+
+    def upload_file(self, local: str | os.PathLike[str], uri: str, sha256: str | None = None) -> ObjectInfo:
+        src = Path(local)
+        digest = sha256 or sha256_file(src)
+        dst = local_path(uri)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_beside(dst)
+        shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+        return ObjectInfo(uri, src.stat().st_size, None, digest)
+
+    def download_file(
+        self,
+        uri: str,
+        dest: str | os.PathLike[str],
+        *,
+        sha256: str | None = None,
+        ranged: bool = True,
+        info: ObjectInfo | None = None,
+    ) -> ObjectInfo:
+        dest = Path(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        src = local_path(uri)
+        if not src.is_file():
+            raise ObjectNotFound(f"{uri} not found")
+        tmp = _temp_beside(dest)
+        shutil.copyfile(src, tmp)
+        got = sha256_file(tmp)
+        if sha256 and got != sha256:
+            tmp.unlink()
+            raise ChecksumMismatch(f"{uri}: sha256 {got} != expected {sha256}")
+        os.replace(tmp, dest)
+        return ObjectInfo(uri, dest.stat().st_size, None, got)
+
+
+# ------------------------------------------------------------------ S3
+class S3Storage(Storage):
+    """``s3://`` URIs on any S3-compatible server; see the module docstring for retries and checksums."""
 
     def __init__(
         self,
@@ -182,7 +418,7 @@ class Storage:
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.region = region
         self.addressing_style = addressing_style
-        self.concurrency = max(1, concurrency)
+        self.concurrency = max(1, concurrency)  # threads per transfer (ranges, multipart parts)
         self.part_size = max(1, part_size)  # ranged-GET size; multipart parts are at least 5 MiB
         self.multipart_threshold = multipart_threshold
         self.request_attempts = request_attempts
@@ -190,11 +426,12 @@ class Storage:
         self.base_delay = base_delay
         self.connect_timeout = connect_timeout
         self.read_timeout = read_timeout
-        self._client = None
+        self.files_in_parallel = max(1, min(_FILES_IN_PARALLEL, self.concurrency))
+        self._client: Any = None
         self._client_lock = threading.Lock()
 
     @classmethod
-    def from_spec(cls, storage_spec: Any = None, **kwargs: Any) -> Storage:
+    def from_spec(cls, storage_spec: StorageSpec | None = None, **kwargs: Any) -> S3Storage:
         """Build from a ``spec.storage`` (StorageSpec) or None (AWS defaults).
 
         Transfer tuning from the environment (defaults fit most nodes):
@@ -214,9 +451,10 @@ class Storage:
             **kwargs,
         )
 
-    # ------------------------------------------------------------ s3 client
+    # ------------------------------------------------ client and errors
     @property
-    def client(self):
+    def client(self) -> Any:
+        """The boto3 S3 client, created on first use."""
         with self._client_lock:
             if self._client is None:
                 import boto3
@@ -248,18 +486,13 @@ class Storage:
     def _where(self) -> str:
         return f" at endpoint {self.endpoint}" if self.endpoint else ""
 
-    def _s3_call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
+    def _call(self, what: str, uri: str, fn: Callable[[], T]) -> T:
         """One S3 call with error translation; transient errors become _Transient."""
         from botocore.exceptions import (
             BotoCoreError,
             ClientError,
             NoCredentialsError,
             PartialCredentialsError,
-            ReadTimeoutError,
-            ResponseStreamingError,
-        )
-        from botocore.exceptions import (
-            ConnectionError as BotoConnectionError,
         )
 
         try:
@@ -272,18 +505,16 @@ class Storage:
                 f"(from the Secret named in spec.storage.secretRef) or give the pod a cloud identity ({e})",
                 "StorageCredentialsMissing",
             ) from e
-        except (BotoConnectionError, ReadTimeoutError, ResponseStreamingError) as e:
-            raise _Transient(f"{what} {uri}: {e}") from e
-        except BotoCoreError as e:
+        except BotoCoreError as e:  # connection errors, read timeouts, bodies cut off while streaming
             raise _Transient(f"{what} {uri}: {e}") from e
         except (OSError, ConnectionError) as e:  # urllib3 protocol errors surface as OSError subclasses
             raise _Transient(f"{what} {uri}: {e}") from e
 
-    def _translate(self, e: Exception, what: str, uri: str) -> Exception:
-        err = getattr(e, "response", {}).get("Error", {})
+    def _translate(self, e: Any, what: str, uri: str) -> Exception:
+        err = e.response.get("Error", {})
         code = str(err.get("Code", ""))
-        status = getattr(e, "response", {}).get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        bucket = split_s3(uri)[0] if is_s3(uri) else ""
+        status = e.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+        bucket = split_s3(uri)[0]
         if code == "NoSuchBucket" or (what == "head bucket" and status == 404):
             return PermanentError(
                 f"bucket {bucket!r} does not exist{self._where()} ({what} {uri}); "
@@ -316,58 +547,30 @@ class Storage:
 
     def _op(self, what: str, uri: str, fn: Callable[[], T]) -> T:
         """An operation retried as a whole on transient failures."""
-        return _retrying(lambda: self._s3_call(what, uri, fn), f"{what} {uri}", self.operation_attempts, self.base_delay)
+        return _retrying(lambda: self._call(what, uri, fn), f"{what} {uri}", self.operation_attempts, self.base_delay)
 
-    # ------------------------------------------------------------ access check
+    @staticmethod
+    def _dir_prefix(key: str) -> str:
+        return key.rstrip("/") + "/" if key else ""
+
+    # ------------------------------------------------ primitives
     def check_access(self, uri: str, write: bool = False) -> None:
-        """Fail fast (PermanentError) if the bucket is missing or the credentials are wrong.
-
-        With ``write=True`` a small probe object is written and deleted under
-        ``uri`` so a read-only credential is caught before hours of training.
-        """
-        if not is_s3(uri):
-            p = local_path(uri)
-            if write:
-                try:
-                    p.mkdir(parents=True, exist_ok=True)
-                    probe = p / f".kubetune-probe-{uuid.uuid4().hex}"
-                    probe.write_bytes(b"")
-                    probe.unlink()
-                except OSError as e:
-                    raise PermanentError(f"cannot write to {uri}: {e}", "StorageAccessDenied") from e
-            return
-        bucket, key = split_s3(uri)
+        bucket, _ = split_s3(uri)
         self._op("head bucket", uri, lambda: self.client.head_bucket(Bucket=bucket))
         if write:
             probe = join(uri, f".kubetune-probe-{uuid.uuid4().hex}")
             self.write_bytes(probe, b"")
             self.delete(probe)
 
-    # ------------------------------------------------------------ small objects
-    def exists(self, uri: str) -> bool:
-        try:
-            self.head(uri)
-            return True
-        except ObjectNotFound:
-            return False
-
     def head(self, uri: str) -> ObjectInfo:
-        if not is_s3(uri):
-            p = local_path(uri)
-            if not p.is_file():
-                raise ObjectNotFound(f"{uri} not found")
-            return ObjectInfo(uri, p.stat().st_size)
+        return self._op("head", uri, lambda: self._head_once(uri))
+
+    def _head_once(self, uri: str) -> ObjectInfo:
         bucket, key = split_s3(uri)
-        r = self._op("head", uri, lambda: self.client.head_object(Bucket=bucket, Key=key))
+        r = self.client.head_object(Bucket=bucket, Key=key)
         return ObjectInfo(uri, int(r["ContentLength"]), r.get("ETag", "").strip('"') or None, (r.get("Metadata") or {}).get("sha256"))
 
     def read_bytes(self, uri: str) -> bytes:
-        if not is_s3(uri):
-            p = local_path(uri)
-            try:
-                return p.read_bytes()
-            except FileNotFoundError as e:
-                raise ObjectNotFound(f"{uri} not found") from e
         bucket, key = split_s3(uri)
 
         def get() -> bytes:
@@ -380,40 +583,12 @@ class Storage:
         return self._op("get", uri, get)
 
     def write_bytes(self, uri: str, data: bytes) -> None:
-        if not is_s3(uri):
-            p = local_path(uri)
-            p.parent.mkdir(parents=True, exist_ok=True)
-            tmp = p.with_name(f".{p.name}.tmp-{uuid.uuid4().hex}")
-            with open(tmp, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, p)
-            return
         bucket, key = split_s3(uri)
         self._op("put", uri, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data))
 
-    def read_json(self, uri: str) -> Any:
-        return json.loads(self.read_bytes(uri))
-
-    def write_json(self, uri: str, obj: Any) -> None:
-        self.write_bytes(uri, json.dumps(obj, indent=1, sort_keys=True).encode())
-
-    # ------------------------------------------------------------ listing
     def list(self, prefix_uri: str, recursive: bool = True) -> list[ObjectInfo]:
-        """Objects under a prefix ('dir'), names relative to it, sorted."""
-        if not is_s3(prefix_uri):
-            root = local_path(prefix_uri)
-            if not root.is_dir():
-                return []
-            out = []
-            it: Iterable[Path] = root.rglob("*") if recursive else root.iterdir()
-            for p in it:
-                if p.is_file() and ".tmp-" not in p.name:
-                    out.append(ObjectInfo(p.relative_to(root).as_posix(), p.stat().st_size))
-            return sorted(out, key=lambda o: o.name)
         bucket, key = split_s3(prefix_uri)
-        prefix = key.rstrip("/") + "/" if key else ""
+        prefix = self._dir_prefix(key)
 
         def list_all() -> list[ObjectInfo]:
             out = []
@@ -428,12 +603,8 @@ class Storage:
         return sorted(self._op("list", prefix_uri, list_all), key=lambda o: o.name)
 
     def list_dirs(self, prefix_uri: str) -> list[str]:
-        """Immediate 'sub-directory' names under a prefix."""
-        if not is_s3(prefix_uri):
-            root = local_path(prefix_uri)
-            return sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
         bucket, key = split_s3(prefix_uri)
-        prefix = key.rstrip("/") + "/" if key else ""
+        prefix = self._dir_prefix(key)
 
         def list_all() -> list[str]:
             out = []
@@ -444,41 +615,18 @@ class Storage:
 
         return sorted(self._op("list", prefix_uri, list_all))
 
-    # ------------------------------------------------------------ delete
     def delete(self, uri: str) -> None:
-        if not is_s3(uri):
-            try:
-                local_path(uri).unlink()
-            except FileNotFoundError:
-                pass
-            return
         bucket, key = split_s3(uri)
         self._op("delete", uri, lambda: self.client.delete_object(Bucket=bucket, Key=key))
 
-    def delete_prefix(self, prefix_uri: str, first: str | None = None) -> int:
-        """Delete everything under a prefix; the relative name ``first`` goes before the rest.
-
-        Checkpoint retention passes the commit marker as ``first``: dying half
-        way then leaves an uncommitted (ignored) checkpoint, never a committed
-        but incomplete one.
-        """
-        if first:
-            self.delete(join(prefix_uri, first))
-        if not is_s3(prefix_uri):
-            root = local_path(prefix_uri)
-            if root.is_dir():
-                n = sum(1 for p in root.rglob("*") if p.is_file())
-                shutil.rmtree(root, ignore_errors=True)
-                return n
-            return 0
-        objs = self.list(prefix_uri)
+    def _delete_tree(self, prefix_uri: str) -> int:
         bucket, key = split_s3(prefix_uri)
-        prefix = key.rstrip("/") + "/" if key else ""
-        names = [o.name for o in objs]
-        for i in range(0, len(names), 1000):
+        prefix = self._dir_prefix(key)
+        names = [o.name for o in self.list(prefix_uri)]
+        for i in range(0, len(names), 1000):  # DeleteObjects takes at most 1000 keys
             batch = [{"Key": prefix + n} for n in names[i:i + 1000]]
 
-            def delete_batch(batch=batch) -> None:
+            def delete_batch(batch: list[dict[str, str]] = batch) -> None:
                 r = self.client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
                 errors = r.get("Errors") or []
                 if errors:
@@ -487,22 +635,14 @@ class Storage:
             self._op("delete", prefix_uri, delete_batch)
         return len(names)
 
-    # ------------------------------------------------------------ files
-    def upload_file(self, local: str | os.PathLike, uri: str, sha256: str | None = None) -> ObjectInfo:
-        """Upload one file (multipart and concurrent above the threshold); returns its size and sha256."""
-        local = Path(local)
-        digest = sha256 or sha256_file(local)
-        size = local.stat().st_size
-        if not is_s3(uri):
-            dst = local_path(uri)
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dst.with_name(f".{dst.name}.tmp-{uuid.uuid4().hex}")
-            shutil.copyfile(local, tmp)
-            os.replace(tmp, dst)
-            return ObjectInfo(uri, size, None, digest)
+    def upload_file(self, local: str | os.PathLike[str], uri: str, sha256: str | None = None) -> ObjectInfo:
+        """Multipart and concurrent above ``multipart_threshold``; the sha256 goes into the object's metadata."""
         from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
 
+        src = Path(local)
+        digest = sha256 or sha256_file(src)
+        size = src.stat().st_size
         bucket, key = split_s3(uri)
         cfg = TransferConfig(
             multipart_threshold=self.multipart_threshold,
@@ -513,7 +653,7 @@ class Storage:
 
         def up() -> None:
             try:
-                self.client.upload_file(str(local), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=cfg)
+                self.client.upload_file(str(src), bucket, key, ExtraArgs={"Metadata": {"sha256": digest}}, Config=cfg)
             except S3UploadFailedError as e:
                 # s3transfer wraps the ClientError as text; recover the permanent cases.
                 msg = str(e)
@@ -529,56 +669,41 @@ class Storage:
     def download_file(
         self,
         uri: str,
-        dest: str | os.PathLike,
+        dest: str | os.PathLike[str],
         *,
         sha256: str | None = None,
         ranged: bool = True,
         info: ObjectInfo | None = None,
     ) -> ObjectInfo:
-        """Download one object to ``dest`` atomically and verify it.
+        """Download one object, pinned to one ETag, and verify it.
 
         Verification uses, in order: ``sha256`` (from a manifest), the object's
         ``sha256`` metadata (written by :meth:`upload_file`), or the ETag when it
-        is a plain MD5 (single-part uploads). Returns what was verified in
-        ``ObjectInfo.sha256`` (None if only the size could be checked).
+        is a plain MD5 (single-part uploads). Objects above ``part_size`` come
+        down as concurrent ranged GETs (:meth:`_get_ranged`) when ``ranged``.
+        The whole download is retried on transient errors, a checksum mismatch
+        included.
         """
         dest = Path(dest)
         dest.parent.mkdir(parents=True, exist_ok=True)
-        if not is_s3(uri):
-            src = local_path(uri)
-            if not src.is_file():
-                raise ObjectNotFound(f"{uri} not found")
-            tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
-            shutil.copyfile(src, tmp)
-            got = sha256_file(tmp)
-            if sha256 and got != sha256:
-                tmp.unlink()
-                raise ChecksumMismatch(f"{uri}: sha256 {got} != expected {sha256}")
-            os.replace(tmp, dest)
-            return ObjectInfo(uri, dest.stat().st_size, None, got)
 
         def attempt() -> ObjectInfo:
-            head = info if (info is not None and info.etag) else self._s3_call("head", uri, lambda: self.head_raw(uri))
-            tmp = dest.with_name(f".{dest.name}.tmp-{uuid.uuid4().hex}")
+            head = info if (info is not None and info.etag) else self._call("head", uri, lambda: self._head_once(uri))
+            tmp = _temp_beside(dest)
             try:
                 if ranged and head.size > self.part_size and self.concurrency > 1:
                     self._get_ranged(uri, tmp, head)
                 else:
-                    self._get_single(uri, tmp, head)
+                    self._get_whole(uri, tmp, head)
                 verified = self._verify(uri, tmp, head, sha256)
                 os.replace(tmp, dest)
                 return ObjectInfo(uri, head.size, head.etag, verified)
             finally:
-                if tmp.exists():
-                    tmp.unlink()
+                tmp.unlink(missing_ok=True)
 
         return _retrying(attempt, f"download {uri}", self.operation_attempts, self.base_delay)
 
-    def head_raw(self, uri: str) -> ObjectInfo:
-        bucket, key = split_s3(uri)
-        r = self.client.head_object(Bucket=bucket, Key=key)
-        return ObjectInfo(uri, int(r["ContentLength"]), r.get("ETag", "").strip('"') or None, (r.get("Metadata") or {}).get("sha256"))
-
+    # ------------------------------------------------ download internals
     def _verify(self, uri: str, path: Path, head: ObjectInfo, expected: str | None) -> str | None:
         size = path.stat().st_size
         if size != head.size:
@@ -597,11 +722,17 @@ class Storage:
         log.info("%s: multipart object without a sha256; only its size (%d bytes) was verified", uri, size)
         return None
 
-    def _get_single(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
+    @staticmethod
+    def _get_kwargs(uri: str, head: ObjectInfo) -> dict[str, Any]:
+        """GetObject arguments pinned to the ETag seen by HEAD: a replaced object answers 412."""
         bucket, key = split_s3(uri)
         kw: dict[str, Any] = {"Bucket": bucket, "Key": key}
         if head.etag:
             kw["IfMatch"] = f'"{head.etag}"'
+        return kw
+
+    def _get_whole(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
+        kw = self._get_kwargs(uri, head)
 
         def get() -> None:
             r = self.client.get_object(**kw)
@@ -609,11 +740,10 @@ class Storage:
                 for chunk in r["Body"].iter_chunks(MiB):
                     f.write(chunk)
 
-        self._s3_call("get", uri, get)
+        self._call("get", uri, get)
 
     def _get_ranged(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
-        """Concurrent ranged GETs into one preallocated file, each range retried on its own."""
-        bucket, key = split_s3(uri)
+        """Concurrent ranged GETs of ``part_size`` bytes into one preallocated file, each range retried on its own."""
         size = head.size
         with open(tmp, "wb") as f:
             f.truncate(size)
@@ -621,9 +751,7 @@ class Storage:
         try:
             def fetch(start: int) -> None:
                 end = min(start + self.part_size, size) - 1
-                kw: dict[str, Any] = {"Bucket": bucket, "Key": key, "Range": f"bytes={start}-{end}"}
-                if head.etag:
-                    kw["IfMatch"] = f'"{head.etag}"'
+                kw = {**self._get_kwargs(uri, head), "Range": f"bytes={start}-{end}"}
 
                 def get_range() -> None:
                     r = self.client.get_object(**kw)
@@ -634,7 +762,7 @@ class Storage:
                     if pos != end + 1:
                         raise _Transient(f"short range read {start}-{end}: got {pos - start} bytes")
 
-                _retrying(lambda: self._s3_call("get range", uri, get_range), f"get {uri} bytes {start}-{end}",
+                _retrying(lambda: self._call("get range", uri, get_range), f"get {uri} bytes {start}-{end}",
                           self.operation_attempts, self.base_delay)
 
             with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kubetune-get") as ex:
@@ -642,27 +770,3 @@ class Storage:
                     fut.result()
         finally:
             os.close(fd)
-
-    def upload_files(self, files: dict[str, Path], prefix_uri: str, sha256s: dict[str, str] | None = None) -> dict[str, dict]:
-        """Upload {relative name: local file} concurrently; returns the manifest {name: {size, sha256}}."""
-        sha256s = sha256s or {}
-        manifest: dict[str, dict] = {}
-        # Big files already use `concurrency` threads each for their parts; a few
-        # files in parallel keeps the pipe full with many small ones.
-        with ThreadPoolExecutor(max(1, min(4, self.concurrency)), thread_name_prefix="kubetune-put") as ex:
-            futs = {name: ex.submit(self.upload_file, path, join(prefix_uri, name), sha256s.get(name)) for name, path in files.items()}
-            for name, fut in futs.items():
-                info = fut.result()
-                manifest[name] = {"size": info.size, "sha256": info.sha256}
-        return manifest
-
-    def download_files(self, prefix_uri: str, manifest: dict[str, dict], dest_dir: str | os.PathLike) -> None:
-        """Download the files named in a manifest under a prefix, verifying each sha256."""
-        dest_dir = Path(dest_dir)
-        with ThreadPoolExecutor(max(1, min(4, self.concurrency)), thread_name_prefix="kubetune-dl") as ex:
-            futs = [
-                ex.submit(self.download_file, join(prefix_uri, name), dest_dir / name, sha256=meta.get("sha256"))
-                for name, meta in sorted(manifest.items())
-            ]
-            for fut in futs:
-                fut.result()

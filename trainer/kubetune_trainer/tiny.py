@@ -9,6 +9,10 @@ import json
 import os
 import random
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _WORDS = (
     "the a model learns to answer questions about numbers colors animals and cities "
@@ -36,7 +40,7 @@ CHAT_TEMPLATE = (
 )
 
 
-def build_tokenizer(vocab_size: int = 512):
+def build_tokenizer(vocab_size: int = 512) -> PreTrainedTokenizerBase:
     """A byte-level BPE tokenizer wrapped as a transformers fast tokenizer."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -63,7 +67,8 @@ def build_tokenizer(vocab_size: int = 512):
     return fast
 
 
-def build_model(tokenizer, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0, max_positions: int = 2048):
+def build_model(tokenizer: PreTrainedTokenizerBase, hidden: int = 64, layers: int = 2, heads: int = 4, seed: int = 0,
+                max_positions: int = 2048) -> PreTrainedModel:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

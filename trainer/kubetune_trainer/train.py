@@ -25,16 +25,32 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api import contract
 from kubetune_api.contract import PermanentError
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
+    from transformers.trainer_utils import TrainOutput
+
+    from kubetune_api.spec import FineTuneJob, FineTuneJobSpec
+
+    from .checkpoint import CheckpointManager
+    from .data import PreparedData
+    from .dsconfig import BatchPlan
+    from .model import ModelInfo
+    from .progress import Reporters
+
 log = logging.getLogger("kubetune")
 
 
-# ------------------------------------------------------------------ runtime
+# ------------------------------------------------------------------ this process
 @dataclass
-class Runtime:
+class WorkerContext:
+    """This process's place in the gang (from torchrun's environment), its scratch folder, and whether it has CUDA."""
+
     rank: int
     local_rank: int
     world_size: int
@@ -43,7 +59,7 @@ class Runtime:
     cuda: bool
 
     @classmethod
-    def from_env(cls) -> Runtime:
+    def from_env(cls) -> WorkerContext:
         import torch
 
         from .checkpoint import Topology
@@ -70,7 +86,7 @@ def single_process_rendezvous() -> None:
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
 
 
-def join_process_group(args) -> None:
+def join_process_group(args: TrainingArguments) -> None:
     """Create the process group (through the Trainer's accelerate state) and DeepSpeed's view of it."""
     import deepspeed
 
@@ -89,7 +105,7 @@ def setup_logging(rank: int) -> None:
     transformers.logging.set_verbosity_warning() if rank == 0 else transformers.logging.set_verbosity_error()
 
 
-def load_config(path: str):
+def load_config(path: str) -> FineTuneJob:
     import yaml
     from pydantic import ValidationError
 
@@ -108,7 +124,7 @@ def load_config(path: str):
 
 
 # ------------------------------------------------------------------ stages
-def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, str | None]:
+def fetch_inputs(spec: FineTuneJobSpec, rt: WorkerContext) -> tuple[str, str, str | None]:
     """Local paths of the model folder and the train/eval data (downloaded once per node by fetch)."""
     from . import fetch
 
@@ -118,7 +134,8 @@ def fetch_inputs(spec, rt: Runtime) -> tuple[str, str, str | None]:
     return model_dir, train, eval_
 
 
-def prepare_data(spec, tokenizer, train_path: str, eval_path: str | None, rt: Runtime):
+def prepare_data(spec: FineTuneJobSpec, tokenizer: PreTrainedTokenizerBase, train_path: str, eval_path: str | None,
+                 rt: WorkerContext) -> PreparedData:
     from . import data
 
     # spec parsing resolves packing (off for prompt/prefix tuning: the soft prompt leads each sequence)
@@ -127,14 +144,16 @@ def prepare_data(spec, tokenizer, train_path: str, eval_path: str | None, rt: Ru
 
 
 @dataclass
-class Plan:
-    batch: object
+class TrainingPlan:
+    """What the DeepSpeed stage decided: batch split, precision, ZeRO stage and the config dict."""
+
+    batch: BatchPlan
     precision: str
     zero_stage: int
-    ds_config: dict
+    ds_config: dict[str, Any]
 
 
-def plan_deepspeed(spec, model_dir: str, rt: Runtime) -> Plan:
+def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext) -> TrainingPlan:
     import torch
 
     from . import dsconfig, model
@@ -149,16 +168,16 @@ def plan_deepspeed(spec, model_dir: str, rt: Runtime) -> Plan:
         gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
     stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
     log.info("plan: %s, precision %s, ZeRO-%d", batch, precision, stage)
-    return Plan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
+    return TrainingPlan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
 
 
-def checkpoint_manager(spec, rt: Runtime, reporters):
+def checkpoint_manager(spec: FineTuneJobSpec, rt: WorkerContext, reporters: Reporters) -> CheckpointManager:
     from .checkpoint import CheckpointManager
 
     return CheckpointManager(spec, scratch=rt.scratch, reporters=reporters)
 
 
-def local_final_dir(spec, rt: Runtime) -> str:
+def local_final_dir(spec: FineTuneJobSpec, rt: WorkerContext) -> str:
     """<output>/final for a local output; scratch/final for S3 (ckpt.publish_final uploads it)."""
     uri = spec.output.uri
     if uri.startswith("s3://"):
@@ -166,7 +185,8 @@ def local_final_dir(spec, rt: Runtime) -> str:
     return os.path.join(uri[len("file://"):] if uri.startswith("file://") else uri, "final")
 
 
-def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
+def training_arguments(spec: FineTuneJobSpec, plan: TrainingPlan, ckpt: CheckpointManager, data: PreparedData,
+                       rt: WorkerContext) -> TrainingArguments:
     from transformers import TrainingArguments
 
     single_process_rendezvous()
@@ -207,7 +227,8 @@ def training_arguments(spec, plan: Plan, ckpt, data, rt: Runtime):
     )
 
 
-def build_trainer(spec, net, tokenizer, args, data, callbacks):
+def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: TrainingArguments,
+                  data: PreparedData, callbacks: list[TrainerCallback]) -> Trainer:
     from transformers import PrinterCallback, Trainer
 
     from . import data as data_mod
@@ -216,7 +237,8 @@ def build_trainer(spec, net, tokenizer, args, data, callbacks):
     class KubetuneTrainer(Trainer):
         """The HF Trainer with exact token-weighted evaluation (see evaluate.py)."""
 
-        def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix="eval"):
+        def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
+                     metric_key_prefix: str = "eval") -> dict[str, float]:
             model = self.model_wrapped if self.is_deepspeed_enabled and self.deepspeed is not None else self.model
             metrics = evaluate.eval_loss(model, data.eval, self.data_collator, self.args.per_device_eval_batch_size, self.args.device)
             self.eval_history.append({"step": self.state.global_step, **metrics})
@@ -238,20 +260,21 @@ def build_trainer(spec, net, tokenizer, args, data, callbacks):
     return trainer
 
 
-def _ListDataset(rows: list):
+def _ListDataset(rows: list[dict[str, Any]]) -> torch.utils.data.Dataset:
     import torch.utils.data
 
     class ListDataset(torch.utils.data.Dataset):
-        def __len__(self):
+        def __len__(self) -> int:
             return len(rows)
 
-        def __getitem__(self, i):
+        def __getitem__(self, i: int) -> dict[str, Any]:
             return rows[i]
 
     return ListDataset()
 
 
-def final_evaluation(trainer, spec, data, tokenizer, plan: Plan) -> dict:
+def final_evaluation(trainer: Trainer, spec: FineTuneJobSpec, data: PreparedData, tokenizer: PreTrainedTokenizerBase,
+                     plan: TrainingPlan) -> dict[str, float]:
     from . import evaluate
 
     if not data.eval:
@@ -270,7 +293,8 @@ def final_evaluation(trainer, spec, data, tokenizer, plan: Plan) -> dict:
     return metrics
 
 
-def build_summary(job, rt: Runtime, plan: Plan, data, info, trainer, train_result, metrics: dict, wall: float, resumed_from) -> dict:
+def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data: PreparedData, info: ModelInfo, trainer: Trainer,
+                  train_result: TrainOutput, metrics: dict[str, float], wall: float, resumed_from: str | None) -> dict[str, Any]:
     state = trainer.state
     runtime = train_result.metrics.get("train_runtime") or wall
     history = [
@@ -310,7 +334,7 @@ def build_summary(job, rt: Runtime, plan: Plan, data, info, trainer, train_resul
     }
 
 
-def _summary_mfu(trainer, data, tokens_per_second, world_size: int):
+def _summary_mfu(trainer: Trainer, data: PreparedData, tokens_per_second: float | None, world_size: int) -> float | None:
     """Model FLOPs utilisation over the whole run (flops.py): None on CPU and on unknown GPUs."""
     from . import flops
 
@@ -322,7 +346,7 @@ def run(config_path: str) -> None:
     started = time.time()
     job = load_config(config_path)
     spec = job.spec
-    rt = Runtime.from_env()
+    rt = WorkerContext.from_env()
     setup_logging(rt.rank)
     from . import export, model, progress
 
@@ -363,7 +387,7 @@ def run(config_path: str) -> None:
         reporters.close()
 
 
-def _status_metrics(metrics: dict) -> dict:
+def _status_metrics(metrics: dict[str, float]) -> dict[str, float]:
     names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch"}
     return {names[k]: float(v) for k, v in metrics.items() if k in names}
 
