@@ -5,8 +5,10 @@
 #   docker build --target operator -t kubetune-operator:0.1.0 .
 #   docker build --target trainer  -t kubetune-trainer:0.1.0 .
 #
-# operator: slim Python, the core dependencies and the `operator` extra
-#           (Kopf, kubernetes client, prometheus-client), and only the
+# operator: slim Python, the core dependencies, the `operator` extra
+#           (Kopf, kubernetes client, prometheus-client) and the `api` extra
+#           (FastAPI, uvicorn: `kubetune api`, which the chart can deploy from
+#           this image), and only the
 #           kubetune_api and kubetune_operator packages: no torch and no
 #           trainer code (the build checks both; so does tests/chart).
 # trainer:  a CUDA PyTorch base, the `trainer` extra and the kubetune_api and
@@ -37,7 +39,7 @@ FROM ${PYTHON_IMAGE} AS operator-deps
 WORKDIR /src
 COPY pyproject.toml ./
 COPY scripts/requirements.py scripts/
-RUN python scripts/requirements.py operator > /src/requirements.txt
+RUN python scripts/requirements.py operator api > /src/requirements.txt
 
 # The kubetune wheel, built from the API and operator sources only: the
 # trainer's source is never in the operator's build context stage.

@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--health-port", type=int, metavar="PORT", help="liveness /healthz port, 0 disables (default: $KUBETUNE_HEALTH_PORT or 8080)")
     p.add_argument("--verbose", "-v", action="store_true", help="debug logging")
 
+    p = sub.add_parser("api", help="serve the fine-tuning part of the OpenAI REST API (files, fine-tuning jobs) for the openai client")
+    from kubetune_operator.openai_api.main import add_arguments
+
+    add_arguments(p)
+
     args = parser.parse_args(argv)
     if args.command == "validate":
         from kubetune_api.validation import validate_files_cli
@@ -82,6 +87,10 @@ def main(argv: list[str] | None = None) -> int:
         from kubetune_operator.runner import main as operator_main
 
         return operator_main(args)
+    if args.command == "api":
+        from kubetune_operator.openai_api.main import main as api_main
+
+        return api_main(args)
     parser.error(f"unknown command {args.command}")
     return 2
 

@@ -156,6 +156,8 @@ def match_fields(selector: str | None, obj: dict[str, Any]) -> bool:
         neg = "!=" in term
         key, value = (s.strip() for s in re.split("!=|==?", term, maxsplit=1))
         actual = {"metadata.name": meta.get("name"), "metadata.namespace": meta.get("namespace")}.get(key)
+        if key.startswith("involvedObject."):  # the Event fields the API server indexes
+            actual = (obj.get("involvedObject") or {}).get(key[len("involvedObject."):])
         if (actual == value) == neg:
             return False
     return True

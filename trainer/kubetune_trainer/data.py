@@ -245,6 +245,23 @@ def encode_chat(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int
 ENCODERS = {"text": encode_text, "instruction": encode_instruction, "chat": encode_chat}
 
 
+def check_row(row: dict, fmt: str) -> None:
+    """The content rules of a row of format ``fmt`` that need no tokenizer (BadRow when broken).
+
+    Used to check uploads before any model is loaded (``kubetune api``); the
+    encoders apply the same rules, plus the tokenizer's, during training.
+    """
+    if fmt == "text":
+        _str_field(row, "text")
+    elif fmt == "instruction":
+        instruction_prompt(row)
+        instruction_completion(row)
+    elif fmt == "chat":
+        _messages(row)
+    else:
+        raise ValueError(f"unknown format {fmt!r}")
+
+
 # ------------------------------------------------------------- the stage
 @dataclass
 class DataStats:
