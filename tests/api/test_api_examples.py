@@ -9,6 +9,7 @@ import yaml
 from api_manifests import EXAMPLES, REPO
 
 from kubetune_api import spec as api
+from kubetune_api import sweep as sweep_api
 from kubetune_api.validation import cel_problems, crd_schema, prepare, schema_problems, validate_manifest
 
 REQUIRED = {
@@ -17,6 +18,7 @@ REQUIRED = {
     "qlora-1gpu.yaml",
     "full-zero3-offload.yaml",
     "prompt-tuning.yaml",
+    "sweep-lora-lr-rank.yaml",
 }
 
 
@@ -31,12 +33,13 @@ def test_example_is_valid_in_every_layer(path):
     header = text.split("apiVersion:")[0].lower()
     assert "needs" in header and "cost" in header
     docs = [d for d in yaml.safe_load_all(text) if d]
-    assert docs and all(d["kind"] == "FineTuneJob" for d in docs)
+    assert docs and all(d["kind"] in (api.KIND, sweep_api.KIND) for d in docs)
     for doc in docs:
-        prepared = prepare(crd_schema(), doc)
-        assert schema_problems(prepared) == []
-        assert cel_problems(prepared) == []
-        api.load_job(doc)  # pydantic
+        kind = doc["kind"]
+        prepared = prepare(crd_schema(kind), doc)
+        assert schema_problems(prepared, kind) == []
+        assert cel_problems(prepared, kind=kind) == []
+        (sweep_api.load_sweep if kind == sweep_api.KIND else api.load_job)(doc)  # pydantic
         assert validate_manifest(doc) == []
 
 
@@ -57,6 +60,13 @@ CLAIMS = {
 @pytest.mark.parametrize("name", sorted(CLAIMS))
 def test_example_says_what_it_claims(name):
     assert CLAIMS[name](api.load_job_file(str(REPO / "examples" / name)).spec)
+
+
+def test_sweep_example_sweeps_lora_learning_rate_and_rank():
+    doc = yaml.safe_load((REPO / "examples" / "sweep-lora-lr-rank.yaml").read_text())
+    s = sweep_api.load_sweep(doc).spec
+    assert {p.path for p in s.parameters} == {"training.learningRate", "method.lora.r"}
+    assert s.template.method.type == "lora" and s.parallelism == 2 and s.early_stopping.type != "none"
 
 
 def test_kubetune_validate_exits_0_on_all_examples():

@@ -85,7 +85,7 @@ def test_file_without_a_job_is_invalid(tmp_path, capsys):
     f = tmp_path / "cm.yaml"
     f.write_text("apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\n")
     assert kubetune(["validate", str(f)]) == 1
-    assert "no FineTuneJob document found" in capsys.readouterr().out
+    assert "no FineTuneJob or FineTuneSweep document found" in capsys.readouterr().out
 
 
 def test_one_line_per_problem_across_layers():

@@ -26,15 +26,16 @@ def test_chart_version_follows_the_project_version():
     assert chart["appVersion"] == project, "Chart.yaml appVersion must equal pyproject.toml's project.version"
 
 
-def test_chart_crd_is_the_generated_crd():
-    generated = ROOT / "crds" / "finetunejob.yaml"
-    shipped = CHART / "files" / "crds" / "finetunejob.yaml"
-    assert generated.exists(), "crds/finetunejob.yaml is missing (run `kubetune crd`)"
+@pytest.mark.parametrize("name", ["finetunejob", "finetunesweep"])
+def test_chart_crd_is_the_generated_crd(name):
+    generated = ROOT / "crds" / f"{name}.yaml"
+    shipped = CHART / "files" / "crds" / f"{name}.yaml"
+    assert generated.exists(), f"crds/{name}.yaml is missing (run `python -m kubetune_api.crd --write`)"
     assert shipped.read_bytes() == generated.read_bytes(), (
-        "charts/kubetune/files/crds/finetunejob.yaml differs from crds/finetunejob.yaml: regenerate both with the CRD generator")
-    # Helm would install a FineTuneJob CRD in crds/ itself, once, and then clash
+        f"charts/kubetune/files/crds/{name}.yaml differs from crds/{name}.yaml: regenerate both with the CRD generator")
+    # Helm would install a CRD in crds/ itself, once, and then clash
     # with the template that upgrades it.
-    assert not (CHART / "crds" / "finetunejob.yaml").exists()
+    assert not (CHART / "crds" / f"{name}.yaml").exists()
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))

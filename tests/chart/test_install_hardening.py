@@ -91,8 +91,8 @@ def test_name_overrides(helm):
 
 
 # ---------------------------------------------------------- CRD upgrades
-def _generated_crd() -> dict:
-    return yaml.safe_load((ROOT / "crds" / "finetunejob.yaml").read_text())
+def _generated_crd(name: str = "finetunejob") -> dict:
+    return yaml.safe_load((ROOT / "crds" / f"{name}.yaml").read_text())
 
 
 def test_crd_is_a_template_so_upgrades_upgrade_it(helm):
@@ -100,6 +100,9 @@ def test_crd_is_a_template_so_upgrades_upgrade_it(helm):
         objs = helm.template({}, "kubetune-system", "kt", *extra)
         (crd,) = [c for c in find(objs, "CustomResourceDefinition") if c["metadata"]["name"] == "finetunejobs.kubetune.io"]
         assert crd["spec"] == _generated_crd()["spec"]
+        (sweep_crd,) = [c for c in find(objs, "CustomResourceDefinition") if c["metadata"]["name"] == "finetunesweeps.kubetune.io"]
+        assert sweep_crd["spec"] == _generated_crd("finetunesweep")["spec"]
+        assert sweep_crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
         assert crd["metadata"]["annotations"] == {"helm.sh/resource-policy": "keep"}
         assert crd["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "Helm"
     # Without --include-crds too: it is an ordinary template, not a crds/ file.
@@ -136,8 +139,9 @@ def test_documented_crd_commands_render_the_crd(helm, tools):
     out = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert out.returncode == 0, out.stderr
     docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    assert [d["metadata"]["name"] for d in docs] == ["finetunejobs.kubetune.io"]
+    assert [d["metadata"]["name"] for d in docs] == ["finetunejobs.kubetune.io", "finetunesweeps.kubetune.io"]
     assert docs[0]["spec"] == _generated_crd()["spec"]
+    assert docs[1]["spec"] == _generated_crd("finetunesweep")["spec"]
     # And no page still tells people to apply a chart folder they do not have,
     # or to upgrade with --reuse-values (it drops every value a new chart adds).
     for page in ("install.md", "gitops.md"):

@@ -9,6 +9,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from .. import spec as api
 from .problems import Path, Problem, Schema, render_path, schema_path
 from .schema import crd_schema
 
@@ -55,6 +56,8 @@ def to_cel(schema: Schema, value: Any, root: bool = False, lenient: bool = False
             raise TypeError(f"expected an integer or a string, got {value!r}")
         return celtypes.IntType(value) if isinstance(value, int) else celtypes.StringType(value)
     kind = schema.get("type")
+    if kind is None and schema.get("x-kubernetes-preserve-unknown-fields"):
+        return _untyped(value)
     if kind == "object":
         if not isinstance(value, dict):
             raise TypeError(f"expected an object, got {value!r}")
@@ -90,6 +93,25 @@ def to_cel(schema: Schema, value: Any, root: bool = False, lenient: bool = False
     raise TypeError(f"expected {kind}, got {value!r}")
 
 
+def _untyped(value: Any) -> Any:
+    """A value under an untyped node (x-kubernetes-preserve-unknown-fields), typed by what it is."""
+    from celpy import celtypes
+
+    if isinstance(value, bool):
+        return celtypes.BoolType(value)
+    if isinstance(value, int):
+        return celtypes.IntType(value)
+    if isinstance(value, float):
+        return celtypes.DoubleType(value)
+    if isinstance(value, str):
+        return celtypes.StringType(value)
+    if isinstance(value, list):
+        return celtypes.ListType([_untyped(v) for v in value])
+    if isinstance(value, dict):
+        return celtypes.MapType({celtypes.StringType(str(k)): _untyped(v) for k, v in value.items()})
+    raise TypeError(f"cannot bind {value!r} in CEL")
+
+
 def _put(out: dict[Any, Any], key: Any, schema: Schema, value: Any, lenient: bool) -> None:
     try:
         out[key] = to_cel(schema, value, lenient=lenient)
@@ -114,6 +136,7 @@ def cel_problems(
     *,
     transitions_only: bool = False,
     schema_errors: Sequence[Problem] = (),
+    kind: str = api.KIND,
 ) -> list[Problem]:
     """Layer 2 on a prepared document; with ``old`` also the transition rules (an update).
 
@@ -123,12 +146,13 @@ def cel_problems(
     """
     problems: list[Problem] = []
     bad = [p.path for p in schema_errors]
-    _walk(crd_schema(), doc, old, (), problems, transitions_only, bad, root=True)
+    top = crd_schema(kind)
+    _walk(top, doc, old, (), problems, transitions_only, bad, root=True, top=top)
     return problems
 
 
-def _subtree_has(bad: Sequence[str], path: Path) -> bool:
-    prefix = schema_path(crd_schema(), path)
+def _subtree_has(bad: Sequence[str], path: Path, top: Schema) -> bool:
+    prefix = schema_path(top, path)
     return any(not prefix or b == prefix or b.startswith(prefix + ".") or b.startswith(prefix + "[") for b in bad)
 
 
@@ -141,7 +165,9 @@ def _walk(
     transitions_only: bool,
     bad: Sequence[str],
     root: bool = False,
+    top: Schema | None = None,
 ) -> None:
+    top = top if top is not None else crd_schema()
     if value is None:
         return
     rules = schema.get("x-kubernetes-validations") or []
@@ -153,13 +179,13 @@ def _walk(
                 continue
             try:
                 if activation is None:
-                    lenient = _subtree_has(bad, path)
+                    lenient = _subtree_has(bad, path, top)
                     activation = {"self": to_cel(schema, value, root=root, lenient=lenient)}
                     if old is not None:
                         activation["oldSelf"] = to_cel(schema, old, root=root, lenient=lenient)
                 ok = _evaluate(rule["rule"], activation, path)
             except (RuleError, TypeError) as e:
-                if _subtree_has(bad, path):
+                if _subtree_has(bad, path, top):
                     continue
                 raise RuleError(str(e)) from e
             if not ok:
@@ -170,18 +196,18 @@ def _walk(
                     except Exception:  # k8s falls back to message too
                         pass
                 where = [*path, *field_path(rule.get("fieldPath", ""))]
-                problems.append(Problem(schema_path(crd_schema(), where), message, "cel"))
+                problems.append(Problem(schema_path(top, where), message, "cel"))
     if isinstance(value, dict) and "properties" in schema:
         for key, sub in schema["properties"].items():
             if value.get(key) is not None:
                 old_child = old.get(key) if isinstance(old, dict) else None
-                _walk(sub, value[key], old_child, (*path, key), problems, transitions_only, bad)
+                _walk(sub, value[key], old_child, (*path, key), problems, transitions_only, bad, top=top)
     elif isinstance(value, dict) and isinstance(schema.get("additionalProperties"), dict):
         for key, v in value.items():
-            _walk(schema["additionalProperties"], v, None, (*path, key), problems, transitions_only, bad)
+            _walk(schema["additionalProperties"], v, None, (*path, key), problems, transitions_only, bad, top=top)
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
         for i, v in enumerate(value):
-            _walk(schema["items"], v, None, (*path, i), problems, transitions_only, bad)
+            _walk(schema["items"], v, None, (*path, i), problems, transitions_only, bad, top=top)
 
 
 def _evaluate(expr: str, activation: dict[str, Any], path: Path) -> bool:

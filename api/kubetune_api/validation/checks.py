@@ -9,19 +9,54 @@ import re
 from typing import Any
 
 from .. import spec as api
+from .. import sweep as sweep_api
+from ..contract import validation_messages
 from .problems import Problem, pydantic_problems
 from .schema import crd_schema
 
 
-def model_problems(doc: dict[str, Any]) -> list[Problem]:
+def model_problems(doc: dict[str, Any], kind: str = api.KIND) -> list[Problem]:
     """The pydantic model on a pruned (not defaulted) document."""
     from pydantic import ValidationError
 
     try:
-        api.load_job(doc)
+        if kind == sweep_api.KIND:
+            sweep_api.load_sweep(doc)
+        else:
+            api.load_job(doc)
     except ValidationError as e:
-        return pydantic_problems(e, doc, crd_schema())
+        return pydantic_problems(e, doc, crd_schema(kind))
     return []
+
+
+def sweep_problems(doc: dict[str, Any]) -> list[Problem]:
+    """What only code can check in a sweep: every choice (and both bounds) of every parameter
+    must give a valid FineTuneJob when set on the template; the URIs of the template. Call on a
+    document the model accepts."""
+    from pydantic import ValidationError
+
+    sweep = sweep_api.load_sweep(doc)
+    template = doc["spec"]["template"]
+    problems: list[Problem] = []
+    for i, parameter in enumerate(sweep.spec.parameters):
+        for where, value in sweep_api.parameter_probes(parameter):
+            try:
+                api.FineTuneJobSpec.model_validate(
+                    sweep_api.apply_parameters(template, {parameter.path: value}), by_alias=True, by_name=False
+                )
+            except ValidationError as e:
+                first = validation_messages(e)[0]
+                problems.append(Problem(
+                    f"spec.parameters[{i}].{where}",
+                    f"{parameter.path}={value!r} makes the trial's FineTuneJob invalid: {first}",
+                    "model",
+                ))
+    job = {"metadata": doc.get("metadata"), "spec": template}
+    problems += [
+        Problem(p.path.replace("spec.", "spec.template.", 1), p.message, p.layer)
+        for p in code_problems(job) if p.path.startswith("spec.")
+    ]
+    return problems
 
 
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")

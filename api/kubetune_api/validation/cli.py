@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 
 from .. import spec as api
+from .. import sweep as sweep_api
 from .checks import warnings
-from .manifest import validate_manifest
+from .manifest import KINDS, validate_manifest
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
@@ -47,18 +48,23 @@ def validate_file(path: str) -> tuple[int, list[str]]:
         where = path if len(docs) == 1 else f"{path}#{i + 1}"
         if isinstance(d, dict) and d.get("kind") == "List" and isinstance(d.get("items"), list):  # kubectl's List
             jobs += [(f"{where}: items[{j}]", item) for j, item in enumerate(d["items"])
-                     if isinstance(item, dict) and item.get("kind") == api.KIND]
-        elif not isinstance(d, dict) or d.get("kind") == api.KIND:
+                     if isinstance(item, dict) and item.get("kind") in KINDS]
+        elif not isinstance(d, dict) or d.get("kind") in KINDS:
             jobs.append((where, d))
     if not jobs:
-        return EXIT_INVALID, [f"{path}: no {api.KIND} document found (kind: {api.KIND})"]
+        return EXIT_INVALID, [f"{path}: no {api.KIND} or {sweep_api.KIND} document found (kind: {api.KIND})"]
     lines: list[str] = []
     notes: list[str] = []
     for where, doc in jobs:
         problems = validate_manifest(doc)
         lines.extend(f"{where}: {p}" for p in problems)
         if not problems:
-            notes.extend(f"{where}: {p.path}: warning: {p.message}" for p in warnings(doc))
+            if doc.get("kind") == sweep_api.KIND:  # the template's warnings, at their place in the sweep
+                job = {**doc, "apiVersion": api.API_VERSION, "kind": api.KIND, "spec": doc["spec"]["template"]}
+                notes.extend(f"{where}: {p.path.replace('spec.', 'spec.template.', 1)}: warning: {p.message}"
+                             for p in warnings(job))
+            else:
+                notes.extend(f"{where}: {p.path}: warning: {p.message}" for p in warnings(doc))
     return (EXIT_INVALID if lines else EXIT_VALID), lines + notes
 
 

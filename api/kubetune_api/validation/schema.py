@@ -11,15 +11,16 @@ import re
 from typing import Any
 
 from .. import common
+from .. import spec as api
 from .problems import Problem, Schema, props, schema_path, type_name
 
 
-@functools.lru_cache(maxsize=1)
-def crd_schema() -> Schema:
-    """The openAPIV3Schema of the generated CRD."""
+@functools.lru_cache(maxsize=2)
+def crd_schema(kind: str = api.KIND) -> Schema:
+    """The openAPIV3Schema of the generated CRD of ``kind`` (FineTuneJob or FineTuneSweep)."""
     from ..crd import openapi_schema
 
-    return openapi_schema()
+    return openapi_schema(kind)
 
 
 def prepare(schema: Schema, value: Any, defaults: bool = True) -> Any:
@@ -74,11 +75,11 @@ def draft4(node: Schema) -> Schema:
     return out
 
 
-@functools.lru_cache(maxsize=1)
-def _validator() -> Any:
+@functools.lru_cache(maxsize=2)
+def _validator(kind: str) -> Any:
     import jsonschema
 
-    schema = draft4(crd_schema())
+    schema = draft4(crd_schema(kind))
     jsonschema.Draft4Validator.check_schema(schema)
     return jsonschema.Draft4Validator(schema)
 
@@ -96,9 +97,9 @@ PATTERN_HINTS = {
 }
 
 
-def _problems(err: Any) -> list[Problem]:
+def _problems(err: Any, kind: str) -> list[Problem]:
     """The Problems of one jsonschema ValidationError."""
-    schema = crd_schema()
+    schema = crd_schema(kind)
     path = list(err.absolute_path)
     inst, kw, arg = err.instance, err.validator, err.validator_value
     where = schema_path(schema, path)
@@ -141,9 +142,9 @@ def _problems(err: Any) -> list[Problem]:
     return [Problem(where, msg, "schema")]
 
 
-def schema_problems(doc: dict[str, Any]) -> list[Problem]:
+def schema_problems(doc: dict[str, Any], kind: str = api.KIND) -> list[Problem]:
     """Layer 1 on a prepared (pruned, defaulted) document."""
     problems: list[Problem] = []
-    for err in sorted(_validator().iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
-        problems.extend(_problems(err))
+    for err in sorted(_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
+        problems.extend(_problems(err, kind))
     return problems
