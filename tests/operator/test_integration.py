@@ -263,7 +263,8 @@ def test_suspend_and_resume(cluster, operator):
     job, pods = running(cluster, name)
     cluster.patch("FineTuneJob", NS, name, {"spec": {"suspend": True}})
     st = wait_phase(cluster, name, "Suspended", "Suspended")
-    assert cluster.get("Job", NS, f"{name}-a1")["spec"]["suspend"] is True
+    # The operator writes the decision to status first, then patches the Job.
+    wait_for(lambda: cluster.get("Job", NS, f"{name}-a1")["spec"]["suspend"] is True, message="Job suspended")
     kubelet.suspend_pods(cluster, job)  # the Job controller deletes the pods (SIGTERM -> checkpoint)
     time.sleep(0.2)
     assert status(cluster, name)["phase"] == "Suspended"

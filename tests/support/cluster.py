@@ -21,9 +21,9 @@ from typing import Any
 import kmock
 import requests
 
-from support.emulator import ApiCall, KubeEmulator
+from support.emulator import TEST_AGENT, ApiCall, Fault, KubeEmulator, Semantics
 
-TEST_AGENT = "kubetune-tests"
+OPERATOR_USER = "system:serviceaccount:kubetune-system:kubetune-operator"
 
 # kind -> (API prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
@@ -34,6 +34,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Secret": ("/api/v1", "secrets", True),
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),
     "Event": ("/api/v1", "events", True),
+    "TokenReview": ("/apis/authentication.k8s.io/v1", "tokenreviews", False),
     "Job": ("/apis/batch/v1", "jobs", True),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
@@ -56,8 +57,10 @@ class ApiError(Exception):
 class EmulatedCluster:
     """A KubeEmulator served on a free port from a background thread with its own event loop."""
 
-    def __init__(self, keep_history: bool = True):
+    def __init__(self, keep_history: bool = True, semantics: Semantics | None = None):
         self.keep_history = keep_history
+        self.semantics = semantics or Semantics.default()
+        self.operator_token: str | None = None  # with semantics.rbac: the operator's bearer token
         self.emulator: KubeEmulator | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -70,7 +73,7 @@ class EmulatedCluster:
     # ------------------------------------------------------------ lifecycle
     def _make_emulator(self) -> KubeEmulator:
         """The emulator this cluster serves; subclasses may serve a stricter one."""
-        return KubeEmulator(keep_history=self.keep_history)
+        return KubeEmulator(keep_history=self.keep_history, semantics=self.semantics)
 
     def _main(self) -> None:
         async def serve() -> None:
@@ -79,6 +82,7 @@ class EmulatedCluster:
                 self.emulator = emu
                 self.url = str(server.url).rstrip("/")
                 self._loop = asyncio.get_running_loop()
+                emu._loop = self._loop
                 self._ready.set()
                 await self._stop.wait()
 
@@ -88,6 +92,12 @@ class EmulatedCluster:
         self._thread.start()
         if not self._ready.wait(10):
             raise TimeoutError("the API emulator did not start")
+        assert self.emulator is not None
+        # The test client is a cluster admin; the operator gets its own identity (RBAC decides what it may do).
+        admin = self.emulator.issue_token("kubernetes-admin", ("system:masters", "system:authenticated"))
+        self.session.headers["Authorization"] = f"Bearer {admin}"
+        self.operator_token = self.emulator.issue_token(
+            OPERATOR_USER, ("system:serviceaccounts", "system:serviceaccounts:kubetune-system", "system:authenticated"))
         return self
 
     def stop(self) -> None:
@@ -143,9 +153,13 @@ class EmulatedCluster:
     def patch_status(self, kind: str, namespace: str | None, name: str, status: dict[str, Any]) -> dict[str, Any]:
         return self.patch(kind, namespace, name, {"status": status}, subresource="status")
 
-    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background") -> dict[str, Any] | None:
+    def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background",
+               grace_seconds: int | None = None) -> dict[str, Any] | None:
+        options: dict[str, Any] = {"propagationPolicy": propagation}
+        if grace_seconds is not None:
+            options["gracePeriodSeconds"] = grace_seconds
         try:
-            return self.request("DELETE", self.path(kind, namespace, name), {"propagationPolicy": propagation})
+            return self.request("DELETE", self.path(kind, namespace, name), options)
         except ApiError as e:
             if e.status == 404:
                 return None
@@ -169,7 +183,7 @@ class EmulatedCluster:
         """A Kopf login handler for an operator pointed at this cluster."""
         import kopf
 
-        return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace="default")
+        return kopf.ConnectionInfo(server=self.url, insecure=True, default_namespace="default", token=self.operator_token)
 
     def write_kubeconfig(self, path: str, namespace: str = "default") -> str:
         """A kubeconfig whose current context is this cluster (for `kubetune operator`, kubectl)."""
@@ -178,12 +192,87 @@ class EmulatedCluster:
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "emulator",
             "clusters": [{"name": "emulator", "cluster": {"server": self.url}}],
-            "users": [{"name": "tester", "user": {"token": "emulator-accepts-anything"}}],
+            "users": [{"name": "tester", "user": {"token": self.operator_token or "emulator-accepts-anything"}}],
             "contexts": [{"name": "emulator", "context": {"cluster": "emulator", "user": "tester", "namespace": namespace}}],
         }
         with open(path, "w") as f:
             yaml.safe_dump(config, f)
         return path
+
+    # ------------------------------------------------ real-cluster behaviours
+    def run(self, coro: Any, timeout: float = 10.0) -> Any:
+        """Run a coroutine on the emulator's loop (its own thread) and return its result."""
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    def expire_watches(self) -> None:
+        """End every open watch with 410 Gone (etcd compaction); clients must re-list."""
+        assert self.emulator is not None
+        self.run(self.emulator.expire_watches())
+
+    @contextlib.contextmanager
+    def watch_outage(self) -> Iterator[None]:
+        """Watches end with 410 and other clients' lists/watches wait until the block ends:
+        what changes meanwhile reaches them only by the re-list (no DELETED events)."""
+        assert self.emulator is not None
+        self.emulator.start_watch_outage()
+        try:
+            self.expire_watches()
+            yield
+        finally:
+            self.emulator.end_watch_outage()
+
+    def pause_gc(self) -> None:
+        assert self.emulator is not None
+        self.emulator.pause_gc()
+
+    def resume_gc(self) -> None:
+        assert self.emulator is not None
+        self.emulator.resume_gc()
+
+    def inject(self, *args: Any, **kwargs: Any) -> Fault:
+        """See KubeEmulator.inject: fail matching requests with 429/500/..., or delay them."""
+        assert self.emulator is not None
+        return self.emulator.inject(*args, **kwargs)
+
+    def evict(self, namespace: str, pod: str, grace_seconds: int | None = None) -> Any:
+        """POST pods/<pod>/eviction, as kubectl drain and the cluster autoscaler do."""
+        body: dict[str, Any] = {"apiVersion": "policy/v1", "kind": "Eviction", "metadata": {"name": pod, "namespace": namespace}}
+        if grace_seconds is not None:
+            body["deleteOptions"] = {"gracePeriodSeconds": grace_seconds}
+        return self.request("POST", self.path("Pod", namespace, pod, "eviction"), body)
+
+    def token(self, user: str, groups: tuple[str, ...] = ()) -> str:
+        assert self.emulator is not None
+        return self.emulator.issue_token(user, groups)
+
+    def service_account_token(self, namespace: str, name: str, audiences: tuple[str, ...] = ()) -> str:
+        assert self.emulator is not None
+        return self.emulator.service_account_token(namespace, name, audiences)
+
+    def as_token(self, token: str) -> EmulatedCluster:
+        """A client of this cluster that authenticates with ``token`` (RBAC applies to it)."""
+        other = object.__new__(type(self))
+        other.__dict__.update(self.__dict__)
+        other.session = requests.Session()
+        other.session.headers["User-Agent"] = f"{TEST_AGENT}-as-token"
+        other.session.headers["Authorization"] = f"Bearer {token}"
+        return other
+
+    def grant(self, user: str, rules: list[dict[str, Any]], namespace: str | None = None, name: str | None = None) -> None:
+        """A (Cluster)Role with ``rules`` bound to ``user`` (a 'system:serviceaccount:ns:name' user is bound as that ServiceAccount)."""
+        rbac = "rbac.authorization.k8s.io/v1"
+        name = name or "grant-" + "".join(ch if ch.isalnum() else "-" for ch in user.lower()).strip("-")[:50]
+        if user.startswith("system:serviceaccount:"):
+            _, _, sa_ns, sa_name = user.split(":", 3)
+            subject = {"kind": "ServiceAccount", "name": sa_name, "namespace": sa_ns}
+        else:
+            subject = {"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}
+        kind = "Role" if namespace else "ClusterRole"
+        meta = {"name": name, **({"namespace": namespace} if namespace else {})}
+        self.create({"apiVersion": rbac, "kind": kind, "metadata": meta, "rules": rules})
+        self.create({"apiVersion": rbac, "kind": f"{kind}Binding", "metadata": meta, "subjects": [subject],
+                     "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}})
 
     def ensure_namespace(self, name: str) -> None:
         if self.get("Namespace", None, name) is None:

@@ -23,8 +23,20 @@ def _now() -> str:
 
 
 def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str, Any]]:
-    """The Job controller: one pod per completion index, from the Job's template."""
+    """The Job controller: one pod per completion index, from the Job's template.
+
+    With ``Semantics.job_controller`` the emulator's controller creates them: wait for them instead.
+    """
     meta = job["metadata"]
+    if cluster.semantics.job_controller:
+        from support.cluster import wait_for
+
+        def made() -> list[dict[str, Any]] | None:
+            pods = [p for p in cluster.list("Pod", meta["namespace"], label_selector=f"batch.kubernetes.io/controller-uid={meta['uid']}")
+                    if not p["metadata"].get("deletionTimestamp")]
+            return pods if len(pods) >= int(job["spec"]["completions"]) else None
+        pods = wait_for(made, message=f"the Job controller's pods of {meta['name']}")
+        return sorted(pods, key=lambda p: int(p["metadata"]["annotations"][INDEX_ANNOTATION]))
     ns = meta["namespace"]
     template = job["spec"]["template"]
     pods = []
@@ -68,7 +80,8 @@ def unschedulable(cluster: EmulatedCluster, pod: dict[str, Any], message: str = 
     })
 
 
-def image_pull_error(cluster: EmulatedCluster, pod: dict[str, Any], reason: str = "ImagePullBackOff", message: str = "Back-off pulling image") -> dict[str, Any]:
+def image_pull_error(cluster: EmulatedCluster, pod: dict[str, Any], reason: str = "ImagePullBackOff",
+                     message: str = "Back-off pulling image") -> dict[str, Any]:
     return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
         "phase": "Pending",
         "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
@@ -114,7 +127,8 @@ def complete_job(cluster: EmulatedCluster, job: dict[str, Any], pods: list[dict[
     })
 
 
-def fail_job(cluster: EmulatedCluster, job: dict[str, Any], reason: str = "BackoffLimitExceeded", message: str = "Job has reached the specified backoff limit") -> dict[str, Any]:
+def fail_job(cluster: EmulatedCluster, job: dict[str, Any], reason: str = "BackoffLimitExceeded",
+             message: str = "Job has reached the specified backoff limit") -> dict[str, Any]:
     return cluster.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"], {
         "active": 0, "failed": 1,
         "conditions": [
@@ -133,3 +147,33 @@ def suspend_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> None:
         "active": 0,
         "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended", "lastTransitionTime": _now()}],
     })
+
+
+def _disrupt(cluster: EmulatedCluster, pod: dict[str, Any], reason: str, message: str, grace_seconds: int | None = None) -> dict[str, Any] | None:
+    """A control-plane component deleting a pod: DisruptionTarget=True first, then a graceful delete
+    (https://kubernetes.io/docs/concepts/workloads/pods/disruptions/#pod-disruption-conditions)."""
+    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    live = cluster.get("Pod", ns, name)
+    if live is None:
+        return None
+    conditions = [c for c in (live.get("status") or {}).get("conditions") or [] if c.get("type") != "DisruptionTarget"]
+    conditions.append({"type": "DisruptionTarget", "status": "True", "reason": reason, "message": message, "lastTransitionTime": _now()})
+    cluster.patch_status("Pod", ns, name, {"conditions": conditions})
+    cluster.delete("Pod", ns, name, grace_seconds=grace_seconds)
+    return cluster.get("Pod", ns, name)
+
+
+def preempt(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The scheduler preempts the pod for a higher-priority one."""
+    return _disrupt(cluster, pod, "PreemptionByScheduler", "default-scheduler: preempting to accommodate a higher priority pod")
+
+
+def taint_evict(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any] | None:
+    """The taint manager evicts the pod from a node with a NoExecute taint it does not tolerate."""
+    return _disrupt(cluster, pod, "DeletionByTaintManager", "Taint manager: deleting due to NoExecute taint")
+
+
+def evict(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any] | None:
+    """kubectl drain / the cluster autoscaler: the eviction API."""
+    cluster.evict(pod["metadata"]["namespace"], pod["metadata"]["name"])
+    return cluster.get("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
