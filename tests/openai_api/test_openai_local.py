@@ -26,6 +26,7 @@ def _messages(client: openai.OpenAI, job_id: str) -> list[str]:
     return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
 
 
+@pytest.mark.slow
 def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny_files):
     client = _client(local_api)
     with open(tiny_files / "train.jsonl", "rb") as f:

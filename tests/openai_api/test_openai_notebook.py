@@ -22,6 +22,7 @@ def _text(cell) -> str:
     return "".join(out)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(600)
 def test_quickstart_notebook_runs_top_to_bottom(tiny_files, tmp_path, monkeypatch):
     monkeypatch.setenv("KUBETUNE_NOTEBOOK_MODEL", str(tiny_files / "model"))

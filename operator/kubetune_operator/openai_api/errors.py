@@ -46,4 +46,4 @@ def unsupported(message: str, param: str | None = None) -> ApiError:
 
 
 def not_found(what: str, ident: str, param: str | None = None) -> ApiError:
-    return ApiError(404, f"No such {what}: {ident!r}", param=param, code=f"{what.replace(' ', '_')}_not_found")
+    return ApiError(404, f"No such {what}: {ident!r}", param=param, code=f"{what.replace(' ', '_').replace('-', '_')}_not_found")

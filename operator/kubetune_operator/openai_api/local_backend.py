@@ -115,26 +115,28 @@ class LocalBackend:
     def close(self, timeout: float = 120) -> None:
         """Stop the supervisor; running jobs are paused (checkpoint, exit 75) so a restart can resume them."""
         with self.lock:
-            running = [j for j in self.jobs.values() if j.proc is not None and j.proc.poll() is None]
-            for j in running:
+            running = [(j, j.proc) for j in self.jobs.values() if j.proc is not None and j.proc.poll() is None]
+            for j, _ in running:
                 self._signal_stop(j, "pause")
         deadline = time.monotonic() + timeout
-        for j in running:
-            assert j.proc is not None
+        for _, proc in running:
+            assert proc is not None
             try:
-                j.proc.wait(max(1.0, deadline - time.monotonic()))
+                proc.wait(max(1.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                os.kill(j.proc.pid, signal.SIGINT)  # the second Ctrl-C: kubetune run kills its trainers
+                os.kill(proc.pid, signal.SIGINT)  # the second Ctrl-C: kubetune run kills its trainers
                 try:
-                    j.proc.wait(30)
+                    proc.wait(30)
                 except subprocess.TimeoutExpired:
-                    j.proc.kill()
+                    proc.kill()
+                    proc.wait()
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(10)
         with self.lock:
-            for j in running:
-                self._reap(j)
+            for j, _ in running:
+                if j.proc is not None:  # not reaped by the supervisor before it stopped
+                    self._reap(j)
 
     def _load(self) -> None:
         jobs_dir = self.state / "jobs"
@@ -434,10 +436,14 @@ class LocalBackend:
         elif rc == contract.OK:
             self._succeed(job)
         elif rc == contract.PREEMPTED:
-            if job.phase != "Suspended":
-                self._set_phase(job, "Suspended", reason="Stopped", message="the trainer was stopped with a checkpoint; resume the job to continue")
             ckpt = (job.ftj["status"].get("lastCheckpoint") or {}).get("step")
-            self._event(job, f"Job paused at the checkpoint of step {ckpt}" if why == "pause" or ckpt is not None else "Job paused")
+            where = f" at the checkpoint of step {ckpt}" if ckpt is not None else ""
+            if job.phase == "Queued":  # resumed while it was stopping: the supervisor starts it again
+                self._event(job, f"Job stopped{where}; starting again as asked")
+            else:
+                if job.phase != "Suspended":
+                    self._set_phase(job, "Suspended", reason="Stopped", message="the trainer was stopped with a checkpoint; resume the job to continue")
+                self._event(job, f"Job paused{where}" + ("" if why == "pause" else " (the trainer was stopped)"))
         else:
             reason, message = self._failure(job, rc)
             self._set_phase(job, "Failed", reason=reason, message=message)
