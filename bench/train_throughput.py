@@ -66,7 +66,7 @@ SIZES = {
     "1b": dict(hidden=2048, layers=22, heads=32, kv_heads=4, intermediate=5632, vocab=32000,
                max_len=2048, min_len=32, median=256, steps=24, batch=8, eval_rows=64),
 }
-ARMS = ("hf", "kubetune", "kubetune-no-packing", "kubetune-no-gc", "kubetune-liger")
+ARMS = ("hf", "kubetune", "kubetune-no-packing", "kubetune-gc", "kubetune-liger")
 NOISE_ARM = "hf-seed2"
 SIGMA = 1.0  # log-normal sigma of the sample lengths: a long tail, most samples short
 
@@ -301,9 +301,10 @@ def kubetune_job(cfg: dict) -> dict:
         "epochs": 1,
         "globalBatchSize": cfg["global_batch"],
         "microBatchSize": 1,  # kubetune's default
-        "gradientCheckpointing": cfg["gradient_checkpointing"],
         "seed": cfg["seed"],
     }
+    if cfg["gradient_checkpointing"] is not None:  # None: kubetune's default, the memory plan decides
+        training["gradientCheckpointing"] = cfg["gradient_checkpointing"]
     if cfg["liger"]:
         training["ligerKernels"] = True
     return {
@@ -361,6 +362,7 @@ def run_kubetune(cfg: dict, meter: MemoryMeter) -> dict:
         "adapter": adapter,
         "summary_mfu": summary.get("mfu"),
         "packed_rows": summary["data"]["train"]["packed_rows"],
+        "gradient_checkpointing": summary.get("gradientCheckpointing"),
     }
 
 
@@ -545,10 +547,10 @@ def main(argv=None) -> int:
     arm_cfgs = {
         "hf": dict(common, kind="hf", batch=batch),
         NOISE_ARM: dict(common, kind="hf", batch=batch, seed=args.seed + 1),
-        "kubetune": dict(common, kind="kubetune", packing=True, gradient_checkpointing=True, liger=False, global_batch=per_step),
-        "kubetune-no-packing": dict(common, kind="kubetune", packing=False, gradient_checkpointing=True, liger=False, global_batch=batch),
-        "kubetune-no-gc": dict(common, kind="kubetune", packing=True, gradient_checkpointing=False, liger=False, global_batch=per_step),
-        "kubetune-liger": dict(common, kind="kubetune", packing=True, gradient_checkpointing=True, liger=True, global_batch=per_step),
+        "kubetune": dict(common, kind="kubetune", packing=True, gradient_checkpointing=None, liger=False, global_batch=per_step),
+        "kubetune-no-packing": dict(common, kind="kubetune", packing=False, gradient_checkpointing=None, liger=False, global_batch=batch),
+        "kubetune-gc": dict(common, kind="kubetune", packing=True, gradient_checkpointing=True, liger=False, global_batch=per_step),
+        "kubetune-liger": dict(common, kind="kubetune", packing=True, gradient_checkpointing=None, liger=True, global_batch=per_step),
     }
     device_name = torch.cuda.get_device_name() if cuda else f"CPU, {os.cpu_count()} cores, {args.threads} threads per arm"
     peak = flops.device_peak_flops() if cuda else None
@@ -576,7 +578,7 @@ def main(argv=None) -> int:
     print(head)
     print("-" * len(head))
     label = {"hf": "(a) hf", NOISE_ARM: "(a') hf, seed+1", "kubetune": "(b) kubetune",
-             "kubetune-no-packing": "(c) no packing", "kubetune-no-gc": "(c) no grad-ckpt", "kubetune-liger": "(c) liger"}
+             "kubetune-no-packing": "(c) no packing", "kubetune-gc": "(c) grad-ckpt on", "kubetune-liger": "(c) liger"}
     hf_tps = results["hf"]["tokens"] / results["hf"]["train_seconds"] if "hf" in results else None
     hf_tpc = results["hf"]["tokens"] / results["hf"]["train_cpu_seconds"] if "hf" in results else None
     for name, r in results.items():
@@ -588,7 +590,9 @@ def main(argv=None) -> int:
         loss = sum(s for s, _ in r["eval"]) / sum(t for _, t in r["eval"])
         r["eval_loss"] = loss
         packing = "-" if c["kind"] == "hf" else ("on" if c["packing"] else "off")
-        gc = "off" if c["kind"] == "hf" else ("on" if c["gradient_checkpointing"] else "off")
+        gc = "off" if c["kind"] == "hf" else ("on" if r.get("gradient_checkpointing") else "off")
+        if c["kind"] == "kubetune" and c["gradient_checkpointing"] is None:
+            gc += " (plan)"
         rel = f"{tps / hf_tps:.2f}x" if hf_tps else "-"
         rel_cpu = f"{tpc / hf_tpc:.2f}x" if hf_tpc else "-"
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"

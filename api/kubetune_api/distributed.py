@@ -18,7 +18,7 @@ class DistributedSpec(ApiModel):
             ".offload",
         ),
         cel_rule(
-            "self.offload == 'none' || string(self.zeroStage) != '0'",
+            "self.offload in ['none', 'auto'] || string(self.zeroStage) != '0'",
             "distributed.offload needs ZeRO stage 1, 2 or 3; set zeroStage to 'auto' or a stage >= 1",
             ".offload",
         ),
@@ -38,8 +38,8 @@ class DistributedSpec(ApiModel):
     zero_stage: Literal["auto", "0", "1", "2", "3"] = Field(
         default="auto",
         description=(
-            "DeepSpeed ZeRO stage: 0, 1, 2, 3 (number or string) or 'auto', which picks 2 when model "
-            "state fits in GPU memory, else 3."
+            "DeepSpeed ZeRO stage: 0, 1, 2, 3 (number or string) or 'auto': the memory plan picks 2 when the "
+            "job fits in GPU memory with it, else 3."
         ),
         json_schema_extra={
             "x-kubernetes-int-or-string": True,
@@ -48,9 +48,12 @@ class DistributedSpec(ApiModel):
             "maximum": 3,
         },
     )
-    offload: Literal["none", "optimizer", "parameters"] = Field(
-        default="none",
-        description="Offload to CPU memory: 'optimizer' states (ZeRO 1-3) or 'parameters' and optimizer states (ZeRO 3 only).",
+    offload: Literal["auto", "none", "optimizer", "parameters"] = Field(
+        default="auto",
+        description=(
+            "Offload to CPU memory: 'optimizer' states (ZeRO 1-3) or 'parameters' and optimizer states (ZeRO 3 only). "
+            "'auto': none, unless the memory plan finds the job fits on the GPUs only with offload."
+        ),
     )
     rendezvous_timeout_seconds: int = Field(default=900, ge=30, le=86400, description="How long ranks wait for each other at start.")
 
@@ -63,7 +66,7 @@ class DistributedSpec(ApiModel):
     def _offload_and_processes(self) -> DistributedSpec:
         if self.offload == "parameters" and self.zero_stage != "3":
             raise invalid("offload", "'parameters' needs distributed.zeroStage 3; set zeroStage: 3 or offload: optimizer")
-        if self.offload != "none" and self.zero_stage == "0":
+        if self.offload not in ("none", "auto") and self.zero_stage == "0":
             raise invalid("offload", "needs ZeRO stage 1, 2 or 3; set zeroStage to 'auto' or a stage >= 1")
         if self.processes_per_node is not None and self.gpus_per_node and self.processes_per_node != self.gpus_per_node:
             raise invalid(

@@ -617,8 +617,8 @@ def choices_from_spec(spec: Any) -> Choices:
     per_rank = t.global_batch_size // d.world_size() if t.global_batch_size % d.world_size() == 0 else 1
     return Choices(
         zero_stage=None if d.zero_stage == "auto" else int(d.zero_stage),
-        # offload 'none' is the default and means "none unless needed" only when zeroStage is auto
-        offload=None if (d.offload == "none" and d.zero_stage == "auto") else d.offload,
+        # 'auto': none unless needed; a CPU job has no GPU to offload from
+        offload=(None if d.gpus_per_node else "none") if d.offload == "auto" else d.offload,
         gradient_checkpointing=None if gc in (None, "auto") else bool(gc),
         micro_batch=None if mb in (None, "auto") else int(mb),
         max_micro_batch=max(1, min(8, per_rank)),
@@ -873,7 +873,8 @@ def plan_for_spec(spec: Any, config: Mapping[str, Any], gpu: str | None = None, 
     if not on_gpu:
         name = "cpu"
         if device_bytes is None:
-            device_bytes = host if host is not None else machine_memory_bytes()
+            machine = machine_memory_bytes()
+            device_bytes = host if host is not None else (machine // spec.distributed.procs_per_node() if machine else None)
         host = None
     return plan(shape, job, choices, device_bytes, host, name, gpu=on_gpu)
 

@@ -48,7 +48,13 @@ class TrainingSpec(ApiModel):
     precision: Literal["auto", "bf16", "fp16", "fp32"] = Field(
         default="auto", description="Mixed precision. 'auto': bf16 where the GPU supports it, else fp16 on GPU, fp32 on CPU. fp16 needs GPUs."
     )
-    gradient_checkpointing: bool = Field(default=True, description="Recompute activations in backward to save memory (~30% slower).")
+    gradient_checkpointing: bool | None = Field(
+        default=None,
+        description=(
+            "Recompute activations in backward to save memory (~30% slower). Unset: decided by the memory plan, "
+            "off when the job fits without it (on when no plan can be made)."
+        ),
+    )
     eval_every: int | None = Field(
         default=None, ge=1, le=100_000_000,
         description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training. Needs eval data.",

@@ -89,3 +89,12 @@ def test_refuses_to_empty_a_foreign_folder(tmp_path):
     p = subprocess.run([sys.executable, str(SCRIPT), "--workdir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
     assert p.returncode != 0 and "not empty" in p.stderr
     assert (tmp_path / "precious.txt").exists()
+
+
+def test_kubetune_default_lets_the_memory_plan_turn_checkpointing_off(bench_run):
+    stdout, results, work = bench_run
+    summary = json.loads((work / "kubetune" / "final" / "summary.json").read_text())
+    assert summary["gradientCheckpointing"] is False
+    assert summary["memoryPlan"]["fits"] is True and summary["memoryPlan"]["gradientCheckpointing"] is False
+    assert results["results"]["kubetune"]["gradient_checkpointing"] is False
+    assert "off (plan)" in next(line for line in stdout.splitlines() if line.startswith("(b) kubetune"))

@@ -83,8 +83,9 @@ def choose_zero_stage(
     return 2 if need <= _HEADROOM * gpu_memory_bytes else 3
 
 
-def build_ds_config(spec: FineTuneJobSpec, plan: BatchPlan, stage: int, precision: str) -> dict:
-    offload = spec.distributed.offload
+def build_ds_config(spec: FineTuneJobSpec, plan: BatchPlan, stage: int, precision: str, offload: str | None = None) -> dict:
+    """``offload``: the decided value (the memory plan's for 'auto'); None reads the spec ('auto' there means none)."""
+    offload = offload or spec.distributed.offload
     if offload == "parameters" and stage != 3:
         raise PermanentError("distributed.offload 'parameters' needs ZeRO stage 3", "InvalidSpec")
     zero: dict = {

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase, Trainer, TrainerCallback, TrainingArguments
     from transformers.trainer_utils import TrainOutput
 
+    from kubetune_api.memory import Plan as MemoryPlan
     from kubetune_api.spec import FineTuneJob, FineTuneJobSpec
 
     from .checkpoint import CheckpointManager
@@ -151,24 +152,50 @@ class TrainingPlan:
     precision: str
     zero_stage: int
     ds_config: dict[str, Any]
+    gradient_checkpointing: bool = True
+    offload: str = "none"
+    memory: dict[str, Any] | None = None  # the memory plan's summary (kubetune_api.memory), when one was made
 
 
-def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext) -> TrainingPlan:
+def resolve_precision(spec: FineTuneJobSpec, rt: WorkerContext) -> str:
     import torch
 
-    from . import dsconfig, model
+    from . import dsconfig
+
+    return dsconfig.resolve_precision(spec, rt.cuda, rt.cuda and torch.cuda.is_bf16_supported())
+
+
+def plan_memory(spec: FineTuneJobSpec, rt: WorkerContext) -> MemoryPlan | None:
+    """Before any download: refuse a job that cannot fit (exit 3, InsufficientMemory), decide the 'auto' settings."""
+    from . import memplan
+
+    return memplan.plan_memory(spec, resolve_precision(spec, rt), rt.cuda, rt.local_rank)
+
+
+def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem: MemoryPlan | None = None) -> TrainingPlan:
+    import torch
+
+    from . import dsconfig, memplan, model
 
     batch = dsconfig.batch_plan(spec, rt.world_size)
-    precision = dsconfig.resolve_precision(spec, rt.cuda, rt.cuda and torch.cuda.is_bf16_supported())
-    n = trainable = 0
-    gpu_mem = None
-    if spec.distributed.zero_stage == "auto":  # sizes matter only to 'auto'
-        n = model.count_parameters(model_dir, spec)
-        trainable = n if spec.method.type == "full" else int(0.02 * n)  # PEFT: a few percent at most
-        gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
-    stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
-    log.info("plan: %s, precision %s, ZeRO-%d", batch, precision, stage)
-    return TrainingPlan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision))
+    precision = resolve_precision(spec, rt)
+    planned = memplan.zero_stage(mem)
+    if spec.distributed.zero_stage == "auto" and planned is not None and spec.method.type != "qlora":
+        stage = planned
+    else:
+        n = trainable = 0
+        gpu_mem = None
+        if spec.distributed.zero_stage == "auto":  # sizes matter only to 'auto'
+            n = model.count_parameters(model_dir, spec)
+            trainable = n if spec.method.type == "full" else int(0.02 * n)  # PEFT: a few percent at most
+            gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
+        stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
+    offload = memplan.offload(spec, mem)
+    checkpointing = memplan.gradient_checkpointing(spec, mem)
+    log.info("plan: %s, precision %s, ZeRO-%d, offload %s, gradient checkpointing %s", batch, precision, stage, offload,
+             "on" if checkpointing else "off")
+    return TrainingPlan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision, offload=offload),
+                gradient_checkpointing=checkpointing, offload=offload, memory=mem.summary() if mem is not None else None)
 
 
 def checkpoint_manager(spec: FineTuneJobSpec, rt: WorkerContext, reporters: Reporters) -> CheckpointManager:
@@ -208,7 +235,7 @@ def training_arguments(spec: FineTuneJobSpec, plan: TrainingPlan, ckpt: Checkpoi
         data_seed=t.seed,
         bf16=plan.precision == "bf16",
         fp16=plan.precision == "fp16",
-        activation_checkpointing=t.gradient_checkpointing,
+        activation_checkpointing=plan.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         eval_strategy=("steps" if t.eval_every else "epoch") if has_eval else "no",
         eval_steps=t.eval_every,
@@ -310,6 +337,9 @@ def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data:
         "zeroStage": plan.zero_stage,
         "precision": plan.precision,
         "microBatchSize": plan.batch.micro_batch,
+        "gradientCheckpointing": plan.gradient_checkpointing,
+        "offload": plan.offload,
+        "memoryPlan": plan.memory,
         "gradientAccumulation": plan.batch.accumulation,
         "globalBatchSize": plan.batch.global_batch,
         "packing": data.packing,
@@ -355,17 +385,18 @@ def run(config_path: str) -> None:
     try:
         reporters.event({"event": "phase", "phase": "Initializing"})
         ckpt = checkpoint_manager(spec, rt, reporters)  # first: a wrong output bucket/credential fails before any download
+        mem = plan_memory(spec, rt)  # config.json only: a job that cannot fit fails before the weights download
         model_dir, train_path, eval_path = fetch_inputs(spec, rt)
         tokenizer = model.load_tokenizer(model_dir, spec)
         data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
-        plan = plan_deepspeed(spec, model_dir, rt)
+        plan = plan_deepspeed(spec, model_dir, rt, mem)
         args = training_arguments(spec, plan, ckpt, data, rt)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
         import transformers
 
         transformers.set_seed(spec.training.seed)
-        net, info = model.load_model(spec, model_dir, plan.precision, spec.training.gradient_checkpointing)
+        net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing)
         callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
         trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
 

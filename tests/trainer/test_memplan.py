@@ -1,0 +1,84 @@
+"""The trainer's memory plan at start-up: 'auto' settings decided from config.json, a job that cannot
+fit refused with exit 3 (InsufficientMemory) before any weight is read."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from trainer_helpers import write_job
+
+from kubetune_api.contract import PERMANENT
+from kubetune_api.spec import load_job
+from kubetune_trainer import memplan
+from kubetune_trainer.train import main
+
+
+def spec_for(model_dir, train="/data/train.jsonl", **sections):
+    doc = {
+        "model": {"source": str(model_dir)},
+        "dataset": {"train": train, "evalFraction": 0.0, "maxSeqLength": 64},
+        "method": {"type": "lora"},
+        "training": {"maxSteps": 2, "globalBatchSize": 2, "microBatchSize": 1},
+        "distributed": {"gpusPerNode": 0, "processesPerNode": 2},
+        "output": {"uri": "/tmp/unused-out"},
+    }
+    for k, v in sections.items():
+        doc[k] = {**doc.get(k, {}), **v}
+    return doc
+
+
+def parsed(doc):
+    return load_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "t"}, "spec": doc}).spec
+
+
+def test_checkpointing_auto_is_off_when_the_job_fits(tiny_model_dir):
+    spec = parsed(spec_for(tiny_model_dir))
+    assert spec.training.gradient_checkpointing is None and spec.distributed.offload == "auto"
+    plan = memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0)
+    assert plan is not None and plan.fits
+    assert memplan.gradient_checkpointing(spec, plan) is False
+    assert memplan.offload(spec, plan) == "none"  # a CPU job never offloads
+    assert memplan.zero_stage(plan) == 2
+    summary = plan.summary()
+    assert summary["gradientCheckpointing"] is False and summary["estimatedBytes"] > 0 and summary["device"] == "cpu"
+
+
+def test_spec_values_win_and_no_plan_keeps_the_safe_defaults(tiny_model_dir, tmp_path):
+    spec = parsed(spec_for(tiny_model_dir, training={"gradientCheckpointing": True}))
+    plan = memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0)
+    assert memplan.gradient_checkpointing(spec, plan) is True
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "config.json").write_text(json.dumps({"model_type": "bert", "hidden_size": 8}))
+    spec = parsed(spec_for(odd))
+    assert memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0) is None
+    assert memplan.gradient_checkpointing(spec, None) is True
+    assert memplan.offload(spec, None) == "none"
+
+
+def test_a_job_that_cannot_fit_exits_3_before_reading_weights(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """The model folder holds only config.json: the refusal must come from the plan, not from loading."""
+    monkeypatch.setenv("KUBETUNE_SCRATCH", str(tmp_path / "scratch"))
+    config_only = tmp_path / "config-only"
+    config_only.mkdir()
+    shutil.copy(tiny_model_dir / "config.json", config_only / "config.json")
+    doc = spec_for(config_only, train=str(tmp_path / "absent.jsonl"), resources={"limits": {"memory": "2Mi"}})
+    rc = main(["--config", str(write_job(tmp_path / "job.yaml", doc))])
+    err = capsys.readouterr().err
+    assert rc == PERMANENT
+    line = next(x for x in err.splitlines() if x.startswith("kubetune: error:"))
+    assert line.startswith("kubetune: error: InsufficientMemory: lora fine-tuning of a ")
+    assert "per process at its peak" in line and "but cpu has 1.0 MiB" in line
+
+
+@pytest.mark.parametrize("stage", ["2", "3"])
+def test_ds_config_offload_follows_the_decision(tiny_model_dir, stage):
+    from kubetune_trainer import dsconfig
+
+    spec = parsed(spec_for(tiny_model_dir, distributed={"zeroStage": stage}))
+    batch = dsconfig.batch_plan(spec, 2)
+    auto = dsconfig.build_ds_config(spec, batch, int(stage), "fp32")["zero_optimization"]
+    assert "offload_optimizer" not in auto  # 'auto' without a decision: none
+    decided = dsconfig.build_ds_config(spec, batch, int(stage), "fp32", offload="optimizer")["zero_optimization"]
+    assert decided["offload_optimizer"]["device"] == "cpu"
