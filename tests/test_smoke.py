@@ -3,18 +3,9 @@ import subprocess
 import sys
 
 from kubetune_api.spec import load_job
+from support.manifests import finetunejob
 
-MINIMAL = {
-    "apiVersion": "kubetune.io/v1alpha1",
-    "kind": "FineTuneJob",
-    "metadata": {"name": "minimal"},
-    "spec": {
-        "model": {"source": "hf://org/model"},
-        "dataset": {"train": "s3://bucket/train.jsonl"},
-        "training": {"epochs": 1},
-        "output": {"uri": "s3://bucket/out"},
-    },
-}
+MINIMAL = finetunejob("minimal", preset="minimal")
 
 
 def test_minimal_job_gets_defaults():

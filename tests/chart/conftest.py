@@ -8,14 +8,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support as `support`
-
 from chartkit import ROOT, VALUE_SETS, Helm  # noqa: E402
 
 

@@ -12,6 +12,8 @@ import pytest
 import yaml
 from chartkit import ROOT
 
+from support.manifests import wrap
+
 
 def _health_script() -> str:
     doc = (ROOT / "docs" / "gitops.md").read_text()
@@ -45,9 +47,7 @@ def health():
 
 
 def job(status: dict | None = None, generation: int = 1) -> dict:
-    obj = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-           "metadata": {"name": "run", "namespace": "ml", "generation": generation},
-           "spec": {"suspend": False}}
+    obj = wrap({"suspend": False}, metadata={"name": "run", "namespace": "ml", "generation": generation})
     if status is not None:
         obj["status"] = status
     return obj
@@ -171,10 +171,9 @@ def test_operator_never_writes_what_gitops_owns(lifecycles, name):
 
 def test_gitops_check_catches_violations():
     """The checker is not a rubber stamp."""
-    before = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-              "metadata": {"name": "x", "labels": {"team": "a"}, "annotations": {"argocd.argoproj.io/tracking-id": "t"},
-                           "finalizers": ["example.com/keep"], "resourceVersion": "1"},
-              "spec": {"suspend": False}}
+    before = wrap({"suspend": False}, metadata={
+        "name": "x", "labels": {"team": "a"}, "annotations": {"argocd.argoproj.io/tracking-id": "t"},
+        "finalizers": ["example.com/keep"], "resourceVersion": "1"})
     ok = json.loads(json.dumps(before))
     ok["metadata"]["finalizers"].append(OWN_FINALIZER)
     ok["metadata"]["annotations"]["kubetune.io/last-handled-configuration"] = "{}"

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support as `support`
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from support.manifests import merged, wrap
 
 BUCKET = "kubetune-e2e"
 REGION = "us-east-1"
@@ -153,7 +152,5 @@ def finetunejob(name: str, inputs: dict, endpoint: str, **overrides) -> dict:
         "storage": {"endpoint": endpoint, "region": REGION, "addressingStyle": "path", "secretRef": {"name": "s3-creds"}},
         "runPolicy": {"maxRestarts": 2, "backoffSeconds": 0, "terminationGraceSeconds": 30},
     }
-    for key, value in overrides.items():
-        spec[key] = {**spec[key], **value} if isinstance(spec.get(key), dict) else value
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name, "namespace": NAMESPACE}, "spec": spec}
+    return wrap(merged(spec, **overrides), name=name, namespace=NAMESPACE)
 

@@ -15,8 +15,6 @@ import pytest
 import requests
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support as `support`
-
 ROOT = Path(__file__).resolve().parents[2]
 
 # What every local test job starts from: tiny, CPU, short sequences, frequent checkpoints.

@@ -4,16 +4,13 @@ from __future__ import annotations
 import argparse
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "chart"))
-from chartkit import ROOT, Helm, find, the  # noqa: E402
-
-from kubetune_operator.openai_api.main import add_arguments  # noqa: E402
+from chart.chartkit import ROOT, Helm, find, the
+from kubetune_operator.openai_api.main import add_arguments
 
 VALUES = {"api": {
     "enabled": True, "files": "s3://ml-bucket/uploads", "s3Endpoint": "http://minio.storage:9000", "s3SecretName": "api-s3",

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import yaml
 
+from support.manifests import wrap
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -37,7 +39,7 @@ def job(name: str, *, model: str, train: str, output: str, endpoint: str, method
         "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
         "runPolicy": {"terminationGraceSeconds": grace},
     }
-    return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": spec}
+    return wrap(spec, name=name)
 
 
 @dataclass

@@ -6,6 +6,7 @@ import pytest
 from kubetune_api.contract import PermanentError
 from kubetune_api.spec import load_job
 from kubetune_trainer import dsconfig
+from support.manifests import merged, wrap
 
 GiB = 1024**3
 
@@ -19,9 +20,7 @@ def spec(**over):
         "distributed": {"nodes": 2, "gpusPerNode": 8},
         "output": {"uri": "s3://b/o"},
     }
-    for section, values in over.items():
-        s[section] = {**s.get(section, {}), **values}
-    return load_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "spec": s}).spec
+    return load_job(wrap(merged(s, **over))).spec
 
 
 def test_accumulation_from_global_batch():

@@ -67,7 +67,8 @@ def case(tmp_path, name, tiny_model_dir):
         return spec, "InvalidDataset: train row 3: 'completion' must be a string, got int"
     if name == "invalid config":
         spec["training"]["globalBatchSize"] = 3
-        return spec, "InvalidSpec: " + str(tmp_path / "job.yaml") + ": spec.training.globalBatchSize: (3) must be divisible by microBatchSize x world size (1 x 2 = 2)"
+        return spec, ("InvalidSpec: " + str(tmp_path / "job.yaml")
+                      + ": spec.training.globalBatchSize: (3) must be divisible by microBatchSize x world size (1 x 2 = 2)")
     raise AssertionError(name)
 
 

@@ -17,6 +17,7 @@ from trainer_helpers import free_port, run_trainer, torchrun_cmd, trainer_env, w
 
 from kubetune_api.spec import load_job
 from kubetune_trainer import data, evaluate, tiny
+from support.manifests import wrap
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -48,7 +49,7 @@ def reload_eval_loss(spec_dict: dict, model_dir, which: str) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
-    spec = load_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "spec": spec_dict}).spec
+    spec = load_job(wrap(spec_dict)).spec
     final = f"{spec.output.uri}/final"
     tok = AutoTokenizer.from_pretrained(f"{final}/{which}")
     prepared = data.prepare(spec.dataset, tok, spec.dataset.train, None, spec.training.seed, bool(spec.dataset.packing))

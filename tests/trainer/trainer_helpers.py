@@ -11,6 +11,8 @@ from pathlib import Path
 
 import yaml
 
+from support.manifests import wrap
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -21,8 +23,7 @@ def free_port() -> int:
 
 
 def write_job(path: Path, spec: dict, name: str = "t") -> Path:
-    path.write_text(yaml.safe_dump({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob",
-                                    "metadata": {"name": name}, "spec": spec}))
+    path.write_text(yaml.safe_dump(wrap(spec, name=name)))
     return path
 
 
