@@ -13,8 +13,9 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 from pydantic.alias_generators import to_camel
+from pydantic.config import JsonDict
 
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 
@@ -82,6 +83,14 @@ def scheme_rule(schemes: tuple[str, ...], what: str) -> CelRule:
     return cel_rule(f"!self.contains('://') || {cond}", f"{what} must start with {listed} or be a local path")
 
 
+def key_length_rule(what: str) -> JsonDict:
+    """The CEL twin of LabelKey's bounds on a map's keys (a CRD schema cannot bound property names)."""
+    return {"x-kubernetes-validations": [cel_rule(
+        f"self.all(k, k.size() >= 1 && k.size() <= {LABEL_KEY_MAX})",
+        f"every key of {what} must be 1 to {LABEL_KEY_MAX} characters long",
+    )]}
+
+
 def check_scheme(v: str, schemes: tuple[str, ...]) -> str:
     if "://" in v and not v.startswith(schemes):
         raise ValueError(f"must start with {', '.join(schemes)} or be a local path (got {v!r})")
@@ -91,7 +100,8 @@ def check_scheme(v: str, schemes: tuple[str, ...]) -> str:
 ShortName = Annotated[str, StringConstraints(min_length=1, max_length=NAME_MAX)]
 ModuleName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 Quantity = Annotated[int | str, Field(json_schema_extra={"pattern": QUANTITY_PATTERN})]
-LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=317)]
+LABEL_KEY_MAX = 317  # a DNS-subdomain prefix (253), '/', a name (63)
+LabelKey = Annotated[str, StringConstraints(min_length=1, max_length=LABEL_KEY_MAX)]
 LabelValue = Annotated[str, StringConstraints(max_length=63)]
 AnnotationValue = Annotated[str, StringConstraints(max_length=4096)]
 _QUANTITY_RE = re.compile(QUANTITY_PATTERN)
@@ -113,3 +123,13 @@ class ApiModel(BaseModel):
         extra="forbid",
         validate_default=True,
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _null_is_unset(cls, data: Any) -> Any:
+        """A field written as null counts as not written, as the API server prunes it before defaulting
+        (so `kubetune run` and the trainer accept what `kubectl apply` and `kubetune validate` accept)."""
+        if not isinstance(data, dict):
+            return data
+        fields = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
+        return {k: v for k, v in data.items() if v is not None or k not in fields}

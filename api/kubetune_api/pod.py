@@ -15,6 +15,7 @@ from .common import (
     cel_rule,
     check_quantities,
     invalid,
+    key_length_rule,
     model_rules,
 )
 
@@ -64,9 +65,13 @@ class ResourcesSpec(ApiModel):
     )
 
     requests: dict[LabelKey, Quantity] = Field(
-        default_factory=dict, max_length=16, description="Resource requests, e.g. {cpu: '32', memory: 256Gi}."
+        default_factory=dict, max_length=16, description="Resource requests, e.g. {cpu: '32', memory: 256Gi}.",
+        json_schema_extra=key_length_rule("resources.requests"),
     )
-    limits: dict[LabelKey, Quantity] = Field(default_factory=dict, max_length=16, description="Resource limits, e.g. {memory: 300Gi}.")
+    limits: dict[LabelKey, Quantity] = Field(
+        default_factory=dict, max_length=16, description="Resource limits, e.g. {memory: 300Gi}.",
+        json_schema_extra=key_length_rule("resources.limits"),
+    )
     shm_size: str = Field(
         default="16Gi", max_length=64, pattern=QUANTITY_PATTERN,
         description="Size of the /dev/shm memory volume (NCCL and data loaders need it).",

@@ -56,6 +56,7 @@ from .common import (
     ShortName,
     cel_rule,
     invalid,
+    key_length_rule,
     model_rules,
     parse_duration_seconds,
 )
@@ -211,7 +212,10 @@ class FineTuneJobSpec(ApiModel):
             "Never put credentials here: use storage.secretRef."
         ),
     )
-    node_selector: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=MAP_MAX, description="Node labels the pods must match.")
+    node_selector: dict[LabelKey, LabelValue] = Field(
+        default_factory=dict, max_length=MAP_MAX, description="Node labels the pods must match.",
+        json_schema_extra=key_length_rule("nodeSelector"),
+    )
     tolerations: list[Toleration] = Field(default_factory=list, max_length=LIST_MAX, description="Tolerations for tainted GPU nodes.")
     affinity: dict[str, Any] | None = Field(
         default=None,
@@ -221,9 +225,11 @@ class FineTuneJobSpec(ApiModel):
     pod_annotations: dict[LabelKey, AnnotationValue] = Field(
         default_factory=dict, max_length=MAP_MAX,
         description="Annotations added to the trainer pods, e.g. {sidecar.istio.io/inject: 'false'}.",
+        json_schema_extra=key_length_rule("podAnnotations"),
     )
     pod_labels: dict[LabelKey, LabelValue] = Field(
-        default_factory=dict, max_length=MAP_MAX, description="Labels added to the trainer pods (e.g. for cost attribution)."
+        default_factory=dict, max_length=MAP_MAX, description="Labels added to the trainer pods (e.g. for cost attribution).",
+        json_schema_extra=key_length_rule("podLabels"),
     )
     service_account_name: str | None = Field(
         default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN,
@@ -322,12 +328,14 @@ def load_job(data: dict[str, Any]) -> FineTuneJob:
 
 
 def load_job_file(path: str) -> FineTuneJob:
-    """Load a FineTuneJob from a YAML/JSON file (the first FineTuneJob document in it)."""
-    import yaml
+    """Load a FineTuneJob from a YAML/JSON file (the first FineTuneJob document in it).
 
-    with open(path) as f:
-        docs = [d for d in yaml.safe_load_all(f) if d]
-    for d in docs:
+    Raises documents.Unreadable (a ValueError) for a file that is not readable YAML,
+    pydantic.ValidationError for an invalid FineTuneJob, ValueError when there is none.
+    """
+    from .documents import read_documents
+
+    for d in read_documents(path):
         if isinstance(d, dict) and d.get("kind") == KIND:
             return load_job(d)
     raise ValueError(f"{path}: no FineTuneJob document found")

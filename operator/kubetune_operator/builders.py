@@ -91,9 +91,10 @@ def parse_runnable_job(job_dict: dict[str, Any]) -> api.FineTuneJob:
     """Validate a manifest with the API model and the operator's own rules; raise InvalidJob with field paths."""
     from pydantic import ValidationError
 
-    name = (job_dict.get("metadata") or {}).get("name") or ""
-    if not name:
-        raise InvalidJob("metadata.name is required")
+    meta = job_dict.get("metadata")
+    name = meta.get("name") if isinstance(meta, dict) else None
+    if not name or not isinstance(name, str):
+        raise InvalidJob("metadata.name is required (a string)")
     if len(name) > MAX_NAME_LENGTH:
         raise InvalidJob(
             f"metadata.name {name!r} has {len(name)} characters; at most {MAX_NAME_LENGTH} fit "

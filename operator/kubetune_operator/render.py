@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from kubetune_api import spec as api
+from kubetune_api.documents import Unreadable, read_documents
 
 
 def render(doc: dict[str, Any], namespace: str | None = None, attempt: int = 1, settings: Any = None) -> list[dict[str, Any]]:
@@ -22,9 +23,11 @@ def render(doc: dict[str, Any], namespace: str | None = None, attempt: int = 1, 
     from kubetune_operator.settings import OperatorSettings
 
     doc = dict(doc)
-    meta = dict(doc.get("metadata") or {})
-    if namespace:
-        meta["namespace"] = namespace
+    meta = doc.get("metadata") or {}
+    if isinstance(meta, dict):  # anything else: build_objects refuses it with InvalidJob
+        meta = dict(meta)
+        if namespace:
+            meta["namespace"] = namespace
     doc["metadata"] = meta
     objects = builders.build_objects(doc, settings or OperatorSettings.from_env(), attempt=attempt)
     if namespace:
@@ -37,9 +40,8 @@ def main(args: Any) -> int:
     from kubetune_operator import builders
 
     try:
-        with open(args.file) as f:
-            docs = [d for d in yaml.safe_load_all(f) if d]
-    except (OSError, yaml.YAMLError) as e:
+        docs = [d for d in read_documents(args.file) if d]
+    except Unreadable as e:
         print(f"kubetune: error: cannot read {args.file}: {e}", file=sys.stderr)
         return 2
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND]
@@ -51,7 +53,8 @@ def main(args: Any) -> int:
         try:
             out += render(doc, args.namespace, args.attempt)
         except (builders.InvalidJob, ValueError) as e:
-            name = (doc.get("metadata") or {}).get("name", "?")
+            meta = doc.get("metadata")
+            name = meta.get("name", "?") if isinstance(meta, dict) else "?"
             print(f"kubetune: error: {args.file}: {api.KIND} {name}: {e}", file=sys.stderr)
             return 1
     sys.stdout.write(yaml.safe_dump_all(out, sort_keys=False))

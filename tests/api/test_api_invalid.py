@@ -135,6 +135,7 @@ CASES = [
     Case("gpus-in-resources", put("spec.resources", {"requests": {"nvidia.com/gpu": 8}}), "spec.resources"),
     Case("memory-not-a-quantity", put("spec.resources", {"limits": {"memory": "lots"}}), "spec.resources.limits[memory]"),
     Case("shm-not-a-quantity", put("spec.resources", {"shmSize": "16 gigabytes"}), "spec.resources.shmSize"),
+    Case("empty-label-key", put("spec.nodeSelector", {"": "gpu"}), "spec.nodeSelector"),
     Case("queue-name-uppercase", put("spec.queueName", "Team_A"), "spec.queueName"),
     Case("toleration-exists-with-value",
          put("spec.tolerations", [{"key": "gpu", "operator": "Exists", "value": "yes"}]), "spec.tolerations[0].value"),

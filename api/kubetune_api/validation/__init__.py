@@ -15,9 +15,10 @@ command. This module re-exports what callers use.
 """
 from __future__ import annotations
 
+from ..documents import Unreadable
 from .cel import RuleError, cel_problems, field_path, program, to_cel
 from .checks import code_problems, model_problems, warnings
-from .cli import EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID, Unreadable, load_documents, validate_file, validate_files_cli
+from .cli import EXIT_INVALID, EXIT_UNREADABLE, EXIT_VALID, load_documents, validate_file, validate_files_cli
 from .manifest import validate_manifest, validate_update
 from .problems import Problem, render_path
 from .schema import crd_schema, draft4, prepare, schema_problems

@@ -11,15 +11,23 @@ from typing import Any
 
 from .. import spec as api
 from .problems import Path, Problem, Schema, render_path, schema_path
-from .schema import crd_schema
+from .schema import INT64_MAX, INT64_MIN, crd_schema
 
 _OLD_SELF = re.compile(r"\boldSelf\b")
 
 
 def _heterogeneous_eq(a: Any, b: Any) -> Any:
-    """CEL's equality: values of different types are unequal (cel-python raises instead)."""
-    from celpy import celtypes
+    """CEL's equality: values of different types are unequal (cel-python raises instead).
 
+    An error operand (a field that is absent) stays an error, as in CEL: the
+    rule then cannot be evaluated, rather than being false about fields the
+    user never wrote."""
+    from celpy import celtypes
+    from celpy.evaluation import CELEvalError
+
+    for operand in (a, b):
+        if isinstance(operand, CELEvalError):
+            return operand
     try:
         return celtypes.BoolType(bool(a == b))
     except TypeError:
@@ -29,7 +37,8 @@ def _heterogeneous_eq(a: Any, b: Any) -> Any:
 def _heterogeneous_ne(a: Any, b: Any) -> Any:
     from celpy import celtypes
 
-    return celtypes.BoolType(not _heterogeneous_eq(a, b))
+    equal = _heterogeneous_eq(a, b)
+    return equal if not isinstance(equal, celtypes.BoolType) else celtypes.BoolType(not equal)
 
 
 @functools.cache
@@ -54,7 +63,7 @@ def to_cel(schema: Schema, value: Any, root: bool = False, lenient: bool = False
     if schema.get("x-kubernetes-int-or-string"):
         if isinstance(value, bool) or not isinstance(value, (int, str)):
             raise TypeError(f"expected an integer or a string, got {value!r}")
-        return celtypes.IntType(value) if isinstance(value, int) else celtypes.StringType(value)
+        return _int(value) if isinstance(value, int) else celtypes.StringType(value)
     kind = schema.get("type")
     if kind is None and schema.get("x-kubernetes-preserve-unknown-fields"):
         return _untyped(value)
@@ -87,7 +96,7 @@ def to_cel(schema: Schema, value: Any, root: bool = False, lenient: bool = False
     if kind == "boolean" and isinstance(value, bool):
         return celtypes.BoolType(value)
     if kind == "integer" and isinstance(value, int) and not isinstance(value, bool):
-        return celtypes.IntType(value)
+        return _int(value)
     if kind == "number" and isinstance(value, (int, float)) and not isinstance(value, bool):
         return celtypes.DoubleType(float(value))
     raise TypeError(f"expected {kind}, got {value!r}")
@@ -100,7 +109,7 @@ def _untyped(value: Any) -> Any:
     if isinstance(value, bool):
         return celtypes.BoolType(value)
     if isinstance(value, int):
-        return celtypes.IntType(value)
+        return _int(value)
     if isinstance(value, float):
         return celtypes.DoubleType(value)
     if isinstance(value, str):
@@ -110,6 +119,15 @@ def _untyped(value: Any) -> Any:
     if isinstance(value, dict):
         return celtypes.MapType({celtypes.StringType(str(k)): _untyped(v) for k, v in value.items()})
     raise TypeError(f"cannot bind {value!r} in CEL")
+
+
+def _int(value: int) -> Any:
+    """A CEL int; outside int64 (the schema layer reports it) it is a value of the wrong type."""
+    from celpy import celtypes
+
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise TypeError(f"{value} is outside the 64-bit integer range")
+    return celtypes.IntType(value)
 
 
 def _put(out: dict[Any, Any], key: Any, schema: Schema, value: Any, lenient: bool) -> None:

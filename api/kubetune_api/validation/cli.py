@@ -6,35 +6,21 @@ are supported; ``-`` reads standard input (e.g. from ``helm template``).
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-import yaml
-
 from .. import spec as api
 from .. import sweep as sweep_api
+from ..documents import Unreadable, read_documents
 from .checks import warnings
 from .manifest import KINDS, validate_manifest
 
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 
-class Unreadable(Exception):
-    """A file that cannot be read or is not YAML."""
-
-
 def load_documents(path: str) -> list[Any]:
-    """The YAML documents of a file ('-': standard input, e.g. from `helm template`)."""
-    try:
-        if path == "-":
-            return [d for d in yaml.safe_load_all(sys.stdin) if d is not None]
-        with open(path) as f:
-            return [d for d in yaml.safe_load_all(f) if d is not None]
-    except OSError as e:
-        raise Unreadable(f"cannot read: {e.strerror or e}") from e
-    except yaml.YAMLError as e:
-        raise Unreadable(f"not valid YAML: {' '.join(str(e).split())}") from e
+    """The non-empty YAML documents of a file ('-': standard input); Unreadable says why not."""
+    return [d for d in read_documents(path) if d is not None]
 
 
 def validate_file(path: str) -> tuple[int, list[str]]:

@@ -147,4 +147,17 @@ def schema_problems(doc: dict[str, Any], kind: str = api.KIND) -> list[Problem]:
     problems: list[Problem] = []
     for err in sorted(_validator(kind).iter_errors(doc), key=lambda e: list(map(str, e.absolute_path))):
         problems.extend(_problems(err, kind))
+    reported = {p.path for p in problems}
+    problems += [p for p in _int64_problems(doc, (), crd_schema(kind)) if p.path not in reported]
     return problems
+
+
+# Kubernetes integers are int64: the API server refuses a number outside.
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _int64_problems(value: Any, path: tuple[str | int, ...], schema: Schema) -> list[Problem]:
+    if isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+        return [Problem(schema_path(schema, path), f"must fit a 64-bit integer (got {value})", "schema")]
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    return [p for key, v in items for p in _int64_problems(v, (*path, key), schema)]

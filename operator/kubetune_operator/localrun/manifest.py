@@ -9,6 +9,7 @@ import yaml
 
 from kubetune_api import contract
 from kubetune_api import spec as api
+from kubetune_api.documents import Unreadable, read_documents
 
 
 class RunError(Exception):
@@ -35,30 +36,33 @@ def _absolute(uri: str, base: Path) -> str:
     if not is_local(uri):
         return uri
     path = uri[len("file://"):] if uri.startswith("file://") else uri
-    return str((base / os.path.expanduser(path)).resolve())
+    try:
+        return str((base / os.path.expanduser(path)).resolve())
+    except (OSError, ValueError):  # e.g. a NUL character: left as written, the trainer reports it not found
+        return uri
 
 
 def load_manifest(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> dict[str, Any]:
     """Read the first FineTuneJob in ``path``, apply ``overrides`` (dotted camelCase paths), make local paths absolute."""
     try:
-        with open(path) as f:
-            docs = [d for d in yaml.safe_load_all(f) if d]
-    except OSError as e:
-        raise RunError(f"cannot read {path}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise RunError(f"{path} is not valid YAML: {e}") from None
+        docs = [d for d in read_documents(path) if d]
+    except Unreadable as e:
+        raise RunError(f"{path}: {e}") from None
     doc = next((d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND), None)
     if doc is None:
         raise RunError(f"{path}: no {api.KIND} document found")
     for key, value in (overrides or {}).items():
         _set_path(doc, key, value)
     cwd = cwd or Path.cwd()
-    spec = doc.get("spec") or {}
+    spec: dict[str, Any] = doc["spec"] if isinstance(doc.get("spec"), dict) else {}
     for section, field in (("model", "source"), ("dataset", "train"), ("dataset", "eval"), ("output", "uri")):
-        value = (spec.get(section) or {}).get(field)
+        value = spec[section].get(field) if isinstance(spec.get(section), dict) else None
         if isinstance(value, str) and value:
             spec[section][field] = _absolute(value, cwd)
-    doc.setdefault("metadata", {}).setdefault("name", Path(path).stem)
+    if doc.get("metadata") is None:
+        doc["metadata"] = {}
+    if isinstance(doc["metadata"], dict):  # anything else is reported by validate_manifest
+        doc["metadata"].setdefault("name", Path(path).stem)
     return doc
 
 
