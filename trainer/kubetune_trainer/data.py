@@ -102,7 +102,8 @@ def load_rows(path: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
     except PermanentError:
         raise
     except Exception as e:  # malformed JSON/CSV/Parquet: a retry will not fix it
-        raise PermanentError(f"{path}: cannot read dataset: {type(e).__name__}: {e}", "InvalidDataset") from e
+        detail = " ".join(str(e).split())  # the error line is one line; datasets' messages span paragraphs
+        raise PermanentError(f"{path}: cannot read dataset: {type(e).__name__}: {detail[:1000]}", "InvalidDataset") from e
     return ds.to_list()
 
 
