@@ -492,6 +492,7 @@ class S3Storage(Storage):
             BotoCoreError,
             ClientError,
             NoCredentialsError,
+            ParamValidationError,
             PartialCredentialsError,
         )
 
@@ -499,6 +500,9 @@ class S3Storage(Storage):
             return fn()
         except ClientError as e:
             raise self._translate(e, what, uri) from e
+        except ParamValidationError as e:  # a bucket or key S3 cannot have: no retry makes it valid
+            detail = " ".join(str(e).split())
+            raise PermanentError(f"{uri!r} is not a valid S3 location ({what}): {detail}", "InvalidSpec") from e
         except (NoCredentialsError, PartialCredentialsError) as e:
             raise PermanentError(
                 f"no S3 credentials found for {uri}: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY "
