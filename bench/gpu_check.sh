@@ -5,8 +5,11 @@
 # weights, bf16, packing into 2048-token rows) for a fixed number of optimizer steps,
 # kubetune's trainer against the plain Hugging Face Trainer script, both through
 # bench/train_throughput.py (same data, same steps, same held-out eval). Prints tokens/s,
-# MFU and peak memory per arm. Designed to finish in under 8 minutes including warm-up
-# (model build, imports, DeepSpeed init); every run is cut off by `timeout` so it does.
+# MFU and peak memory per arm, and for kubetune's arms the memory planner's estimate
+# ("plan est", kubetune_api.memory) next to the measured torch.cuda.max_memory_allocated,
+# so the first GPU run calibrates the planner. Designed to finish in under 8 minutes
+# including warm-up (model build, imports, DeepSpeed init); every run is cut off by
+# `timeout` so it does.
 #
 #   bench/gpu_check.sh                      # on the GPU machine; no network needed
 #   GPU_CHECK_SIZE=tiny bench/gpu_check.sh  # the same plumbing on a CPU, in about a minute

@@ -363,6 +363,7 @@ def run_kubetune(cfg: dict, meter: MemoryMeter) -> dict:
         "summary_mfu": summary.get("mfu"),
         "packed_rows": summary["data"]["train"]["packed_rows"],
         "gradient_checkpointing": summary.get("gradientCheckpointing"),
+        "plan_estimate": (summary.get("memoryPlan") or {}).get("estimatedBytes"),  # the memory planner's peak
     }
 
 
@@ -574,7 +575,7 @@ def main(argv=None) -> int:
     # ------------------------------------------------------------- report
     print()
     head = (f"{'arm':<20}{'packing':>8}{'grad-ckpt':>10}{'steps':>6}{'real tokens':>12}{'train s':>9}{'tokens/s':>10}"
-            f"{'vs (a)':>8}{'cpu s':>8}{'tok/cpu-s':>10}{'vs (a)':>8}{'peak mem':>11}{'MFU':>7}{'eval loss':>10}")
+            f"{'vs (a)':>8}{'cpu s':>8}{'tok/cpu-s':>10}{'vs (a)':>8}{'peak mem':>11}{'plan est':>11}{'MFU':>7}{'eval loss':>10}")
     print(head)
     print("-" * len(head))
     label = {"hf": "(a) hf", NOISE_ARM: "(a') hf, seed+1", "kubetune": "(b) kubetune",
@@ -596,11 +597,14 @@ def main(argv=None) -> int:
         rel = f"{tps / hf_tps:.2f}x" if hf_tps else "-"
         rel_cpu = f"{tpc / hf_tpc:.2f}x" if hf_tpc else "-"
         mfu = f"{r['mfu']:.1%}" if r["mfu"] is not None else "n/a"
+        est = fmt_bytes(r["plan_estimate"]) if r.get("plan_estimate") else "-"
         print(f"{label[name]:<20}{packing:>8}{gc:>10}{r['steps']:>6}{r['tokens']:>12,}{r['train_seconds']:>9.1f}{tps:>10,.0f}"
-              f"{rel:>8}{r['train_cpu_seconds']:>8.1f}{tpc:>10,.0f}{rel_cpu:>8}{fmt_bytes(r['peak_memory']):>11}{mfu:>7}{loss:>10.4f}")
+              f"{rel:>8}{r['train_cpu_seconds']:>8.1f}{tpc:>10,.0f}{rel_cpu:>8}{fmt_bytes(r['peak_memory']):>11}{est:>11}{mfu:>7}{loss:>10.4f}")
     if liger_why:
         print(f"{'(c) liger':<20}{liger_why}")
     mem_kind = "torch.cuda.max_memory_allocated" if cuda else "peak RSS minus RSS after imports"
+    print("plan est: the memory planner's peak per process for kubetune's arms (kubetune_api.memory; comparable to "
+          "torch.cuda.max_memory_allocated on GPU, not to RSS on CPU)")
     print(f"peak mem: {mem_kind}; MFU: {'vs bf16 dense peak' if peak else 'n/a (no known GPU)'}; "
           f"eval loss of the untrained model: {base_loss:.4f}")
 

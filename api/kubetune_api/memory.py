@@ -533,6 +533,7 @@ class Plan:
     device_name: str = ""
     reserved: float = 0.0  # runtime margin subtracted from device_bytes
     choices: Choices | None = None
+    host_source: str = "host memory"
 
     @property
     def fits(self) -> bool:
@@ -562,21 +563,31 @@ class Plan:
         }
 
     def refusal(self) -> str:
-        """Why nothing fits, with the numbers (for the InsufficientMemory error)."""
+        """Why nothing fits, with the numbers (for the InsufficientMemory error).
+
+        Names the setting that needs the least GPU memory without offload and, when offload
+        was allowed, what the offloaded state would need from the host.
+        """
         choices = self.choices
-        e = self.smallest()
+        on_device = [c for c in self.candidates if not c.host_terms] or self.candidates
+        e = min(on_device, key=lambda c: (c.total, not c.settings.gradient_checkpointing))
         s = e.settings
         unit = "process" if self.device_name == "cpu" else "GPU"
         parts = ", ".join(f"{k} {fmt_bytes(v)}" for k, v in e.terms.items() if v)
         msg = (f"{self.job.method} fine-tuning of a {e.params.total / 1e9:.2f}B-parameter model needs at least "
-               f"{fmt_bytes(e.total)} per {unit} at its peak ({e.peak_phase}) with the least memory-hungry allowed "
-               f"setting (ZeRO-{s.zero_stage}, offload {s.offload}, gradient checkpointing "
+               f"{fmt_bytes(e.total)} per {unit} at its peak ({e.peak_phase}) with the least memory-hungry setting "
+               f"(ZeRO-{s.zero_stage}, offload {s.offload}, gradient checkpointing "
                f"{'on' if s.gradient_checkpointing else 'off'}, micro-batch {s.micro_batch}, world size {self.job.world_size}; "
                f"{parts}), but {self.device_name or 'the device'} has {fmt_bytes(self.device_bytes or 0)} of which "
                f"{fmt_bytes(self.reserved)} is kept for the runtime")
-        if e.host_terms and self.host_bytes is not None and e.host_total > self.host_bytes:
-            msg += (f"; the offloaded state needs {fmt_bytes(e.host_total)} of host memory per {unit}, "
-                    f"{fmt_bytes(self.host_bytes)} available (spec.resources memory)")
+        offloaded = [c for c in self.candidates if c.host_terms]
+        if offloaded and self.host_bytes is not None:
+            usable = (self.device_bytes or 0) - self.reserved
+            on_gpu = [c for c in offloaded if c.total <= usable]
+            o = min(on_gpu, key=lambda c: (c.host_total, c.total)) if on_gpu else min(offloaded, key=lambda c: c.total)
+            msg += (f"; with offload {o.settings.offload} (ZeRO-{o.settings.zero_stage}) the GPU needs {fmt_bytes(o.total)} "
+                    f"but the offloaded state needs {fmt_bytes(o.host_total)} of host memory per {unit}, "
+                    f"{fmt_bytes(self.host_bytes)} available ({self.host_source})")
         hints = ["more GPUs (distributed.nodes, gpusPerNode)", "a GPU with more memory"]
         if self.job.method == "full":
             hints.append("a PEFT method (method.type lora or qlora)")
@@ -652,7 +663,7 @@ def _candidates(job: Job, c: Choices) -> list[Settings]:
 
 
 def plan(shape: ModelShape, job: Job, choices: Choices, device_bytes: int | None, host_bytes: int | None = None,
-         device_name: str = "", gpu: bool = True) -> Plan:
+         device_name: str = "", gpu: bool = True, host_source: str = "host memory") -> Plan:
     """The fastest allowed setting that fits in ``device_bytes`` per process (None: no limit known).
 
     With ``gpu``, the runtime margin (CUDA context + MARGIN_FRACTION) is kept free; a
@@ -670,7 +681,7 @@ def plan(shape: ModelShape, job: Job, choices: Choices, device_bytes: int | None
         e.host_bytes = host_bytes
         cands.append(e)
     chosen = next((e for e in cands if e.fits()), None)
-    return Plan(job, shape, chosen, cands, device_bytes, host_bytes, device_name, reserved, choices)
+    return Plan(job, shape, chosen, cands, device_bytes, host_bytes, device_name, reserved, choices, host_source)
 
 
 # ------------------------------------------------------------------ config.json
@@ -817,14 +828,21 @@ def _s3_config(source: str, storage: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ memory sources
-def host_memory_per_process(spec: Any, gpu_name: str | None) -> int | None:
-    """Host memory per GPU process: the pod's memory limit (else request) / GPUs, else a per-GPU assumption."""
+def _resources_memory(spec: Any) -> int | str | None:
     res = getattr(spec, "resources", None)
-    procs = int(spec.distributed.procs_per_node())
     for section in ("limits", "requests"):
         q = (getattr(res, section, None) or {}).get("memory") if res is not None else None
         if q is not None:
-            return parse_quantity(q) // procs
+            return q  # type: ignore[no-any-return]
+    return None
+
+
+def host_memory_per_process(spec: Any, gpu_name: str | None) -> int | None:
+    """Host memory per GPU process: the pod's memory limit (else request) / GPUs, else a per-GPU assumption."""
+    procs = int(spec.distributed.procs_per_node())
+    q = _resources_memory(spec)
+    if q is not None:
+        return parse_quantity(q) // procs
     if gpu_name is None:
         return None
     key = next((k for k in HOST_MEMORY_PER_GPU_GIB if _norm_gpu(k) in _norm_gpu(gpu_name)), None)
@@ -876,7 +894,9 @@ def plan_for_spec(spec: Any, config: Mapping[str, Any], gpu: str | None = None, 
             machine = machine_memory_bytes()
             device_bytes = host if host is not None else (machine // spec.distributed.procs_per_node() if machine else None)
         host = None
-    return plan(shape, job, choices, device_bytes, host, name, gpu=on_gpu)
+    source = ("spec.resources memory" if _resources_memory(spec) is not None
+              else "assumed host share per GPU; set spec.resources.limits.memory")
+    return plan(shape, job, choices, device_bytes, host, name, gpu=on_gpu, host_source=source)
 
 
 def format_plan(p: Plan, source: str = "") -> str:
