@@ -24,12 +24,14 @@ def rfc3339(t: dt.datetime) -> str:
 
 
 def parse_time(s: str | None) -> dt.datetime | None:
+    """An RFC 3339 time of the status; one without an offset is UTC (compared with the aware ``now``)."""
     if not s:
         return None
     try:
-        return dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
+        t = dt.datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except (ValueError, TypeError):
         return None
+    return t if t.tzinfo is not None else t.replace(tzinfo=dt.UTC)
 
 
 @dataclasses.dataclass(frozen=True)
