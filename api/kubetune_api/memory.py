@@ -645,6 +645,8 @@ def _candidates(job: Job, c: Choices) -> list[Settings]:
     else:  # ZeRO-2 moves as many bytes as plain data parallelism and saves memory; 3 when needed
         stages = [2, 3]
     gcs = [c.gradient_checkpointing] if c.gradient_checkpointing is not None else [False, True]
+    if job.method == "prefix-tuning":  # the trainer turns it off: checkpointed layers drop the prefix
+        gcs = [False]
     if c.micro_batch is not None:
         mbs = [c.micro_batch]
     else:

@@ -29,7 +29,7 @@ class LoraOptions(ApiModel):
 
     r: int = Field(default=16, ge=1, le=1024, description="Rank of the LoRA update matrices.")
     alpha: int | None = Field(
-        default=None, ge=1, le=4096, description="LoRA scaling numerator. Unset means 2*r."
+        default=None, ge=1, le=4096, description="LoRA scaling numerator. Unset means 2*r, or 2*sqrt(r) with useRslora (a scale of 2 either way)."
     )
     dropout: float = Field(default=0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[ModuleName] = Field(

@@ -39,6 +39,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--namespace", "-n", help="namespace to render into (default: the manifest's, else none)")
     p.add_argument("--attempt", type=int, default=1, help="attempt number of the batch Job (default 1)")
 
+    p = sub.add_parser("data", help="look at a FineTuneJob's data as the trainer will see it")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    p = data_sub.add_parser("preview", help="the first rows as trained on (loss tokens marked) and the dataset statistics")
+    p.add_argument("file", help="FineTuneJob manifest (YAML)")
+    p.add_argument("--rows", type=int, default=3, metavar="N", help="rows to show from the train and from the eval set (default 3)")
+    p.add_argument("--json", action="store_true", help="per row: input_ids, attention_mask, labels as the trainer's collator makes them")
+    p.add_argument("--scratch", help="where fetched models and data are cached (default $KUBETUNE_SCRATCH or ~/.cache/kubetune/scratch)")
+
     p = sub.add_parser("operator", help="run the operator (in a pod: its service account; elsewhere: the current kubeconfig)")
     p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                    help="watch this namespace (repeatable, globs allowed); default: $KUBETUNE_WATCH_NAMESPACES, else cluster-wide")
@@ -83,6 +91,13 @@ def main(argv: list[str] | None = None) -> int:
         from kubetune_operator.render import main as render_main
 
         return render_main(args)
+    if args.command == "data":
+        try:
+            from kubetune_trainer.preview import preview
+        except ImportError as e:  # the operator image has no trainer
+            print(f"kubetune data preview needs the trainer (pip install 'kubetune[trainer]'): {e}", file=sys.stderr)
+            return 2
+        return int(preview(args.file, rows=args.rows, as_json=args.json, scratch=args.scratch))
     if args.command == "operator":
         from kubetune_operator.runner import main as operator_main
 

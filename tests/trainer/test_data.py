@@ -284,3 +284,99 @@ def test_bos_added_when_the_tokenizer_adds_it_itself(tokenizer):
     ids, labels = encoded(tok, {"prompt": "what is two plus three ?", "completion": " five"}, "instruction")
     assert (ids, labels) == expected(tok, [("<|bos|>what is two plus three ?", False), (" five<|eos|>", True)])
     assert ids[0] == tok.bos_token_id
+
+
+# ------------------------------------------------------- EOS / BOS once, SentencePiece boundary
+def test_eos_and_bos_are_added_only_when_absent(tokenizer):
+    """A text row or completion that already ends with EOS (or starts with BOS) gets no second one."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = copy.deepcopy(tokenizer)
+    tok.backend_tokenizer.post_processor = TemplateProcessing(single="<|bos|> $A", special_tokens=[("<|bos|>", tok.bos_token_id)])
+    bos, eos = tok.bos_token_id, tok.eos_token_id
+    for text in ("the red cat", "the red cat<|eos|>", "<|bos|>the red cat", "<|bos|>the red cat<|eos|>"):
+        ids, _ = encoded(tok, {"text": text}, "text")
+        assert ids.count(eos) == 1 and ids[-1] == eos and ids.count(bos) == 1 and ids[0] == bos, text
+    ids, labels = encoded(tok, {"prompt": "what is two plus three ?", "completion": " five<|eos|>"}, "instruction")
+    assert (ids, labels) == expected(tok, [("<|bos|>what is two plus three ?", False), (" five<|eos|>", True)])
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_tok():
+    """A Llama-2/Mistral-style tokenizer: Metaspace with prepend_scheme='first' (a word-start marker only at the start)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    from kubetune_trainer import tiny
+
+    sp = Tokenizer(models.BPE(unk_token="<unk>"))
+    sp.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    sp.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    corpus = tiny._corpus(500) + ["what is two plus two ?", "four"]
+    sp.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<unk>", "<s>", "</s>"],
+                                                       initial_alphabet=list("?:\n"), show_progress=False))
+    sp.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", sp.token_to_id("<s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=sp, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+
+
+def test_sentencepiece_completion_has_no_extra_word_start(sentencepiece_tok):
+    """Prompt and completion are tokenized as one text: the completion's tokens are the ones the model sees
+    after the prompt, not those of a text that starts with the completion (which would begin with '▁')."""
+    tok, prompt, completion = sentencepiece_tok, "what is two plus two ?\n", "four"
+    alone = tok(completion, add_special_tokens=False)["input_ids"]
+    joint = tok(prompt + completion, add_special_tokens=False)["input_ids"]
+    assert joint[-len(alone):] != alone, "the case must show the difference"
+    ids, labels = encoded(tok, {"prompt": prompt, "completion": completion}, "instruction")
+    assert ids == [tok.bos_token_id, *joint, tok.eos_token_id]
+    learned = [i for i, l in zip(ids, labels) if l != IGN]
+    enc = tok(prompt + completion, add_special_tokens=False, return_offsets_mapping=True)
+    # the completion's tokens: those reaching past the prompt (a token straddling the boundary included)
+    assert learned == [t for t, (_, end) in zip(enc["input_ids"], enc["offset_mapping"]) if end > len(prompt)] + [tok.eos_token_id]
+    assert tok.decode(learned[:-1]).strip() == "four"
+    assert not tok.convert_ids_to_tokens(learned[0]).startswith("▁"), "no word-start marker the prompt does not produce"
+
+
+def test_chat_assistant_first_masks_the_template_default_system_prompt(chatml_tok):
+    """A conversation opening with the assistant: the default system prompt and the header stay masked."""
+    msgs = [{"role": "assistant", "content": "hello"}, {"role": "user", "content": "and of italy ?"},
+            {"role": "assistant", "content": "rome"}]
+    ids, labels = encoded(chatml_tok, {"messages": msgs}, "chat")
+    assert loss_text(chatml_tok, ids, labels) == "hello<|im_end|>rome<|im_end|>"
+
+
+# ------------------------------------------------------- file lines, length warnings, order
+def test_errors_name_the_file_line_after_the_eval_split(tmp_path, tokenizer):
+    rows = [{"prompt": f"what is {w} ?", "completion": f" {w}"} for w in ("one", "two", "three", "four", "five", "six")]
+    rows[4] = {"prompt": "x", "completion": 7}
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    spec = DatasetSpec(train="x", eval_fraction=0.5, max_seq_length=64)
+    split = data.load_split(spec, str(tmp_path / "train.jsonl"), None, seed=0)
+    assert sorted(split.train_places + split.eval_places) == [f"train.jsonl line {i}" for i in range(1, 7)]
+    assert [split.train_places.index(p) for p in split.train_places] == [0, 1, 2]
+    assert split.train_places != ["train.jsonl line 1", "train.jsonl line 2", "train.jsonl line 3"]  # the split moved rows
+    with pytest.raises(PermanentError, match=r"train.jsonl line 5: 'completion' must be a string, got int"):
+        data.prepare(spec, tokenizer, str(tmp_path / "train.jsonl"), None, seed=0, packing=False)
+
+
+def test_truncation_and_drops_above_thresholds_warn_and_reach_the_summary(tokenizer):
+    rows = [{"text": "one two three four five six seven eight nine ten " * 3}] * 2 + [{"text": "red cat"}] * 18
+    _, st = data.encode_rows(rows, "text", tokenizer, DatasetSpec(train="x", max_seq_length=16))
+    assert st.truncated == 2 and len(st.warnings) == 1 and "2 of 20 rows (10.0%) were cut to dataset.maxSeqLength 16" in st.warnings[0]
+    assert st.as_dict()["warnings"] == st.warnings
+    _, st = data.encode_rows(rows, "text", tokenizer, DatasetSpec(train="x", max_seq_length=16, truncation="drop"))
+    assert len(st.warnings) == 1 and "2 of 20 rows (10.0%) were dropped (2 longer than" in st.warnings[0]
+    _, st = data.encode_rows(rows[1:], "text", tokenizer, DatasetSpec(train="x", max_seq_length=16, truncation="drop"))
+    assert st.warnings and "1 of 19 rows" in st.warnings[0]  # 5.3% dropped: over 1%
+    _, st = data.encode_rows(rows[2:], "text", tokenizer, DatasetSpec(train="x", max_seq_length=16))
+    assert st.warnings == []
+
+
+def test_packed_rows_follow_the_file_order():
+    """With shuffle: false the Trainer reads rows in order; packed rows keep the order of their first sample."""
+    lengths = [2, 9, 3, 8, 4, 7, 5]
+    samples = [{"input_ids": [k] * n, "labels": [IGN] + [k] * (n - 1)} for k, n in enumerate(lengths)]
+    rows = data.pack(samples, max_len=10)
+    firsts = [r["input_ids"][0] for r in rows]
+    assert firsts == sorted(firsts)
+    assert sorted(x for r in rows for x in set(r["input_ids"])) == list(range(len(lengths)))

@@ -60,11 +60,11 @@ def case(tmp_path, name, tiny_model_dir):
     if name == "sequence longer than max":
         long = GOOD + [{"prompt": "one two three " * 30, "completion": " x"}]
         spec["dataset"].update(train=jsonl(tmp_path / "d.jsonl", long), truncation="fail", evalFraction=0)
-        return spec, "SequenceTooLong: train row 5 has"
+        return spec, "SequenceTooLong: d.jsonl line 5 has"
     if name == "bad row":
         rows = GOOD[:2] + [{"prompt": "x", "completion": 7}] + GOOD[2:]
         spec["dataset"].update(train=jsonl(tmp_path / "d.jsonl", rows), evalFraction=0)
-        return spec, "InvalidDataset: train row 3: 'completion' must be a string, got int"
+        return spec, "InvalidDataset: d.jsonl line 3: 'completion' must be a string, got int"
     if name == "invalid config":
         spec["training"]["globalBatchSize"] = 3
         return spec, ("InvalidSpec: " + str(tmp_path / "job.yaml")

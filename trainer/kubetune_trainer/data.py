@@ -2,23 +2,30 @@
 
 What the model is trained on, precisely:
 
-- ``text`` rows (``text`` column): every token carries loss, an EOS is appended.
+- ``text`` rows (``text`` column): every token carries loss, an EOS is appended
+  unless the text already ends with it.
 - ``instruction`` rows (``prompt``/``completion``, or alpaca ``instruction``/
-  ``input``/``output``): prompt and completion are tokenized separately and
-  concatenated (so the boundary is exact), EOS appended; only completion + EOS
-  carry loss unless ``trainOnPrompt``.
+  ``input``/``output``): prompt + completion tokenized as one text and split by
+  character offsets (a token reaching past the prompt belongs to the
+  completion), so SentencePiece tokenizers give the completion the tokens the
+  model sees after a prompt; EOS appended unless already there; only
+  completion + EOS carry loss unless ``trainOnPrompt``. BOS (where the
+  tokenizer uses one) and EOS are never doubled.
 - ``chat`` rows (``messages``: [{role, content}]): rendered with the tokenizer's
-  chat template. Assistant spans are found by *incremental prefix rendering*,
-  which works for any template, with or without ``{% generation %}`` markers:
-  for assistant message ``i`` the span starts at
-  ``len(render(messages[:i], add_generation_prompt=True))`` and ends at
-  ``len(render(messages[:i+1]).rstrip())`` (content plus the template's
-  end-of-turn marker, trailing whitespace excluded). Both renders must be
-  prefixes of the full render, otherwise the template rewrites earlier turns
-  and the row is rejected rather than masked wrongly. Tokens overlapping an
-  assistant span carry loss. When the template does not end the conversation
-  with the tokenizer's EOS token, EOS is appended and the last assistant span
-  extends to it, so the model learns to stop with the token generation stops on.
+  chat template; any template, with or without ``{% generation %}`` markers.
+  Reply ``i`` starts where ``render(messages[:i] + [assistant: SENTINEL])``
+  puts the sentinel (all before it must be a prefix of the full render: the
+  template's default system prompt and headers stay masked, also when the
+  assistant speaks first). It ends where a render that stops after it parts,
+  token by token, from the full render, trailing whitespace excluded; the last
+  reply is compared with a render that goes on with a user turn, so text a
+  template adds only at the very end (Phi-3's EOS) is not taken for the turn's
+  end. A template that rewrites earlier turns is rejected rather than masked
+  wrongly. When the conversation does not end with the tokenizer's EOS, EOS is
+  appended; the closing EOS carries loss. Message content containing a
+  special-token string is tokenized as text: control tokens come only from the
+  template. A template's refusal (``raise_exception``) makes the row bad, with
+  the template's message.
 - Position 0 of every sample never carries loss (nothing predicts it); this
   also keeps packed samples from being trained to predict each other.
 
@@ -26,14 +33,18 @@ Truncation (``dataset.truncation``): ``truncate`` keeps the first
 ``maxSeqLength`` tokens (rows left with no loss token are dropped and
 counted), ``drop`` skips long rows (counted), ``fail`` stops with the row
 number. Bad rows (wrong types, empty text, no assistant turn) are counted and,
-per ``dataset.badRows``, fatal or skipped; never silent.
+per ``dataset.badRows``, fatal or skipped; never silent. Rows are named by
+their file line (``train.jsonl line 7``), also after the eval split. More
+than 5% of rows truncated or 1% dropped adds a warning to the stats.
 
 Packing puts several samples in one row of at most ``maxSeqLength`` tokens
 (best-fit decreasing) with ``position_ids`` restarting at 0 for each sample
 and no attention mask: transformers' ``masking_utils`` then detects the packed
 sequences from the position ids and builds a block-diagonal causal mask
-(sdpa/eager), and flash-attention-2 uses the same position ids for varlen
-kernels. No attention crosses a sample boundary (see tests/trainer/test_packing.py).
+(sdpa/eager). flash-attention uses the position ids for varlen kernels only in
+a one-row batch, so for it the collator flattens each packed micro-batch into
+one row. No attention crosses a sample boundary (see tests/trainer/test_packing.py).
+Packed rows keep the order of their first sample (``shuffle: false`` follows the file).
 """
 from __future__ import annotations
 
@@ -45,7 +56,7 @@ import os
 import random
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from kubetune_api.contract import PermanentError
 from kubetune_api.spec import DatasetSpec
@@ -166,8 +177,16 @@ def _bos(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return [tokenizer.bos_token_id] if ids and ids[0] == tokenizer.bos_token_id else []
 
 
+def _bos_eos(ids: list[int], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """(BOS to put in front, EOS to append): BOS when the tokenizer uses one, each only if the text lacks it."""
+    bos = _bos(tokenizer)
+    return ([] if ids[:1] == bos else bos), ([] if ids[-1:] == [tokenizer.eos_token_id] else [tokenizer.eos_token_id])
+
+
 def encode_text(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    ids = [*_bos(tokenizer), *_tokens(tokenizer, _str_field(row, "text")), tokenizer.eos_token_id]
+    ids = _tokens(tokenizer, _str_field(row, "text"))
+    bos, eos = _bos_eos(ids, tokenizer)
+    ids = [*bos, *ids, *eos]
     return ids, list(ids)
 
 
@@ -184,9 +203,25 @@ def instruction_completion(row: dict) -> str:
 
 
 def encode_instruction(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
-    prompt = [*_bos(tokenizer), *_tokens(tokenizer, instruction_prompt(row))]
-    answer = _tokens(tokenizer, instruction_completion(row)) + [tokenizer.eos_token_id]
-    return prompt + answer, [IGNORE] * len(prompt) + answer
+    """Prompt and completion tokenized as one text, split by character offsets.
+
+    Tokenizing them separately would start the completion as if it began a
+    text: SentencePiece tokenizers (``prepend_scheme="first"``: Llama-2,
+    Mistral) then add a word-start marker the model never sees after a prompt.
+    A token that straddles the boundary belongs to the completion.
+    """
+    prompt, completion = instruction_prompt(row), instruction_completion(row)
+    text = prompt + completion
+    if tokenizer.is_fast:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids = list(enc["input_ids"])
+        in_prompt = sum(1 for _, end in enc["offset_mapping"] if end <= len(prompt))
+    else:  # slow tokenizers give no offsets: the two parts on their own
+        head = _tokens(tokenizer, prompt)
+        ids, in_prompt = head + _tokens(tokenizer, completion), len(head)
+    bos, eos = _bos_eos(ids, tokenizer)
+    ids, in_prompt = [*bos, *ids, *eos], in_prompt + len(bos)
+    return ids, [IGNORE] * in_prompt + ids[in_prompt:]
 
 
 def _messages(row: dict) -> list[dict[str, str]]:
@@ -203,41 +238,124 @@ def _messages(row: dict) -> list[dict[str, str]]:
     return out
 
 
+# Stands in for an assistant reply to find where the template puts replies.
+_SENTINEL = "KubetuneAssistantReplyMarker"
+
+
+def render_chat(tokenizer: PreTrainedTokenizerBase, messages: list[dict], add_generation_prompt: bool = False) -> str:
+    """The chat template's text; a template that refuses the conversation makes the row bad, with its message."""
+    if not messages:
+        return ""
+    try:
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
+    except Exception as e:  # jinja2 TemplateError from raise_exception(), or a template bug on this row's shape
+        raise BadRow(f"the chat template refused this conversation: {e}") from e
+
+
+def _token_prefix_chars(tokenizer: PreTrainedTokenizerBase, text: str, other: str) -> int:
+    """Characters of ``text`` covered by the tokens it shares, from the start, with ``other``.
+
+    Token-wise, not character-wise: two different control tokens after a turn
+    (``<|endoftext|>`` vs ``<|user|>``) share characters but no token.
+    """
+    a = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    b = tokenizer(other, add_special_tokens=False)["input_ids"]
+    k = 0
+    for x, y in zip(a["input_ids"], b):
+        if x != y:
+            break
+        k += 1
+    return a["offset_mapping"][k - 1][1] if k else 0
+
+
+_REWRITES = (
+    "the chat template renders earlier turns differently once later turns are added; "
+    "assistant tokens cannot be located reliably"
+)
+
+
 def assistant_char_spans(messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[str, list[tuple[int, int]]]:
     """The rendered conversation and the character spans that carry loss (see the module docstring)."""
-
-    def render(msgs: list[dict], gen_prompt: bool = False) -> str:
-        if not msgs:
-            return ""
-        return tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=gen_prompt)
-
-    full = render(messages)
+    full = render_chat(tokenizer, messages)
+    last = len(messages) - 1
     spans = []
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        before, upto = render(messages[:i], gen_prompt=True), render(messages[: i + 1])
-        if not (full.startswith(before) and full.startswith(upto)):
-            raise BadRow(
-                "the chat template renders earlier turns differently once later turns are added; "
-                "assistant tokens cannot be located reliably"
-            )
-        spans.append((len(before), max(len(before), len(upto.rstrip()))))
+        # Start: where the template puts a reply, found with a sentinel reply; all before it must be unchanged.
+        probe = render_chat(tokenizer, [*messages[:i], {"role": "assistant", "content": _SENTINEL}])
+        start = probe.find(_SENTINEL)
+        if start < 0 or not full.startswith(probe[:start]):
+            raise BadRow(_REWRITES)
+        # End: where a rendering that stops after this turn parts from the full one. The last turn is compared
+        # with a rendering that goes on, so what a template adds only at the very end (Phi-3's EOS) stays out.
+        if i < last:
+            other = render_chat(tokenizer, messages[: i + 1])
+        else:
+            try:
+                other = render_chat(tokenizer, [*messages, {"role": "user", "content": _SENTINEL}])
+            except BadRow:
+                other = full
+        end = len(full[: _token_prefix_chars(tokenizer, full, other)].rstrip())
+        if end <= start:
+            raise BadRow(_REWRITES)
+        spans.append((start, end))
     eos = tokenizer.eos_token
-    if messages[-1]["role"] == "assistant" and eos and not full.rstrip().endswith(eos):
-        full += eos
-        spans[-1] = (spans[-1][0], len(full))
+    if messages[-1]["role"] == "assistant" and eos:
+        if not full.rstrip().endswith(eos):
+            full += eos
+        body = len(full.rstrip())
+        if spans[-1][1] < body:  # the closing EOS is learned (generation stops on it); whitespace before it is not
+            spans.append((body - len(eos), body))
     return full, spans
+
+
+def _special_strings(tokenizer: PreTrainedTokenizerBase) -> list[str]:
+    return [t for t in tokenizer.all_special_tokens if t] + [
+        t.content for t in tokenizer.added_tokens_decoder.values() if t.special and t.content
+    ]
+
+
+def _tokenize_chat(text: str, messages: list[dict], tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a rendered conversation.
+
+    Control tokens come only from the template: message content that contains
+    a special-token string (``<|im_end|>``, ``</s>``) is tokenized as plain text.
+    """
+    specials = _special_strings(tokenizer)
+    literal = [m["content"] for m in messages if any(s in m["content"] for s in specials)]
+    if not literal:
+        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        return list(enc["input_ids"]), list(enc["offset_mapping"])
+    pieces: list[tuple[int, int, bool]] = []  # (start, end, content that must stay text)
+    at = 0
+    for content in literal:
+        where = text.find(content, at)
+        if where < 0:
+            raise BadRow("a message contains a special-token string and the chat template changes its text; "
+                         "remove the special token from the content")
+        pieces += [(at, where, False), (where, where + len(content), True)]
+        at = where + len(content)
+    pieces.append((at, len(text), False))
+    ids: list[int] = []
+    offsets: list[tuple[int, int]] = []
+    for a, b, as_text in pieces:
+        if a == b:
+            continue
+        enc = tokenizer(text[a:b], add_special_tokens=False, return_offsets_mapping=True, split_special_tokens=as_text)
+        ids += enc["input_ids"]
+        offsets += [(a + s, a + e) for s, e in enc["offset_mapping"]]
+    return ids, offsets
 
 
 def encode_chat(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     if not getattr(tokenizer, "chat_template", None):
         raise PermanentError("dataset format is chat but the tokenizer has no chat template", "InvalidDataset")
-    text, spans = assistant_char_spans(_messages(row), tokenizer)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = enc["input_ids"]
+    messages = _messages(row)
+    text, spans = assistant_char_spans(messages, tokenizer)
+    ids, offsets = _tokenize_chat(text, messages, tokenizer)
     labels = [IGNORE] * len(ids)
-    for j, (a, b) in enumerate(enc["offset_mapping"]):
+    for j, (a, b) in enumerate(offsets):
         if any(a < e and b > s for s, e in spans):
             labels[j] = ids[j]
     return ids, labels
@@ -278,23 +396,59 @@ class DataStats:
     tokens: int = 0
     loss_tokens: int = 0
     packed_rows: int = 0
+    packing_efficiency: float | None = None  # real tokens / (packed rows x maxSeqLength)
     bad_row_examples: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
-def encode_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, what: str = "train") -> tuple[list[dict], DataStats]:
-    """Tokenize and mask rows; apply the bad-row and truncation policies."""
+# Above these shares of rows, truncation and dropping are worth a warning (and summary.json says so).
+TRUNCATED_WARN_FRACTION = 0.05
+DROPPED_WARN_FRACTION = 0.01
+
+
+def _pct(n: int, of: int) -> str:
+    return f"{n} of {of} rows ({100.0 * n / of:.1f}%)"
+
+
+def _length_warnings(stats: DataStats, what: str, limit: int) -> list[str]:
+    out = []
+    dropped = stats.dropped_too_long + stats.dropped_no_loss_tokens
+    if stats.rows and stats.truncated > TRUNCATED_WARN_FRACTION * stats.rows:
+        out.append(f"{what} data: {_pct(stats.truncated, stats.rows)} were cut to dataset.maxSeqLength {limit} and lost "
+                   f"tokens; raise maxSeqLength (or use dataset.truncation: drop) if the ends matter")
+    if stats.rows and dropped > DROPPED_WARN_FRACTION * stats.rows:
+        out.append(f"{what} data: {_pct(dropped, stats.rows)} were dropped ({stats.dropped_too_long} longer than "
+                   f"dataset.maxSeqLength {limit}, {stats.dropped_no_loss_tokens} with no loss token left after truncation)")
+    return out
+
+
+def encode_rows(
+    rows: list[dict],
+    fmt: str,
+    tokenizer: PreTrainedTokenizerBase,
+    spec: DatasetSpec,
+    what: str = "train",
+    places: list[str] | None = None,
+) -> tuple[list[dict], DataStats]:
+    """Tokenize and mask rows; apply the bad-row and truncation policies.
+
+    ``places`` names each row where a person finds it (``train.jsonl line 7``);
+    without it, rows are numbered from 1. Each sample keeps its row's index
+    in ``rows`` under ``"row"``.
+    """
     stats = DataStats(format=fmt, rows=len(rows))
     encode, limit = ENCODERS[fmt], spec.max_seq_length
     samples = []
     for n, row in enumerate(rows, start=1):
+        where = places[n - 1] if places else f"{what} row {n}"
         try:
             ids, labels = encode(row, tokenizer)
         except BadRow as e:
             stats.bad_rows += 1
-            msg = f"{what} row {n}: {e}"
+            msg = f"{where}: {e}"
             if spec.bad_rows == "fail":
                 raise PermanentError(f"{msg} (set dataset.badRows: skip to drop such rows)", "InvalidDataset") from None
             if len(stats.bad_row_examples) < _MAX_EXAMPLES:
@@ -303,7 +457,7 @@ def encode_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, 
         if len(ids) > limit:
             if spec.truncation == "fail":
                 raise PermanentError(
-                    f"{what} row {n} has {len(ids)} tokens, more than dataset.maxSeqLength {limit} "
+                    f"{where} has {len(ids)} tokens, more than dataset.maxSeqLength {limit} "
                     f"(dataset.truncation is 'fail'; raise maxSeqLength or use 'truncate' or 'drop')",
                     "SequenceTooLong",
                 )
@@ -318,10 +472,11 @@ def encode_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, 
         if all(x == IGNORE for x in labels):
             stats.dropped_no_loss_tokens += 1
             continue
-        samples.append({"input_ids": ids, "labels": labels})
+        samples.append({"input_ids": ids, "labels": labels, "row": n - 1})
         stats.tokens += len(ids)
         stats.loss_tokens += sum(x != IGNORE for x in labels)
     stats.samples = len(samples)
+    stats.warnings = _length_warnings(stats, what, limit)
     if not samples:
         raise PermanentError(
             f"{what} data has no usable sample ({stats.rows} rows, {stats.bad_rows} bad, "
@@ -332,7 +487,11 @@ def encode_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, 
 
 
 def pack(samples: list[dict], max_len: int) -> list[dict]:
-    """Best-fit-decreasing packing into rows of at most max_len tokens, positions restarting per sample."""
+    """Best-fit-decreasing packing into rows of at most max_len tokens, positions restarting per sample.
+
+    Rows come out in the order of their first sample, so with ``shuffle: false``
+    training follows the file (best-fit decreasing alone would go longest first).
+    """
     order = sorted(range(len(samples)), key=lambda i: -len(samples[i]["input_ids"]))
     bins: list[list[int]] = []
     free: list[tuple[int, int]] = []  # sorted (remaining capacity, bin index)
@@ -348,9 +507,9 @@ def pack(samples: list[dict], max_len: int) -> list[dict]:
         if cap - n > 0:
             bisect.insort(free, (cap - n, b))
     rows = []
-    for members in bins:
+    for members in sorted(bins, key=min):
         ids, labels, pos = [], [], []
-        for i in members:
+        for i in sorted(members):
             s = samples[i]
             ids += s["input_ids"]
             labels += s["labels"]
@@ -359,20 +518,38 @@ def pack(samples: list[dict], max_len: int) -> list[dict]:
     return rows
 
 
-class Collator:
-    """Right-pads a batch. Packed rows get position_ids and no attention mask (see module docstring)."""
+def flattens_packed_batches(attention: str) -> bool:
+    """Whether packed micro-batches must become one row for this attention kernel.
 
-    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None):
+    transformers recognises packed sequences from ``position_ids`` for
+    flash-attention only when the batch has one row; with more rows it would
+    attend across the samples of a row. sdpa/eager build a block-diagonal mask
+    for any batch size.
+    """
+    return attention.startswith("flash_attention")
+
+
+class Collator:
+    """Right-pads a batch. Packed rows get position_ids and no attention mask (see module docstring).
+
+    With ``flatten_packed`` (flash-attention) a packed micro-batch becomes one
+    padding-free row: the same samples, the same loss tokens, no padding.
+    """
+
+    def __init__(self, pad_token_id: int, pad_to_multiple_of: int | None = None, flatten_packed: bool = False):
         self.pad_id = pad_token_id
         self.multiple = pad_to_multiple_of
+        self.flatten_packed = flatten_packed
 
     def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
         import torch
 
+        packed = "position_ids" in batch[0]
+        if packed and self.flatten_packed:
+            batch = [{k: [x for b in batch for x in b[k]] for k in ("input_ids", "labels", "position_ids")}]
         width = max(len(b["input_ids"]) for b in batch)
         if self.multiple:
             width = -(-width // self.multiple) * self.multiple
-        packed = "position_ids" in batch[0]
         out: dict[str, list] = {"input_ids": [], "labels": []}
         out["position_ids" if packed else "attention_mask"] = []
         for b in batch:
@@ -397,7 +574,10 @@ class PreparedData:
     packing: bool
 
 
-def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], list[dict]]:
+T = TypeVar("T")
+
+
+def split_eval(rows: list[T], fraction: float, seed: int) -> tuple[list[T], list[T]]:
     """Hold out a seeded random fraction of the raw rows (before tokenization: no leakage through packing)."""
     if fraction <= 0 or len(rows) < 2:
         return rows, []
@@ -406,6 +586,77 @@ def split_eval(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict]
     random.Random(seed).shuffle(idx)
     held = set(idx[:k])
     return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def row_places(path: str, n: int) -> list[str]:
+    """Where each of the ``n`` rows read from ``path`` is, as a person finds it: ``train.jsonl line 7``.
+
+    JSON Lines files count file lines (blank lines skipped, as the reader
+    does); other formats count data rows from 1.
+    """
+    name = os.path.basename(path.rstrip("/")) or path
+    try:
+        _, files = _data_files(path) if not path.startswith("hf://") else ("", [])
+    except PermanentError:
+        files = []
+    if files and all(f.endswith(".jsonl") for f in files):
+        out = []
+        for f in files:
+            with open(f, "rb") as fh:
+                out += [f"{os.path.basename(f)} line {i}" for i, line in enumerate(fh, start=1) if line.strip()]
+        if len(out) == n:
+            return out
+    return [f"{name} row {i}" for i in range(1, n + 1)]
+
+
+@dataclass
+class SplitRows:
+    """Raw rows of the train and eval sets, with where each comes from."""
+
+    format: str
+    train: list[dict]
+    train_places: list[str]
+    eval: list[dict]
+    eval_places: list[str]
+
+
+def load_split(spec: DatasetSpec, train_path: str, eval_path: str | None, seed: int, cache_dir: str | None = None) -> SplitRows:
+    """Rows → format → train/eval split (a held-out fraction keeps each row's file line)."""
+    rows = load_rows(train_path, cache_dir)
+    if not rows:
+        raise PermanentError(f"{train_path}: training dataset is empty", "EmptyDataset")
+    fmt = detect_format(rows[0].keys(), spec.format)
+    places = row_places(train_path, len(rows))
+    if eval_path:
+        eval_rows = load_rows(eval_path, cache_dir)
+        if not eval_rows:
+            raise PermanentError(f"{eval_path}: evaluation dataset is empty", "EmptyDataset")
+        detect_format(eval_rows[0].keys(), fmt)
+        return SplitRows(fmt, rows, places, eval_rows, row_places(eval_path, len(eval_rows)))
+    train, held = split_eval(list(zip(rows, places)), spec.eval_fraction, seed)
+    return SplitRows(fmt, [r for r, _ in train], [p for _, p in train], [r for r, _ in held], [p for _, p in held])
+
+
+def prepare_rows(split: SplitRows, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, packing: bool) -> PreparedData:
+    """Tokens + loss masks for the train and eval rows, packed when asked; counts and warnings logged."""
+    fmt = split.format
+    train, train_stats = encode_rows(split.train, fmt, tokenizer, spec, "train", split.train_places)
+    eval_samples, eval_stats = (
+        encode_rows(split.eval, fmt, tokenizer, spec, "eval", split.eval_places) if split.eval else ([], None)
+    )
+    if packing:
+        train = pack(train, spec.max_seq_length)
+        eval_samples = pack(eval_samples, spec.max_seq_length) if eval_samples else []
+        train_stats.packed_rows = len(train)
+        train_stats.packing_efficiency = round(train_stats.tokens / (len(train) * spec.max_seq_length), 4)
+    for what, st in (("train", train_stats), ("eval", eval_stats)):
+        if st is not None:
+            log.info("%s data: %s", what, {k: v for k, v in st.as_dict().items() if k not in ("bad_row_examples", "warnings")})
+            for ex in st.bad_row_examples:
+                log.warning("skipped bad row: %s", ex)
+            for w in st.warnings:
+                log.warning("%s", w)
+    return PreparedData(train, eval_samples, split.eval, fmt, train_stats, eval_stats, packing)
 
 
 def prepare(
@@ -418,26 +669,4 @@ def prepare(
     cache_dir: str | None = None,
 ) -> PreparedData:
     """The data stage: rows → format → tokens + loss mask → (packed) training and eval samples."""
-    rows = load_rows(train_path, cache_dir)
-    if not rows:
-        raise PermanentError(f"{train_path}: training dataset is empty", "EmptyDataset")
-    fmt = detect_format(rows[0].keys(), spec.format)
-    if eval_path:
-        train_rows, eval_rows = rows, load_rows(eval_path, cache_dir)
-        if not eval_rows:
-            raise PermanentError(f"{eval_path}: evaluation dataset is empty", "EmptyDataset")
-        detect_format(eval_rows[0].keys(), fmt)
-    else:
-        train_rows, eval_rows = split_eval(rows, spec.eval_fraction, seed)
-    train, train_stats = encode_rows(train_rows, fmt, tokenizer, spec, "train")
-    eval_samples, eval_stats = encode_rows(eval_rows, fmt, tokenizer, spec, "eval") if eval_rows else ([], None)
-    if packing:
-        train = pack(train, spec.max_seq_length)
-        eval_samples = pack(eval_samples, spec.max_seq_length) if eval_samples else []
-        train_stats.packed_rows = len(train)
-    for what, st in (("train", train_stats), ("eval", eval_stats)):
-        if st is not None:
-            log.info("%s data: %s", what, {k: v for k, v in st.as_dict().items() if k != "bad_row_examples"})
-            for ex in st.bad_row_examples:
-                log.warning("skipped bad %s", ex)
-    return PreparedData(train, eval_samples, eval_rows, fmt, train_stats, eval_stats, packing)
+    return prepare_rows(load_split(spec, train_path, eval_path, seed, cache_dir), spec, tokenizer, packing)

@@ -86,7 +86,7 @@ def _prompt_and_reference(row: dict[str, Any], fmt: str, tokenizer: PreTrainedTo
         if fmt == "chat":
             msgs = data_mod._messages(row)
             last = max(i for i, m in enumerate(msgs) if m["role"] == "assistant")
-            text = tokenizer.apply_chat_template(msgs[:last], tokenize=False, add_generation_prompt=True)
+            text = data_mod.render_chat(tokenizer, msgs[:last], add_generation_prompt=True)
             return tokenizer(text, add_special_tokens=False)["input_ids"], msgs[last]["content"]
     except data_mod.BadRow:
         return None

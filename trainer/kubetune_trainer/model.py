@@ -7,6 +7,7 @@ exist: under ZeRO-3 transformers then builds the model partitioned
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,12 +32,15 @@ def check_model_dir(path: str) -> None:
         )
 
 
-def load_tokenizer(model_dir: str, spec: FineTuneJobSpec) -> PreTrainedTokenizerBase:
+def load_tokenizer(model_dir: str, spec: FineTuneJobSpec, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+    """The model's tokenizer, ready for training (pad token, right padding). ``gguf_file``: read it from
+    that file in ``model_dir`` instead of a Hugging Face folder (``kubetune data preview`` on a GGUF model)."""
     from transformers import AutoTokenizer
 
-    check_model_dir(model_dir)
+    if gguf_file is None:
+        check_model_dir(model_dir)
     try:
-        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
+        tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code, gguf_file=gguf_file)
     except Exception as e:
         raise PermanentError(f"cannot load the tokenizer from {model_dir}: {e}", "ModelNotFound") from e
     if tok.eos_token_id is None:
@@ -94,6 +98,15 @@ def quantization_config(spec: FineTuneJobSpec, precision: str) -> BitsAndBytesCo
     )
 
 
+def default_lora_alpha(r: int, use_rslora: bool) -> float:
+    """lora.alpha when the spec leaves it unset: the scale (alpha/r, or alpha/sqrt(r) with rsLoRA) is 2 either way.
+
+    Plain LoRA's default is alpha = 2r. Carried over to rsLoRA, 2r/sqrt(r) = 2 sqrt(r) would scale
+    the update sqrt(r) times more (4x at r=16) than the same spec without rsLoRA.
+    """
+    return 2 * math.sqrt(r) if use_rslora else 2 * r
+
+
 def peft_config(spec: FineTuneJobSpec, model_dir: str) -> peft.PeftConfig | None:
     """The PEFT config for the method, or None for full fine-tuning."""
     import peft
@@ -106,7 +119,7 @@ def peft_config(spec: FineTuneJobSpec, model_dir: str) -> peft.PeftConfig | None
         return peft.LoraConfig(
             task_type=task,
             r=o.r,
-            lora_alpha=o.alpha or 2 * o.r,
+            lora_alpha=o.alpha or default_lora_alpha(o.r, o.use_rslora),
             lora_dropout=o.dropout,
             target_modules=targets,
             use_dora=o.use_dora,

@@ -191,7 +191,7 @@ def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem
             gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
         stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
     offload = memplan.offload(spec, mem)
-    checkpointing = memplan.gradient_checkpointing(spec, mem)
+    checkpointing = gradient_checkpointing(spec, memplan.gradient_checkpointing(spec, mem))
     log.info("plan: %s, precision %s, ZeRO-%d, offload %s, gradient checkpointing %s", batch, precision, stage, offload,
              "on" if checkpointing else "off")
     return TrainingPlan(batch, precision, stage, dsconfig.build_ds_config(spec, batch, stage, precision, offload=offload),
@@ -212,8 +212,37 @@ def local_final_dir(spec: FineTuneJobSpec, rt: WorkerContext) -> str:
     return os.path.join(uri[len("file://"):] if uri.startswith("file://") else uri, "final")
 
 
+def gradient_checkpointing(spec: FineTuneJobSpec, wanted: bool) -> bool:
+    """``wanted`` (the spec's value or the memory plan's), except for prefix tuning: off, and the log says so.
+
+    transformers' checkpointed decoder layers drop the ``past_key_values`` that
+    carry PEFT's prefix, so the first step would fail with a shape mismatch.
+    """
+    if wanted and spec.method.type == "prefix-tuning":
+        log.warning("gradient checkpointing is turned off for prefix-tuning: transformers' checkpointed layers "
+                    "drop the prefix (past_key_values); activations are kept in memory instead")
+        return False
+    return wanted
+
+
+def tracker_settings(spec: FineTuneJobSpec, run_name: str, final_dir: str) -> dict[str, Any]:
+    """TrainingArguments for ``training.tracker``, the run named after the job.
+
+    TensorBoard event files go with the final model (``<output>/final/tensorboard``) unless
+    ``TENSORBOARD_LOGGING_DIR`` is set (transformers reads the folder from that variable).
+    MLflow and W&B read their server and project from their standard environment variables
+    (MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME, WANDB_PROJECT, ...), set through spec.env.
+    """
+    tracker = spec.training.tracker
+    if tracker == "none":
+        return {"report_to": []}
+    if tracker == "tensorboard":
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", os.path.join(final_dir, "tensorboard"))
+    return {"report_to": [tracker], "run_name": run_name}
+
+
 def training_arguments(spec: FineTuneJobSpec, plan: TrainingPlan, ckpt: CheckpointManager, data: PreparedData,
-                       rt: WorkerContext) -> TrainingArguments:
+                       rt: WorkerContext, run_name: str = "kubetune") -> TrainingArguments:
     from transformers import TrainingArguments
 
     single_process_rendezvous()
@@ -242,7 +271,7 @@ def training_arguments(spec: FineTuneJobSpec, plan: TrainingPlan, ckpt: Checkpoi
         eval_on_start=has_eval,
         logging_strategy="steps",
         logging_steps=t.log_every,
-        report_to=[] if t.tracker == "none" else [t.tracker],
+        **tracker_settings(spec, run_name, local_final_dir(spec, rt)),
         use_liger_kernel=t.liger_kernels,
         remove_unused_columns=False,
         include_num_input_tokens_seen="non_padding",
@@ -278,13 +307,17 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
         args=args,
         train_dataset=_ListDataset(data.train),
         eval_dataset=_ListDataset(data.eval) if data.eval else None,
-        data_collator=data_mod.Collator(tokenizer.pad_token_id),
+        data_collator=data_mod.Collator(tokenizer.pad_token_id, flatten_packed=data_mod.flattens_packed_batches(_attention(net))),
         processing_class=tokenizer,
         callbacks=callbacks,
     )
     trainer.remove_callback(PrinterCallback)  # our ConsoleReporter prints progress
     trainer.eval_history = []
     return trainer
+
+
+def _attention(net: torch.nn.Module) -> str:
+    return str(getattr(getattr(net, "config", None), "_attn_implementation", None) or "sdpa")
 
 
 def _ListDataset(rows: list[dict[str, Any]]) -> torch.utils.data.Dataset:
@@ -343,6 +376,7 @@ def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data:
         "gradientAccumulation": plan.batch.accumulation,
         "globalBatchSize": plan.batch.global_batch,
         "packing": data.packing,
+        "dataWarnings": data.train_stats.warnings + (data.eval_stats.warnings if data.eval_stats else []),
         "steps": state.global_step,
         "epochs": state.epoch,
         "tokensSeen": state.num_input_tokens_seen,
@@ -378,6 +412,9 @@ def run(config_path: str) -> None:
     spec = job.spec
     rt = WorkerContext.from_env()
     setup_logging(rt.rank)
+    from . import preflight
+
+    preflight.check_options(spec)  # exit 3 now, not an ImportError minutes later
     from . import export, model, progress
 
     reporters = progress.reporters_from_env(rt.rank)
@@ -390,7 +427,7 @@ def run(config_path: str) -> None:
         tokenizer = model.load_tokenizer(model_dir, spec)
         data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
         plan = plan_deepspeed(spec, model_dir, rt, mem)
-        args = training_arguments(spec, plan, ckpt, data, rt)  # before the model: ZeRO-3 builds it partitioned
+        args = training_arguments(spec, plan, ckpt, data, rt, run_name=job.metadata.name)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
         import transformers
