@@ -76,7 +76,7 @@ from .method import (
 )
 from .model import ModelSpec
 from .output import OutputSpec
-from .pod import EnvVar, ResourcesSpec, Toleration
+from .pod import EnvFromSource, EnvVar, EnvVarSource, FieldSelector, KeySelector, ObjectRef, ResourcesSpec, Toleration
 from .run_policy import RunPolicy
 from .status import (
     PHASES,
@@ -115,7 +115,7 @@ __all__ = [
     "ModelSpec", "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
     "QuantizationOptions", "PromptTuningOptions", "PrefixTuningOptions", "IA3Options", "TrainingSpec",
     "GenerationEvalSpec", "DistributedSpec", "OutputSpec", "SecretRef", "StorageSpec", "Toleration", "EnvVar",
-    "ResourcesSpec", "RunPolicy",
+    "EnvVarSource", "KeySelector", "FieldSelector", "EnvFromSource", "ObjectRef", "ResourcesSpec", "RunPolicy",
     # status
     "Phase", "PHASES", "TERMINAL_PHASES", "Condition", "Progress", "CheckpointRef", "OutputStatus",
     "FineTuneJobStatus",
@@ -208,9 +208,14 @@ class FineTuneJobSpec(ApiModel):
         default_factory=list, max_length=LIST_MAX,
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
         description=(
-            "Extra environment variables for every trainer container, e.g. NCCL_DEBUG=INFO or NCCL_IB_HCA. "
-            "Never put credentials here: use storage.secretRef."
+            "Extra environment variables for every trainer container, e.g. NCCL_DEBUG=INFO or NCCL_IB_HCA, as in a "
+            "Kubernetes container: a literal value, or valueFrom a Secret key (tracker keys such as WANDB_API_KEY or "
+            "MLFLOW_TRACKING_TOKEN), a ConfigMap key or a pod field. Never put credentials in value."
         ),
+    )
+    env_from: list[EnvFromSource] = Field(
+        default_factory=list, max_length=16,
+        description="Secrets or ConfigMaps whose every key becomes an environment variable (spec.env and the operator's own variables win).",
     )
     node_selector: dict[LabelKey, LabelValue] = Field(
         default_factory=dict, max_length=MAP_MAX, description="Node labels the pods must match.",

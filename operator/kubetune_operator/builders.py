@@ -313,8 +313,13 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
         env.append({"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": hub, "key": "HF_TOKEN"}}})
     # spec.env last: it may replace the convenience defaults (HOME, HF_HOME, ...), never
     # the contract variables (parse_runnable_job refuses those).
+    # A valueFrom entry passes through as the reference it is: the Secret's value
+    # reaches only the pod (through the kubelet), never the operator.
     user = {e["name"]: e for e in spec.get("env") or []}
-    env = [e for e in env if e["name"] not in user] + [{"name": n, "value": e.get("value", "")} for n, e in user.items()]
+    env = [e for e in env if e["name"] not in user] + [
+        {"name": n, "valueFrom": copy.deepcopy(e["valueFrom"])} if e.get("valueFrom") else {"name": n, "value": e.get("value") or ""}
+        for n, e in user.items()
+    ]
     return env
 
 
@@ -404,6 +409,9 @@ def build_batch_job(
         "command": ["python", "-m", "kubetune_trainer.torchrun"],
         "args": args,
         "env": _container_env(job_dict, spec, settings, attempt),
+        # Whole Secrets/ConfigMaps; Kubernetes gives env precedence over envFrom,
+        # so they cannot replace the operator's variables.
+        **({"envFrom": copy.deepcopy(spec["envFrom"])} if spec.get("envFrom") else {}),
         "ports": [{"name": "rendezvous", "containerPort": settings.rendezvous_port, "protocol": "TCP"}],
         "volumeMounts": volume_mounts,
         # The trainer's last stderr line ("kubetune: error: <reason>: <message>") becomes

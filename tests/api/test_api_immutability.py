@@ -27,6 +27,7 @@ CHANGES = {
     "imagePullSecrets": ["regcred"],
     "resources": {"requests": {"cpu": "8"}},
     "env": [{"name": "NCCL_DEBUG", "value": "INFO"}],
+    "envFrom": [{"secretRef": {"name": "wandb"}}],
     "nodeSelector": {"pool": "gpu"},
     "tolerations": [{"key": "gpu", "operator": "Exists"}],
     "affinity": {"nodeAffinity": {}},

@@ -194,6 +194,7 @@ BAD_VALUES = [
     ({"nameOverride": "Kube_Tune"}, "at '/nameOverride': 'Kube_Tune' does not match pattern"),
     ({"fullnameOverride": "x" * 64}, "at '/fullnameOverride': maxLength"),
     ({"crds": {"instal": True}}, "additional properties 'instal' not allowed"),
+    ({"jobDefaults": {"storage": {"endpoint": "https://key:secret@minio:9000"}}}, "at '/jobDefaults/storage/endpoint'"),
     ({"topologySpreadConstraints": [{"maxSkew": 1}]}, "at '/topologySpreadConstraints/0': missing properties"),
     ({"extraVolumeMounts": [{"name": "ca", "mountPath": "etc/ssl"}]}, "at '/extraVolumeMounts/0/mountPath'"),
 ]
@@ -336,8 +337,8 @@ def test_aggregated_roles_against_the_authorizing_cluster(people_cluster):
     assert not can("nobody", "GET", "ml", "seed")
     # The refusals above were the authorizer's (403), not another error.
     assert {c.user_agent for c in cluster.denied} >= {"alice", "bob", "carol", "nobody"}
-    # FineTuneSweeps have no CRD yet, so the emulator cannot serve them: the
-    # same authorizer decides on the calls directly.
+    # FineTuneSweeps: the emulator serves no sweep resource, so the same
+    # authorizer decides on the calls directly.
     from support.emulator import ApiCall
 
     sweep = lambda verb, ns="ml": ApiCall(verb, "kubetune.io", "finetunesweeps", None, ns, "s")  # noqa: E731

@@ -592,6 +592,10 @@ class PodExecutor:
         host, _, port = self.api_url.split("://", 1)[1].partition(":")
         base = {
             "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+            # The "image" is the test's own Python environment: the source roots
+            # scripts/test.sh puts first (this checkout's code), not whatever
+            # editable install the shared virtualenv points at.
+            **({"PYTHONPATH": os.environ["PYTHONPATH"]} if os.environ.get("PYTHONPATH") else {}),
             "HOSTNAME": hostname,
             "KUBERNETES_SERVICE_HOST": host,
             "KUBERNETES_SERVICE_PORT": port or "80",

@@ -394,8 +394,21 @@ def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data:
         "model": asdict(info),
         "data": {"train": data.train_stats.as_dict(), "eval": data.eval_stats.as_dict() if data.eval_stats else None},
         "history": history,
-        "spec": job.spec.model_dump(by_alias=True, mode="json"),
+        "spec": redacted_spec(job.spec.model_dump(by_alias=True, mode="json")),
     }
+
+
+REDACTED = "<redacted>"
+
+
+def redacted_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec as summary.json records it: literal env values replaced, since
+    people do put tokens there despite the docs. valueFrom references stay:
+    they name a Secret key, not its value."""
+    for var in spec.get("env") or []:
+        if var.get("value"):
+            var["value"] = REDACTED
+    return spec
 
 
 def _summary_mfu(trainer: Trainer, data: PreparedData, tokens_per_second: float | None, world_size: int) -> float | None:
