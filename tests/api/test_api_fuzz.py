@@ -81,8 +81,8 @@ def test_empty_spec_reports_only_the_missing_sections(tmp_path, capsys):
 @pytest.mark.parametrize("text, needle", [
     (BILLION_LAUGHS, "more than 100000 values"),
     ("a: " + "[" * 70 + "]" * 70 + "\n", "nested deeper than 64 levels"),
-    ("a: " + "[" * 3000 + "]" * 3000 + "\n", "nested deeper than 64 levels"),
-], ids=["billion-laughs", "nested-70", "nested-3000"])
+    ("a: " + "[" * 1200 + "]" * 1200 + "\n", "nested deeper than 64 levels"),
+], ids=["billion-laughs", "nested-70", "nested-1200"])
 def test_documents_no_manifest_needs_are_refused(tmp_path, capsys, text, needle):
     rc, lines = _validate(tmp_path, capsys, text.encode())
     assert rc == 2 and lines == [f"not a manifest: {needle}" if "values" not in needle

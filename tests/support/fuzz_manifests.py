@@ -296,8 +296,8 @@ def check_file(data: bytes) -> None:
 
 
 SURFACES = [
-    Surface("manifest: generated from the CRD, layers agree", generated_jobs, check_layers_agree, examples=60),
-    Surface("manifest: mutated (types, huge numbers, nesting, unicode)", mutated_jobs(), check_mutated, examples=80),
+    Surface("manifest: generated from the CRD, layers agree", generated_jobs, check_layers_agree, examples=40),
+    Surface("manifest: mutated (types, huge numbers, nesting, unicode)", mutated_jobs(), check_mutated, examples=60),
     Surface("manifest: missing sections, no follow-on errors", emptied_sections(), check_no_follow_on_errors,
             examples=20),
     Surface("manifest file: validate, render, run (bytes, aliases, documents)", manifest_files(), check_file,
