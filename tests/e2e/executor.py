@@ -14,7 +14,14 @@ HTTP API any controller uses:
   matched the exit code, else ``BackoffLimitExceeded``) when failures exceed
   ``backoffLimit``, and then stops the remaining pods. ``spec.suspend`` stops
   the pods (condition ``Suspended``); unsuspending starts them again.
-  Deleting a Job stops its processes.
+  Deleting a Job stops its processes. ``podFailurePolicy`` rules are
+  evaluated in order, ``onExitCodes`` and ``onPodConditions`` (e.g.
+  ``DisruptionTarget``), with the actions ``FailJob``, ``Ignore`` (the index
+  gets a new pod, not counted) and ``Count``.
+- a Pod object deleted by someone else (an eviction, a preemption, a drain:
+  ``DisruptionTarget`` then a graceful delete) stops its process as the
+  kubelet does: SIGTERM, SIGKILL after the grace period; the terminated
+  status keeps the pod's other conditions (``DisruptionTarget``).
 - kubelet: each Pod runs its first container as a local process built from
   the pod template: ``command``/``args`` with ``$(VAR)`` expansion, ``env``
   with ``value``, ``fieldRef`` (metadata.name/namespace/labels/annotations),
@@ -95,6 +102,8 @@ class PodProcess:
         self.finished_at: str | None = None
         self.reported = False  # terminal status written to the API
         self.stopping_since: float | None = None
+        self.deleted_by_api = False  # its Pod object was deleted (eviction, preemption): not stopped by the Job controller
+        self.conditions: list[dict[str, Any]] = []  # the Pod object's conditions when it terminated
         self.grace = 30.0
         self.argv: list[str] = []
         self.env: dict[str, str] = {}
@@ -308,6 +317,18 @@ class PodExecutor:
         for pod in run.pods.values():
             pod.tick()
 
+        # 0. the kubelet: a running pod whose Pod object was deleted (eviction, preemption) gets SIGTERM
+        if any(p.poll() is None for p in run.pods.values()):
+            objects = {o["metadata"]["name"]: o for o in self._req(
+                "GET", self._pod_path(run.namespace) + f"?labelSelector=batch.kubernetes.io/controller-uid={run.uid}")["items"]}
+            for pod in run.pods.values():
+                obj = objects.get(pod.name)
+                if pod.poll() is None and pod.stopping_since is None and pod.proc is not None and (
+                        obj is None or obj["metadata"].get("deletionTimestamp")):
+                    pod.deleted_by_api = True
+                    grace = (obj or {}).get("metadata", {}).get("deletionGracePeriodSeconds")
+                    pod.stop(min(float(grace), self.grace_cap) if grace is not None else self._grace_of(job))
+
         # 1. observe finished processes
         for index, pod in list(run.pods.items()):
             code = pod.poll()
@@ -315,11 +336,15 @@ class PodExecutor:
                 continue
             pod.reported = True
             self._report_pod_terminated(run, pod, job)
-            if pod.stopping_since is not None and (suspended or run.finished):
+            if pod.stopping_since is not None and not pod.deleted_by_api and (suspended or run.finished):
                 continue  # we stopped it: not a failure of the Job (the pod is deleted)
             if code == 0:
                 run.succeeded.add(index)
-            else:
+                continue
+            action = self._policy_action(job, pod)[0]
+            if action == "Ignore":
+                del run.pods[index]  # not counted; the index gets a new pod
+            elif action != "FailJob":
                 run.failed += 1
 
         # 2. Job-level verdicts
@@ -375,18 +400,29 @@ class PodExecutor:
         self._write_job_status(run, job, extra_conditions=[self._cond("Suspended", "JobResumed", "Job resumed", status="False")]
                                if any(c.get("type") == "Suspended" for c in (job.get("status") or {}).get("conditions") or []) else [])
 
+    @staticmethod
+    def _policy_action(job: dict[str, Any], pod: PodProcess) -> tuple[str, int]:
+        """The first podFailurePolicy rule the failed pod matches: (action, index); no match: Count."""
+        for i, rule in enumerate(((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []):
+            on = rule.get("onExitCodes") or {}
+            if on:
+                values = set(on.get("values") or [])
+                if pod.exit_code in values if on.get("operator", "In") == "In" else pod.exit_code not in values:
+                    return rule.get("action", "Count"), i
+            for pattern in rule.get("onPodConditions") or []:
+                if any(c.get("type") == pattern.get("type") and c.get("status") == pattern.get("status", "True") for c in pod.conditions):
+                    return rule.get("action", "Count"), i
+        return "Count", -1
+
     def _failure_verdict(self, run: JobRun, job: dict[str, Any]) -> tuple[str, str] | None:
         spec = job.get("spec") or {}
         for pod in run.pods.values():
-            if not pod.reported or pod.exit_code in (None, 0) or pod.stopping_since is not None:
+            if not pod.reported or pod.exit_code in (None, 0) or (pod.stopping_since is not None and not pod.deleted_by_api):
                 continue
-            for rule in ((spec.get("podFailurePolicy") or {}).get("rules") or []):
-                on = rule.get("onExitCodes") or {}
-                values = set(on.get("values") or [])
-                hit = pod.exit_code in values if on.get("operator", "In") == "In" else pod.exit_code not in values
-                if on and hit and rule.get("action") == "FailJob":
-                    return "PodFailurePolicy", (f"Container {on.get('containerName', 'trainer')} for pod {run.namespace}/{pod.name} "
-                                                f"failed with exit code {pod.exit_code} matching FailJob rule at index 0")
+            action, i = self._policy_action(job, pod)
+            if action == "FailJob":
+                return "PodFailurePolicy", (f"Container {(spec.get('template') or {}).get('spec', {}).get('containers', [{}])[0].get('name', 'trainer')} "
+                                            f"for pod {run.namespace}/{pod.name} failed with exit code {pod.exit_code} matching FailJob rule at index {i}")
         backoff = int(spec.get("backoffLimit", 6))
         if run.failed > backoff:
             return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
@@ -506,10 +542,13 @@ class PodExecutor:
             terminated["message"] = pod.log_tail()
         if code == 137 or code == 143:
             terminated["signal"] = code - 128
+        obj = self._get(self._pod_path(run.namespace, pod.name)) or {}
+        kept = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") not in ("Ready", "ContainersReady")]
+        pod.conditions = kept
         self._patch_status(self._pod_path(run.namespace, pod.name), {
             "phase": "Succeeded" if code == 0 else "Failed",
-            "conditions": [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()}
-                           for t in ("Ready", "ContainersReady")],
+            "conditions": kept + [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()}
+                                  for t in ("Ready", "ContainersReady")],
             "containerStatuses": [{"name": container.get("name", "c"), "ready": False, "started": False, "restartCount": 0,
                                    "image": container.get("image", ""), "imageID": "", "state": {"terminated": terminated}}],
         })
