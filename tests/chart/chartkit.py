@@ -58,6 +58,7 @@ VALUE_SETS: dict[str, dict] = {
         "metrics": {"service": {"type": "LoadBalancer", "exposeOutsideCluster": True}},
         "crds": {"install": False},
         "rbac": {"userRoles": False},
+        "networkPolicy": {"enabled": True, "namespaces": ["ml-team-a", "ml-team-b"]},
         "replicaCount": 2,
     },
     "openshift-like": {

@@ -375,3 +375,43 @@ def test_documented_admission_policy_refuses_foreign_images_and_service_accounts
     assert not admitted(image="registry.example.com/other/x:1")
     assert not admitted(serviceAccountName="default")
     assert not admitted(serviceAccountName="ci-deployer", image="registry.example.com/ml/t:1")
+
+
+def _selects(selector: dict, labels: dict) -> bool:
+    """A LabelSelector's matchLabels and matchExpressions (Exists, DoesNotExist, In, NotIn) against labels."""
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        ok = {"Exists": key in labels, "DoesNotExist": key not in labels,
+              "In": labels.get(key) in values, "NotIn": labels.get(key) not in values}[op]
+        if not ok:
+            return False
+    return True
+
+
+def test_network_policy_admits_only_trainer_pods_to_trainer_pods(rendered, helm):
+    """The policy selects the pods the operator builds and lets in only such
+    pods (the rendezvous port and the collectives' ephemeral ports alike)."""
+    from kubetune_operator import builders
+
+    policies = find(rendered["openshift-uids"], "NetworkPolicy")
+    assert sorted(p["metadata"]["namespace"] for p in policies) == ["ml-team-a", "ml-team-b"]
+    assert not find(rendered["default"], "NetworkPolicy")
+    (job,) = [o for o in builders.build_objects(_owned_job()) if o["kind"] == "Job"]
+    trainer_labels = job["spec"]["template"]["metadata"]["labels"]
+    other_labels = {"app": "notebook", "team": "nlp"}
+    for policy in policies:
+        spec = policy["spec"]
+        assert spec["policyTypes"] == ["Ingress"]
+        assert _selects(spec["podSelector"], trainer_labels) and not _selects(spec["podSelector"], other_labels)
+        (rule,) = spec["ingress"]
+        assert "ports" not in rule, "NCCL/gloo use ephemeral ports between ranks: a port list would break training"
+        (peer,) = rule["from"]
+        assert set(peer) == {"podSelector"}, "only pods of the same namespace (no namespaceSelector, no ipBlock)"
+        assert _selects(peer["podSelector"], trainer_labels) and not _selects(peer["podSelector"], other_labels)
+    # Namespaced mode protects the watched namespaces; cluster mode needs a list.
+    objs = helm.template({"watch": {"scope": "namespaced", "namespaces": ["ml-x"]}, "networkPolicy": {"enabled": True}})
+    assert [p["metadata"]["namespace"] for p in find(objs, "NetworkPolicy")] == ["ml-x"]
+    out = helm.run("template", "kt", str(CHART), values={"networkPolicy": {"enabled": True}})
+    assert out.returncode != 0 and "networkPolicy.enabled with watch.scope=cluster needs networkPolicy.namespaces" in out.stderr
