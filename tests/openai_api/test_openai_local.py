@@ -93,6 +93,8 @@ def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny
     rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
     steps = [int(r["step"]) for r in rows]
     assert steps[0] == 0 and steps[-1] == 48 and paused_at in steps
+    evaluated = [int(r["step"]) for r in rows if r["valid_loss"]]  # evalEvery 8, and the final evaluation
+    assert evaluated[0] == 0 and set(range(8, 48, 8)) <= set(evaluated) and evaluated[-1] == 48, evaluated
     assert float(rows[-1]["valid_loss"]) < float(rows[0]["valid_loss"])
 
     # Events page newest first with `after`.

@@ -49,7 +49,10 @@ STAND_IN = textwrap.dedent('''
     emit({"event": "phase", "phase": "Running"})
     total = 30
     for step in range(start + 1, total + 1):
-        emit({"step": step, "totalSteps": total, "loss": 3.0 / step, "evalLoss": 3.5 / step if step % 5 == 0 else None})
+        # As the trainer reports: training records carry the latest eval loss too; evaluations come as their own records.
+        emit({"step": step, "totalSteps": total, "loss": 3.0 / step, "evalLoss": 3.5 / (step - step % 5) if step >= 5 else None})
+        if step % 5 == 0:
+            emit({"step": step, "totalSteps": total, "evalLoss": 3.5 / step})
         if suffix == "fail" and step == 3:
             (run_dir / "node-0.log").write_text("Traceback...\\nkubetune: error: InvalidDataset: train row 3: 'prompt' is empty\\n")
             sys.exit(3)
@@ -114,7 +117,10 @@ def test_success_failure_and_queueing(tmp_path, stand_in, model):
         done = _wait(b, ok["id"], lambda j: j["status"] == "succeeded")
         assert done["fine_tuned_model"].endswith("final/adapter") and done["trained_tokens"] == 1234
         rows = b.file_content(None, done["result_files"][0]).decode().splitlines()
-        assert rows[0] == "step,train_loss,valid_loss" and rows[-1].startswith("30,0.1,")
+        assert rows[0] == "step,train_loss,valid_loss" and rows[-1] == f"30,0.1,{3.5 / 30}"
+        assert rows[1:5] == ["1,3.0,", "2,1.5,", "3,1.0,", "4,0.75,"]  # no stale eval loss on training steps
+        metrics = [e for e in b.list_events(None, ok["id"]) if e["type"] == "metrics"]
+        assert "validation" not in next(e for e in metrics if e["data"]["step"] == 7)["message"]
         steps = [c["step_number"] for c in b.list_checkpoints(None, ok["id"])]
         assert steps == [30, 25, 20, 15, 10, 5]
         failed = _wait(b, bad["id"], lambda j: j["status"] == "failed")

@@ -397,9 +397,13 @@ class LocalBackend:
             status["progress"] = rec
             step = rec.get("step")
             if step is not None:
-                point = job.history.setdefault(int(step), {})
-                point.update({k: rec[k] for k in ("loss", "evalLoss") if rec.get(k) is not None})
-                self._event(job, mapping.progress_message(rec), type="metrics", data=mapping.progress_data(rec))
+                # A training record carries the latest eval loss too (stale); an evaluation record has no
+                # training loss. Each loss is kept at the step where it was measured.
+                measured = {"loss": rec["loss"]} if rec.get("loss") is not None else (
+                    {"evalLoss": rec["evalLoss"]} if rec.get("evalLoss") is not None else {})
+                job.history.setdefault(int(step), {}).update(measured)
+                shown = {**rec, "loss": measured.get("loss"), "evalLoss": measured.get("evalLoss")}
+                self._event(job, mapping.progress_message(shown), type="metrics", data=mapping.progress_data(shown))
         elif kind == "phase":
             if rec.get("phase") in RUNNING_PHASES and not job.stopping and status.get("phase") != "Suspended":
                 self._set_phase(job, rec["phase"])
