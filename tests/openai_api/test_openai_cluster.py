@@ -17,7 +17,7 @@ import openai
 import pytest
 import yaml
 from aiohttp import web
-from conftest import kubetune_api
+from openai_helpers import kubetune_api
 
 from kubetune_api import spec as api
 from support.cluster import TEST_AGENT, EmulatedCluster

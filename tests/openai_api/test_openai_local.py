@@ -13,7 +13,7 @@ from pathlib import Path
 
 import openai
 import pytest
-from conftest import wait_for
+from openai_helpers import wait_for
 
 pytestmark = pytest.mark.timeout(400)
 
