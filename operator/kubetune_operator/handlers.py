@@ -285,4 +285,7 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
     async def reconcile(*, body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
         await rt.run_job(meta["namespace"], meta["name"], dict(body), stopped, logger)
 
+    from kubetune_operator.sweeps import handlers as sweep_handlers  # FineTuneSweeps (issue 13)
+
+    sweep_handlers.register(registry, rt)
     return registry

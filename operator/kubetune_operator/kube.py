@@ -18,6 +18,7 @@ from kopf._cogs.clients import api as _kopf_api
 from kopf._cogs.clients import errors as _kopf_errors
 
 from kubetune_api import spec as ftj_api
+from kubetune_api import sweep as sweep_api
 
 APIError = _kopf_errors.APIError
 NotFound = _kopf_errors.APINotFoundError
@@ -33,6 +34,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
     ftj_api.KIND: (f"/apis/{ftj_api.API_VERSION}", ftj_api.PLURAL),
+    sweep_api.KIND: (f"/apis/{sweep_api.API_VERSION}", sweep_api.PLURAL),
 }
 
 
@@ -61,6 +63,14 @@ class Kube:
         except NotFound:
             return None
         return found
+
+    async def list(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
+        """The objects of ``kind`` in ``namespace`` matching a label selector."""
+        found: dict[str, Any] = await _kopf_api.get(
+            url(kind, namespace, labelSelector=label_selector), settings=self.settings, logger=self.logger
+        )
+        items: list[dict[str, Any]] = found.get("items") or []
+        return items
 
     async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``obj``; if it exists already, return the existing one. -> (object, created)."""

@@ -160,6 +160,30 @@ class Outcome:
     roles_created: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
+def run_sweep(cluster: AuthorizingCluster, ns: str, name: str = "sweep-s") -> None:
+    """A FineTuneSweep with one trial, from start to Succeeded, then deleted."""
+    template = job_manifest("t", ns, distributed={"nodes": 1, "gpusPerNode": 1})["spec"]
+    cluster.create({
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": name, "namespace": ns},
+        "spec": {"template": template, "algorithm": "grid",
+                 "parameters": [{"path": "training.learningRate", "type": "categorical", "values": [1e-4]}]},
+    })
+    trial = f"{name}-t0"
+    from kubetune_operator import builders
+
+    # The trial's own operator side starts it (its batch Job) before the test plays its trainer.
+    wait_for(lambda: cluster.get("Job", ns, builders.batch_job_name(trial, 1)), timeout=30, message=f"trial {trial} started")
+    cluster.patch_status("FineTuneJob", ns, trial, {"phase": "Succeeded", "output": {"metrics": {"evalLoss": 1.0}}})
+    try:
+        wait_for(lambda: ((cluster.get("FineTuneSweep", ns, name) or {}).get("status") or {}).get("phase") == "Succeeded",
+                 timeout=30, message=f"sweep {name} Succeeded")
+    except AssertionError as e:
+        raise AssertionError(f"{e}; sweep status {(cluster.get('FineTuneSweep', ns, name) or {}).get('status')}; "
+                             f"denied {cluster.denied}") from None
+    cluster.delete("FineTuneSweep", ns, name)
+    wait_for(lambda: cluster.get("FineTuneSweep", ns, name) is None, timeout=30, message=f"sweep {name} gone")
+
+
 def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[str, str]) -> Outcome:
     """Job A in namespaces[0], job B in namespaces[1]; the operator watches what its settings say."""
     from kubetune_operator import builders
@@ -233,6 +257,10 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
         # The user deletes B while it runs.
         cluster.delete("FineTuneJob", ns_b, b)
         wait_for(lambda: cluster.get("FineTuneJob", ns_b, b) is None, timeout=30, message="B gone")
+
+        # A one-trial FineTuneSweep in B's namespace: its trial is created, pruned
+        # trials would be suspended (the same patch as suspend above), it finishes.
+        run_sweep(cluster, ns_b)
 
     out.roles_created = [
         r.data for r in cluster.requests()

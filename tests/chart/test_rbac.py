@@ -48,6 +48,14 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ("rbac.authorization.k8s.io", "rolebindings", "create"): "binds the per-job Role to the per-job ServiceAccount",
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adoption after an operator restart",
     ("", "events", "create"): "Kubernetes Events for phase transitions (Kopf posts them)",
+    ("kubetune.io", "finetunejobs", "create"): "a FineTuneSweep's trials are FineTuneJobs it owns",
+    ("kubetune.io", "finetunesweeps", "list"): "Kopf lists FineTuneSweeps before it watches them",
+    ("kubetune.io", "finetunesweeps", "watch"): "Kopf watches FineTuneSweeps",
+    ("kubetune.io", "finetunesweeps", "patch"): "Kopf adds and removes the finalizer kubetune.io/finalizer (sweep daemon)",
+    ("kubetune.io", "finetunesweeps/status", "patch"): "the study: trials, bestTrial, phase",
+    ("kubetune.io", "finetunesweeps/finalizers", "update"):
+        "no API call: OwnerReferencesPermissionEnforcement (OpenShift) requires it for the blockOwnerDeletion "
+        "owner reference of each trial FineTuneJob on its sweep",
 }
 # Cluster-wide mode only: Kopf notices when CRDs appear, change or go.
 CLUSTER_SCOPED: dict[tuple[str, str, str], str] = {
@@ -65,6 +73,7 @@ STATUS_REPORTER_ONLY = {
 # Granted, but the lifecycle cannot record them; each with the reason.
 NOT_EXERCISED = {
     ("kubetune.io", "finetunejobs/finalizers", "update"): "checked by admission, never an API call of its own",
+    ("kubetune.io", "finetunesweeps/finalizers", "update"): "checked by admission, never an API call of its own",
     ("batch", "jobs", "get"): "only when a create races a Job the watch has not delivered yet (409 -> GET); "
                               "adds no privilege beyond list/watch, which expose every Job anyway",
 }
@@ -181,9 +190,11 @@ def test_the_lifecycle_exercised_every_path(lifecycle):
     assert count("get", "configmaps") >= 2 and count("get", "services") >= 1, "adoption of existing objects"
     assert count("delete", "finetunejobs") >= 1, "TTL deletion"
     assert count("patch", "finetunejobs", "status") >= 8
+    assert count("create", "finetunejobs") == 1 and count("patch", "finetunesweeps", "status") >= 2, "a sweep's trial"
     if _status_reporter(name):
         assert count("get", "roles") >= 1 and count("get", "serviceaccounts") >= 1, "adoption of existing objects"
-        assert count("create", "roles") == 2 and len(outcome.roles_created) == 2
+        # jobs A and B, and the sweep's one trial
+        assert count("create", "roles") == 3 and len(outcome.roles_created) == 3
     else:
         # No per-job identity at all: trainer pods get no API token.
         assert count("create", "serviceaccounts") == count("create", "roles") == count("create", "rolebindings") == 0

@@ -42,6 +42,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "ClusterRoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "clusterrolebindings", False),
     "CustomResourceDefinition": ("/apis/apiextensions.k8s.io/v1", "customresourcedefinitions", False),
     "FineTuneJob": ("/apis/kubetune.io/v1alpha1", "finetunejobs", True),
+    "FineTuneSweep": ("/apis/kubetune.io/v1alpha1", "finetunesweeps", True),
     "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings", True),
     "ClusterKopfPeering": ("/apis/kopf.dev/v1", "clusterkopfpeerings", False),
 }

@@ -87,6 +87,7 @@ BUILTIN_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "kopf.dev/v1/kopfpeerings": ("KopfPeering", True, ()),
     "kopf.dev/v1/clusterkopfpeerings": ("ClusterKopfPeering", False, ()),
     "kubetune.io/v1alpha1/finetunejobs": ("FineTuneJob", True, ("status",)),
+    "kubetune.io/v1alpha1/finetunesweeps": ("FineTuneSweep", True, ("status",)),
 }
 VERBS = ("get", "list", "watch", "create", "update", "patch", "delete")
 TEST_AGENT = "kubetune-tests"  # the test client's User-Agent (never held by watch_outage)

@@ -95,8 +95,19 @@ any grant here that is not in its reviewed list).
 # Owner references with blockOwnerDeletion need this where the
 # OwnerReferencesPermissionEnforcement admission plugin is on (OpenShift).
 - apiGroups: ["kubetune.io"]
-  resources: ["finetunejobs/finalizers"]
+  resources: ["finetunejobs/finalizers", "finetunesweeps/finalizers"]
   verbs: ["update"]
+# FineTuneSweeps: watch them, Kopf's finalizer (patch), the study in status;
+# each trial is a FineTuneJob the sweep creates and owns.
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunesweeps"]
+  verbs: ["list", "watch", "patch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunesweeps/status"]
+  verbs: ["patch"]
+- apiGroups: ["kubetune.io"]
+  resources: ["finetunejobs"]
+  verbs: ["create"]
 # The gang: one Indexed Job per attempt; suspend/resume patches it; a failed
 # attempt is deleted before the next. `get` adopts an existing Job after an
 # operator restart instead of creating a second one.
