@@ -16,13 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from support.manifests import merged, wrap
-
-BUCKET = "kubetune-e2e"
-REGION = "us-east-1"
-NAMESPACE = "e2e"
-KEY_ID, SECRET = "e2e-access-key", "e2e-secret-key"
+from e2e_jobs import BUCKET, KEY_ID, NAMESPACE, REGION, SECRET
 
 # Every trainer process is single-threaded: 2 cores, 2 ranks (TESTING.md).
 POD_ENV = {
@@ -140,17 +134,4 @@ def e2e(cluster, operator, executor, s3, s3_inputs):
     return {"cluster": cluster, "executor": executor, "s3": s3, "inputs": s3_inputs}
 
 
-def finetunejob(name: str, inputs: dict, endpoint: str, **overrides) -> dict:
-    spec = {
-        "model": {"source": inputs["model"]},
-        "dataset": {"train": inputs["train"], "eval": inputs["eval"], "maxSeqLength": 64},
-        "method": {"type": "lora", "lora": {"r": 8}},
-        "training": {"maxSteps": 8, "learningRate": 0.01, "globalBatchSize": 8, "microBatchSize": 4,
-                     "precision": "fp32", "gradientCheckpointing": False, "evalEvery": 4},
-        "distributed": {"nodes": 2, "gpusPerNode": 0, "rendezvousTimeoutSeconds": 120},
-        "output": {"uri": f"s3://{BUCKET}/runs/{name}", "checkpointEvery": 4, "keepLast": 2},
-        "storage": {"endpoint": endpoint, "region": REGION, "addressingStyle": "path", "secretRef": {"name": "s3-creds"}},
-        "runPolicy": {"maxRestarts": 2, "backoffSeconds": 0, "terminationGraceSeconds": 30},
-    }
-    return wrap(merged(spec, **overrides), name=name, namespace=NAMESPACE)
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 import requests
-from conftest import BUCKET, NAMESPACE, finetunejob
+from e2e_jobs import BUCKET, NAMESPACE, finetunejob
 
 pytestmark = [pytest.mark.distributed, pytest.mark.timeout(900)]
 

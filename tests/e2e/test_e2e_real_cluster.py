@@ -10,7 +10,7 @@ import base64
 import time
 
 import pytest
-from conftest import KEY_ID, NAMESPACE, SECRET, finetunejob
+from e2e_jobs import KEY_ID, NAMESPACE, SECRET, finetunejob
 from test_e2e_operator import StatusRecorder, _fail_context, _pods_of, _progress_file_records
 
 from support.emulator import Semantics

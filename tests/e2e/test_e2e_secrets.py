@@ -18,7 +18,7 @@ import logging
 import secrets
 
 import pytest
-from conftest import BUCKET, NAMESPACE, finetunejob
+from e2e_jobs import BUCKET, NAMESPACE, finetunejob
 
 from support.cluster import TEST_AGENT
 
