@@ -23,3 +23,13 @@ def test_docs_mention_every_field():
     fields = set(_names(schema["spec"], 3)) | set(_names(schema["status"], 2))
     missing = sorted(f for f in fields if f not in words)
     assert not missing, f"docs/api.md does not mention: {missing}"
+
+
+def test_sweep_docs_mention_every_sweep_field():
+    doc = (REPO / "docs" / "sweep.md").read_text()
+    words = set(re.findall(r"[A-Za-z][A-Za-z0-9]*", doc))
+    schema = crd_schema("FineTuneSweep")["properties"]
+    spec = {k: v for k, v in schema["spec"]["properties"].items() if k != "template"}
+    fields = set(_names({"properties": spec}, 3)) | set(_names(schema["status"], 3))
+    missing = sorted(f for f in fields if f not in words)
+    assert not missing, f"docs/sweep.md does not mention: {missing}"
