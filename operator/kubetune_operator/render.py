@@ -36,6 +36,19 @@ def render(doc: dict[str, Any], namespace: str | None = None, attempt: int = 1, 
     return objects
 
 
+def render_sweep(doc: dict[str, Any], namespace: str | None = None) -> list[dict[str, Any]]:
+    """The FineTuneJobs a FineTuneSweep starts first (its first ``parallelism`` trials), as the operator
+    would create them (without owner references). Raises pydantic.ValidationError on an invalid sweep."""
+    import datetime as dt
+
+    from kubetune_api import sweep as sweep_api
+    from kubetune_operator.sweeps.decide import SweepObservation, decide
+
+    sweep_api.load_sweep(doc)
+    doc = {**doc, "metadata": {**(doc.get("metadata") or {}), **({"namespace": namespace} if namespace else {})}, "status": {}}
+    return decide(SweepObservation(doc, {}, dt.datetime.now(dt.UTC))).create
+
+
 def main(args: Any) -> int:
     from kubetune_operator import builders
 
@@ -44,11 +57,24 @@ def main(args: Any) -> int:
     except Unreadable as e:
         print(f"kubetune: error: cannot read {args.file}: {e}", file=sys.stderr)
         return 2
+    from pydantic import ValidationError
+
+    from kubetune_api import sweep as sweep_api
+    from kubetune_api.contract import validation_messages
+
+    out: list[dict[str, Any]] = []
+    for doc in docs:
+        if isinstance(doc, dict) and doc.get("kind") == sweep_api.KIND:
+            try:
+                out += render_sweep(doc, args.namespace)
+            except ValidationError as e:
+                for line in validation_messages(e):
+                    print(f"kubetune: error: {args.file}: {sweep_api.KIND}: {line}", file=sys.stderr)
+                return 1
     jobs = [d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND]
-    if not jobs:
-        print(f"kubetune: error: {args.file}: no {api.KIND} document found", file=sys.stderr)
+    if not jobs and not out:
+        print(f"kubetune: error: {args.file}: no {api.KIND} or {sweep_api.KIND} document found", file=sys.stderr)
         return 2
-    out = []
     for doc in jobs:
         try:
             out += render(doc, args.namespace, args.attempt)

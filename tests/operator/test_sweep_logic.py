@@ -205,3 +205,23 @@ def test_invalid_spec_fails_the_sweep_with_the_field():
     d = decide(SweepObservation(bad, {}, NOW))
     assert d.status_patch["phase"] == "Failed" and d.status_patch["reason"] == "InvalidSpec"
     assert "spec.parallelism" in d.status_patch["message"] and d.create == []
+
+
+def test_kubetune_render_prints_the_first_trials_of_a_sweep(capsys):
+    from pathlib import Path
+
+    import yaml
+
+    from kubetune_api import spec as job_api
+    from kubetune_operator.cli import main as kubetune
+
+    example = Path(__file__).resolve().parents[2] / "examples" / "sweep-lora-lr-rank.yaml"
+    assert kubetune(["render", str(example)]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert [d["metadata"]["name"] for d in docs] == ["lora-lr-rank-t0", "lora-lr-rank-t1"]  # parallelism 2
+    for d in docs:
+        job = job_api.load_job(d)  # each a valid FineTuneJob
+        assert job.spec.output.uri.endswith(f"/trials/{d['metadata']['name']}")
+        assert 2e-5 <= job.spec.training.learning_rate <= 1e-3 and job.spec.method.lora.r in (8, 16, 32, 64)
+    assert kubetune(["render", str(example)]) == 0
+    assert list(yaml.safe_load_all(capsys.readouterr().out)) == docs  # seeded: the same trials every time
