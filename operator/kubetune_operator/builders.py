@@ -492,19 +492,31 @@ def build_batch_job(
             "parallelism": nodes,
             # Gang semantics belong to the operator: the Job controller never retries one pod.
             "backoffLimit": 0,
-            "podFailurePolicy": {
-                "rules": [
-                    {
-                        "action": "FailJob",
-                        "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [PERMANENT_EXIT_CODE]},
-                    },
-                ]
-            },
+            "podFailurePolicy": pod_failure_policy(),
             # Kueue admits a queued Job by unsuspending it; spec.suspend starts it stopped.
             "suspend": bool(queue) or bool(spec.get("suspend")),
             "template": {"metadata": pod_meta, "spec": pod_spec},
         },
     }
+
+
+def pod_failure_policy() -> dict[str, Any]:
+    """How the Job controller ends an attempt, with a verdict that names why.
+
+    Every rule is FailJob (the gang is the operator's to restart), so the Job's
+    Failed condition says which rule matched even when its pods are gone: exit
+    code 3 (permanent), exit code 75 (checkpointed after SIGTERM) and the
+    DisruptionTarget condition (eviction, preemption, drain, node shutdown) in
+    that order; anything else fails the Job through backoffLimit 0.
+    """
+    def on_exit(code: int) -> dict[str, Any]:
+        return {"action": "FailJob", "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [code]}}
+
+    return {"rules": [
+        on_exit(PERMANENT_EXIT_CODE),
+        on_exit(contract.PREEMPTED),
+        {"action": "FailJob", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+    ]}
 
 
 def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSettings,

@@ -19,24 +19,31 @@ finishing elapses, the deletion. Never spec, labels or annotations.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
+import fnmatch
 import logging
 import time
-from collections.abc import Callable
+import urllib.parse
+from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import kopf
+from kopf._core.intents.handlers import DaemonHandler
 
 from kubetune_api import spec as api
 from kubetune_operator import builders, observe, phases
+from kubetune_operator import reasons as R
 from kubetune_operator.kube import APIError, Kube
 from kubetune_operator.metrics import Metrics
-from kubetune_operator.observe import Observation, ParsedSpec
+from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_writer import rfc3339
 
+# Not set on FineTuneJobs any more; named so Kopf removes it from jobs an older operator finalized.
 FINALIZER = "kubetune.io/finalizer"
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
+CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -47,6 +54,10 @@ def _rv(obj: dict[str, Any] | None) -> int:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _has_glob(namespaces: tuple[str, ...]) -> bool:
+    return any(ch in ns for ns in namespaces for ch in "*?[]!,")
 
 
 def _fresher(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
@@ -63,6 +74,18 @@ class JobState:
         self.pods: dict[str, dict[str, Any]] = {}
         self.wake = asyncio.Event()
         self._parsed: tuple[Any, ParsedSpec] | None = None
+        # UIDs of the batch Jobs this FineTuneJob owned, so pods of a Job already gone still count as ours.
+        self.job_uids: set[str] = set()
+        # The last refusal of a create by the API server (None once a create succeeds).
+        self.rejection: Rejection | None = None
+
+    def observation(self, ftj: dict[str, Any], now: dt.datetime, settings: OperatorSettings) -> Observation:
+        uid = str((ftj.get("metadata") or {}).get("uid") or "")
+        self.job_uids |= {str(j["metadata"].get("uid")) for j in self.jobs.values() if observe.controller_uid(j) == uid and uid}
+        return Observation.of(
+            ftj, jobs=tuple(self.jobs.values()), pods=tuple(self.pods.values()), now=now, settings=settings,
+            parsed=self.parsed(ftj), known_job_uids=self.job_uids, rejection=self.rejection,
+        )
 
     def parsed(self, ftj: dict[str, Any]) -> ParsedSpec:
         """The spec parsed once per generation (the API server bumps it on every spec change)."""
@@ -75,8 +98,18 @@ class JobState:
         return self._parsed[1]
 
     def see_ftj(self, body: dict[str, Any]) -> None:
-        if _fresher(body, self.ftj):
+        old_uid = (self.ftj or {}).get("metadata", {}).get("uid")
+        if old_uid and old_uid != (body.get("metadata") or {}).get("uid"):
+            self.ftj = body  # a namesake: another object, resourceVersions do not compare
+            self.reset_owner()
+        elif _fresher(body, self.ftj):
             self.ftj = body
+
+    def reset_owner(self) -> None:
+        """Forget what belonged to the previous FineTuneJob of this name (not the child caches)."""
+        self._parsed = None
+        self.job_uids = set()
+        self.rejection = None
 
     def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> None:
         name = body["metadata"]["name"]
@@ -84,6 +117,12 @@ class JobState:
             store.pop(name, None)
         elif _fresher(body, store.get(name)):
             store[name] = observe.summarize(body)
+
+    def forget_vanished(self, store: dict[str, dict[str, Any]], listed: set[str], list_rv: int) -> None:
+        """A re-list is the truth: drop what it no longer shows (a watch gap loses DELETED events),
+        unless the cached object is newer than the list (seen by a watch or a create since)."""
+        for name in [n for n, obj in store.items() if n not in listed and (list_rv == 0 or _rv(obj) <= list_rv)]:
+            store.pop(name, None)
 
 
 class Reconciler:
@@ -97,6 +136,13 @@ class Reconciler:
         self.kube: Kube | None = None
         # The namespaces this run watches (empty: cluster-wide); set by runner.run_operator.
         self.namespaces: tuple[str, ...] = ()
+        # No decision before the child caches hold a full list of Jobs and pods (an operator
+        # restart must not see "no Job, no pods" and flap running jobs).
+        self.synced = asyncio.Event()
+        self._sync_lock = asyncio.Lock()
+        self._resync_task: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._relist_task: asyncio.Task[None] | None = None
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -105,13 +151,108 @@ class Reconciler:
             st = self.states[key] = JobState()
         return st
 
+    # ------------------------------------------------------------ caches
+    async def ensure_synced(self, logger: Logger) -> None:
+        """List Jobs and pods once before the first decision; then re-list every resync while jobs run."""
+        if self.synced.is_set():
+            return
+        async with self._sync_lock:
+            if self.synced.is_set():
+                return
+            while True:
+                try:
+                    await self.relist()
+                    break
+                except APIError as e:
+                    self.metrics.api_errors.labels("list").inc()
+                    logger.warning(f"listing the jobs' Jobs and pods failed, retrying: {e!r}")
+                    await asyncio.sleep(5.0)
+            self.synced.set()
+            self._resync_task = asyncio.create_task(self._resync_children())
+
+    async def relist(self) -> None:
+        """Replace the child caches with a fresh server-side-selected list (drops what vanished)."""
+        assert self.kube is not None
+        scopes: list[str | None] = list(self.namespaces) if self.namespaces and not _has_glob(self.namespaces) else [None]
+        for kind in ("Job", "Pod"):
+            listed: dict[tuple[str, str], set[str]] = {}
+            list_rvs: list[int] = []
+            for scope in scopes:
+                items, list_rv = await self.kube.list_with_version(kind, scope, builders.LABEL_JOB)
+                list_rvs.append(list_rv)
+                for obj in items:
+                    meta = obj.get("metadata") or {}
+                    ns, owner = meta.get("namespace"), (meta.get("labels") or {}).get(builders.LABEL_JOB)
+                    if not ns or not owner or not self._watched(ns):
+                        continue
+                    st = self.state(ns, owner)
+                    st.see(st.jobs if kind == "Job" else st.pods, obj)
+                    listed.setdefault((ns, owner), set()).add(meta["name"])
+            for key, st in list(self.states.items()):
+                st.forget_vanished(st.jobs if kind == "Job" else st.pods, listed.get(key, set()), min(list_rvs, default=0))
+
+    def _watched(self, namespace: str) -> bool:
+        return not self.namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces)
+
+    async def _resync_children(self) -> None:
+        """Re-list at the resync interval, only while some job is not finished (finished jobs cost nothing)."""
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            active = [st for st in list(self.states.values()) if st.ftj and (st.ftj.get("status") or {}).get("phase") not in R.TERMINAL]
+            if not active:
+                continue
+            try:
+                await self.relist()
+            except APIError as e:
+                self.metrics.api_errors.labels("list").inc()
+                log.warning(f"re-listing the jobs' Jobs and pods failed: {e!r}")
+                continue
+            for st in active:
+                st.wake.set()
+
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
+        self._tasks.add(asyncio.create_task(coro))
+
+    async def close(self) -> None:
+        for task in [self._resync_task, self._relist_task, *self._tasks]:
+            if task is not None:
+                task.cancel()
+
+    async def check_peering(self) -> None:
+        """Say clearly when the peering object is missing: Kopf would only log a debug line per keep-alive."""
+        assert self.kube is not None
+        name = self.settings.peering_name
+        # A list by name: the chart grants list/watch/patch on peerings, not get.
+        query = "?" + urllib.parse.urlencode({"fieldSelector": f"metadata.name={name}"})
+        paths = ([f"/apis/kopf.dev/v1/namespaces/{ns}/kopfpeerings" for ns in self.namespaces]
+                 if self.namespaces and not _has_glob(self.namespaces) else ["/apis/kopf.dev/v1/clusterkopfpeerings"])
+        for path in paths:
+            try:
+                found = await self.kube.get_path(path + query)
+            except APIError as e:
+                log.error(f"cannot read the peering object {name!r} at {path} ({e.status}): replicas cannot coordinate. "
+                          f"Grant list/watch/patch on it, or run a single replica with --standalone (KUBETUNE_STANDALONE=true).")
+                continue
+            if (found is None or not found.get("items")) and not self.settings.peering_required:
+                log.warning(f"no peering object {name!r} ({path}): running standalone, as Kopf does when its default "
+                            f"peering object is absent. For several replicas create it, or set --peering/KUBETUNE_PEERING_NAME.")
+            elif found is None or not found.get("items"):
+                log.error(f"peering object {name!r} ({path}) does not exist: replicas cannot see each other, so more than one may act. "
+                          f"Create it (the Helm chart does: a {'KopfPeering' if 'namespaces' in path else 'ClusterKopfPeering'} "
+                          f"named {name!r}), set --peering/KUBETUNE_PEERING_NAME to an existing one, "
+                          f"or run a single replica with --standalone (KUBETUNE_STANDALONE=true).")
+
     # ------------------------------------------------------------ the loop
     async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: kopf.DaemonStopped, logger: Logger) -> None:
         st = self.state(namespace, name)
         st.see_ftj(body)
+        uid = (body.get("metadata") or {}).get("uid")
         stop_task = asyncio.ensure_future(stopped.wait())
         try:
+            await self.ensure_synced(logger)
             while not stopped:
+                if st.ftj is None or (st.ftj.get("metadata") or {}).get("uid") != uid:
+                    break  # deleted (no finalizer holds it), or replaced by a namesake with its own loop
                 st.wake.clear()
                 t0 = time.perf_counter()
                 try:
@@ -147,11 +288,7 @@ class Reconciler:
             ftj = st.ftj
             if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            observation = Observation(
-                ftj=ftj, parsed=st.parsed(ftj), jobs=tuple(st.jobs.values()), pods=tuple(st.pods.values()),
-                now=dt.datetime.now(dt.UTC), settings=self.settings,
-            )
-            decision = phases.decide(observation)
+            decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings))
             if decision.empty:
                 return decision.requeue_after
             if not await self.act(st, ftj, decision, logger):
@@ -180,7 +317,9 @@ class Reconciler:
             if plan.restart_counted is not None:
                 self.metrics.restarts.labels("true" if plan.restart_counted else "false").inc()
         for job_name in plan.delete_jobs:
-            await self.kube.delete("Job", ns, job_name, propagation="Background")
+            # Preconditioned on the UID: never a namesake that took the name meanwhile.
+            job_uid = (st.jobs.get(job_name) or {}).get("metadata", {}).get("uid")
+            await self.kube.delete("Job", ns, job_name, propagation="Background", uid=job_uid)
             # Not waiting for the watch: the next decide must not see it as current.
             if job_name in st.jobs:
                 st.jobs[job_name]["metadata"]["deletionTimestamp"] = rfc3339(dt.datetime.now(dt.UTC))
@@ -202,32 +341,68 @@ class Reconciler:
         return True
 
     async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: Logger) -> None:
+        """Ensure the per-job objects (recreating any that were deleted, with an Event), then the attempt's Job.
+
+        A create that meets an existing object adopts it only if this FineTuneJob's UID
+        controls it and it is not being deleted; anything else is left alone and reported
+        to the next decision as in the way. A refusal (422, 403) is reported the same way.
+        """
         assert self.kube is not None
         meta = ftj["metadata"]
-        ns, name = meta["namespace"], meta["name"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         config_map = await self.kube.get("ConfigMap", ns, builders.config_map_name(name)) if attempt > 1 else None
         chosen = phases.attempt_spec(ftj, attempt, config_map)
-        source = chosen.source
-        manifest = builders.resolved_manifest(source, self.settings)
-        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(source)
-        objects = builders.build_job_independent_objects(source, self.settings, manifest, hashes) if chosen.create_job_objects else []
+        manifest = builders.resolved_manifest(chosen.source, self.settings)
+        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(chosen.source)
+        objects = builders.build_job_independent_objects(chosen.source, self.settings, manifest, hashes)
+        objects.append(builders.build_batch_job(chosen.source, self.settings, attempt, hashes, manifest))
         for obj in objects:
             obj["metadata"]["namespace"] = ns
-            _, created = await self.kube.create(obj)
-            if created:
-                logger.debug(f"created {obj['kind']} {ns}/{obj['metadata']['name']}")
-        batch = builders.build_batch_job(source, self.settings, attempt, hashes, manifest)
-        batch["metadata"]["namespace"] = ns
-        job, created = await self.kube.create(batch)
-        st.see(st.jobs, job)
-        logger.info(f"{'created' if created else 'found existing'} Job {ns}/{batch['metadata']['name']} (attempt {attempt})")
+            kind, obj_name = obj["kind"], obj["metadata"]["name"]
+            try:
+                found, created = await self.kube.create(obj)
+            except APIError as e:
+                if e.status not in (403, 422):
+                    raise
+                previous = st.rejection
+                count = previous.count + 1 if previous and (previous.kind, previous.name, previous.code) == (kind, obj_name, e.status) else 1
+                st.rejection = Rejection(code=e.status, kind=kind, name=obj_name, message=str(e.message or e),
+                                         at=dt.datetime.now(dt.UTC), count=count)
+                logger.warning(f"the API server refused {kind} {ns}/{obj_name} ({e.status}): {e.message or e}")
+                return
+            if not created and (observe.controller_uid(found) != uid or observe.deleting(found)):
+                # Not ours, or on its way out: never adopted. The decision waits and tries again.
+                why = "being deleted" if observe.deleting(found) else "owned by another object"
+                st.rejection = Rejection(code=409, kind=kind, name=obj_name, message=f"{kind} {obj_name} exists, {why}",
+                                         at=dt.datetime.now(dt.UTC))
+                if kind == "Job" and builders.LABEL_JOB in (found.get("metadata") or {}).get("labels", {}):
+                    st.see(st.jobs, found)  # its watch events say when it is gone
+                logger.info(f"{ns}/{name}: {kind} {obj_name} exists, {why}; waiting")
+                return
+            if kind == "Job":
+                st.see(st.jobs, found)
+                st.job_uids.add(str(found["metadata"].get("uid")))
+                logger.info(f"{'created' if created else 'adopted'} Job {ns}/{obj_name} (attempt {attempt})")
+            elif created and attempt > 1:
+                message = f"{kind} {obj_name} was missing before attempt {attempt}; recreated"
+                kopf.event(cast(kopf.Body, ftj), type="Warning", reason="Recreated", message=message)
+                logger.warning(f"{ns}/{name}: {message}")
+        st.rejection = None
 
     # ------------------------------------------------------------- events
     def on_ftj_event(self, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
         key = (meta.get("namespace"), meta.get("name"))
         if event_type == "DELETED":
-            self.states.pop(key, None)  # type: ignore[arg-type]
+            st = self.states.get(key)  # type: ignore[arg-type]
+            if st is not None and (st.ftj is None or (st.ftj.get("metadata") or {}).get("uid") == meta.get("uid")):
+                # The loop ends by itself (there is no finalizer to wait for it). The child caches
+                # stay: a namesake created next sees the leftovers until they are collected.
+                st.ftj = None
+                st.reset_owner()
+                st.wake.set()
+                if not st.jobs and not st.pods:
+                    self.states.pop(key, None)  # type: ignore[arg-type]
             return
         st = self.state(*key)  # type: ignore[arg-type]
         st.see_ftj(dict(body))
@@ -241,6 +416,21 @@ class Reconciler:
         st = self.state(meta.get("namespace"), owner)  # type: ignore[arg-type]
         st.see(st.jobs if kind == "Job" else st.pods, dict(body), deleted=event_type == "DELETED")
         st.wake.set()
+        if event_type is None and self.synced.is_set() and self._relist_task is None:
+            # Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no
+            # DELETED event, so list once ourselves (debounced: one re-list per burst).
+            self._relist_task = asyncio.create_task(self._relist_soon())
+
+    async def _relist_soon(self) -> None:
+        try:
+            await asyncio.sleep(1.0)
+            await self.relist()
+            for st in list(self.states.values()):
+                st.wake.set()
+        except APIError as e:
+            log.warning(f"re-listing the jobs' Jobs and pods failed: {e!r}")
+        finally:
+            self._relist_task = None
 
 
 def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
@@ -256,13 +446,23 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
         settings.posting.level = logging.INFO
         settings.background.instant_exit_timeout = 2.0
-        settings.watching.label_selectors["batch/v1/jobs"] = builders.LABEL_JOB
-        settings.watching.label_selectors["v1/pods"] = builders.LABEL_JOB
-        if rt.namespaces and not any(ch in ns for ns in rt.namespaces for ch in "*?[]!,"):
+        # Server-side selection: Kopf puts these into every list and watch of Jobs and pods
+        # (keys as (group, version, plural): a "batch/v1/jobs" string is not parsed as Jobs).
+        for resource in CHILD_RESOURCES:
+            settings.watching.label_selectors[resource] = builders.LABEL_JOB
+        if rt.namespaces and not _has_glob(rt.namespaces):
             # An exact list of namespaces (the chart's namespaced mode) needs no cluster-scoped
             # access: do not list namespaces or watch CRDs (which would be refused and retried).
             settings.scanning.disabled = True
         rt.kube = Kube(settings, logging.getLogger("kubetune.kube"))
+        if not rt.settings.standalone and not rt.settings.peering_required:
+            settings.peering.name = rt.settings.peering_name  # auto-detected, as Kopf does with its default
+        if not rt.settings.standalone:
+            rt.background(rt.check_peering())
+
+    @kopf.on.cleanup(registry=registry)
+    async def close(**_: Any) -> None:
+        await rt.close()
 
     if rt.login_fn is not None:
         @kopf.on.login(registry=registry)
@@ -281,11 +481,34 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
     async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         rt.on_child_event("Pod", event.get("type"), dict(body))
 
-    @kopf.daemon(*FTJ, registry=registry, cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
+    @kopf.daemon(*FTJ, registry=registry, when=needs_a_loop,
+                 cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
     async def reconcile(*, body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
         await rt.run_job(meta["namespace"], meta["name"], dict(body), stopped, logger)
+
+    _without_finalizers(registry)
 
     from kubetune_operator.sweeps import handlers as sweep_handlers  # FineTuneSweeps (issue 13)
 
     sweep_handlers.register(registry, rt)
     return registry
+
+
+def needs_a_loop(*, status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
+    """A job has a reconcile loop while it is not finished, or until its TTL deletes it.
+
+    Finished jobs cost nothing: no task, no timer, no request at resync.
+    """
+    if status.get("phase") not in R.TERMINAL:
+        return True
+    return (spec.get("runPolicy") or {}).get("ttlSecondsAfterFinished") is not None
+
+
+def _without_finalizers(registry: kopf.OperatorRegistry) -> None:
+    """No finalizer on FineTuneJobs: owner references clean up, and a job must be deletable
+    while the operator is down. ``kopf.daemon`` always asks for one (kopf 1.45.2, pinned), only
+    so it can stop the daemon before the object goes; our loop ends by itself on deletion."""
+    spawning = registry._spawning
+    spawning._handlers[:] = [
+        dataclasses.replace(h, requires_finalizer=False) if isinstance(h, DaemonHandler) else h for h in spawning._handlers
+    ]

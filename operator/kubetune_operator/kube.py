@@ -9,6 +9,7 @@ kubernetes_asyncio) changes nothing else.
 """
 from __future__ import annotations
 
+import builtins
 import logging
 import urllib.parse
 from typing import Any
@@ -38,9 +39,10 @@ RESOURCES: dict[str, tuple[str, str]] = {
 }
 
 
-def url(kind: str, namespace: str, name: str | None = None, subresource: str | None = None, **query: str) -> str:
+def url(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None, **query: str) -> str:
+    """The API path of a kind (cluster-wide when ``namespace`` is None), an object, a subresource."""
     prefix, plural = RESOURCES[kind]
-    path = f"{prefix}/namespaces/{namespace}/{plural}"
+    path = f"{prefix}/namespaces/{namespace}/{plural}" if namespace is not None else f"{prefix}/{plural}"
     if name:
         path += f"/{name}"
     if subresource:
@@ -57,6 +59,13 @@ class Kube:
         self.settings = settings
         self.logger = logger or logging.getLogger("kubetune.kube")
 
+    async def get_path(self, path: str) -> dict[str, Any] | None:
+        try:
+            found: dict[str, Any] = await _kopf_api.get(path, settings=self.settings, logger=self.logger)
+        except NotFound:
+            return None
+        return found
+
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             found: dict[str, Any] = await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
@@ -72,11 +81,34 @@ class Kube:
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
+    async def list_with_version(self, kind: str, namespace: str | None, label_selector: str) -> tuple[builtins.list[dict[str, Any]], int]:
+        """Every object of ``kind`` matching the selector (server-side), and the list's resourceVersion."""
+        items: builtins.list[dict[str, Any]] = []
+        token: str | None = None
+        list_rv = 0
+        while True:
+            query = {"labelSelector": label_selector, "limit": "500"}
+            if token:
+                query["continue"] = token
+            page: dict[str, Any] = await _kopf_api.get(url(kind, namespace, **query), settings=self.settings, logger=self.logger)
+            items += page.get("items") or []
+            meta = page.get("metadata") or {}
+            try:
+                list_rv = int(meta.get("resourceVersion") or 0)
+            except ValueError:
+                list_rv = 0
+            token = meta.get("continue")
+            if not token:
+                return items, list_rv
+
     async def create(self, obj: dict[str, Any]) -> tuple[dict[str, Any], bool]:
         """Create ``obj``; if it exists already, return the existing one. -> (object, created)."""
         meta = obj["metadata"]
         try:
-            created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings, logger=self.logger)
+            # No client-side retries (Kopf retries even 403): a refusal must reach the decision at once;
+            # the reconcile loop retries what is transient.
+            created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings, logger=self.logger,
+                                           backoffs=[])
             return created, True
         except Conflict:
             existing = await self.get(obj["kind"], meta["namespace"], meta["name"])
@@ -97,15 +129,18 @@ class Kube:
             return None
         return patched
 
-    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background") -> bool:
-        """Delete; False when it was already gone."""
+    async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background", uid: str | None = None) -> bool:
+        """Delete (only the object with ``uid`` when given); False when it was already gone."""
+        options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}
+        if uid:
+            options["preconditions"] = {"uid": uid}
         try:
             await _kopf_api.delete(
                 url(kind, namespace, name),
-                payload={"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation},
+                payload=options,
                 settings=self.settings,
                 logger=self.logger,
             )
             return True
-        except NotFound:
+        except (NotFound, Conflict):  # gone, or the name now belongs to another object
             return False

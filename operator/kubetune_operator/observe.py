@@ -16,7 +16,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 from kubetune_api import contract
@@ -30,7 +30,9 @@ FailureKind = Literal["permanent", "transient", "preempted"]
 
 _IMAGE_PULL_TRANSIENT = ("ErrImagePull", "ImagePullBackOff")
 _IMAGE_PULL_PERMANENT = ("InvalidImageName", "ErrImageNeverPull")
-_KEPT_METADATA = ("name", "namespace", "labels", "annotations", "resourceVersion", "deletionTimestamp", "uid")
+_KEPT_METADATA = ("name", "namespace", "labels", "annotations", "resourceVersion", "deletionTimestamp", "uid", "ownerReferences")
+# The Job controller labels its pods with their Job's UID (the legacy label too).
+CONTROLLER_UID_LABELS = ("batch.kubernetes.io/controller-uid", "controller-uid")
 
 
 # ------------------------------------------------------------- snapshots
@@ -66,8 +68,26 @@ def parse_spec(ftj: Obj) -> ParsedSpec:
 
 
 @dataclasses.dataclass(frozen=True)
+class Rejection:
+    """The API server refused an object the operator tried to create."""
+
+    code: int  # 422 invalid, 403 forbidden (RBAC, quota, admission webhook), 409 someone else's object in the way
+    kind: str
+    name: str
+    message: str
+    at: dt.datetime  # the last refusal
+    count: int = 1  # consecutive refusals, for the backoff
+
+
+@dataclasses.dataclass(frozen=True)
 class Observation:
-    """Everything ``phases.decide`` reads: one FineTuneJob, what it owns, and the time."""
+    """Everything ``phases.decide`` reads: one FineTuneJob, what it owns, what is in its way, and the time.
+
+    ``jobs`` and ``pods`` are the children this FineTuneJob owns by UID (Jobs by
+    their controller owner reference, pods through their Job's UID); ``foreign_jobs``
+    and ``foreign_pods`` carry the job's label but belong to someone else (a
+    deleted namesake's leftovers still being collected, or a user's objects).
+    """
 
     ftj: Obj
     parsed: ParsedSpec
@@ -75,6 +95,9 @@ class Observation:
     pods: Sequence[Obj]
     now: dt.datetime
     settings: OperatorSettings
+    foreign_jobs: Sequence[Obj] = ()
+    foreign_pods: Sequence[Obj] = ()
+    rejection: Rejection | None = None
 
     @classmethod
     def of(
@@ -86,8 +109,20 @@ class Observation:
         now: dt.datetime,
         settings: OperatorSettings,
         parsed: ParsedSpec | None = None,
+        known_job_uids: Iterable[str] = (),
+        rejection: Rejection | None = None,
     ) -> Observation:
-        return cls(ftj=ftj, parsed=parsed or parse_spec(ftj), jobs=tuple(jobs), pods=tuple(pods), now=now, settings=settings)
+        """Split labelled Jobs and pods into owned and foreign ones, by UID."""
+        uid = str((ftj.get("metadata") or {}).get("uid") or "")
+        owned_jobs = tuple(j for j in jobs if controller_uid(j) == uid and uid)
+        job_uids = {str((j.get("metadata") or {}).get("uid")) for j in owned_jobs} | set(known_job_uids)
+        owned_pods = tuple(p for p in pods if pod_job_uid(p) in job_uids)
+        return cls(
+            ftj=ftj, parsed=parsed or parse_spec(ftj), jobs=owned_jobs, pods=owned_pods, now=now, settings=settings,
+            foreign_jobs=tuple(j for j in jobs if j not in owned_jobs),
+            foreign_pods=tuple(p for p in pods if p not in owned_pods),
+            rejection=rejection,
+        )
 
     @property
     def metadata(self) -> Obj:
@@ -101,6 +136,23 @@ class Observation:
 # ------------------------------------------------------------ accessors
 def name_of(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("name", "?"))
+
+
+def controller_uid(obj: Obj) -> str | None:
+    """The UID of the object's controller (its owner reference with controller: true)."""
+    for ref in (obj.get("metadata") or {}).get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return str(ref.get("uid"))
+    return None
+
+
+def pod_job_uid(pod: Obj) -> str | None:
+    """The UID of the Job a pod belongs to: the Job controller's label, else the pod's controller."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    for label in CONTROLLER_UID_LABELS:
+        if labels.get(label):
+            return str(labels[label])
+    return controller_uid(pod)
 
 
 def conditions(obj: Obj) -> dict[str, dict[str, Any]]:
@@ -206,14 +258,17 @@ def classify_pod_failure(pod: Obj) -> Failure:
         return Failure("permanent", R.PERMANENT_ERROR, f"pod {name} exited with code 3: {last_error_line(term_message) or 'no message'}")
     if code == contract.PREEMPTED:
         return Failure("preempted", R.PREEMPTED, f"pod {name} checkpointed and stopped after SIGTERM (exit code 75)")
-    if term_reason == "OOMKilled":
-        return Failure("transient", R.OOM_KILLED, f"pod {name}: container {container} was killed for exceeding its memory limit (exit code {code})")
-    if pod_status.get("reason") == "Evicted":
-        return Failure("transient", R.EVICTED, f"pod {name} was evicted: {pod_status.get('message') or 'node pressure'}")
+    # Something deleted or evicted the pod that it did not cause: a drain, the eviction API,
+    # scheduler preemption, the taint manager, node pressure or node shutdown.
     disruption = conditions(pod).get("DisruptionTarget")
     if disruption and disruption.get("status") == "True":
         detail = f"pod {name} was disrupted ({disruption.get('reason')}): {disruption.get('message') or ''}"
         return Failure("preempted", R.PREEMPTED, detail.rstrip(": "))
+    if term_reason == "OOMKilled":
+        return Failure("transient", R.OOM_KILLED, f"pod {name}: container {container} was killed for exceeding its memory limit (exit code {code})")
+    if pod_status.get("reason") == "Evicted":
+        # Without DisruptionTarget: the kubelet evicted it for exceeding its own limits (e.g. ephemeral storage).
+        return Failure("transient", R.EVICTED, f"pod {name} was evicted: {pod_status.get('message') or 'node pressure'}")
     if pod_status.get("reason") == "DeadlineExceeded":
         return Failure("transient", R.POD_FAILED, f"pod {name} exceeded its deadline")
     detail = f"exit code {code}" if code is not None else "no exit code"
@@ -223,20 +278,53 @@ def classify_pod_failure(pod: Obj) -> Failure:
     return Failure("transient", R.POD_FAILED, f"pod {name}: container {container} failed ({detail})" + (f": {last}" if last else ""))
 
 
+def disrupted(pod: Obj) -> bool:
+    return conditions(pod).get("DisruptionTarget", {}).get("status") == "True"
+
+
+_POLICY_EXIT_CODE = re.compile(r"failed with exit code (\d+) matching FailJob rule")
+_POLICY_CONDITION = re.compile(r"has condition (\w+) matching FailJob rule")
+
+
+def classify_job_verdict(job: Obj) -> Failure | None:
+    """The Job controller's verdict (FailureTarget, then Failed), when the pods are not (or no longer) seen.
+
+    podFailurePolicy (builders.pod_failure_policy) names the rule that matched in the
+    condition's message: exit code 3 is permanent; exit code 75 and DisruptionTarget
+    are disruptions, not failures.
+    """
+    conds = conditions(job)
+    cond = conds.get("Failed") if conds.get("Failed", {}).get("status") == "True" else conds.get("FailureTarget")
+    if not cond or cond.get("status") != "True":
+        return None
+    msg = cond.get("message") or cond.get("reason") or "the Job failed"
+    if cond.get("reason") == "PodFailurePolicy":
+        by_code = _POLICY_EXIT_CODE.search(msg)
+        if by_code and int(by_code.group(1)) == contract.PERMANENT:
+            return Failure("permanent", R.PERMANENT_ERROR, msg)
+        by_condition = _POLICY_CONDITION.search(msg)
+        if (by_code and int(by_code.group(1)) == contract.PREEMPTED) or (by_condition and by_condition.group(1) == "DisruptionTarget"):
+            return Failure("preempted", R.PREEMPTED, f"Job {name_of(job)}: {msg}")
+    return Failure("transient", R.POD_FAILED, f"Job {name_of(job)}: {msg}")
+
+
 def classify_attempt_failure(pods: Sequence[Obj], job: Obj) -> Failure | None:
-    """The attempt's failure, if any: a failed pod, or the Job controller's verdict."""
-    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" and not deleting(p)]
+    """The attempt's failure, if any: a failed pod, or the Job controller's verdict.
+
+    Failed pods being deleted are ignored (the Job controller removes the rest of a
+    failed gang that way), except disrupted ones: a drained or preempted pod is
+    deleted by whoever disrupted it.
+    """
+    failed = [p for p in pods if (p.get("status") or {}).get("phase") == "Failed" and (not deleting(p) or disrupted(p))]
     failures = sorted((classify_pod_failure(p) for p in failed), key=lambda f: _KIND_ORDER[f.kind])
     if failures:
         return failures[0]
-    conds = conditions(job)
-    cond = conds.get("Failed") if conds.get("Failed", {}).get("status") == "True" else conds.get("FailureTarget")
-    if cond and cond.get("status") == "True":
-        msg = cond.get("message") or cond.get("reason") or "the Job failed"
-        if cond.get("reason") == "PodFailurePolicy" and f"exit code {contract.PERMANENT}" in msg:
-            return Failure("permanent", R.PERMANENT_ERROR, msg)
-        return Failure("transient", R.POD_FAILED, f"Job {name_of(job)}: {msg}")
-    return None
+    verdict = classify_job_verdict(job)
+    if verdict is not None and verdict.kind == "transient" and any(disrupted(p) for p in pods):
+        # The Job failed because of a pod the operator saw disrupted (e.g. backoffLimit on a
+        # cluster whose Job controller has no podFailurePolicy): not the job's failure.
+        return Failure("preempted", R.PREEMPTED, verdict.message)
+    return verdict
 
 
 def pods_problem(pods: Sequence[Obj]) -> tuple[str, str] | None:

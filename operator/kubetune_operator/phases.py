@@ -49,6 +49,12 @@ from kubetune_operator.observe import (
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_writer import Event, StatusWriter, parse_time
 
+# How often to look again while leftovers are in the way (watch events wake the loop sooner).
+LEFTOVER_POLL_SECONDS = 5.0
+# Beyond a pod's grace period, how long an attempt still waits for the previous one's pods.
+LEFTOVER_MARGIN_SECONDS = 30
+FORBIDDEN_BACKOFF_SECONDS = 5
+
 
 @dataclasses.dataclass
 class Decision:
@@ -89,7 +95,6 @@ class AttemptSpec:
 
     source: dict[str, Any]  # the FineTuneJob (its spec possibly the one stored at the start)
     spec_hashes: str | None  # the hashes recorded at the start; None: compute them from source
-    create_job_objects: bool  # create the per-job objects too (ConfigMap, Service, RBAC)
 
 
 def attempt_spec(ftj: Obj, attempt: int, config_map: Obj | None) -> AttemptSpec:
@@ -97,14 +102,14 @@ def attempt_spec(ftj: Obj, attempt: int, config_map: Obj | None) -> AttemptSpec:
     the job started with (kept in its ConfigMap), with the live mutable fields (runPolicy,
     suspend), whatever happened to the spec since."""
     if attempt <= 1 or config_map is None:
-        return AttemptSpec(source=dict(ftj), spec_hashes=None, create_job_objects=True)
+        return AttemptSpec(source=dict(ftj), spec_hashes=None)
     stored_spec = dict(builders.manifest_from_config_map(config_map)["spec"])
     live_spec = ftj.get("spec") or {}
     for field in builders.MUTABLE_SPEC_FIELDS:
         if field in live_spec:
             stored_spec[field] = live_spec[field]
     recorded = ((config_map.get("metadata") or {}).get("annotations") or {}).get(builders.ANNOTATION_SPEC_HASHES)
-    return AttemptSpec(source={**ftj, "spec": stored_spec}, spec_hashes=recorded, create_job_objects=recorded is None)
+    return AttemptSpec(source={**ftj, "spec": stored_spec}, spec_hashes=recorded)
 
 
 # ---------------------------------------------------------------- decide
@@ -189,9 +194,16 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
         d.requeue((due - now).total_seconds())
 
     if current is None:
-        _no_current_job(spec=spec, status=status, attempt=attempt, now=now, settings=obs.settings, w=w, d=d)
+        # Conditions are the operator's record (status.phase may be the trainer's last report).
+        ran = any(w.condition_true(p) for p in (*R.ACTIVE, R.QUEUED, R.SUSPENDED)) and not w.condition_true(R.RESTARTING)
+        if current_name and status.get("activeJob") == current_name and ran:
+            _job_vanished(job_name=current_name, spec=spec, attempt=attempt, settings=obs.settings, w=w, d=d)
+            return
+        _no_current_job(obs=obs, spec=spec, attempt=attempt, w=w, d=d)
         return
 
+    if w.condition_true(R.ATTEMPT_BLOCKED):
+        w.set_condition(R.ATTEMPT_BLOCKED, "False", R.ATTEMPT_CREATED, f"Job {_name(current)} of attempt {attempt} exists")
     w.set("activeJob", _name(current))
     attempt_pods = [p for p in obs.pods if attempt_of(p) == attempt]
     job_suspended = bool((current.get("spec") or {}).get("suspend"))
@@ -242,10 +254,42 @@ def _name(obj: Obj) -> str:
     return str(obj["metadata"]["name"])
 
 
-def _no_current_job(
-    *, spec: api.FineTuneJobSpec, status: Mapping[str, Any], attempt: int, now: dt.datetime,
-    settings: OperatorSettings, w: StatusWriter, d: Decision,
-) -> None:
+def _job_vanished(*, job_name: str, spec: api.FineTuneJobSpec, attempt: int, settings: OperatorSettings,
+                  w: StatusWriter, d: Decision) -> None:
+    """The running attempt's Job is gone (deleted by hand, or by anything but the operator): restart visibly."""
+    wait = backoff_seconds(spec.run_policy.backoff_seconds, 0, False, settings.max_backoff_seconds)
+    w.transition(R.RESTARTING, R.JOB_DELETED,
+                 f"Job {job_name} was deleted while attempt {attempt} ran; restart not counted against maxRestarts; "
+                 f"attempt {attempt + 1} starts in {wait}s from the last checkpoint")
+    w.set("attempt", attempt + 1)
+    w.set("activeJob", None)
+    d.restart_counted = False
+    d.requeue(wait)
+
+
+def _blocked(w: StatusWriter, reason: str, message: str) -> None:
+    """The next attempt cannot start yet: say why once (condition + Event), not on every pass."""
+    if w.set_condition(R.ATTEMPT_BLOCKED, "True", reason, message):
+        w.event("Warning" if reason == R.FORBIDDEN else "Normal", reason, message)
+
+
+def _in_the_way(obs: Observation, job_name: str) -> tuple[str, list[str]] | None:
+    """What must be gone before the Job ``job_name`` may be created: (reason, object names)."""
+    leftovers = [f"Job {_name(j)}" for j in obs.foreign_jobs if _name(j) == job_name]
+    rejection = obs.rejection
+    if rejection is not None and rejection.code == 409 and obs.now < rejection.at + dt.timedelta(seconds=LEFTOVER_POLL_SECONDS):
+        leftovers.append(f"{rejection.kind} {rejection.name}")
+    leftovers += [f"pod {_name(p)}" for p in obs.foreign_pods]
+    if leftovers:
+        return R.WAITING_FOR_LEFTOVERS, leftovers
+    previous = [f"pod {_name(p)}" for p in obs.pods if (attempt_of(p) or 0) < int(obs.status.get("attempt") or 0)]
+    if previous:
+        return R.WAITING_FOR_PREVIOUS_ATTEMPT, previous
+    return None
+
+
+def _no_current_job(*, obs: Observation, spec: api.FineTuneJobSpec, attempt: int, w: StatusWriter, d: Decision) -> None:
+    status, now, settings = obs.status, obs.now, obs.settings
     restarting = w.condition(R.RESTARTING)
     if restarting is not None and restarting.get("status") == "True":  # the condition: see above
         since = parse_time(restarting.get("lastTransitionTime"))
@@ -259,6 +303,33 @@ def _no_current_job(
     if spec.suspend:
         w.transition(R.SUSPENDED, R.SUSPENDED_REASON, "spec.suspend is true; the job starts when it is set to false")
         return
+    job_name = builders.batch_job_name(str(obs.metadata.get("name", "")), attempt)
+    # One gang at a time: a namesake's leftovers (collected asynchronously after its deletion) and
+    # the pods of the previous attempt (checkpointing within their grace period) go first.
+    blocking = _in_the_way(obs, job_name)
+    if blocking is not None:
+        since = parse_time((w.condition(R.ATTEMPT_BLOCKED) or {}).get("lastTransitionTime")) if w.condition_true(R.ATTEMPT_BLOCKED) else now
+        limit = spec.run_policy.termination_grace_seconds + LEFTOVER_MARGIN_SECONDS
+        reason, names = blocking
+        bounded = reason == R.WAITING_FOR_PREVIOUS_ATTEMPT and since is not None and now >= since + dt.timedelta(seconds=limit)
+        if not bounded:
+            shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+            _blocked(w, reason, f"attempt {attempt} (Job {job_name}) waits until {shown} are gone")
+            d.requeue(LEFTOVER_POLL_SECONDS)
+            return
+    rejection = obs.rejection
+    if rejection is not None and rejection.code == 422:
+        w.transition(R.FAILED, R.invalid_object(rejection.kind),
+                     f"the API server refused {rejection.kind} {rejection.name} as invalid: {rejection.message}")
+        return
+    if rejection is not None and rejection.code == 403:
+        wait = min(FORBIDDEN_BACKOFF_SECONDS * 2 ** (rejection.count - 1), settings.max_backoff_seconds)
+        _blocked(w, R.FORBIDDEN, f"the API server refused to create {rejection.kind} {rejection.name} "
+                                 f"(retrying with backoff, {rejection.count} refusal(s) so far): {rejection.message}")
+        due = rejection.at + dt.timedelta(seconds=wait)
+        if now < due:
+            d.requeue((due - now).total_seconds())
+            return
     d.create_attempt = attempt
 
 

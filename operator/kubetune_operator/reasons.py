@@ -25,6 +25,8 @@ ACTIVE = (INITIALIZING, RUNNING, EXPORTING)
 
 # ---------------------------------------------------- other condition types
 SPEC_CHANGE_IGNORED = "SpecChangeIgnored"
+# True while the next attempt cannot start: leftovers in the way, or the API server refuses it.
+ATTEMPT_BLOCKED = "AttemptBlocked"
 
 # ----------------------------------------------------------------- reasons
 ACCEPTED = "Accepted"
@@ -51,6 +53,17 @@ IMAGE_PULL_FAILED = "ImagePullFailed"
 UNSCHEDULABLE = "Unschedulable"
 CONTAINER_CONFIG_ERROR = "ContainerConfigError"
 SPEC_RESTORED = "SpecRestored"
+JOB_DELETED = "JobDeleted"  # the attempt's Job vanished (deleted by hand): restart, not counted
+WAITING_FOR_LEFTOVERS = "WaitingForLeftovers"  # a namesake's (or anyone's) Job or pods still in the way
+WAITING_FOR_PREVIOUS_ATTEMPT = "WaitingForPreviousAttempt"  # pods of the last attempt still terminating
+FORBIDDEN = "Forbidden"  # 403 on create: RBAC, quota, an admission webhook; retried with backoff
+ATTEMPT_CREATED = "AttemptCreated"
+INVALID_OBJECT_SUFFIX = "Invalid"  # 422 on create: "<Kind>Invalid", e.g. JobInvalid
+
+
+def invalid_object(kind: str) -> str:
+    """The reason a job fails with when the API server refuses one of its objects as invalid."""
+    return f"{kind}{INVALID_OBJECT_SUFFIX}"
 
 # Reasons that are expected or not the user's fault get Normal events; the rest Warning.
 NORMAL_REASONS = frozenset({

@@ -104,7 +104,8 @@ def run_operator(
                 clusterwide=clusterwide,
                 namespaces=() if clusterwide else namespaces,
                 standalone=settings.standalone,
-                peering_name=None if settings.standalone else settings.peering_name,
+                # Only a named peering is mandatory; the default one is auto-detected in the startup handler.
+                peering_name=settings.peering_name if settings.peering_required and not settings.standalone else None,
                 priority=None if settings.standalone else priority,
                 liveness_endpoint=liveness,
                 stop_flag=stop_flag,
@@ -164,7 +165,7 @@ def main(args: Any) -> int:
     settings = OperatorSettings.from_env()
     changes: dict[str, Any] = {}
     if args.peering:
-        changes.update(peering_name=args.peering, standalone=False)
+        changes.update(peering_name=args.peering, peering_required=True, standalone=False)
     if args.standalone:
         changes["standalone"] = True
     if args.priority is not None:

@@ -85,6 +85,9 @@ class OperatorSettings:
     default_storage_secret: str | None = None
     watch_namespaces: tuple[str, ...] = ()
     peering_name: str = "kubetune"
+    # Named explicitly (KUBETUNE_PEERING_NAME, --peering): the object must exist. Otherwise Kopf's
+    # auto-detection: peering when the object exists, standalone when it does not.
+    peering_required: bool = False
     standalone: bool = False
     peering_priority: int | None = None  # None: a random one per process
     metrics_port: int = 9090
@@ -122,6 +125,7 @@ class OperatorSettings:
             kw["watch_namespaces"] = _list(v)
         if (v := get("KUBETUNE_PEERING_NAME")) is not None:
             kw["peering_name"] = v
+            kw["peering_required"] = True
         if (v := get("KUBETUNE_STANDALONE")) is not None:
             kw["standalone"] = _bool(v, "KUBETUNE_STANDALONE")
         if (v := get("KUBETUNE_PEERING_PRIORITY")) is not None:

@@ -122,6 +122,7 @@ class StatusWriter:
         """The merge-patch of everything set (empty when nothing changed)."""
         if self._dirty_conditions:
             self.patch["conditions"] = self.conditions
-        if self.patch and self.generation is not None and self.status.get("observedGeneration") != self.generation:
+        # Every generation is acknowledged, also one that changed nothing else (a runPolicy edit).
+        if self.generation is not None and self.status.get("observedGeneration") != self.generation:
             self.patch["observedGeneration"] = self.generation
         return self.patch

@@ -141,15 +141,16 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
         o["metadata"] = {k: v for k, v in o["metadata"].items() if k not in ("uid", "resourceVersion", "creationTimestamp", "generation")}
         kubernetes_validate.validate(o, "1.33", strict=True)
 
-    # The operator writes the FineTuneJob's status and its own finalizer; never spec, labels or annotations.
+    # The operator writes the FineTuneJob's status only: no finalizer (issue 11), never spec, labels or annotations.
     mine = [c for c in cluster.operator_calls() if c.resource == "finetunejobs" and c.name == name and c.verb == "patch"]
-    assert {c.subresource for c in mine} == {None, "status"}
+    assert {c.subresource for c in mine} == {"status"}
+    assert not ftj(cluster, name)["metadata"].get("finalizers")
     history = cluster.emulator.objects["kubetune.io/v1alpha1/finetunejobs", NS, name].history
     for version in history:
         if version is not None:
             assert dict(version["spec"]) == manifest["spec"]
             assert "annotations" not in version["metadata"] and "labels" not in version["metadata"]
-    assert owner["metadata"]["finalizers"] == ["kubetune.io/finalizer"]
+    assert not owner["metadata"].get("finalizers")
 
 
 # ---------------------------------------------------------------- phases

@@ -27,6 +27,7 @@ def ftj(status=None, generation=1, **spec):
 
 def batch(f, attempt=1, suspend=False, conditions=()):
     job = builders.build_batch_job(f, SETTINGS, attempt)
+    job["metadata"]["uid"] = f"job-uid-a{attempt}"
     job["spec"]["suspend"] = suspend
     job["status"] = {"conditions": [{"type": t, "status": "True", "reason": r, "message": m} for t, r, m in conditions]}
     return observe.summarize(job)
@@ -34,7 +35,8 @@ def batch(f, attempt=1, suspend=False, conditions=()):
 
 def pod(index=0, attempt=1, phase="Running", state=None, conditions=(), reason=None, deleting=False):
     p = {
-        "metadata": {"name": f"j-a{attempt}-{index}-x", "labels": {"kubetune.io/job": "j", "kubetune.io/attempt": str(attempt)}},
+        "metadata": {"name": f"j-a{attempt}-{index}-x", "labels": {"kubetune.io/job": "j", "kubetune.io/attempt": str(attempt),
+                                                                 "batch.kubernetes.io/controller-uid": f"job-uid-a{attempt}"}},
         "status": {"phase": phase, "conditions": list(conditions),
                    "containerStatuses": [{"name": "trainer", "state": state or ({"running": {}} if phase == "Running" else {})}]},
     }
@@ -58,8 +60,8 @@ def status(phase, reason="x", attempt=1, restarts=0, **extra):
             "conditions": [{"type": phase, "status": "True", "reason": reason, "message": "", "lastTransitionTime": "2026-01-01T11:59:00.000Z"}], **extra}
 
 
-def decide(f, jobs=(), pods=(), now=NOW):
-    return phases.decide(Observation.of(f, jobs=jobs, pods=pods, now=now, settings=SETTINGS))
+def decide(f, jobs=(), pods=(), now=NOW, **observed):
+    return phases.decide(Observation.of(f, jobs=jobs, pods=pods, now=now, settings=SETTINGS, **observed))
 
 
 def phase_reason(decision):
@@ -282,6 +284,7 @@ def test_spec_change_is_a_condition_and_changes_nothing_else():
     started = ftj(status("Running", "PodsRunning"))
     job = batch(started)
     changed = ftj(status("Running", "PodsRunning"), generation=2, model={"source": "hf://org/other"})
+    changed["metadata"]["uid"] = started["metadata"]["uid"]  # the same object, edited
     decision = decide(changed, [job], [pod(0), pod(1)])
     cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "SpecChangeIgnored")
     assert cond["status"] == "True" and cond["message"].startswith("spec.model changed")
@@ -289,6 +292,7 @@ def test_spec_change_is_a_condition_and_changes_nothing_else():
     assert not decision.delete_jobs and decision.create_attempt is None
     assert [(e.type, e.reason) for e in decision.events] == [("Warning", "SpecChangeIgnored")]
     relaxed = ftj(status("Running", "PodsRunning"), generation=2, runPolicy={"maxRestarts": 9})
+    relaxed["metadata"]["uid"] = started["metadata"]["uid"]
     assert not decide(relaxed, [job], [pod(0), pod(1)]).events
 
 
@@ -319,7 +323,7 @@ def test_observation_is_frozen():
 def test_first_attempt_runs_the_live_spec():
     f = ftj(status("Pending", "Accepted"))
     chosen = phases.attempt_spec(f, 1, None)
-    assert chosen.source == f and chosen.spec_hashes is None and chosen.create_job_objects
+    assert chosen.source == f and chosen.spec_hashes is None
 
 
 def test_restart_runs_the_stored_spec_with_the_live_run_policy():
@@ -330,7 +334,6 @@ def test_restart_runs_the_stored_spec_with_the_live_run_policy():
     assert chosen.source["spec"]["model"]["source"] == "hf://org/model"
     assert chosen.source["spec"]["runPolicy"]["maxRestarts"] == 9
     assert chosen.spec_hashes == cm["metadata"]["annotations"][builders.ANNOTATION_SPEC_HASHES]
-    assert not chosen.create_job_objects
 
 
 # ------------------------------------------------------------ classification
@@ -378,3 +381,158 @@ def test_failure_message_names_the_error_not_the_banner():
     assert decision.status_patch["message"].startswith(
         "pod j-a1-1-x: container trainer failed (exit code 1): [rank1]: ImportError: /root/.cache")
     assert observe.last_error_line("step 1\nstep 2\n----\n") == "step 2"
+
+
+# ------------------------------------------- issue 11: disruptions are not failures
+DRAINED = {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI", "message": "Eviction API: evicting"}
+NODE_PRESSURE = {"type": "DisruptionTarget", "status": "True", "reason": "TerminationByKubelet", "message": "memory pressure"}
+
+
+def verdict(reason, message):
+    return [("FailureTarget", reason, message), ("Failed", reason, message)]
+
+
+# (id, pods, Job conditions, expected (phase, reason), counted)
+DISRUPTION_CASES = [
+    pytest.param([pod(0, phase="Failed", state=terminated(75), conditions=[DRAINED], deleting=True), pod(1)], (),
+                 ("Restarting", "Preempted"), False, id="drained-pod-deleting-exit-75"),
+    pytest.param([pod(0, phase="Failed", state=terminated(137), conditions=[DRAINED], deleting=True), pod(1)], (),
+                 ("Restarting", "Preempted"), False, id="drained-pod-killed-after-grace"),
+    pytest.param([pod(0, phase="Failed", state=terminated(137), conditions=[NODE_PRESSURE], reason="Evicted"), pod(1)], (),
+                 ("Restarting", "Preempted"), False, id="node-pressure-eviction"),
+    pytest.param([], verdict("PodFailurePolicy", "Pod ml/j-a1-0-x has condition DisruptionTarget matching FailJob rule at index 2"),
+                 ("Restarting", "Preempted"), False, id="job-verdict-disruption-rule-only"),
+    pytest.param([], verdict("PodFailurePolicy", "Container trainer for pod ml/j-a1-0-x failed with exit code 75 matching FailJob rule at index 1"),
+                 ("Restarting", "Preempted"), False, id="job-verdict-exit-75-rule-only"),
+    pytest.param([pod(0, phase="Running", conditions=[DRAINED], deleting=True)],
+                 verdict("BackoffLimitExceeded", "Job has reached the specified backoff limit"),
+                 ("Restarting", "Preempted"), False, id="job-verdict-backoff-with-disrupted-pod"),
+    pytest.param([pod(0, phase="Failed", state=terminated(1, message="RuntimeError: nccl")), pod(1)], (),
+                 ("Failed", "BackoffLimitExceeded"), None, id="real-failure-still-counts"),
+    pytest.param([], verdict("PodFailurePolicy", "Container trainer for pod ml/j-a1-0-x failed with exit code 30 matching FailJob rule at index 0"),
+                 ("Failed", "BackoffLimitExceeded"), None, id="exit-30-is-not-exit-3"),
+]
+
+
+@pytest.mark.parametrize(("pods", "job_conditions", "expected", "counted"), DISRUPTION_CASES)
+def test_disruptions_restart_without_counting(pods, job_conditions, expected, counted):
+    f = ftj(status("Running", "PodsRunning"), runPolicy={"maxRestarts": 0, "backoffSeconds": 5})
+    decision = decide(f, [batch(f, conditions=job_conditions)], pods)
+    assert phase_reason(decision) == expected
+    assert "restarts" not in decision.status_patch
+    assert decision.restart_counted is counted
+
+
+def test_pod_failure_policy_names_every_verdict():
+    rules = builders.pod_failure_policy()["rules"]
+    assert [r["action"] for r in rules] == ["FailJob"] * 3
+    assert rules[0]["onExitCodes"]["values"] == [3] and rules[1]["onExitCodes"]["values"] == [75]
+    assert rules[2]["onPodConditions"] == [{"type": "DisruptionTarget", "status": "True"}]
+
+
+# ---------------------------------------------------- issue 11: ownership by UID
+def foreign_job(f, attempt=1, conditions=(), deleting=False):
+    """The namesake's Job: same name and labels, owned by another FineTuneJob UID."""
+    job = batch(f, attempt=attempt, conditions=conditions)
+    job["metadata"]["ownerReferences"][0]["uid"] = "deleted-namesake-uid"
+    job["metadata"]["uid"] = "namesake-job-uid"
+    if deleting:
+        job["metadata"]["deletionTimestamp"] = "2026-01-01T11:59:00Z"
+    return job
+
+
+def foreign_pod(**kw):
+    p = pod(**kw)
+    p["metadata"]["labels"]["batch.kubernetes.io/controller-uid"] = "namesake-job-uid"
+    return p
+
+
+@pytest.mark.parametrize(("jobs", "pods"), [
+    pytest.param([("Complete", "CompletionsReached", "")], [], id="namesake-complete-job"),
+    pytest.param([("Failed", "PodFailurePolicy", "failed with exit code 3 matching FailJob rule at index 0")],
+                 [dict(phase="Failed", state=terminated(3, message="kubetune: error: DatasetNotFound: gone"))], id="namesake-failed-pod"),
+])
+def test_a_namesakes_leftovers_are_waited_for_not_adopted(jobs, pods):
+    f = ftj(status("Pending", "Accepted"))
+    decision = decide(f, [foreign_job(f, conditions=jobs, deleting=True)], [foreign_pod(**kw) for kw in pods])
+    assert decision.status_patch.get("phase") is None  # neither Succeeded nor Failed
+    assert decision.create_attempt is None and not decision.delete_jobs and decision.requeue_after == phases.LEFTOVER_POLL_SECONDS
+    cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "AttemptBlocked")
+    assert (cond["status"], cond["reason"]) == ("True", "WaitingForLeftovers") and "Job j-a1" in cond["message"]
+    assert [(e.type, e.reason) for e in decision.events] == [("Normal", "WaitingForLeftovers")]
+    # Waiting again says nothing new.
+    f["status"] = {**f["status"], **decision.status_patch}
+    assert decide(f, [foreign_job(f, conditions=jobs, deleting=True)], [foreign_pod(**kw) for kw in pods]).empty
+    # Once the leftovers are collected, the attempt starts and the condition clears when its Job shows.
+    assert decide(f).create_attempt == 1
+    done = decide(f, [batch(f)])
+    assert next(c for c in done.status_patch["conditions"] if c["type"] == "AttemptBlocked")["status"] == "False"
+
+
+def test_a_users_labelled_job_is_never_deleted():
+    f = ftj(status("Running", "PodsRunning", attempt=2, restarts=1))
+    users = batch(f, attempt=1)
+    users["metadata"]["ownerReferences"] = []  # merely carries the kubetune.io/job label
+    decision = decide(f, [batch(f, attempt=2), users], [pod(0, attempt=2), pod(1, attempt=2)])
+    assert decision.delete_jobs == []
+
+
+def test_next_attempt_waits_for_the_previous_gang_bounded_by_the_grace_period():
+    st = status("Restarting", "Preempted", attempt=2)
+    st["activeJob"] = None
+    f = ftj(st, runPolicy={"maxRestarts": 3, "backoffSeconds": 0, "terminationGraceSeconds": 60})
+    lingering = [pod(0, attempt=1, conditions=[DRAINED], deleting=True)]
+    decision = decide(f, [], lingering, known_job_uids=["job-uid-a1"])
+    assert decision.create_attempt is None
+    cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "AttemptBlocked")
+    assert cond["reason"] == "WaitingForPreviousAttempt" and "j-a1-0-x" in cond["message"]
+    f["status"] = {**f["status"], **decision.status_patch}
+    assert decide(f, [], lingering, now=NOW + dt.timedelta(seconds=60), known_job_uids=["job-uid-a1"]).create_attempt is None
+    assert decide(f, [], lingering, now=NOW + dt.timedelta(seconds=91), known_job_uids=["job-uid-a1"]).create_attempt == 2
+    assert decide(f, [], []).create_attempt == 2
+
+
+def test_a_hand_deleted_job_restarts_the_gang_visibly_uncounted():
+    f = ftj(status("Running", "PodsRunning"), runPolicy={"maxRestarts": 0, "backoffSeconds": 5})
+    decision = decide(f, [], [])
+    assert phase_reason(decision) == ("Restarting", "JobDeleted") and decision.status_patch["attempt"] == 2
+    assert "restarts" not in decision.status_patch and decision.restart_counted is False
+    assert decision.events[0].type == "Warning" and "j-a1" in decision.events[0].message
+
+
+# ------------------------------------------------ issue 11: API rejections surface
+def rejected(code, count=1, at=NOW):
+    return observe.Rejection(code=code, kind="Job", name="j-a1", message='Job.batch "j-a1" is invalid: spec.template: x', at=at, count=count)
+
+
+def test_an_invalid_object_fails_the_job_naming_it():
+    f = ftj(status("Pending", "Accepted"))
+    decision = decide(f, rejection=rejected(422))
+    assert phase_reason(decision) == ("Failed", "JobInvalid") and "Job j-a1" in decision.status_patch["message"]
+    assert decision.create_attempt is None
+
+
+def test_a_forbidden_create_retries_with_backoff_visibly():
+    f = ftj(status("Pending", "Accepted"))
+    decision = decide(f, rejection=rejected(403, count=2))
+    cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "AttemptBlocked")
+    assert (cond["status"], cond["reason"]) == ("True", "Forbidden") and "2 refusal(s)" in cond["message"]
+    assert [(e.type, e.reason) for e in decision.events] == [("Warning", "Forbidden")]
+    assert decision.create_attempt is None and decision.requeue_after == pytest.approx(10)  # 5 s doubling
+    assert decide(f, rejection=rejected(403, count=2), now=NOW + dt.timedelta(seconds=10)).create_attempt == 1
+
+
+def test_observed_generation_follows_a_run_policy_edit():
+    f = ftj(status("Running", "PodsRunning"), generation=2, runPolicy={"maxRestarts": 5, "backoffSeconds": 0})
+    decision = decide(f, [batch(f)], [pod(0), pod(1)])
+    assert decision.status_patch == {"observedGeneration": 2} and not decision.events
+
+
+def test_someone_elses_object_met_on_create_is_waited_for_then_tried_again():
+    f = ftj(status("Pending", "Accepted"))
+    in_the_way = observe.Rejection(code=409, kind="ConfigMap", name="j-config", message="ConfigMap j-config exists, being deleted", at=NOW)
+    decision = decide(f, rejection=in_the_way)
+    cond = next(c for c in decision.status_patch["conditions"] if c["type"] == "AttemptBlocked")
+    assert cond["reason"] == "WaitingForLeftovers" and "ConfigMap j-config" in cond["message"]
+    assert decision.create_attempt is None and decision.requeue_after == phases.LEFTOVER_POLL_SECONDS
+    assert decide(f, rejection=in_the_way, now=NOW + dt.timedelta(seconds=5)).create_attempt == 1

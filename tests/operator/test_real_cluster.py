@@ -85,7 +85,6 @@ def operator_calls_since(cluster, mark, **match):
 
 
 # ------------------------------------------------------------- disruptions
-@xfail("an eviction (drain) is counted as a failure; with maxRestarts 0 one drain fails the job")
 def test_drain_with_max_restarts_0_restarts_the_gang_without_counting(real, operator):
     name = "drained"
     create(real, name, runPolicy={"maxRestarts": 0, "backoffSeconds": 0, "terminationGraceSeconds": 60})
@@ -99,7 +98,6 @@ def test_drain_with_max_restarts_0_restarts_the_gang_without_counting(real, oper
     assert st["restarts"] == 0 and st["attempt"] == 2
 
 
-@xfail("scheduler preemption (DisruptionTarget PreemptionByScheduler) is counted as a failure")
 def test_scheduler_preemption_is_not_counted(real, operator):
     name = "preempted"
     create(real, name, runPolicy={"maxRestarts": 0, "backoffSeconds": 0, "terminationGraceSeconds": 60})
@@ -130,7 +128,6 @@ def _finish_and_delete(real, name, outcome):
     assert real.list("Pod", NS, label_selector=f"{builders.LABEL_JOB}={name}")
 
 
-@xfail("a namesake's leftover Complete Job is adopted after delete + recreate: Succeeded without running")
 def test_recreated_namesake_does_not_adopt_the_old_complete_job(real, operator):
     name = "namesake-ok"
     create(real, name)
@@ -147,7 +144,6 @@ def test_recreated_namesake_does_not_adopt_the_old_complete_job(real, operator):
     assert not (job.get("status") or {}).get("conditions")
 
 
-@xfail("a namesake's leftover failed pod (exit 3) fails the recreated job with DatasetNotFound")
 def test_recreated_namesake_is_not_failed_by_the_old_pods(real, operator):
     name = "namesake-bad"
     create(real, name)
@@ -161,7 +157,6 @@ def test_recreated_namesake_is_not_failed_by_the_old_pods(real, operator):
         real.resume_gc()
 
 
-@xfail("a Job being deleted in the foreground makes the create/409/GET loop spin")
 def test_foreground_deleting_job_does_not_spin_the_create_loop(real, operator):
     name = "fg-spin"
     create(real, name)
@@ -175,7 +170,6 @@ def test_foreground_deleting_job_does_not_spin_the_create_loop(real, operator):
     assert len(jobs_calls) <= 6, f"{len(jobs_calls)} create/get requests on jobs in 2 s"
 
 
-@xfail("a user's Job that carries the kubetune.io/job label is deleted")
 def test_a_users_job_with_the_label_is_never_deleted(real, operator):
     name = "labelled"
     create(real, name)
@@ -190,7 +184,6 @@ def test_a_users_job_with_the_label_is_never_deleted(real, operator):
 
 
 # ------------------------------------------------------------ server-side selection
-@xfail("pods and Jobs are listed and watched cluster-wide without a label selector")
 def test_pod_and_job_lists_and_watches_carry_a_label_selector(real, operator):
     create(real, "selected")
     wait_for(lambda: real.get("Job", NS, "selected-a1"))
@@ -201,7 +194,6 @@ def test_pod_and_job_lists_and_watches_carry_a_label_selector(real, operator):
 
 
 # ------------------------------------------------------------------ rejections
-@xfail("a 422 from the API server on the Job is invisible: no condition, no Event, retried forever")
 def test_invalid_job_fails_the_job_with_the_api_servers_message(real, operator):
     name = "rejected"
     create(real, name, podLabels={"team": "has spaces"})  # valid for the CRD, invalid as a pod label
@@ -210,7 +202,6 @@ def test_invalid_job_fails_the_job_with_the_api_servers_message(real, operator):
     assert any(e["type"] == "Warning" and "is invalid" in e["message"] for e in real.events(NS, name))
 
 
-@xfail("a 403 (quota, admission webhook) on the Job is invisible: no condition, no Event")
 def test_forbidden_job_is_retried_visibly(real, operator):
     name = "quota"
     real.inject(verb="create", resource="jobs", user_agent="kopf", status=403, times=None, reason="Forbidden",
@@ -228,7 +219,10 @@ def test_forbidden_job_is_retried_visibly(real, operator):
 
 
 # ------------------------------------------------------------- an authoritative cache
-@xfail("objects that vanished while the watch was down (410, re-list) are never dropped from the cache")
+# Not strict: the operator now re-lists after Kopf's re-list and drops the vanished Job, and the
+# test passes in some runs (about 1 in 3 here); in the others the new attempt still waits for the
+# old attempt's pods (one gang at a time) beyond the test's 6 s. To be settled: see the report.
+@pytest.mark.xfail(strict=False, reason="issue 11: re-list noticed, but the next attempt may wait for the old pods beyond 6 s")
 def test_job_deleted_during_a_watch_outage_is_noticed_after_the_relist(real, operator):
     name = "relist"
     create(real, name)
@@ -243,7 +237,6 @@ def test_job_deleted_during_a_watch_outage_is_noticed_after_the_relist(real, ope
                       if not j["metadata"].get("deletionTimestamp")], timeout=6, message="a Job again")
 
 
-@xfail("decisions before the caches synced: an operator restart flaps Running jobs (status patches, Events)")
 def test_operator_restart_with_running_jobs_writes_nothing():
     ns, n = "restart20", 20
     with EmulatedCluster() as c:
@@ -271,7 +264,6 @@ def test_operator_restart_with_running_jobs_writes_nothing():
 
 
 # ---------------------------------------------------------- owned objects
-@xfail("a hand-deleted Service is not recreated for the next attempt")
 def test_hand_deleted_service_is_recreated_before_the_next_attempt(real, operator):
     name = "no-svc"
     create(real, name)
@@ -285,7 +277,6 @@ def test_hand_deleted_service_is_recreated_before_the_next_attempt(real, operato
     assert real.get("Role", NS, builders.role_name(name)) is not None
 
 
-@xfail("a restart starts attempt k+1 while attempt k's pods are still terminating (checkpointing)")
 def test_next_attempt_starts_only_after_the_old_gang_is_gone(real, operator):
     name = "one-gang"
     create(real, name)
@@ -300,7 +291,6 @@ def test_next_attempt_starts_only_after_the_old_gang_is_gone(real, operator):
     assert created >= gone, f"attempt 2 created {gone - created:.2f}s before attempt 1's last pod was gone"
 
 
-@xfail("observedGeneration does not advance after a runPolicy edit")
 def test_observed_generation_follows_a_run_policy_edit(real, operator):
     name = "generation"
     create(real, name)
@@ -311,7 +301,6 @@ def test_observed_generation_follows_a_run_policy_edit(real, operator):
 
 
 # ------------------------------------------------------------------ finalizer
-@xfail("every FineTuneJob holds a finalizer: with the operator stopped, deleting it hangs")
 def test_deleting_a_job_with_the_operator_stopped_completes():
     ns = "nofinalizer"
     with EmulatedCluster(semantics=Semantics.faithful(rbac=False)) as c:
@@ -324,7 +313,6 @@ def test_deleting_a_job_with_the_operator_stopped_completes():
 
 
 # -------------------------------------------------------------------- peering
-@xfail("`kubetune operator` with the default peering name and no peering object does nothing, silently")
 def test_operator_without_its_peering_object_says_so_or_works(tmp_path):
     ns = "nopeering"
     with EmulatedCluster() as c:
