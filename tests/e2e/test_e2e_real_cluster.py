@@ -1,8 +1,8 @@
 """End to end on the faithful cluster (issue 11): the real operator, real trainer pods, and a cluster that
 deletes pods gracefully and collects garbage asynchronously, as a real one does (tests/support/README.md).
 
-Marked ``xfail(strict=True)`` where today's operator fails (checked: each failed before the marker was set);
-the fix removes the markers.
+The namesake test failed on the operator before issue 11's fixes (the recreated job adopted the deleted
+job's Complete Job); it passes since the operator claims children by owner UID.
 """
 from __future__ import annotations
 
@@ -59,7 +59,6 @@ def test_drain_of_one_pod_mid_run_resumes_from_the_checkpoint_with_restarts_0(e2
     assert final["progress"]["step"] == 12
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11: a recreated namesake adopts the deleted job's Complete Job instead of training")
 def test_delete_and_recreate_of_a_namesake_trains_from_scratch_and_succeeds(e2e):
     cluster, s3 = e2e["cluster"], e2e["s3"]
     name = "e2e-again"
