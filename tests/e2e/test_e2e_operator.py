@@ -40,7 +40,7 @@ class StatusRecorder:
             status = (r.json().get("status") or {}) if r.status_code == 200 else {}
             if status and (not self.snapshots or self.snapshots[-1] != status):
                 self.snapshots.append(status)
-            self._stop.wait(0.1)
+            self._stop.wait(0.02)
 
     def __enter__(self) -> StatusRecorder:
         self._thread.start()
