@@ -33,23 +33,12 @@ from kubetune_api.validation import (
     validate_manifest,
 )
 from support.fuzz import Surface
+from support.manifests import finetunejob
 
 INT64 = 2**63
 
-BASE: dict[str, Any] = {
-    "apiVersion": api.API_VERSION,
-    "kind": api.KIND,
-    "metadata": {"name": "fuzz-job"},
-    "spec": {
-        "model": {"source": "hf://org/model"},
-        "dataset": {"train": "s3://data-bucket/train.jsonl"},
-        "method": {"type": "lora", "lora": {"r": 8}},
-        "training": {"epochs": 1, "globalBatchSize": 16, "microBatchSize": 2},
-        "distributed": {"nodes": 1, "gpusPerNode": 1},
-        "output": {"uri": "s3://out-bucket/runs/base"},
-        "storage": {"secretRef": {"name": "s3-credentials"}},
-    },
-}
+# The valid one-GPU LoRA job the API tests mutate, from the one manifest factory.
+BASE: dict[str, Any] = finetunejob("fuzz-job", preset="single-gpu")
 REQUIRED_SECTIONS = ("model", "dataset", "training", "output")
 
 
