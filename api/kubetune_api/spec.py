@@ -63,6 +63,7 @@ from .common import (
 from .contract import MAX_JOB_NAME_LENGTH, MUTABLE_SPEC_FIELDS
 from .dataset import DatasetSpec
 from .distributed import DistributedSpec
+from .evaluation import DecodingSpec, EvaluationSpec
 from .method import (
     PEFT_METHODS,
     SOFT_PROMPT_METHODS,
@@ -114,7 +115,7 @@ __all__ = [
     # sections
     "ModelSpec", "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
     "QuantizationOptions", "PromptTuningOptions", "PrefixTuningOptions", "IA3Options", "TrainingSpec",
-    "GenerationEvalSpec", "DistributedSpec", "OutputSpec", "SecretRef", "StorageSpec", "Toleration", "EnvVar",
+    "GenerationEvalSpec", "EvaluationSpec", "DecodingSpec", "DistributedSpec", "OutputSpec", "SecretRef", "StorageSpec", "Toleration", "EnvVar",
     "EnvVarSource", "KeySelector", "FieldSelector", "EnvFromSource", "ObjectRef", "ResourcesSpec", "RunPolicy",
     # status
     "Phase", "PHASES", "TERMINAL_PHASES", "Condition", "Progress", "CheckpointRef", "OutputStatus",
@@ -179,6 +180,12 @@ def _spec_rules() -> list[CelRule]:
             ".training.generationEval",
         ),
         cel_rule(
+            f"!has(self.evaluation) || !has(self.evaluation.samples) || self.evaluation.samples == 0 || {has_eval}"
+            " || has(self.evaluation.test)",
+            "evaluation.samples needs eval data: set dataset.eval, a dataset.evalFraction above 0 or evaluation.test",
+            ".evaluation.samples",
+        ),
+        cel_rule(
             "self.training.precision != 'fp16' || self.distributed.gpusPerNode > 0",
             "training.precision fp16 needs GPUs; use bf16, fp32 or auto with gpusPerNode 0",
             ".training.precision",
@@ -195,6 +202,10 @@ class FineTuneJobSpec(ApiModel):
     dataset: DatasetSpec = Field(description="Training and evaluation data.")
     method: MethodSpec = Field(default_factory=MethodSpec, description="Full fine-tuning or a PEFT method.")
     training: TrainingSpec = Field(description="Hyperparameters; set exactly one of epochs or maxSteps.")
+    evaluation: EvaluationSpec = Field(
+        default_factory=EvaluationSpec,
+        description="The final evaluation: base vs tuned on the validation (and optional test) set, generation metrics, the report.",
+    )
     distributed: DistributedSpec = Field(default_factory=DistributedSpec, description="Nodes, GPUs, ZeRO.")
     output: OutputSpec = Field(description="Checkpoint and result location.")
     storage: StorageSpec = Field(default_factory=StorageSpec, description="S3 endpoint and credentials Secret.")
@@ -295,6 +306,13 @@ class FineTuneJobSpec(ApiModel):
             )
         if t.generation_eval is not None and t.generation_eval.samples > 0 and not ds.has_eval():
             raise invalid("training.generationEval", "needs eval data: set dataset.eval or a dataset.evalFraction above 0")
+        ev = self.evaluation
+        if ev.samples > 0 and not ds.has_eval() and ev.test is None:
+            raise invalid("evaluation.samples", "needs eval data: set dataset.eval, a dataset.evalFraction above 0 or evaluation.test")
+        if t.generation_eval is not None and t.generation_eval.samples > 0 and ev.samples == 0:
+            # the older spelling: training.generationEval means evaluation.samples + decoding.maxNewTokens
+            ev.samples = t.generation_eval.samples
+            ev.decoding.max_new_tokens = t.generation_eval.max_new_tokens
         if t.precision == "fp16" and d.gpus_per_node == 0:
             raise invalid("training.precision", "fp16 needs GPUs; use bf16, fp32 or auto with gpusPerNode 0")
         # Resolve the "auto" values that depend on other sections.

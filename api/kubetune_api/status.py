@@ -53,6 +53,7 @@ class OutputStatus(ApiModel):
     adapter_uri: str | None = Field(default=None, description="Exported PEFT adapter.")
     merged_uri: str | None = Field(default=None, description="Exported merged model.")
     summary_uri: str | None = Field(default=None, description="Run summary JSON.")
+    report_uri: str | None = Field(default=None, description="The evaluation report (report.html; report.md beside it): base vs tuned metrics and plots.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. evalLoss, perplexity.")
 
 

@@ -60,7 +60,10 @@ class TrainingSpec(ApiModel):
         description="Evaluate every N optimizer steps. Unset: at the end of each epoch and of training. Needs eval data.",
     )
     log_every: int = Field(default=1, ge=1, le=100_000, description="Report loss and progress every N optimizer steps.")
-    generation_eval: GenerationEvalSpec | None = Field(default=None, description="Optional task accuracy from greedy generation. Needs eval data.")
+    generation_eval: GenerationEvalSpec | None = Field(
+        default=None,
+        description="Deprecated spelling of evaluation.samples and evaluation.decoding.maxNewTokens (used when evaluation.samples is 0).",
+    )
     liger_kernels: bool = Field(default=False, description="Use Liger fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when installed.")
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(default="none", description="Experiment tracker (must be installed in the image).")
 

@@ -20,6 +20,7 @@ CHANGES = {
     "method": {"type": "lora", "lora": {"r": 16}},
     "training": {"epochs": 2, "globalBatchSize": 16, "microBatchSize": 2},
     "distributed": {"nodes": 2, "gpusPerNode": 1},
+    "evaluation": {"samples": 8, "decoding": {"maxNewTokens": 32}},
     "output": {"uri": "s3://out-bucket/runs/base", "keepLast": 5},
     "storage": {"region": "eu-west-1"},
     "image": "registry.example.com/kubetune-trainer:v2",
