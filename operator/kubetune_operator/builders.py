@@ -9,6 +9,8 @@ Per job (names derived from the FineTuneJob's name ``N``):
 - headless Service ``N``: DNS for the gang, ``<N>-a<k>-<index>.N``;
 - ServiceAccount ``N-trainer``, Role + RoleBinding ``N-status-reporter``: may
   only ``patch`` ``finetunejobs/status`` of this one job (rank 0's reports);
+- with ``KUBETUNE_NETWORK_POLICY``: NetworkPolicy ``N-gang``, under which the
+  job's pods accept connections only from the job's own pods;
 - per attempt ``k``: an Indexed batch/v1 Job ``N-a<k>``, one pod per node.
 """
 from __future__ import annotations
@@ -75,6 +77,10 @@ def service_account_name(job: str) -> str:
 
 def role_name(job: str) -> str:
     return f"{job}-status-reporter"
+
+
+def network_policy_name(job: str) -> str:
+    return f"{job}-gang"
 
 
 def batch_job_name(job: str, attempt: int) -> str:
@@ -247,6 +253,28 @@ def build_role(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str
                 "verbs": ["patch"],
             }
         ],
+    }
+
+
+def build_network_policy(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+    """Ingress to this job's pods only from this job's pods, on every port.
+
+    No port list: torchrun's rendezvous port is only the first connection; NCCL
+    and gloo then connect between ranks on ephemeral ports. Egress is left alone
+    (S3, the Hub, the API server for status). NetworkPolicies add up, so another
+    policy selecting these pods (a namespace-wide allow) would widen this one.
+    """
+    name = job_dict["metadata"]["name"]
+    own_pods = {"matchLabels": {LABEL_JOB: name}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job_dict, network_policy_name(name)),
+        "spec": {
+            "podSelector": own_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [{"from": [{"podSelector": own_pods}]}],
+        },
     }
 
 
@@ -523,6 +551,8 @@ def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSe
                                   manifest: dict[str, Any] | None = None, hashes: str | None = None) -> list[dict[str, Any]]:
     """The objects created once per FineTuneJob (not per attempt), in creation order."""
     objs = [build_config_map(job_dict, settings, manifest, hashes), build_service(job_dict, settings)]
+    if settings.network_policy:
+        objs.append(build_network_policy(job_dict, settings))  # before any pod exists
     if settings.status_reporter:
         if not pod_service_account(job_dict):
             objs.append(build_service_account(job_dict, settings))

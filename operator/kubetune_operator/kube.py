@@ -34,6 +34,7 @@ RESOURCES: dict[str, tuple[str, str]] = {
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles"),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings"),
     "Job": ("/apis/batch/v1", "jobs"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     ftj_api.KIND: (f"/apis/{ftj_api.API_VERSION}", ftj_api.PLURAL),
     sweep_api.KIND: (f"/apis/{sweep_api.API_VERSION}", sweep_api.PLURAL),
 }

@@ -34,6 +34,9 @@ them on the operator Deployment. Unset variables take the defaults shown.
 - ``KUBETUNE_STATUS_REPORTER`` (default: true): Give trainer pods a service-account token bound to a
   Role that may only patch their own FineTuneJob's status, so rank 0 reports progress. false: no
   token at all, progress only in logs.
+- ``KUBETUNE_NETWORK_POLICY`` (default: false): true: each job gets a NetworkPolicy, owned by its
+  FineTuneJob, under which its trainer pods accept connections (rendezvous, NCCL/gloo) only from
+  that job's own pods.
 - ``KUBETUNE_MAX_BACKOFF_SECONDS`` (default: 3600): Cap of the doubling restart backoff.
 - ``KUBETUNE_RESYNC_SECONDS`` (default: 60): A job is re-reconciled at least this often even without
   events.
@@ -97,6 +100,7 @@ class OperatorSettings:
     fs_group: int = 1000
     rendezvous_port: int = 29500
     status_reporter: bool = True
+    network_policy: bool = False
     max_backoff_seconds: int = 3600
     resync_seconds: float = 60.0
     log_format: str = "json"
@@ -145,6 +149,8 @@ class OperatorSettings:
             raise ValueError("KUBETUNE_RUN_AS_USER=0: trainer pods must not run as root")
         if (v := get("KUBETUNE_STATUS_REPORTER")) is not None:
             kw["status_reporter"] = _bool(v, "KUBETUNE_STATUS_REPORTER")
+        if (v := get("KUBETUNE_NETWORK_POLICY")) is not None:
+            kw["network_policy"] = _bool(v, "KUBETUNE_NETWORK_POLICY")
         if (v := get("KUBETUNE_RESYNC_SECONDS")) is not None:
             kw["resync_seconds"] = float(_int(v, "KUBETUNE_RESYNC_SECONDS", minimum=1))
         if (v := get("KUBETUNE_LOG_FORMAT")) is not None:

@@ -22,9 +22,11 @@ VALUE_SETS: dict[str, dict] = {
         "watch": {"scope": "namespaced", "namespaces": ["ml-team-a", "ml-team-b"]},
     },
     "ha": {"replicaCount": 2},
+    # The tight install: two replicas, only two namespaces, a NetworkPolicy per job.
     "ha-namespaced": {
         "replicaCount": 2,
         "watch": {"scope": "namespaced", "namespaces": ["ml-team-a", "ml-team-b"]},
+        "networkPolicy": {"enabled": True},
     },
     "servicemonitor": {
         "metrics": {"serviceMonitor": {"enabled": True, "interval": "15s", "scrapeTimeout": "10s",
@@ -58,7 +60,7 @@ VALUE_SETS: dict[str, dict] = {
         "metrics": {"service": {"type": "LoadBalancer", "exposeOutsideCluster": True}},
         "crds": {"install": False},
         "rbac": {"userRoles": False},
-        "networkPolicy": {"enabled": True, "namespaces": ["ml-team-a", "ml-team-b"]},
+        "networkPolicy": {"enabled": True},
         "replicaCount": 2,
     },
     "openshift-like": {

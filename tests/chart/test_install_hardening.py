@@ -377,41 +377,28 @@ def test_documented_admission_policy_refuses_foreign_images_and_service_accounts
     assert not admitted(serviceAccountName="ci-deployer", image="registry.example.com/ml/t:1")
 
 
-def _selects(selector: dict, labels: dict) -> bool:
-    """A LabelSelector's matchLabels and matchExpressions (Exists, DoesNotExist, In, NotIn) against labels."""
-    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
-        return False
-    for e in selector.get("matchExpressions") or []:
-        key, op, values = e["key"], e["operator"], e.get("values") or []
-        ok = {"Exists": key in labels, "DoesNotExist": key not in labels,
-              "In": labels.get(key) in values, "NotIn": labels.get(key) not in values}[op]
-        if not ok:
-            return False
-    return True
+def test_network_policy_option_turns_on_the_operators_per_job_policies(rendered, helm):
+    """networkPolicy.enabled reaches the operator (which creates one NetworkPolicy per job,
+    tests/operator/test_real_cluster.py) with the permissions it needs in every watched
+    namespace; the chart itself renders no NetworkPolicy (a per-namespace one would let
+    every trainer pod of the namespace reach every other and widen the per-job ones)."""
+    from kubetune_operator.settings import OperatorSettings
 
+    def operator_view(objs):
+        settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
+        sa = the(objs, "ServiceAccount")["metadata"]
+        grants = {(g.namespace, g.group, g.resource, g.verb) for g in grants_of(objs, (sa["namespace"], sa["name"]))
+                  if g.resource == "networkpolicies"}
+        return settings.network_policy, grants
 
-def test_network_policy_admits_only_trainer_pods_to_trainer_pods(rendered, helm):
-    """The policy selects the pods the operator builds and lets in only such
-    pods (the rendezvous port and the collectives' ephemeral ports alike)."""
-    from kubetune_operator import builders
-
-    policies = find(rendered["openshift-uids"], "NetworkPolicy")
-    assert sorted(p["metadata"]["namespace"] for p in policies) == ["ml-team-a", "ml-team-b"]
-    assert not find(rendered["default"], "NetworkPolicy")
-    (job,) = [o for o in builders.build_objects(_owned_job()) if o["kind"] == "Job"]
-    trainer_labels = job["spec"]["template"]["metadata"]["labels"]
-    other_labels = {"app": "notebook", "team": "nlp"}
-    for policy in policies:
-        spec = policy["spec"]
-        assert spec["policyTypes"] == ["Ingress"]
-        assert _selects(spec["podSelector"], trainer_labels) and not _selects(spec["podSelector"], other_labels)
-        (rule,) = spec["ingress"]
-        assert "ports" not in rule, "NCCL/gloo use ephemeral ports between ranks: a port list would break training"
-        (peer,) = rule["from"]
-        assert set(peer) == {"podSelector"}, "only pods of the same namespace (no namespaceSelector, no ipBlock)"
-        assert _selects(peer["podSelector"], trainer_labels) and not _selects(peer["podSelector"], other_labels)
-    # Namespaced mode protects the watched namespaces; cluster mode needs a list.
-    objs = helm.template({"watch": {"scope": "namespaced", "namespaces": ["ml-x"]}, "networkPolicy": {"enabled": True}})
-    assert [p["metadata"]["namespace"] for p in find(objs, "NetworkPolicy")] == ["ml-x"]
-    out = helm.run("template", "kt", str(CHART), values={"networkPolicy": {"enabled": True}})
-    assert out.returncode != 0 and "networkPolicy.enabled with watch.scope=cluster needs networkPolicy.namespaces" in out.stderr
+    for name in ("default", "ha", "openshift-like"):
+        assert operator_view(rendered[name]) == (False, set()), name
+    assert operator_view(rendered["openshift-uids"]) == (
+        True, {(None, "networking.k8s.io", "networkpolicies", v) for v in ("get", "create")})
+    assert operator_view(rendered["ha-namespaced"]) == (
+        True, {(ns, "networking.k8s.io", "networkpolicies", v) for ns in ("ml-team-a", "ml-team-b") for v in ("get", "create")})
+    for name, objs in rendered.items():
+        assert not find(objs, "NetworkPolicy"), name
+    # The per-namespace option of the first version is gone, with a message naming it.
+    out = helm.run("template", "kt", str(CHART), values={"networkPolicy": {"enabled": True, "namespaces": ["ml"]}})
+    assert out.returncode != 0 and "networkPolicy" in out.stderr and "namespaces" in out.stderr

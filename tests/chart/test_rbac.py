@@ -48,6 +48,8 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ("rbac.authorization.k8s.io", "rolebindings", "create"): "binds the per-job Role to the per-job ServiceAccount",
     ("rbac.authorization.k8s.io", "rolebindings", "get"): "adoption after an operator restart",
     ("", "events", "create"): "Kubernetes Events for phase transitions (Kopf posts them)",
+    ("networking.k8s.io", "networkpolicies", "create"): "per job: only the job's own pods reach its pods (networkPolicy.enabled)",
+    ("networking.k8s.io", "networkpolicies", "get"): "adoption after an operator restart",
     ("kubetune.io", "finetunejobs", "create"): "a FineTuneSweep's trials are FineTuneJobs it owns",
     ("kubetune.io", "finetunesweeps", "list"): "Kopf lists FineTuneSweeps before it watches them",
     ("kubetune.io", "finetunesweeps", "watch"): "Kopf watches FineTuneSweeps",
@@ -70,6 +72,7 @@ PEERING = {
 STATUS_REPORTER_ONLY = {
     (g, r, v) for (g, r, v) in REVIEWED if r in ("serviceaccounts", "roles", "rolebindings")
 }
+NETWORK_POLICY_ONLY = {(g, r, v) for (g, r, v) in REVIEWED if r == "networkpolicies"}
 # Granted, but the lifecycle cannot record them; each with the reason.
 NOT_EXERCISED = {
     ("kubetune.io", "finetunejobs/finalizers", "update"): "checked by admission, never an API call of its own",
@@ -88,6 +91,8 @@ def reviewed_for(values: dict) -> set[tuple[str, str, str]]:
     expected = set(REVIEWED)
     if (values.get("jobDefaults") or {}).get("statusReporter") is False:
         expected -= STATUS_REPORTER_ONLY
+    if not (values.get("networkPolicy") or {}).get("enabled"):
+        expected -= NETWORK_POLICY_ONLY
     if scope == "cluster":
         expected |= set(CLUSTER_SCOPED)
     if values.get("replicaCount", 1) > 1:
@@ -204,6 +209,12 @@ def test_the_lifecycle_exercised_every_path(lifecycle):
     else:
         # No per-job identity at all: trainer pods get no API token.
         assert count("create", "serviceaccounts") == count("create", "roles") == count("create", "rolebindings") == 0
+    if (VALUE_SETS[name].get("networkPolicy") or {}).get("enabled"):
+        # Jobs A and B and the sweep's trial each get one; B's existed already (adopted with a get).
+        created = {(c.namespace, c.name) for c in calls if c.verb == "create" and c.resource == "networkpolicies"}
+        assert len(created) == 3 and count("get", "networkpolicies") >= 1, "per-job NetworkPolicies"
+    else:
+        assert count("create", "networkpolicies") == 0
 
 
 def test_roles_the_operator_creates_grant_nothing_it_does_not_hold(lifecycle):

@@ -222,3 +222,55 @@ def test_user_service_account_runs_the_pods_and_gets_the_status_role():
 def test_operator_owned_env_and_labels_are_refused(spec, needle):
     with pytest.raises(builders.InvalidJob, match=re.escape(needle)):
         builders.build_objects(job_manifest("o", "ml", **spec))
+
+
+def _pod(job, index, **labels):
+    """A pod of a batch Job as the Job controller makes it (the template's labels, plus its own)."""
+    tmpl = job["spec"]["template"]["metadata"]
+    return {"metadata": {"name": f"{job['metadata']['name']}-{index}", "namespace": job["metadata"]["namespace"],
+                         "labels": {**tmpl["labels"], "batch.kubernetes.io/job-completion-index": str(index), **labels}}}
+
+
+def test_network_policy_lets_only_the_jobs_own_pods_in_on_every_port():
+    from support.netpol import ingress_allowed
+
+    settings = OperatorSettings(network_policy=True, rendezvous_port=29500)
+    a = builders.build_objects(live(job_manifest("run-a", "ml")), settings)
+    b = builders.build_objects(live(job_manifest("run-b", "ml"), uid="uid-2"), settings)
+    assert [o["kind"] for o in a] == ["ConfigMap", "Service", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    policy_a, policy_b = (by_kind(objs)["NetworkPolicy"] for objs in (a, b))
+    assert policy_a["metadata"]["name"] == "run-a-gang" and policy_a["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
+    kubernetes_validate.validate(policy_a, "1.33", strict=True)
+    rank0, rank1 = (_pod(by_kind(a)["Job"], i) for i in (0, 1))
+    other = _pod(by_kind(b)["Job"], 0)
+    outsider = {"metadata": {"name": "notebook", "namespace": "ml", "labels": {"app": "jupyter"}}}
+    # A second job's pods in the same namespace, and the same job's name in another namespace.
+    elsewhere = {"metadata": {**rank1["metadata"], "namespace": "ml-other"}}
+    policies = [policy_a, policy_b]
+    for port in (29500, 41873):  # rendezvous, and an ephemeral NCCL/gloo port
+        assert ingress_allowed(policies, rank1, rank0, port) and ingress_allowed(policies, rank0, rank1, port)
+        for intruder in (other, outsider, elsewhere):
+            assert not ingress_allowed(policies, intruder, rank0, port), (intruder["metadata"], port)
+        assert ingress_allowed(policies, _pod(by_kind(b)["Job"], 1), other, port)
+    assert ingress_allowed(policies, rank0, outsider, 8888), "pods the policies do not select stay open"
+    # Off (the default): no policy at all.
+    assert "NetworkPolicy" not in by_kind(builders.build_objects(live(job_manifest("run-c", "ml")), OperatorSettings()))
+
+
+def test_network_policy_model_is_not_blind():
+    """The ingress model used above refuses and admits as the NetworkPolicy docs say."""
+    from support.netpol import ingress_allowed, selects
+
+    pod = lambda name, ns="ml", **labels: {"metadata": {"name": name, "namespace": ns, "labels": labels}}  # noqa: E731
+    web, client = pod("web", app="web"), pod("client", role="client")
+    deny_all = {"metadata": {"namespace": "ml"}, "spec": {"podSelector": {}, "policyTypes": ["Ingress"]}}
+    allow_clients_80 = {"metadata": {"namespace": "ml"}, "spec": {
+        "podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"],
+        "ingress": [{"from": [{"podSelector": {"matchLabels": {"role": "client"}}}], "ports": [{"port": 80}]}]}}
+    assert ingress_allowed([], client, web, 80)
+    assert not ingress_allowed([deny_all], client, web, 80)
+    assert ingress_allowed([deny_all, allow_clients_80], client, web, 80)  # policies add up
+    assert not ingress_allowed([deny_all, allow_clients_80], client, web, 81)
+    assert not ingress_allowed([allow_clients_80], pod("client", ns="other", role="client"), web, 80)
+    assert selects({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}, {})
+    assert not selects({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x"]}]}, {})

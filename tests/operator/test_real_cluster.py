@@ -365,3 +365,45 @@ def test_a_pods_credential_cannot_change_phase_restarts_or_attempt():
             time.sleep(0.5)
             after = c.get("FineTuneJob", ns, name)["status"]
             assert after["phase"] != "Succeeded" and after["attempt"] == before["attempt"] and after["restarts"] == before["restarts"]
+
+
+# ------------------------------------------------------------ network policy
+def test_per_job_network_policy_admits_only_the_jobs_own_pods_and_goes_with_the_job():
+    """KUBETUNE_NETWORK_POLICY: the operator creates each job's NetworkPolicy (validated by the
+    API server, owned by the FineTuneJob) before its Job; among all pods of the namespace
+    (two jobs' gangs, made by the Job controller, and a notebook), a job's pods accept
+    connections only from their own gang; deleting one job collects its policy only."""
+    from support.netpol import ingress_allowed
+
+    ns = "netpol"
+    settings = OperatorSettings(standalone=True, metrics_port=0, health_port=0, network_policy=True)
+    with EmulatedCluster(semantics=Semantics.faithful(rbac=False)) as c:
+        c.ensure_namespace(ns)
+        notebook = c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "notebook", "namespace": ns,
+                             "labels": {"app": "jupyter"}}, "spec": {"containers": [{"name": "nb", "image": "jupyter"}]}})
+        with c.operator(settings, namespaces=(ns,)):
+            gangs, uids = {}, {}
+            for name in ("gang-a", "gang-b"):
+                uids[name] = c.create(job_manifest(name, ns))["metadata"]["uid"]
+                job = wait_for(lambda name=name: c.get("Job", ns, builders.batch_job_name(name, 1)), message=f"{name}'s Job")
+                gangs[name] = kubelet.create_pods(c, job)
+                assert len(gangs[name]) == 2
+            policies = c.list("NetworkPolicy", ns)
+            assert sorted(p["metadata"]["name"] for p in policies) == ["gang-a-gang", "gang-b-gang"]
+            for p in policies:
+                (owner,) = p["metadata"]["ownerReferences"]
+                job_name = p["metadata"]["name"].removesuffix("-gang")
+                assert (owner["kind"], owner["uid"], owner["controller"]) == ("FineTuneJob", uids[job_name], True)
+                policy_made = c.emulator.created_at[("networkpolicies", ns, p["metadata"]["name"])]
+                assert policy_made <= c.emulator.created_at[("jobs", ns, builders.batch_job_name(job_name, 1))]
+            a, b = gangs["gang-a"], gangs["gang-b"]
+            for port in (29500, 45123):  # rendezvous, and an ephemeral NCCL/gloo port
+                assert ingress_allowed(policies, a[1], a[0], port) and ingress_allowed(policies, a[0], a[1], port)
+                assert ingress_allowed(policies, b[0], b[1], port)
+                for intruder in (b[0], notebook):
+                    assert not any(ingress_allowed(policies, intruder, target, port) for target in a)
+                assert not ingress_allowed(policies, a[0], b[0], port)
+            c.delete("FineTuneJob", ns, "gang-a")
+            wait_for(lambda: c.get("NetworkPolicy", ns, "gang-a-gang") is None, timeout=10,
+                     message="gang-a's policy collected with the job")
+            assert c.get("NetworkPolicy", ns, "gang-b-gang") is not None

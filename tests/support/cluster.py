@@ -36,6 +36,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Event": ("/api/v1", "events", True),
     "TokenReview": ("/apis/authentication.k8s.io/v1", "tokenreviews", False),
     "Job": ("/apis/batch/v1", "jobs", True),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies", True),
     "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
     "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "ClusterRole": ("/apis/rbac.authorization.k8s.io/v1", "clusterroles", False),

@@ -77,6 +77,7 @@ BUILTIN_RESOURCES: dict[str, tuple[str, bool, tuple[str, ...]]] = {
     "v1/events": ("Event", True, ()),
     "events.k8s.io/v1/events": ("Event", True, ()),
     "batch/v1/jobs": ("Job", True, ("status",)),
+    "networking.k8s.io/v1/networkpolicies": ("NetworkPolicy", True, ()),
     "rbac.authorization.k8s.io/v1/roles": ("Role", True, ()),
     "rbac.authorization.k8s.io/v1/rolebindings": ("RoleBinding", True, ()),
     "rbac.authorization.k8s.io/v1/clusterroles": ("ClusterRole", False, ()),

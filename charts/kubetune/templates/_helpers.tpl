@@ -133,6 +133,13 @@ any grant here that is not in its reviewed list).
   resources: ["roles", "rolebindings"]
   verbs: ["get", "create"]
 {{- end }}
+{{- if .Values.networkPolicy.enabled }}
+# Per job: a NetworkPolicy letting only the job's own pods reach them
+# (networkPolicy.enabled); `get` adopts an existing one.
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
+{{- end }}
 # Kubernetes Events for every phase transition.
 - apiGroups: [""]
   resources: ["events"]

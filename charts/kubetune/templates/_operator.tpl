@@ -53,6 +53,8 @@ set here is one the operator reads.
   value: {{ int64 $d.rendezvousPort | quote }}
 - name: KUBETUNE_STATUS_REPORTER
   value: {{ $d.statusReporter | quote }}
+- name: KUBETUNE_NETWORK_POLICY
+  value: {{ .Values.networkPolicy.enabled | quote }}
 {{- with $d.storage.endpoint }}
 - name: KUBETUNE_DEFAULT_STORAGE_ENDPOINT
   value: {{ . | quote }}
