@@ -2,6 +2,10 @@
 # Set up (if needed) and run the whole test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# DeepSpeed's CPU op is cached per source path: the shared virtualenv is reached
+# through each checkout's own .venv link, so one shared cache was rebuilt (~30 s,
+# more under load) whenever another checkout had built it last. One per checkout.
+export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions/checkout-$(printf %s "$PWD" | md5sum | cut -c1-12)}"
 bash scripts/setup.sh
 # .venv/bin first: the same ninja that built DeepSpeed's CPU op in setup.sh (see there).
 export PATH="$PWD/.venv/bin:$PATH"

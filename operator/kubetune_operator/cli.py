@@ -26,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sub.add_parser("crd", help="print the FineTuneJob CustomResourceDefinition")
 
-    p = sub.add_parser("run", help="run a FineTuneJob on this machine (CPU or local GPUs) with the real trainer")
-    p.add_argument("file", help="FineTuneJob manifest (YAML)")
+    p = sub.add_parser("run", help="run a FineTuneJob or a FineTuneSweep on this machine (CPU or local GPUs) with the real trainer")
+    p.add_argument("file", help="FineTuneJob or FineTuneSweep manifest (YAML); for a sweep, --set and --output change its template")
     p.add_argument("--output", help="override spec.output.uri: a local folder or s3://bucket/prefix")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="override a spec field, e.g. --set training.maxSteps=10 (repeatable; values are YAML)")

@@ -235,4 +235,8 @@ def main(args: Any) -> int:
         return 2
     if args.output:
         overrides["spec.output.uri"] = args.output
+    from kubetune_operator.localrun.sweep import is_sweep_file, run_sweep
+
+    if is_sweep_file(args.file):  # --set and --output then apply to the sweep's template
+        return run_sweep(args.file, overrides=overrides, run_dir=args.run_dir, scratch=args.scratch)
     return run(args.file, overrides=overrides, run_dir=args.run_dir, scratch=args.scratch)
