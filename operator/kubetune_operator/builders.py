@@ -111,14 +111,19 @@ def parse_runnable_job(job_dict: dict[str, Any]) -> api.FineTuneJob:
         job = api.load_job(body)
     except ValidationError as e:
         raise InvalidJob("; ".join(contract.validation_messages(e))) from None
-    for i, var in enumerate(job.spec.env):
-        if var.name in OPERATOR_ENV or var.name.startswith("KUBETUNE_") and var.name not in USER_KUBETUNE_ENV:
-            raise InvalidJob(f"spec.env[{i}].name: {var.name} is set by the operator; remove it "
-                             f"(credentials come from spec.storage.secretRef / hubSecretRef)")
+    for i, var_name in reserved_env(job):
+        raise InvalidJob(f"spec.env[{i}].name: {var_name} is set by the operator; remove it "
+                         f"(credentials come from spec.storage.secretRef / hubSecretRef)")
     for key in job.spec.pod_labels:
         if key.startswith("kubetune.io/"):
             raise InvalidJob(f"spec.podLabels: {key!r}: the kubetune.io/ prefix is reserved for the operator's own labels")
     return job
+
+
+def reserved_env(job: api.FineTuneJob) -> list[tuple[int, str]]:
+    """(index, name) of each spec.env entry naming a variable the operator sets itself (`kubetune run` refuses them too)."""
+    return [(i, var.name) for i, var in enumerate(job.spec.env)
+            if var.name in OPERATOR_ENV or var.name.startswith("KUBETUNE_") and var.name not in USER_KUBETUNE_ENV]
 
 
 def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:

@@ -62,6 +62,111 @@ def test_gpus_are_split_between_node_groups_or_cpu_is_used_with_a_note(tmp_path)
     assert any("1 GPU(s) are visible" in n for n in short.notes)
 
 
+def _job_with_env(env=None, env_from=None, **spec) -> api.FineTuneJob:
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["metadata"]["namespace"] = "ml"
+    doc["spec"]["training"].update(globalBatchSize=16, microBatchSize=1)
+    doc["spec"].update(spec, env=env or [], envFrom=env_from or [])
+    return api.load_job(doc)
+
+
+WANDB_REF = {"name": "WANDB_API_KEY", "valueFrom": {"secretKeyRef": {"name": "wandb", "key": "api-key"}}}
+
+
+def test_spec_env_values_and_pod_fields_reach_every_node_group(tmp_path):
+    job = _job_with_env([
+        {"name": "NCCL_DEBUG", "value": "INFO"},
+        {"name": "OMP_NUM_THREADS", "value": "3"},  # the manifest beats the shell and the CPU default
+        {"name": "POD", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "TEAM", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['team']"}}},
+        {"name": "JOB", "valueFrom": {"fieldRef": {"fieldPath": "metadata.labels['kubetune.io/job']"}}},
+        {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+    ], podLabels={"team": "nlp"}, distributed={"nodes": 2, "gpusPerNode": 0})
+    plan = local.plan_run(job, tmp_path, tmp_path, gpus=[], cpu_count=4, master_port=1, shell_env={}, hostname="box")
+    name = job.metadata.name
+    for g in plan.groups:
+        env = local.node_env(plan, g, base={"OMP_NUM_THREADS": "1", "NCCL_DEBUG": "WARN", "PATH": "/bin"})
+        assert env["NCCL_DEBUG"] == "INFO" and env["OMP_NUM_THREADS"] == "3" and env["PATH"] == "/bin"
+        assert (env["POD"], env["NS"], env["TEAM"], env["JOB"]) == (f"{name}-{g.rank}", "ml", "nlp", name)
+        assert (env["NODE"], env["IP"]) == ("box", "127.0.0.1")
+        assert env["KUBETUNE_SCRATCH"] == str(g.scratch)  # kubetune run's own variables still win
+
+
+def test_secret_references_take_the_shells_variable_or_are_refused_naming_the_field(tmp_path):
+    secret = "wandb-" + os.urandom(8).hex()
+    optional = {"name": "HF_ENDPOINT_TOKEN", "valueFrom": {"configMapKeyRef": {"name": "hub", "key": "t", "optional": True}}}
+    job = _job_with_env([WANDB_REF, optional], env_from=[{"secretRef": {"name": "mlflow-credentials"}, "prefix": "MLFLOW_"}])
+
+    with pytest.raises(local.RunError) as refused:
+        local.plan_run(job, tmp_path, tmp_path, gpus=[], cpu_count=2, master_port=1, shell_env={})
+    message = str(refused.value)
+    assert "spec.env[0].valueFrom.secretKeyRef" in message and "Secret wandb (key api-key)" in message
+    assert "Export WANDB_API_KEY in this shell" in message and "optional: true" in message
+    assert "HF_ENDPOINT_TOKEN" not in message  # optional: not a problem
+
+    shell = {"WANDB_API_KEY": secret}
+    plan = local.plan_run(job, tmp_path, tmp_path, gpus=[], cpu_count=2, master_port=1, shell_env=shell)
+    assert local.node_env(plan, plan.groups[0], base=shell)["WANDB_API_KEY"] == secret  # inherited, as exported
+    assert "HF_ENDPOINT_TOKEN" not in local.node_env(plan, plan.groups[0], base=shell)
+    notes = "\n".join(plan.notes)
+    assert "WANDB_API_KEY: taken from this shell's environment (on a cluster: Secret wandb, key api-key)" in notes
+    assert "HF_ENDPOINT_TOKEN: not set" in notes and "spec.envFrom[0]: Secret mlflow-credentials (prefix MLFLOW_)" in notes
+    assert secret not in notes + repr(plan)  # the plan never holds the value
+
+
+@pytest.mark.parametrize("var", ["AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "KUBETUNE_SCRATCH"])
+def test_variables_kubetune_sets_are_refused_locally_as_on_a_cluster(tmp_path, var):
+    job = _job_with_env([{"name": "TEAM", "value": "x"}, {"name": var, "value": "v"}])
+    with pytest.raises(local.RunError, match=rf"spec\.env\[1\]\.name: {var} is set by kubetune itself"):
+        local.plan_run(job, tmp_path, tmp_path, gpus=[], cpu_count=2, master_port=1, shell_env={})
+
+
+FAKE_TRAINER = """#!/bin/sh
+# Stands in for python -m kubetune_trainer.torchrun: keeps the environment it was given.
+env > "$ENV_DUMP_DIR/node-$$.env"
+"""
+
+
+def test_kubetune_run_applies_spec_env_and_prints_no_secret(tmp_path, capsys):
+    """The real run path (manifest file, plan, launcher, display, summary) with a stand-in trainer
+    that records its environment: spec.env arrives, the Secret-backed variable arrives from the
+    shell, and its value is in nothing kubetune run printed or wrote."""
+    import io
+
+    secret = "wandb-" + os.urandom(12).hex()
+    doc = yaml.safe_load(QUICKSTART.read_text())
+    doc["spec"]["env"] = [WANDB_REF, {"name": "WANDB_PROJECT", "value": "llama-lora"}]
+    manifest = tmp_path / "job.yaml"
+    manifest.write_text(yaml.safe_dump(doc))
+    fake = tmp_path / "fake-python"
+    fake.write_text(FAKE_TRAINER)
+    fake.chmod(0o755)
+    dumps, run_dir = tmp_path / "dumps", tmp_path / "run"
+    dumps.mkdir()
+    shell = {"PATH": os.environ["PATH"], "ENV_DUMP_DIR": str(dumps), "WANDB_API_KEY": secret}
+    out = io.StringIO()
+    rc = local.run(manifest, run_dir=run_dir, scratch=tmp_path / "scratch", python=str(fake), stream=out, env=shell,
+                   overrides={"spec.output.uri": str(tmp_path / "out")})
+    printed = out.getvalue() + "".join(capsys.readouterr())
+    assert rc == 0, printed
+    (dump,) = dumps.iterdir()
+    got = dict(line.split("=", 1) for line in dump.read_text().splitlines() if "=" in line)
+    assert got["WANDB_API_KEY"] == secret and got["WANDB_PROJECT"] == "llama-lora"
+    assert "WANDB_API_KEY: taken from this shell's environment" in printed
+    written = b"".join(p.read_bytes() for p in run_dir.rglob("*") if p.is_file())
+    assert b"llama-lora" in written, "the search reads the run folder (the manifest copy holds the literal value)"
+    assert secret not in printed and secret.encode() not in written
+
+    # Not exported: refused before anything starts, naming the field, exit code 2.
+    del shell["WANDB_API_KEY"]
+    rc = local.run(manifest, run_dir=tmp_path / "run2", python=str(fake), stream=io.StringIO(), env=shell)
+    err = capsys.readouterr().err
+    assert rc == 2 and "spec.env[0].valueFrom.secretKeyRef: WANDB_API_KEY comes from Secret wandb" in err
+    assert not (tmp_path / "run2").exists() and len(list(dumps.iterdir())) == 1
+
+
 def test_visible_gpus_honours_cuda_visible_devices_without_torch():
     assert local.visible_gpus({"CUDA_VISIBLE_DEVICES": "2,3"}) == ["2", "3"]
     assert local.visible_gpus({"CUDA_VISIBLE_DEVICES": ""}) == []

@@ -11,6 +11,10 @@ exit codes), so this process never imports torch.
 - GPUs if ``gpusPerNode`` > 0 and the machine has enough of them (each group
   gets its own ``CUDA_VISIBLE_DEVICES``), else CPU processes
   (``processesPerNode``, default 1) sharing the cores (``OMP_NUM_THREADS``).
+- ``spec.env`` as in a pod: literal values set, ``fieldRef`` from local
+  stand-ins; a ``secretKeyRef``/``configMapKeyRef`` variable is the one this
+  shell exports under that name (no cluster to read a Secret from; refused,
+  naming the field, when it is missing and not optional). No value is printed.
 - Output wherever ``output.uri`` points: a local folder, or any S3 endpoint
   (credentials from the usual ``AWS_*`` variables of this shell).
 - A live progress line (step/total, loss, eval loss, tokens/s, ETA) read from
@@ -26,7 +30,8 @@ The run folder (``.kubetune/runs/<name>/`` by default) keeps the resolved
 manifest, the progress file and one log per node group.
 
 Modules: ``manifest`` (file, ``--set`` overrides, validation), ``planning``
-(pure: node groups, devices, commands, environments), ``launcher`` (the
+(pure: node groups, devices, commands, environments), ``environment``
+(spec.env and spec.envFrom on one machine), ``launcher`` (the
 torchrun subprocesses), ``display`` (progress line and summary), ``supervise``
 (the loop and ``run`` as named steps).
 """

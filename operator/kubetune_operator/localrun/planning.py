@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kubetune_api import spec as api
+from kubetune_operator.localrun.environment import EnvError, check_spec_env, spec_env_values
+from kubetune_operator.localrun.manifest import RunError
 
 
 @dataclasses.dataclass
@@ -20,6 +22,8 @@ class NodeGroup:
     gpus: list[str]  # CUDA device ids for this group; empty on CPU
     scratch: Path
     log: Path
+    # What spec.env sets in this group's processes (literal values and pod-field stand-ins).
+    env: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -66,12 +70,23 @@ def plan_run(
     gpus: list[str],
     cpu_count: int,
     master_port: int,
+    *,
+    shell_env: Mapping[str, str] | None = None,
+    hostname: str = "localhost",
 ) -> LocalPlan:
-    """Pure: how to run ``job`` here (node groups, processes, devices, threads, paths)."""
+    """Pure: how to run ``job`` here (node groups, processes, devices, threads, paths, spec.env).
+
+    ``shell_env`` is the environment the trainers inherit; RunError names each
+    spec.env entry it cannot satisfy (see localrun/environment.py).
+    """
     d = job.spec.distributed
     name = job.metadata.name or "job"
     procs = d.procs_per_node()
-    notes: list[str] = []
+    try:
+        notes = check_spec_env(job, shell_env or {})
+    except EnvError as e:
+        lines = "\n".join(f"  {line}" for line in str(e).splitlines())
+        raise RunError(f"spec.env cannot run on this machine:\n{lines}") from None
     want = d.nodes * d.gpus_per_node
     use_gpus = d.gpus_per_node > 0 and len(gpus) >= want
     if d.gpus_per_node > 0 and not use_gpus:
@@ -86,7 +101,8 @@ def plan_run(
     groups = []
     for rank in range(d.nodes):
         devs = gpus[rank * d.gpus_per_node:(rank + 1) * d.gpus_per_node] if use_gpus else []
-        groups.append(NodeGroup(rank, procs, devs, scratch_root / f"node-{rank}", run_dir / f"node-{rank}.log"))
+        groups.append(NodeGroup(rank, procs, devs, scratch_root / f"node-{rank}", run_dir / f"node-{rank}.log",
+                                spec_env_values(job, rank=rank, hostname=hostname)))
     return LocalPlan(
         name=name,
         nodes=d.nodes,
@@ -116,7 +132,9 @@ def torchrun_command(plan: LocalPlan, group: NodeGroup, python: str = sys.execut
 
 
 def node_env(plan: LocalPlan, group: NodeGroup, base: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The shell's environment, then spec.env, then kubetune run's own variables (which win)."""
     env = dict(os.environ if base is None else base)
+    env.update(group.env)
     env["KUBETUNE_SCRATCH"] = str(group.scratch)
     env["KUBETUNE_PROGRESS_FILE"] = str(plan.progress_path)  # only global rank 0 writes it
     env["PYTHONUNBUFFERED"] = "1"

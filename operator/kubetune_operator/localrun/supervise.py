@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -157,9 +158,10 @@ def prepare(
     """Plan the run and lay out its folder: resolved manifest, an empty progress file, empty logs."""
     name = job.metadata.name or "job"
     run_path = Path(run_dir or Path(".kubetune") / "runs" / name).resolve()
-    run_path.mkdir(parents=True, exist_ok=True)
     scratch_root = Path(scratch or env.get("KUBETUNE_SCRATCH") or Path.home() / ".cache" / "kubetune" / "scratch").resolve()
-    plan = plan_run(job, run_path, scratch_root, visible_gpus(env), cpu_count or os.cpu_count() or 1, free_port())
+    plan = plan_run(job, run_path, scratch_root, visible_gpus(env), cpu_count or os.cpu_count() or 1, free_port(),
+                    shell_env=env, hostname=socket.gethostname())
+    run_path.mkdir(parents=True, exist_ok=True)
     plan.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     plan.progress_path.write_text("")  # this launch's records only
     for g in plan.groups:
@@ -211,10 +213,10 @@ def run(
     try:
         doc = load_manifest(manifest, overrides)
         job = validate_manifest(doc)
+        plan = prepare(doc, job, run_dir=run_dir, scratch=scratch, env=os.environ if env is None else env, cpu_count=cpu_count)
     except RunError as e:
         print(f"kubetune: error: {e}", file=sys.stderr)
         return 2
-    plan = prepare(doc, job, run_dir=run_dir, scratch=scratch, env=os.environ if env is None else env, cpu_count=cpu_count)
     announce(display, plan)
     state = RunState()
     with counting_interrupts() as interrupts:
