@@ -1,10 +1,11 @@
 """`kubetune run` of a FineTuneSweep: trials on this machine, decided by the operator's own `sweeps.decide`.
 
 Pure pieces first (slots per machine, the manifest, the table, sweep.json and the
-plots); then one measured run of the real CLI and the real trainer: a grid over
-the learning rate (one value far too small to learn anything in 12 steps) and
-over two tiny base models built here (a random 1-layer one, and a 2-layer one
-pre-trained on the task for a few seconds), 2 trials at once on the 2 cores.
+plots); then one measured run of the real CLI and the real trainer, the sweep of
+docs/sweep.md (scripts/sweep_demo.py builds it): a grid over the learning rate
+(one value far too small to learn anything in 12 steps) and over two tiny base
+models (a random 1-layer one, and a 2-layer one pre-trained on the task for a few
+seconds), 2 trials at once on the 2 cores.
 """
 from __future__ import annotations
 
@@ -135,6 +136,23 @@ def test_sweep_json_and_plots_are_written_under_the_output_and_linked(tmp_path):
         assert width > 300 and height > 200
 
 
+def test_results_go_to_s3_when_the_output_is_s3(s3, monkeypatch):
+    from e2e_jobs import BUCKET, KEY_ID, REGION, SECRET
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEY_ID)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    sweep = sweep_doc()
+    sweep["spec"]["template"]["output"]["uri"] = f"s3://{BUCKET}/sweeps/lr"
+    sweep["spec"]["template"]["storage"] = {"endpoint": s3.endpoint, "region": REGION}
+    sweep["status"] = _status()
+    res = results.write_results(sweep)
+    assert res["summaryUri"] == f"s3://{BUCKET}/sweeps/lr/sweep.json"
+    assert sorted(s3.keys("sweeps/lr/")) == ["sweeps/lr/plots/eval-curves.png", "sweeps/lr/plots/objective.png", "sweeps/lr/sweep.json"]
+    doc = json.loads(s3.client.get_object(Bucket=BUCKET, Key="sweeps/lr/sweep.json")["Body"].read())
+    assert doc["results"] == res and doc["bestTrial"]["name"] == "s-t2"
+    assert s3.client.get_object(Bucket=BUCKET, Key="sweeps/lr/plots/objective.png")["Body"].read()[:8] == PNG_MAGIC
+
+
 def test_a_trial_run_reads_as_its_finetunejob_status(tmp_path):
     """Every eval goes to decide one at a time; exit 0 -> Succeeded with the exported metrics; other exits -> Failed."""
 
@@ -181,45 +199,30 @@ def test_a_trial_run_reads_as_its_finetunejob_status(tmp_path):
         "phase": "Failed", "progress": {}, "reason": "DataInvalid", "message": "row 3 has no completion", "completionTime": None}
 
 
+def test_a_resumed_trial_keeps_its_earlier_evals_in_its_curve():
+    status = {"trials": [
+        {"name": "s-t0", "intermediate": [{"step": 0, "value": 3.0}, {"step": 4, "value": 2.0}, {"step": 8, "value": 1.8}]},
+        {"name": "s-t1", "intermediate": [{"step": 0, "value": 3.0}]},
+    ]}
+    run = type("Run", (), {"curve": [(8, 1.8), (12, 1.5)]})()  # this launch resumed s-t0 at step 8
+    assert local_sweep.eval_curves(status, {"s-t0": run}) == {
+        "s-t0": [(0, 3.0), (4, 2.0), (8, 1.8), (12, 1.5)], "s-t1": [(0, 3.0)]}
+
+
 # ------------------------------------------------------------------ the measured run
-def _build_models(root: Path) -> None:
-    """Two base models with one tokenizer: a random 1-layer Llama, and a 2-layer one pre-trained on the task."""
-    import torch
-
-    from kubetune_trainer import tiny
-
-    tok = tiny.build_tokenizer()
-    tiny.write_instruction_dataset(root / "data" / "train.jsonl", n=96, seed=0)
-    tiny.write_instruction_dataset(root / "data" / "eval.jsonl", n=16, seed=1)
-    small = tiny.build_model(tok, hidden=32, layers=1, heads=2, seed=1)
-    small.save_pretrained(root / "models" / "small")
-    tok.save_pretrained(root / "models" / "small")
-
-    pretrained = tiny.build_model(tok, hidden=64, layers=2, seed=0)
-    tiny.write_instruction_dataset(root / "data" / "pretrain.jsonl", n=256, seed=7)  # other rows than train and eval
-    rows = [json.loads(line) for line in (root / "data" / "pretrain.jsonl").read_text().splitlines()]
-    enc = tok([r["prompt"] + r["completion"] + tok.eos_token for r in rows], padding=True, return_tensors="pt")
-    labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
-    opt = torch.optim.AdamW(pretrained.parameters(), lr=3e-3)
-    gen = torch.Generator().manual_seed(0)
-    for _ in range(30):
-        idx = torch.randint(0, len(rows), (32,), generator=gen)
-        pretrained(input_ids=enc.input_ids[idx], attention_mask=enc.attention_mask[idx], labels=labels[idx]).loss.backward()
-        opt.step()
-        opt.zero_grad()
-    pretrained.save_pretrained(root / "models" / "pretrained")
-    tok.save_pretrained(root / "models" / "pretrained")
 
 
 @pytest.mark.distributed
 @pytest.mark.timeout(400)
 def test_kubetune_run_of_a_sweep_picks_the_setting_with_the_lowest_eval_loss_and_writes_the_results(tmp_path):
-    t0 = time.monotonic()
-    _build_models(tmp_path)
-    built = time.monotonic() - t0
-    manifest = tmp_path / "sweep.yaml"
-    manifest.write_text(yaml.safe_dump(sweep_doc()))
+    """The sweep of docs/sweep.md, built by scripts/sweep_demo.py (models, data, manifest) and run by the real CLI."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    t0 = time.monotonic()
+    b = subprocess.run([sys.executable, str(ROOT / "scripts" / "sweep_demo.py"), str(tmp_path)],
+                       env=env, capture_output=True, text=True, timeout=120)
+    assert b.returncode == 0, b.stderr
+    manifest = Path(b.stdout.strip().splitlines()[-1])
+    built = time.monotonic() - t0
     t1 = time.monotonic()
     r = subprocess.run([*KUBETUNE, "run", str(manifest), "--run-dir", "run", "--scratch", "scratch"],
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=360)

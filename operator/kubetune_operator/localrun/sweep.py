@@ -454,9 +454,9 @@ class LocalSweep:
                 time.sleep(POLL_SECONDS)
                 continue
             changed = self.step()
-            self.table(force=changed)
             if self.finished and not self.alive():
-                return "done"
+                return "done"  # the caller prints the final table
+            self.table(force=changed)
             time.sleep(POLL_SECONDS)
 
     def stop_leftovers(self) -> None:
@@ -485,6 +485,20 @@ def summary_lines(sweep: Mapping[str, Any], runs: Mapping[str, TrialRun], wall: 
     for uri in res.get("plotUris") or []:
         lines.append(f"plot: {uri}")
     return lines
+
+
+def eval_curves(status: Mapping[str, Any], runs: Mapping[str, TrialRun]) -> dict[str, list[tuple[int, float]]]:
+    """Each trial's eval curve: what this launch measured, after what status recorded before it (a resumed trial)."""
+    out = {}
+    for t in status.get("trials") or []:
+        run = runs.get(t["name"])
+        measured = run.curve if run else []
+        first = measured[0][0] if measured else None
+        earlier = [(int(r["step"]), float(r["value"])) for r in t.get("intermediate") or []
+                   if first is None or int(r["step"]) < first]
+        if earlier or measured:
+            out[t["name"]] = earlier + list(measured)
+    return out
 
 
 # ------------------------------------------------------------ run
@@ -550,7 +564,7 @@ def run_sweep(
     if how == "stopped":
         display.say(f"stopped; trials checkpointed. Run the same command again to resume ({run_path / 'status.json'}).")
         return PREEMPTED
-    curves = {name: run.curve for name, run in local.runs.items() if run.curve}
+    curves = eval_curves(local.status, local.runs)
     try:
         local.status["results"] = sweep_results.write_results(local.sweep, curves)
         local.save()

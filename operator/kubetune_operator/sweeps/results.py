@@ -172,7 +172,12 @@ def curves_plot(doc: Mapping[str, Any]) -> bytes:
     ax.set_ylabel("eval loss" if metric == "evalLoss" else metric)
     values = [v for line in ax.lines for v in line.get_ydata() if v > 0]
     if values and max(values) / min(values) > 5:
+        from matplotlib.ticker import FuncFormatter
+
         ax.set_yscale("log")  # losses of trials far apart: each curve's shape stays visible
+        plain = FuncFormatter(lambda v, _: f"{v:.3g}")
+        ax.yaxis.set_major_formatter(plain)
+        ax.yaxis.set_minor_formatter(plain)
     ax.set_title(f"{doc.get('name')}: eval curves", fontsize=9)
     if ax.lines:
         ax.legend(fontsize=7)
