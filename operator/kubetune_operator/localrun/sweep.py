@@ -398,8 +398,12 @@ class LocalSweep:
         if self.slots.gpus[slot]:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(self.slots.gpus[slot])
         trial_scratch = self.scratch / "trials" / name
-        plan = prepare(doc, job, run_dir=self.run_dir / "trials" / name, scratch=trial_scratch, env=env,
-                       cpu_count=self.slots.cpus_per_trial)
+        try:  # refuses e.g. a spec.env Secret reference this shell does not export
+            plan = prepare(doc, job, run_dir=self.run_dir / "trials" / name, scratch=trial_scratch, env=env,
+                           cpu_count=self.slots.cpus_per_trial)
+        except RunError as e:
+            self.rejected[name] = str(e)
+            return
         for g in plan.groups:  # one download cache for all trials (the fetch cache locks per entry)
             g.scratch.mkdir(parents=True, exist_ok=True)
             shared = self.scratch / f"cache-node-{g.rank}"
