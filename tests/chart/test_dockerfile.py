@@ -2,7 +2,9 @@
 cheap, and an operator image that cannot contain torch or trainer code. (No Docker engine here: the images are not built by the tests.)"""
 from __future__ import annotations
 
+import ast
 import fnmatch
+import itertools
 import re
 import shlex
 import subprocess
@@ -263,26 +265,42 @@ def test_each_image_wheel_holds_only_its_packages(wheels, part, packages):
     assert top == packages
 
 
+def image_extras(dockerfile, part: str) -> list[str]:
+    """The extras the Dockerfile's dependency stage of an image asks scripts/requirements.py for."""
+    _, stages = dockerfile
+    (run,) = [r for r in stages[f"{part}-deps"].args("RUN") if "scripts/requirements.py" in r]
+    words = shlex.split(run)
+    at = next(i for i, w in enumerate(words) if w.endswith("scripts/requirements.py"))
+    return list(itertools.takewhile(lambda w: w not in (">", "&&", "|"), words[at + 1:]))
+
+
+def image_requirements(dockerfile, part: str) -> list[str]:
+    """What an image's dependency layer installs: scripts/requirements.py run exactly as the Dockerfile runs it."""
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "requirements.py"), *image_extras(dockerfile, part)],
+                       capture_output=True, text=True, timeout=60, check=True)
+    return [line for line in r.stdout.splitlines() if line.strip()]
+
+
 @pytest.mark.parametrize("part", ["operator", "trainer"])
-def test_image_dependency_sets_agree_with_pyproject(wheels, part):
-    """What each image installs (scripts/requirements.py, the dependency layer)
-    is exactly the core dependencies plus that extra, as pyproject.toml and the
-    wheel's own metadata (what `pip install kubetune[extra]` would resolve)
-    declare them."""
+def test_image_dependency_sets_agree_with_pyproject(dockerfile, wheels, part):
+    """What each image installs (scripts/requirements.py as the Dockerfile runs
+    it: the operator image adds the `api` extra for `kubetune api`) is exactly
+    the core dependencies plus those extras, as pyproject.toml and the wheel's
+    own metadata (what `pip install kubetune[extras]` would resolve) declare them."""
     import zipfile
     from email.parser import Parser
 
-    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "requirements.py"), part],
-                       capture_output=True, text=True, timeout=60, check=True)
-    image = {str(Requirement(line)) for line in r.stdout.splitlines() if line.strip()}
-    assert image == {str(Requirement(x)) for x in _extra(part)}
+    extras = image_extras(dockerfile, part)
+    assert extras[0] == part, f"the {part} image installs {extras}"
+    image = {str(Requirement(line)) for line in image_requirements(dockerfile, part)}
+    assert image == {str(Requirement(x)) for x in _extra(*extras)}
     with zipfile.ZipFile(wheels[part]) as z:
         (meta,) = [n for n in z.namelist() if n.endswith(".dist-info/METADATA")]
         message = Parser().parsestr(z.read(meta).decode())
     from_wheel = set()
     for line in message.get_all("Requires-Dist") or []:
         req = Requirement(line)
-        if req.marker is None or req.marker.evaluate({"extra": part}):
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras):
             req.marker = None
             from_wheel.add(str(req))
     assert image == from_wheel
@@ -342,12 +360,14 @@ def dependency_closure(requirements: list[str], extras: frozenset[str] = frozens
     return names
 
 
-def _extra(name: str) -> list[str]:
-    return PYPROJECT["project"]["dependencies"] + PYPROJECT["project"]["optional-dependencies"][name]
+def _extra(*names: str) -> list[str]:
+    extras = PYPROJECT["project"]["optional-dependencies"]
+    return PYPROJECT["project"]["dependencies"] + [r for name in names for r in extras[name]]
 
 
-def test_operator_extra_pulls_no_torch():
-    closure = dependency_closure(_extra("operator"))
+def test_operator_extra_pulls_no_torch(dockerfile):
+    """The operator image's whole dependency set (operator and api extras, as the Dockerfile installs them)."""
+    closure = dependency_closure(image_requirements(dockerfile, "operator"))
     assert {"kopf", "kubernetes", "prometheus-client", "pydantic"} <= closure
     assert not closure & HEAVY, f"the operator extra pulls {sorted(closure & HEAVY)}"
     assert not {n for n in closure if n.startswith("nvidia-")}
@@ -405,3 +425,86 @@ def test_images_carry_oci_labels(dockerfile, target):
     args, _ = dockerfile
     assert args["VERSION"] == PYPROJECT["project"]["version"], "the VERSION build arg follows the project version"
     assert labels["org.opencontainers.image.licenses"] == PYPROJECT["project"]["license"]["text"]
+
+
+# ------------------------------------------------- imports vs the image's dependencies
+# Source roots of the packages each image's wheel holds.
+IMAGE_SOURCES = {"operator": ("api/kubetune_api", "operator/kubetune_operator"),
+                 "trainer": ("api/kubetune_api", "trainer/kubetune_trainer")}
+# Third-party imports an image's code makes that its dependencies do not provide,
+# unguarded, each reached only by a command that needs another install anyway.
+NOT_IN_THE_IMAGE = {
+    ("operator", "matplotlib", "operator/kubetune_operator/sweeps/results.py"):
+        "the plots of `kubetune run` of a FineTuneSweep: a local run, which needs the trainer extra (it ships matplotlib)",
+    ("operator", "boto3", "operator/kubetune_operator/sweeps/results.py"):
+        "sweep.json/plots written to s3:// by `kubetune run` of a FineTuneSweep (trainer extra, as above)",
+}
+_IMPORT_GUARDS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
+def _guarded(node: ast.AST, parents: dict[ast.AST, ast.AST]) -> bool:
+    """Inside a try whose handlers catch a failed import."""
+    while node in parents:
+        child, node = node, parents[node]
+        if isinstance(node, ast.Try) and child in node.body:
+            for h in node.handlers:
+                caught = h.type.elts if isinstance(h.type, ast.Tuple) else [h.type]
+                if h.type is None or any(isinstance(c, ast.Name) and c.id in _IMPORT_GUARDS for c in caught):
+                    return True
+    return False
+
+
+def third_party_imports(part: str) -> dict[tuple[str, str], bool]:
+    """{(top-level module, file): guarded} for every absolute import in the image's packages (any depth)."""
+    own = {Path(src).name for srcs in IMAGE_SOURCES.values() for src in srcs}
+    out: dict[tuple[str, str], bool] = {}
+    for src in IMAGE_SOURCES[part]:
+        for path in sorted((ROOT / src).rglob("*.py")):
+            tree = ast.parse(path.read_text(), str(path))
+            parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    names = [node.module]
+                else:
+                    continue
+                for name in names:
+                    top = name.split(".")[0]
+                    if top in sys.stdlib_module_names or top == "__future__" or (top in own and src.endswith(top)):
+                        continue
+                    if top in own and any(s.endswith(top) for s in IMAGE_SOURCES[part]):
+                        continue
+                    key = (top, str(path.relative_to(ROOT)))
+                    out[key] = out.get(key, True) and _guarded(node, parents)
+    return out
+
+
+@pytest.mark.parametrize("part", ["operator", "trainer"])
+def test_every_import_of_an_image_is_installed_in_it(dockerfile, part):
+    """Each third-party module the image's code imports comes from a distribution in
+    the closure of what the image installs, or the import is guarded (try/except
+    ImportError with a message), or it is listed in NOT_IN_THE_IMAGE with the reason.
+    (The operator image runs `kubetune api`, whose S3 file store imports boto3.)"""
+    closure = dependency_closure(image_requirements(dockerfile, part))
+    providers = metadata.packages_distributions()
+    missing = []
+    for (module, where), guarded in sorted(third_party_imports(part).items()):
+        dists = {canonicalize_name(d) for d in providers.get(module, [])}
+        if dists & closure or guarded or (part, module, where) in NOT_IN_THE_IMAGE:
+            continue
+        missing.append(f"{where}: import {module} ({', '.join(sorted(dists)) or 'not installed here'})")
+    assert not missing, f"the {part} image lacks what its code imports:\n" + "\n".join(missing)
+    stale = {k for k in NOT_IN_THE_IMAGE if k[0] == part} - {(part, m, w) for (m, w) in third_party_imports(part)}
+    assert not stale, f"NOT_IN_THE_IMAGE lists imports that no longer exist: {sorted(stale)}"
+
+
+def test_the_import_check_sees_unguarded_and_guarded_imports():
+    """Guard against a vacuous check: the scan finds the operator's kopf and the trainer's
+    torch, tells guarded imports from plain ones, and the trainer image lacks kopf."""
+    operator, trainer = third_party_imports("operator"), third_party_imports("trainer")
+    assert ("kopf", "operator/kubetune_operator/kube.py") in operator
+    assert any(m == "torch" for m, _ in trainer) and not any(m == "torch" for m, _ in operator)
+    assert operator[("kubetune_trainer", "operator/kubetune_operator/cli.py")] is True  # try/except ImportError
+    assert operator[("kopf", "operator/kubetune_operator/kube.py")] is False
+    assert "kopf" in dependency_closure(_extra("operator")) and "kopf" not in dependency_closure(_extra("trainer"))
