@@ -337,15 +337,35 @@ def test_aggregated_roles_against_the_authorizing_cluster(people_cluster):
     assert not can("nobody", "GET", "ml", "seed")
     # The refusals above were the authorizer's (403), not another error.
     assert {c.user_agent for c in cluster.denied} >= {"alice", "bob", "carol", "nobody"}
-    # FineTuneSweeps: the emulator serves no sweep resource, so the same
-    # authorizer decides on the calls directly.
-    from support.emulator import ApiCall
+    # FineTuneSweeps, through the same API server.
+    sweeps = "/apis/kubetune.io/v1alpha1/namespaces/{ns}/finetunesweeps"
 
-    sweep = lambda verb, ns="ml": ApiCall(verb, "kubetune.io", "finetunesweeps", None, ns, "s")  # noqa: E731
-    assert all(allows(grants["alice"], sweep(v)) for v in ("get", "list", "watch", "create", "patch", "delete"))
-    assert all(allows(grants["bob"], sweep(v)) for v in ("get", "list", "watch"))
-    assert not any(allows(grants["bob"], sweep(v)) for v in ("create", "patch", "delete"))
-    assert not allows(grants["alice"], sweep("get", "other"))
+    def sweep(name: str, ns: str = "ml") -> dict:
+        template = job_manifest("t", ns)["spec"]
+        return {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneSweep", "metadata": {"name": name, "namespace": ns},
+                "spec": {"template": template, "algorithm": "grid",
+                         "parameters": [{"path": "training.learningRate", "type": "categorical", "values": [1e-4]}]}}
+
+    def can_sweep(who, method, ns, name=None, sub=None, body=None, content_type=None):
+        path = sweeps.format(ns=ns) + (f"/{name}" if name else "") + (f"/{sub}" if sub else "")
+        code = _as(cluster, who, method, path, body, content_type)
+        assert code != 404, f"{who} {method} {path}: 404 (the test is broken, not the role)"
+        return code < 400
+
+    assert can_sweep("alice", "POST", "ml", body=sweep("s"))
+    assert can_sweep("alice", "GET", "ml", "s") and can_sweep("alice", "GET", "ml")
+    assert can_sweep("alice", "PATCH", "ml", "s", body={"spec": {"parallelism": 2}}, content_type=merge)
+    assert not can_sweep("alice", "PATCH", "ml", "s", "status", {"status": {"phase": "Succeeded"}}, merge)
+    assert can_sweep("bob", "GET", "ml", "s") and can_sweep("bob", "GET", "ml")
+    assert not can_sweep("bob", "POST", "ml", body=sweep("by-bob"))
+    assert not can_sweep("bob", "PATCH", "ml", "s", body={"spec": {"parallelism": 1}}, content_type=merge)
+    assert not can_sweep("bob", "DELETE", "ml", "s")
+    assert not can_sweep("alice", "POST", "other", body=sweep("s", "other"))
+    assert can_sweep("carol", "DELETE", "ml", "s")
+    assert not can_sweep("nobody", "GET", "ml")
+    # Watches too: what `kubectl get -w` needs (view includes watch).
+    assert _as(cluster, "bob", "GET", sweeps.format(ns="ml") + "?watch=true&timeoutSeconds=1") < 400
+    assert _as(cluster, "nobody", "GET", jobs.format(ns="ml") + "?watch=true&timeoutSeconds=1") == 403
     assert Grant("ml", "kubetune.io", "finetunejobs/status", "patch") not in grants["carol"]
 
 
