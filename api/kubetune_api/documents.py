@@ -62,6 +62,11 @@ def read_documents(path: str | os.PathLike[str]) -> list[Any]:
     return parse_documents(read_bytes(path))
 
 
+def check_size(value: Any) -> None:
+    """Refuse a parsed document (YAML, or JSON as an HTTP body) nested deeper or holding more values than a manifest needs."""
+    _check_size(value, 0, [MAX_VALUES])
+
+
 def _check_size(value: Any, depth: int, budget: list[int]) -> None:
     if depth > MAX_DEPTH:
         raise Unreadable(f"not a manifest: nested deeper than {MAX_DEPTH} levels")

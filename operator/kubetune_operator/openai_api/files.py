@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import secrets
 import tempfile
 import time
@@ -25,6 +26,10 @@ MAX_BAD_ROWS_SHOWN = 3
 
 def new_file_id() -> str:
     return "file-" + secrets.token_hex(12)
+
+
+# What a file id can be (ours are file-<24 hex>): anything else names no file, and never reaches a path or a key.
+_FILE_ID = re.compile(r"file-[A-Za-z0-9_-]{1,64}")
 
 
 # ----------------------------------------------------------------- checking
@@ -168,7 +173,7 @@ class FileStore:
         return obj
 
     def get(self, scope: str, file_id: str, param: str | None = None) -> dict[str, Any]:
-        if not file_id.startswith("file-") or "/" in file_id:
+        if not _FILE_ID.fullmatch(file_id):
             raise not_found("file", file_id, param)
         raw = self._read(scope, f"{file_id}.json")
         if raw is None:

@@ -39,9 +39,56 @@ RESULT_FILES_ANNOTATION = "openai.kubetune.io/result-files"
 MANAGED_LABEL = "openai.kubetune.io/managed"
 JOB_PREFIX = "ftjob-"
 
-HYPERPARAMETERS = ("n_epochs", "batch_size", "learning_rate_multiplier")
+# name -> (integer?, lowest, highest): each also takes "auto".
+HYPERPARAMETER_LIMITS: dict[str, tuple[bool, float, float]] = {
+    "n_epochs": (True, 1, 50), "batch_size": (True, 1, 4096), "learning_rate_multiplier": (False, 1e-6, 100.0)}
+HYPERPARAMETERS = tuple(HYPERPARAMETER_LIMITS)
+
+
+def _nullable(schema: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+_HYPERPARAMETERS_SCHEMA: dict[str, Any] = _nullable({
+    "type": "object",
+    "additionalProperties": False,
+    "properties": {
+        name: {"anyOf": [{"const": "auto"}, {"type": "integer" if integer else "number", "minimum": low, "maximum": high}]}
+        for name, (integer, low, high) in HYPERPARAMETER_LIMITS.items()
+    },
+})
+# The body of ``POST /fine_tuning/jobs`` as the server publishes it (its OpenAPI schema); parse_create_request checks
+# the same rules by hand, so each refusal names the field and what to do.
+CREATE_REQUEST_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "title": "FineTuningJobCreate",
+    "required": ["model", "training_file"],
+    "additionalProperties": False,
+    "properties": {
+        "model": {"type": "string", "minLength": 1,
+                  "description": "a name from the server's model catalogue, or a model source: a path, s3:// or hf:// URI"},
+        "training_file": {"type": "string", "minLength": 1, "description": "the id of a file uploaded with purpose fine-tune"},
+        "validation_file": _nullable({"type": "string"}),
+        "hyperparameters": _HYPERPARAMETERS_SCHEMA,
+        "method": _nullable({
+            "type": "object",
+            "required": ["type"],
+            "properties": {
+                "type": {"const": "supervised"},
+                "supervised": _nullable({"type": "object", "properties": {"hyperparameters": _HYPERPARAMETERS_SCHEMA}}),
+            },
+        }),
+        "suffix": _nullable({"type": "string", "minLength": 1, "maxLength": 64}),
+        "seed": _nullable({"type": "integer", "minimum": 0, "maximum": 2**31 - 1}),
+        "metadata": _nullable({"type": "object", "maxProperties": 16, "propertyNames": {"maxLength": 64},
+                               "additionalProperties": {"type": "string", "maxLength": 512},
+                               "description": "kubetune.<spec field path> keys set FineTuneJob fields, e.g. kubetune.distributed.nodes"}),
+        "integrations": _nullable({"type": "array", "maxItems": 0, "description": "not supported: leave it out or empty"}),
+        "kubetune": _nullable({"type": "object", "description": "a FineTuneJob spec fragment (camelCase), e.g. {\"method\": {\"type\": \"full\"}}"}),
+    },
+}
 # The request's top-level fields this server understands; anything else is refused by name.
-CREATE_FIELDS = {"model", "training_file", "validation_file", "hyperparameters", "method", "suffix", "seed", "metadata", "integrations", "kubetune"}
+CREATE_FIELDS = frozenset(CREATE_REQUEST_SCHEMA["properties"])
 # Set from the request itself; an extra may not override them.
 PROTECTED_PATHS = ("model.source", "dataset.train", "dataset.eval", "output.uri")
 # Short names accepted as metadata keys, besides any `kubetune.<spec path>`.
@@ -103,10 +150,9 @@ def _hyperparameters(raw: Any, where: str) -> dict[str, Any]:
     unknown = sorted(set(raw) - set(HYPERPARAMETERS))
     if unknown:
         raise unsupported(f"{where}.{unknown[0]} is not supported; supervised jobs take {', '.join(HYPERPARAMETERS)}", f"{where}.{unknown[0]}")
-    limits = {"n_epochs": (True, 1, 50), "batch_size": (True, 1, 4096), "learning_rate_multiplier": (False, 1e-6, 100.0)}
     out = {}
     for key, value in raw.items():
-        integer, low, high = limits[key]
+        integer, low, high = HYPERPARAMETER_LIMITS[key]
         out[key] = _number(value, f"hyperparameters.{key}", integer=integer, low=low, high=high)
     return out
 
@@ -247,6 +293,8 @@ def build_manifest(
 ) -> dict[str, Any]:
     """The FineTuneJob for a request: the server's template, then the extras, then the request's own fields."""
     spec = _merge(copy.deepcopy(template or {}), req.extras)
+    for section in ("model", "dataset", "output", "training"):
+        _object_section(spec, section)
     _set(spec, "model.source", model_source)
     _set(spec, "dataset.train", train_uri)
     if eval_uri:
@@ -268,10 +316,13 @@ def build_manifest(
         training["epochs"] = 3
     if hp["batch_size"] != "auto":
         training["globalBatchSize"] = hp["batch_size"]
-        training["microBatchSize"] = math.gcd(hp["batch_size"], int(training.get("microBatchSize") or 1))
+        micro = _number_field(training, "microBatchSize", integer=True)
+        training["microBatchSize"] = math.gcd(hp["batch_size"], max(1, int(micro or 1)))
     if hp["learning_rate_multiplier"] != "auto":
         method = _get(spec, "method.type") or "lora"
-        base = training.get("learningRate") or _default_learning_rate(method)
+        if not isinstance(method, str):
+            raise invalid(f"kubetune.method.type must be a string (lora, full, ...), got {method!r}", "kubetune.method.type")
+        base = _number_field(training, "learningRate", integer=False) or _default_learning_rate(method)
         training["learningRate"] = base * hp["learning_rate_multiplier"]
     if req.seed is not None:
         training["seed"] = req.seed
@@ -283,6 +334,27 @@ def build_manifest(
     if namespace:
         metadata["namespace"] = namespace
     return {"apiVersion": f"{api.GROUP}/{api.VERSION}", "kind": api.KIND, "metadata": metadata, "spec": spec}
+
+
+def _object_section(spec: dict[str, Any], section: str) -> None:
+    """A spec section the request writes into must be an object (null: not set); never silently replaced."""
+    value = spec.get(section)
+    if value is None:
+        spec.pop(section, None)
+    elif not isinstance(value, dict):
+        raise invalid(f"kubetune.{section} must be an object (a FineTuneJob spec section), got {json.dumps(value)[:80]}",
+                      f"kubetune.{section}")
+
+
+def _number_field(training: dict[str, Any], field: str, *, integer: bool) -> int | float | None:
+    """A training field the request's hyperparameters compute with; a wrong type is answered here, by name."""
+    value = training.get(field)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or (integer and not float(value).is_integer()):
+        kind = "an integer" if integer else "a number"
+        raise invalid(f"kubetune.training.{field} must be {kind}, got {json.dumps(value)[:80]}", f"kubetune.training.{field}")
+    return value
 
 
 def _default_learning_rate(method: str) -> float:

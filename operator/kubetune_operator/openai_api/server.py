@@ -11,19 +11,27 @@ Routes (all under ``/v1``, as the ``openai`` client's ``base_url`` expects):
 
 Everything else, and any error, is answered in the API's error shape with the
 status code the ``openai`` client maps to its exception types.
+
+The OpenAPI schema is served at ``/v1/openapi.json``: each route's parameters,
+the job-creation body (:data:`mapping.CREATE_REQUEST_SCHEMA`), the bearer token
+and ``OpenAI-Project`` header, and the error shape of 4xx answers. Schemathesis
+fuzzes the server from it (tests/support/fuzz_http.py).
 """
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-from typing import Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import FastAPI, File, Form, Request, UploadFile
+from fastapi import FastAPI, File, Form, Query, Request, UploadFile
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from kubetune_api import documents
 
 from . import mapping
 from .errors import ApiError, invalid
@@ -63,18 +71,62 @@ def _caller(request: Request, api_key: str | None) -> Caller:
     return Caller(token=token or None, project=request.headers.get("openai-project") or None)
 
 
-def _limit(value: str | None) -> int | None:
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise invalid(f"limit must be an integer, got {value!r}", "limit") from None
+# ?limit= of the list routes: FastAPI checks it (a 400 naming `limit` otherwise) and publishes the bounds.
+Limit = Annotated[int | None, Query(ge=1, le=100, description="items per page, 1 to 100")]
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "title": "Error",
+    "required": ["error"],
+    "properties": {"error": {
+        "type": "object",
+        "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"anyOf": [{"type": "string"}, {"type": "null"}]},
+                       "code": {"anyOf": [{"type": "string"}, {"type": "null"}]}},
+    }},
+}
+
+
+def _openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema of the routes, plus what they read by hand: the bearer token, the OpenAI-Project header,
+    the job-creation body; errors in the API's shape (FastAPI's own 422 entry describes an answer this server never gives)."""
+    schema = get_openapi(title=app.title, version=app.version, routes=app.routes)
+    components = schema.setdefault("components", {})
+    components["securitySchemes"] = {"bearer": {
+        "type": "http", "scheme": "bearer",
+        "description": "local backend: the --api-key, if the server has one; cluster backend: the caller's Kubernetes token"}}
+    components.setdefault("schemas", {})["Error"] = _ERROR_SCHEMA
+    for name in ("HTTPValidationError", "ValidationError"):
+        components["schemas"].pop(name, None)
+    error = {"description": "an error in the OpenAI API's shape; `param` names the request field at fault",
+             "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for path, operations in schema.get("paths", {}).items():
+        if not path.startswith("/v1/") or path == app.openapi_url:
+            continue
+        for operation in operations.values():
+            operation["security"] = [{"bearer": []}, {}]
+            operation.setdefault("parameters", []).append({
+                "name": "OpenAI-Project", "in": "header", "required": False, "schema": {"type": "string"},
+                "description": "cluster backend: the namespace to act in (default: the service account's, else --namespace)"})
+            responses = operation.setdefault("responses", {})
+            responses.pop("422", None)
+            responses["4XX"] = error
+    schema["paths"]["/v1/fine_tuning/jobs"]["post"]["requestBody"] = {
+        "required": True, "content": {"application/json": {"schema": mapping.CREATE_REQUEST_SCHEMA}}}
+    return schema
 
 
 def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
     """The ASGI app; ``api_key`` (local backend) makes every request present that bearer token."""
     app = FastAPI(title="kubetune fine-tuning API (OpenAI-compatible)", docs_url=None, redoc_url=None, openapi_url="/v1/openapi.json")
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _openapi_schema(app)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -108,21 +160,20 @@ def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
 
     # ----------------------------------------------------------------- files
     @app.post("/v1/files")
-    async def create_file(request: Request, file: UploadFile = File(...), purpose: str = Form(...)) -> Any:  # noqa: B008
+    async def create_file(request: Request, file: UploadFile = File(...),  # noqa: B008
+                          purpose: str = Form(..., json_schema_extra={"enum": ["fine-tune"]})) -> Any:
         caller = _caller(request, api_key)
         data = await file.read()
         return await call(backend.create_file, caller, file.filename or "upload.jsonl", purpose, data)
 
     @app.get("/v1/files")
-    async def list_files(request: Request, purpose: str | None = None, after: str | None = None, limit: str | None = None,
-                         order: str = "desc") -> Any:
+    async def list_files(request: Request, purpose: str | None = None, after: str | None = None, limit: Limit = None,
+                         order: Literal["asc", "desc"] = "desc") -> Any:
         caller = _caller(request, api_key)
-        if order not in ("asc", "desc"):
-            raise invalid("order must be asc or desc", "order")
         items = await call(backend.list_files, caller, purpose)
         if order == "asc":
             items = list(reversed(items))
-        return mapping.page(items, after, _limit(limit), default_limit=100)
+        return mapping.page(items, after, limit, default_limit=100)
 
     @app.get("/v1/files/{file_id}")
     async def get_file(request: Request, file_id: str) -> Any:
@@ -143,18 +194,26 @@ def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
         caller = _caller(request, api_key)
         try:
             body = json.loads(await request.body())
+            documents.check_size(body)
+            json.dumps(body, ensure_ascii=False).encode()  # JSON's \ud800 escapes decode to lone surrogates: not text
+        except RecursionError:
+            raise invalid(f"the request body is nested deeper than {documents.MAX_DEPTH} levels") from None
+        except documents.Unreadable as e:
+            raise invalid(f"the request body is {str(e).removeprefix('not a manifest: ')}") from None
+        except UnicodeEncodeError:
+            raise invalid("the request body is not valid JSON: a \\u escape gives a lone UTF-16 surrogate, which is not a character") from None
         except ValueError:
             raise invalid("the request body is not valid JSON") from None
         return await call(backend.create_job, caller, body)
 
     @app.get("/v1/fine_tuning/jobs")
-    async def list_jobs(request: Request, after: str | None = None, limit: str | None = None) -> Any:
+    async def list_jobs(request: Request, after: str | None = None, limit: Limit = None) -> Any:
         caller = _caller(request, api_key)
         items = await call(backend.list_jobs, caller)
         wanted = {k[len("metadata["):-1]: v for k, v in request.query_params.items() if k.startswith("metadata[") and k.endswith("]")}
         if wanted:
             items = [j for j in items if all((j.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
-        return mapping.page(items, after, _limit(limit))
+        return mapping.page(items, after, limit)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}")
     async def get_job(request: Request, job_id: str) -> Any:
@@ -173,14 +232,14 @@ def create_app(backend: Backend, *, api_key: str | None = None) -> FastAPI:
         return await call(backend.resume_job, _caller(request, api_key), job_id)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
-    async def list_events(request: Request, job_id: str, after: str | None = None, limit: str | None = None) -> Any:
+    async def list_events(request: Request, job_id: str, after: str | None = None, limit: Limit = None) -> Any:
         items = await call(backend.list_events, _caller(request, api_key), job_id)
-        return mapping.page(items, after, _limit(limit))
+        return mapping.page(items, after, limit)
 
     @app.get("/v1/fine_tuning/jobs/{job_id}/checkpoints")
-    async def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: str | None = None) -> Any:
+    async def list_checkpoints(request: Request, job_id: str, after: str | None = None, limit: Limit = None) -> Any:
         items = await call(backend.list_checkpoints, _caller(request, api_key), job_id)
-        return mapping.page(items, after, _limit(limit), default_limit=10)
+        return mapping.page(items, after, limit, default_limit=10)
 
     @app.get("/healthz")
     async def healthz() -> Any:
