@@ -14,7 +14,7 @@ INSUFFICIENT_MEMORY = "InsufficientMemory"
 def _plan_file(path: str, gpu: str | None, gpu_memory: str | None) -> tuple[Plan, str]:
     job = load_job_file(path)
     spec = job.spec
-    config, source = read_config(spec.model.source, spec.model.revision, spec.storage)
+    config, source = read_config(spec.model.base_source(), spec.model.revision, spec.storage)
     device_bytes = parse_quantity(gpu_memory) if gpu_memory else None
     return plan_for_spec(spec, config, gpu=gpu, device_bytes=device_bytes), source
 

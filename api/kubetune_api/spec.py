@@ -75,7 +75,7 @@ from .method import (
     PromptTuningOptions,
     QuantizationOptions,
 )
-from .model import ModelSpec
+from .model import LINEAGE_ANNOTATION, FromJob, ModelSpec
 from .output import OutputSpec
 from .pod import EnvFromSource, EnvVar, EnvVarSource, FieldSelector, KeySelector, ObjectRef, ResourcesSpec, Toleration
 from .run_policy import RunPolicy
@@ -113,7 +113,7 @@ __all__ = [
     "QUANTITY_PATTERN", "URI_MAX", "ZERO_STAGE_PATTERN", "AnnotationValue", "LabelKey", "LabelValue", "ModuleName",
     "Quantity", "ShortName", "parse_duration_seconds",
     # sections
-    "ModelSpec", "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
+    "ModelSpec", "FromJob", "LINEAGE_ANNOTATION", "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
     "QuantizationOptions", "PromptTuningOptions", "PrefixTuningOptions", "IA3Options", "TrainingSpec",
     "GenerationEvalSpec", "EvaluationSpec", "DecodingSpec", "DistributedSpec", "OutputSpec", "SecretRef", "StorageSpec", "Toleration", "EnvVar",
     "EnvVarSource", "KeySelector", "FieldSelector", "EnvFromSource", "ObjectRef", "ResourcesSpec", "RunPolicy",
@@ -141,6 +141,18 @@ def _spec_rules() -> list[CelRule]:
                 "'training.globalBatchSize (' + string(self.training.globalBatchSize) + ') must be divisible by "
                 "microBatchSize x world size (' + string(" + per_step + ") + '); use a multiple of it'"
             ),
+        ),
+        cel_rule(
+            "self.method.type != 'full' || !has(self.model.adapter)",
+            "model.adapter needs a PEFT method.type (lora or qlora for a LoRA adapter, prompt-tuning, prefix-tuning "
+            "or ia3 for those adapters); full fine-tuning starts from a model: use the earlier job's merged model as model.source",
+            ".model.adapter",
+        ),
+        cel_rule(
+            "self.method.type != 'full' || !has(self.model.from) || !has(self.model.from.use) || self.model.from.use != 'adapter'",
+            "model.from.use 'adapter' needs a PEFT method.type; full fine-tuning continues from the merged model: "
+            "use 'merged' or 'auto'",
+            ".model.from.use",
         ),
         cel_rule(
             "self.method.type != 'full' || self.output.export != 'adapter'",
@@ -279,6 +291,17 @@ class FineTuneJobSpec(ApiModel):
                 "training.globalBatchSize",
                 f"({t.global_batch_size}) must be divisible by microBatchSize x world size "
                 f"({t.micro_batch_size} x {d.world_size()} = {per_step}); use a multiple of {per_step}",
+            )
+        if m == "full" and self.model.adapter is not None:
+            raise invalid(
+                "model.adapter",
+                "needs a PEFT method.type (lora or qlora for a LoRA adapter, prompt-tuning, prefix-tuning or ia3 for "
+                "those adapters); full fine-tuning starts from a model: use the earlier job's merged model as model.source",
+            )
+        if m == "full" and self.model.from_ is not None and self.model.from_.use == "adapter":
+            raise invalid(
+                "model.from.use",
+                "'adapter' needs a PEFT method.type; full fine-tuning continues from the merged model: use 'merged' or 'auto'",
             )
         if m == "full" and o.export == "adapter":
             raise invalid("output.export", "'adapter' is not possible with method.type 'full'; use 'merged' or 'auto'")

@@ -54,6 +54,12 @@ class OutputStatus(ApiModel):
     merged_uri: str | None = Field(default=None, description="Exported merged model.")
     summary_uri: str | None = Field(default=None, description="Run summary JSON.")
     report_uri: str | None = Field(default=None, description="The evaluation report (report.html; report.md beside it): base vs tuned metrics and plots.")
+    base_model: str | None = Field(
+        default=None,
+        description="The base model this job trained (its model.source, resolved): what the adapter applies to. "
+        "A job continuing from this one with model.from uses it.",
+    )
+    base_model_revision: str | None = Field(default=None, description="The base model's hf:// revision, if one was pinned.")
     metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. evalLoss, perplexity.")
 
 

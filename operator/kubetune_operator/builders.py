@@ -151,6 +151,9 @@ def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> d
     meta = job_dict.get("metadata") or {}
     out = job.model_dump(by_alias=True, exclude_none=True, mode="json", exclude={"status", "metadata"})
     out["metadata"] = {k: meta[k] for k in ("name", "namespace") if meta.get(k)}
+    recorded = (meta.get("annotations") or {}).get(api.LINEAGE_ANNOTATION)
+    if recorded and spec.model.from_ is None:  # where a resolved model.from led (kubetune_operator.lineage)
+        out["metadata"]["annotations"] = {api.LINEAGE_ANNOTATION: recorded}
     return {"apiVersion": api.API_VERSION, "kind": api.KIND, "metadata": out.pop("metadata"), **out}
 
 

@@ -32,9 +32,9 @@ import kopf
 from kopf._core.intents.handlers import DaemonHandler
 
 from kubetune_api import spec as api
-from kubetune_operator import builders, observe, phases
+from kubetune_operator import builders, lineage, observe, phases
 from kubetune_operator import reasons as R
-from kubetune_operator.kube import APIError, Kube
+from kubetune_operator.kube import APIError, Kube, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.settings import OperatorSettings
@@ -79,13 +79,23 @@ class JobState:
         # The last refusal of a create by the API server (None once a create succeeds).
         self.rejection: Rejection | None = None
 
-    def observation(self, ftj: dict[str, Any], now: dt.datetime, settings: OperatorSettings) -> Observation:
+    def observation(self, ftj: dict[str, Any], now: dt.datetime, settings: OperatorSettings,
+                    earlier: dict[str, Any] | None = None) -> Observation:
         uid = str((ftj.get("metadata") or {}).get("uid") or "")
         self.job_uids |= {str(j["metadata"].get("uid")) for j in self.jobs.values() if observe.controller_uid(j) == uid and uid}
         return Observation.of(
             ftj, jobs=tuple(self.jobs.values()), pods=tuple(self.pods.values()), now=now, settings=settings,
-            parsed=self.parsed(ftj), known_job_uids=self.job_uids, rejection=self.rejection,
+            parsed=self.parsed(ftj), known_job_uids=self.job_uids, rejection=self.rejection, earlier=earlier,
         )
+
+    def earlier_job_name(self, ftj: dict[str, Any]) -> str | None:
+        """The FineTuneJob spec.model.from names, while it matters: the job is unfinished and has no live Job."""
+        job = self.parsed(ftj).job
+        if job is None or job.spec.model.from_ is None or (ftj.get("status") or {}).get("phase") in R.TERMINAL:
+            return None
+        if any(not observe.deleting(j) for j in self.jobs.values()):
+            return None
+        return job.spec.model.from_.fine_tune_job
 
     def parsed(self, ftj: dict[str, Any]) -> ParsedSpec:
         """The spec parsed once per generation (the API server bumps it on every spec change)."""
@@ -288,13 +298,25 @@ class Reconciler:
             ftj = st.ftj
             if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
                 return None
-            decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings))
+            earlier = await self.earlier_job(ftj, st.earlier_job_name(ftj))
+            decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings, earlier))
             if decision.empty:
                 return decision.requeue_after
             if not await self.act(st, ftj, decision, logger):
                 return None
         logger.warning("reconcile did not settle after 10 steps; retrying shortly")
         return 1.0
+
+    async def earlier_job(self, ftj: dict[str, Any], name: str | None) -> dict[str, Any] | None:
+        """The FineTuneJob ``name`` in ftj's namespace, read from the API (a list by name: the
+        operator lists and watches FineTuneJobs; its watch cache may not have seen it yet)."""
+        if name is None:
+            return None
+        assert self.kube is not None
+        namespace = (ftj.get("metadata") or {}).get("namespace")
+        found = await self.kube.get_path(url(api.KIND, namespace, fieldSelector=f"metadata.name={name}"))
+        items = (found or {}).get("items") or []
+        return dict(items[0]) if items else None
 
     async def act(self, st: JobState, ftj: dict[str, Any], plan: phases.Decision, logger: Logger) -> bool:
         """Carry out a decision. -> whether to decide again (False: the FineTuneJob is gone)."""
@@ -333,14 +355,15 @@ class Reconciler:
         for ev in plan.events:
             kopf.event(cast(kopf.Body, ftj), type=ev.type, reason=ev.reason, message=ev.message[:1024])
         if plan.create_attempt:
-            await self.create_attempt(st, ftj, plan.create_attempt, logger)
+            await self.create_attempt(st, ftj, plan.create_attempt, logger, plan.resolution)
         if plan.delete_self:
             await self.kube.delete(api.KIND, ns, name, propagation="Background")
             logger.info(f"{ns}/{name}: ttlSecondsAfterFinished elapsed; deleted")
             return False
         return True
 
-    async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: Logger) -> None:
+    async def create_attempt(self, st: JobState, ftj: dict[str, Any], attempt: int, logger: Logger,
+                             resolution: lineage.Resolution | None = None) -> None:
         """Ensure the per-job objects (recreating any that were deleted, with an Event), then the attempt's Job.
 
         A create that meets an existing object adopts it only if this FineTuneJob's UID
@@ -352,8 +375,10 @@ class Reconciler:
         ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
         config_map = await self.kube.get("ConfigMap", ns, builders.config_map_name(name)) if attempt > 1 else None
         chosen = phases.attempt_spec(ftj, attempt, config_map)
+        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(chosen.source)  # of the spec as the user wrote it
+        if resolution is not None and lineage.from_job_name(chosen.source.get("spec") or {}):
+            chosen = dataclasses.replace(chosen, source=lineage.apply(chosen.source, resolution))
         manifest = builders.resolved_manifest(chosen.source, self.settings)
-        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(chosen.source)
         objects = builders.build_job_independent_objects(chosen.source, self.settings, manifest, hashes)
         objects.append(builders.build_batch_job(chosen.source, self.settings, attempt, hashes, manifest))
         for obj in objects:

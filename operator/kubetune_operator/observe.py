@@ -98,6 +98,8 @@ class Observation:
     foreign_jobs: Sequence[Obj] = ()
     foreign_pods: Sequence[Obj] = ()
     rejection: Rejection | None = None
+    # The FineTuneJob that spec.model.from names, as the API showed it (None: absent, or no model.from).
+    earlier: Obj | None = None
 
     @classmethod
     def of(
@@ -111,6 +113,7 @@ class Observation:
         parsed: ParsedSpec | None = None,
         known_job_uids: Iterable[str] = (),
         rejection: Rejection | None = None,
+        earlier: Obj | None = None,
     ) -> Observation:
         """Split labelled Jobs and pods into owned and foreign ones, by UID."""
         uid = str((ftj.get("metadata") or {}).get("uid") or "")
@@ -121,7 +124,7 @@ class Observation:
             ftj=ftj, parsed=parsed or parse_spec(ftj), jobs=owned_jobs, pods=owned_pods, now=now, settings=settings,
             foreign_jobs=tuple(j for j in jobs if j not in owned_jobs),
             foreign_pods=tuple(p for p in pods if p not in owned_pods),
-            rejection=rejection,
+            rejection=rejection, earlier=earlier,
         )
 
     @property

@@ -30,7 +30,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from kubetune_api import spec as api
-from kubetune_operator import builders
+from kubetune_operator import builders, lineage
 from kubetune_operator import reasons as R
 from kubetune_operator.observe import (
     Failure,
@@ -67,6 +67,8 @@ class Decision:
     suspend_job: tuple[str, bool] | None = None  # (batch Job name, spec.suspend value)
     delete_self: bool = False  # ttlSecondsAfterFinished elapsed
     requeue_after: float | None = None  # seconds; None: wait for the next event or resync
+    # spec.model.from resolved (with create_attempt): the model the attempt runs, when built from the live spec
+    resolution: lineage.Resolution | None = None
     # What the transition was about, for metrics: (phase, reason) entered, and restart kind.
     entered: tuple[str, str] | None = None
     restart_counted: bool | None = None
@@ -317,6 +319,8 @@ def _no_current_job(*, obs: Observation, spec: api.FineTuneJobSpec, attempt: int
             _blocked(w, reason, f"attempt {attempt} (Job {job_name}) waits until {shown} are gone")
             d.requeue(LEFTOVER_POLL_SECONDS)
             return
+    if not _resolve_from(obs=obs, spec=spec, attempt=attempt, w=w, d=d):
+        return
     rejection = obs.rejection
     if rejection is not None and rejection.code == 422:
         w.transition(R.FAILED, R.invalid_object(rejection.kind),
@@ -331,6 +335,25 @@ def _no_current_job(*, obs: Observation, spec: api.FineTuneJobSpec, attempt: int
             d.requeue((due - now).total_seconds())
             return
     d.create_attempt = attempt
+
+
+def _resolve_from(*, obs: Observation, spec: api.FineTuneJobSpec, attempt: int, w: StatusWriter, d: Decision) -> bool:
+    """spec.model.from -> the earlier job's results (Decision.resolution). The first attempt
+    cannot start without them: the job fails at once, naming why. Later attempts run the
+    spec stored when the first started, so the earlier job may be gone by then."""
+    ref = spec.model.from_
+    if ref is None:
+        return True
+    earlier = lineage.earlier_from_object(obs.earlier) if obs.earlier is not None else None
+    result = lineage.resolve(spec.model.model_dump(by_alias=True, exclude_none=True, mode="json"), spec.method.type, earlier,
+                             name=ref.fine_tune_job, namespace=obs.metadata.get("namespace"))
+    if isinstance(result, lineage.Refusal):
+        if attempt <= 1:
+            w.transition(R.FAILED, result.reason, result.message)
+            return False
+        return True
+    d.resolution = result
+    return True
 
 
 def _handle_failure(

@@ -58,6 +58,10 @@ WAITING_FOR_LEFTOVERS = "WaitingForLeftovers"  # a namesake's (or anyone's) Job 
 WAITING_FOR_PREVIOUS_ATTEMPT = "WaitingForPreviousAttempt"  # pods of the last attempt still terminating
 FORBIDDEN = "Forbidden"  # 403 on create: RBAC, quota, an admission webhook; retried with backoff
 ATTEMPT_CREATED = "AttemptCreated"
+# spec.model.from cannot be resolved (kubetune_operator.lineage): the job fails at once.
+FROM_JOB_NOT_FOUND = "FromJobNotFound"
+FROM_JOB_NOT_SUCCEEDED = "FromJobNotSucceeded"
+FROM_JOB_UNUSABLE = "FromJobUnusable"
 INVALID_OBJECT_SUFFIX = "Invalid"  # 422 on create: "<Kind>Invalid", e.g. JobInvalid
 
 

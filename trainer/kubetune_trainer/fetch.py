@@ -165,11 +165,24 @@ def _gguf_to_hf(gguf_file: Path, scratch: Path, dtype: str | None) -> Path:
     return _NodeOnce(entry).run(fill, record)
 
 
+def model_source(spec: Any) -> str:
+    """``spec.model.source``; a ``model.from`` nobody resolved is a permanent error saying who resolves it."""
+    source: str | None = spec.model.source
+    if source is None:
+        ref = spec.model.from_.fine_tune_job if getattr(spec.model, "from_", None) else "?"
+        raise PermanentError(
+            f"spec.model.from (FineTuneJob {ref}) was not resolved to a model: the operator and `kubetune run` "
+            "resolve it before the trainer starts; run the manifest through one of them, or set spec.model.source",
+            "InvalidSpec",
+        )
+    return source
+
+
 def resolve_model(spec: Any, scratch: str | os.PathLike | None = None) -> Path:
     """``spec.model.source`` -> a local Hugging Face model folder (a FineTuneJobSpec or anything with .model/.storage)."""
     scratch = Path(scratch or scratch_dir())
     model = spec.model
-    source = model.source
+    source = model_source(spec)
     dtype = None if model.dtype == "auto" else model.dtype
     if source.startswith("hf://"):
         return fetch_hf(source[len("hf://"):], model.revision, "model", "model", "ModelNotFound", scratch)
@@ -183,6 +196,29 @@ def resolve_model(spec: Any, scratch: str | os.PathLike | None = None) -> Path:
         return _gguf_to_hf(path, scratch, dtype)
     if path.is_dir() and not (path / "config.json").exists():
         raise PermanentError(f"model folder {source} has no config.json: not a Hugging Face model folder", "ModelNotFound")
+    return path
+
+
+ADAPTER_CONFIG = "adapter_config.json"
+
+
+def resolve_adapter(spec: Any, scratch: str | os.PathLike | None = None) -> Path | None:
+    """``spec.model.adapter`` -> a local PEFT adapter folder (holding adapter_config.json), or None when unset."""
+    uri: str | None = spec.model.adapter
+    if uri is None:
+        return None
+    scratch = Path(scratch or scratch_dir())
+    if uri.startswith("hf://"):
+        path = fetch_hf(uri[len("hf://"):], None, "model", "adapter", "AdapterNotFound", scratch)
+    elif is_s3(uri):
+        path = fetch_s3(_s3_for(spec), uri.rstrip("/"), "adapter", "AdapterNotFound", scratch)
+    else:
+        path = local_path(uri).expanduser()
+        if not path.exists():
+            raise PermanentError(f"adapter path {path} does not exist (spec.model.adapter)", "AdapterNotFound")
+    if not (path.is_dir() and (path / ADAPTER_CONFIG).is_file()):
+        raise PermanentError(f"spec.model.adapter {uri} holds no {ADAPTER_CONFIG}: not a PEFT adapter folder "
+                             "(an earlier job's adapter is at <output>/final/adapter)", "AdapterNotFound")
     return path
 
 

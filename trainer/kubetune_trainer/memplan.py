@@ -19,6 +19,8 @@ from typing import Any
 from kubetune_api import memory
 from kubetune_api.contract import PermanentError
 
+from . import fetch
+
 log = logging.getLogger("kubetune.memory")
 
 INSUFFICIENT_MEMORY = "InsufficientMemory"
@@ -37,7 +39,7 @@ def device_memory(cuda: bool, local_rank: int) -> tuple[str | None, int | None]:
 def plan_memory(spec: Any, precision: str, cuda: bool, local_rank: int) -> memory.Plan | None:
     """The plan for this job on this machine; PermanentError(InsufficientMemory) when nothing fits."""
     try:
-        config, source = memory.read_config(spec.model.source, spec.model.revision, spec.storage)
+        config, source = memory.read_config(fetch.model_source(spec), spec.model.revision, spec.storage)
         name, total = device_memory(cuda, local_rank)
         plan = memory.plan_for_spec(spec, config, gpu=name, device_bytes=total, precision=precision)
     except memory.PlanError as e:

@@ -157,6 +157,88 @@ def _count_4bit(model: torch.nn.Module) -> int:
     return sum(isinstance(m, bnb.nn.Linear4bit) for m in model.modules())
 
 
+# PEFT's peft_type in adapter_config.json -> the method types that keep training such an adapter.
+ADAPTER_METHODS = {
+    "LORA": ("lora", "qlora"),
+    "PROMPT_TUNING": ("prompt-tuning",),
+    "PREFIX_TUNING": ("prefix-tuning",),
+    "IA3": ("ia3",),
+}
+
+
+def read_adapter_config(adapter_dir: str) -> dict[str, Any]:
+    import json
+
+    path = os.path.join(adapter_dir, "adapter_config.json")
+    try:
+        with open(path) as f:
+            config = json.load(f)
+    except (OSError, ValueError) as e:
+        raise PermanentError(f"spec.model.adapter: cannot read {path}: {e}", "AdapterNotFound") from e
+    if not isinstance(config, dict):
+        raise PermanentError(f"spec.model.adapter: {path} is not a PEFT adapter config (not a JSON object)", "AdapterNotFound")
+    return config
+
+
+def _adapter_settings(spec: FineTuneJobSpec, config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(spec field, value the spec sets, value the adapter has) for each option the spec sets explicitly."""
+    m = spec.method
+    pairs: list[tuple[str, Any, Any]] = []
+    if m.type in ("lora", "qlora") and m.lora is not None:
+        o, given = m.lora, m.lora.model_fields_set
+        for field, key, camel in (("r", "r", "r"), ("alpha", "lora_alpha", "alpha"), ("use_dora", "use_dora", "useDora"),
+                                  ("use_rslora", "use_rslora", "useRslora")):
+            if field in given and key in config:
+                pairs.append((f"method.lora.{camel}", getattr(o, field), config[key]))
+        if "target_modules" in given and o.target_modules != ["all-linear"] and config.get("target_modules") is not None:
+            have = config["target_modules"]
+            have_set = {have} if isinstance(have, str) else set(have)
+            pairs.append(("method.lora.targetModules", sorted(o.target_modules), sorted(have_set)))
+    block = {"prompt-tuning": m.prompt_tuning, "prefix-tuning": m.prefix_tuning}.get(m.type)
+    if block is not None and "num_virtual_tokens" in block.model_fields_set and "num_virtual_tokens" in config:
+        name = "promptTuning" if m.type == "prompt-tuning" else "prefixTuning"
+        pairs.append((f"method.{name}.numVirtualTokens", block.num_virtual_tokens, config["num_virtual_tokens"]))
+    return pairs
+
+
+def check_adapter(spec: FineTuneJobSpec, adapter_dir: str) -> dict[str, Any]:
+    """The adapter's config, after checking that method.type can keep training it and that the
+    method options the spec sets agree with it (the adapter's own settings are what runs)."""
+    config = read_adapter_config(adapter_dir)
+    peft_type = str(config.get("peft_type") or "?")
+    methods = ADAPTER_METHODS.get(peft_type)
+    uri = spec.model.adapter
+    if methods is None:
+        kinds = ", ".join(sorted(ADAPTER_METHODS))
+        raise PermanentError(f"spec.model.adapter: {uri} is a {peft_type} adapter; kubetune continues {kinds} adapters",
+                             "InvalidSpec")
+    if spec.method.type not in methods:
+        raise PermanentError(
+            f"spec.method.type: {spec.method.type!r} cannot keep training spec.model.adapter {uri}, a {peft_type} "
+            f"adapter: set method.type to {' or '.join(methods)}, or remove model.adapter to start a new adapter",
+            "InvalidSpec",
+        )
+    for field, wanted, have in _adapter_settings(spec, config):
+        if wanted != have:
+            raise PermanentError(
+                f"spec.{field}: {wanted!r} differs from the adapter's {have!r} (spec.model.adapter {uri}): a continued "
+                f"adapter keeps its own settings; remove {field} or set it to {have!r}",
+                "InvalidSpec",
+            )
+    return config
+
+
+def _load_adapter(model: Any, spec: FineTuneJobSpec, adapter_dir: str) -> Any:
+    """The model with the adapter of spec.model.adapter attached, trainable."""
+    from peft import PeftModel
+
+    try:
+        return PeftModel.from_pretrained(model, adapter_dir, is_trainable=True)
+    except (ValueError, RuntimeError, KeyError) as e:  # e.g. shapes of another base model
+        raise PermanentError(f"spec.model.adapter {spec.model.adapter} does not fit the base model "
+                             f"{spec.model.source}: {e}", "InvalidSpec") from e
+
+
 @dataclass
 class ModelInfo:
     n_params: int
@@ -166,8 +248,10 @@ class ModelInfo:
     quantized_modules: int = 0  # bitsandbytes 4-bit linear layers (qlora)
 
 
-def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool) -> tuple[Any, ModelInfo]:
-    """The base model with the method applied; returns (model, ModelInfo)."""
+def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool,
+               adapter_dir: str | None = None) -> tuple[Any, ModelInfo]:
+    """The base model with the method applied (a new adapter, or the one in ``adapter_dir`` to keep
+    training; see :func:`check_adapter`); returns (model, ModelInfo)."""
     from transformers import AutoModelForCausalLM
 
     check_model_dir(model_dir)
@@ -192,8 +276,10 @@ def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_c
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     n_params = sum(_numel(p) for p in model.parameters())
-    config = peft_config(spec, model_dir)
-    if config is not None:
+    config = peft_config(spec, model_dir) if adapter_dir is None else None
+    if adapter_dir is not None:
+        model = _load_adapter(model, spec, adapter_dir)
+    elif config is not None:
         from peft import get_peft_model
 
         try:

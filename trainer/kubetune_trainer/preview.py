@@ -37,7 +37,7 @@ _MARK_ON, _MARK_OFF = "[[", "]]"
 
 def preview_tokenizer(spec: FineTuneJobSpec, scratch: str) -> PreTrainedTokenizerBase:
     """The trainer's tokenizer; for a local GGUF file, read from the file itself (no weight conversion)."""
-    source = spec.model.source
+    source = fetch.model_source(spec)
     if gguf.is_gguf(source) and not source.startswith(("s3://", "hf://")):
         path = Path(source.removeprefix("file://")).expanduser()
         if not path.is_file():

@@ -135,6 +135,18 @@ def fetch_inputs(spec: FineTuneJobSpec, rt: WorkerContext) -> tuple[str, str, st
     return model_dir, train, eval_
 
 
+def fetch_adapter(spec: FineTuneJobSpec, rt: WorkerContext) -> str | None:
+    """The adapter of spec.model.adapter as a local folder, checked against method.type (None: a new adapter)."""
+    from . import fetch, model
+
+    path = fetch.resolve_adapter(spec, rt.scratch)
+    if path is None:
+        return None
+    model.check_adapter(spec, str(path))
+    log.info("continuing the adapter %s (%s)", spec.model.adapter, path)
+    return str(path)
+
+
 def prepare_data(spec: FineTuneJobSpec, tokenizer: PreTrainedTokenizerBase, train_path: str, eval_path: str | None,
                  rt: WorkerContext) -> PreparedData:
     from . import data
@@ -355,6 +367,8 @@ def final_evaluation(trainer: Trainer, spec: FineTuneJobSpec, data: PreparedData
 
 def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data: PreparedData, info: ModelInfo, trainer: Trainer,
                   train_result: TrainOutput, metrics: dict[str, float], wall: float, resumed_from: str | None) -> dict[str, Any]:
+    from . import lineage
+
     state = trainer.state
     runtime = train_result.metrics.get("train_runtime") or wall
     history = [
@@ -391,6 +405,7 @@ def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data:
         "tokensPerSecond": state.num_input_tokens_seen / runtime if runtime else None,
         "mfu": _summary_mfu(trainer, data, state.num_input_tokens_seen / runtime if runtime else None, rt.world_size),
         "resumedFrom": resumed_from,
+        "lineage": lineage.lineage(job),
         "model": asdict(info),
         "data": {"train": data.train_stats.as_dict(), "eval": data.eval_stats.as_dict() if data.eval_stats else None},
         "history": history,
@@ -428,7 +443,7 @@ def run(config_path: str) -> None:
     from . import preflight
 
     preflight.check_options(spec)  # exit 3 now, not an ImportError minutes later
-    from . import export, model, progress
+    from . import export, lineage, model, progress
 
     reporters = progress.reporters_from_env(rt.rank)
     ckpt = None
@@ -437,6 +452,7 @@ def run(config_path: str) -> None:
         ckpt = checkpoint_manager(spec, rt, reporters)  # first: a wrong output bucket/credential fails before any download
         mem = plan_memory(spec, rt)  # config.json only: a job that cannot fit fails before the weights download
         model_dir, train_path, eval_path = fetch_inputs(spec, rt)
+        adapter_dir = fetch_adapter(spec, rt)  # a wrong adapter fails here, before the data is prepared
         tokenizer = model.load_tokenizer(model_dir, spec)
         data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
         plan = plan_deepspeed(spec, model_dir, rt, mem)
@@ -446,7 +462,7 @@ def run(config_path: str) -> None:
         import transformers
 
         transformers.set_seed(spec.training.seed)
-        net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing)
+        net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing, adapter_dir)
         callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
         trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
 
@@ -461,7 +477,7 @@ def run(config_path: str) -> None:
         if rt.rank == 0:
             export.write_summary(final_dir, build_summary(job, rt, plan, data, info, trainer, result, metrics, time.time() - started, resume_dir))
         uris = ckpt.publish_final(final_dir)
-        reporters.event({"event": "exported", **uris, "metrics": _status_metrics(metrics)})
+        reporters.event({"event": "exported", **uris, **lineage.base_model(spec), "metrics": _status_metrics(metrics)})
     finally:
         if ckpt is not None:
             ckpt.restore_signal_handlers()

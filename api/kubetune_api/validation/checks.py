@@ -125,7 +125,7 @@ def warnings(doc: dict[str, Any]) -> list[Problem]:
     if spec.method.type == "qlora" and d.gpus_per_node == 0:
         out.append(Problem("spec.method.type", "qlora on CPU (gpusPerNode 0) runs bitsandbytes' slow CPU path: "
                            "fine for a wiring test, not for real training", "warning"))
-    uris = [spec.model.source, spec.dataset.train, spec.dataset.eval or "", o.uri]
+    uris = [spec.model.source or "", spec.model.adapter or "", spec.dataset.train, spec.dataset.eval or "", o.uri]
     uses_s3 = any(u.startswith("s3://") for u in uris)
     if not uses_s3 and (st.endpoint or st.secret_ref):
         out.append(Problem("spec.storage", "S3 settings are set but no URI uses s3://; they have no effect", "warning"))

@@ -55,7 +55,7 @@ def load_manifest(path: str | os.PathLike[str], overrides: dict[str, Any] | None
         _set_path(doc, key, value)
     cwd = cwd or Path.cwd()
     spec: dict[str, Any] = doc["spec"] if isinstance(doc.get("spec"), dict) else {}
-    for section, field in (("model", "source"), ("dataset", "train"), ("dataset", "eval"), ("output", "uri")):
+    for section, field in (("model", "source"), ("model", "adapter"), ("dataset", "train"), ("dataset", "eval"), ("output", "uri")):
         value = spec[section].get(field) if isinstance(spec.get(section), dict) else None
         if isinstance(value, str) and value:
             spec[section][field] = _absolute(value, cwd)

@@ -19,8 +19,10 @@ from typing import IO, Any
 
 import yaml
 
+from kubetune_api import contract
 from kubetune_api import spec as api
 from kubetune_api.contract import PERMANENT, PREEMPTED
+from kubetune_operator.localrun import earlier
 from kubetune_operator.localrun.display import (
     Display,
     ProgressTail,
@@ -164,6 +166,7 @@ def prepare(
     run_path.mkdir(parents=True, exist_ok=True)
     plan.config_path.write_text(yaml.safe_dump(doc, sort_keys=False))
     plan.progress_path.write_text("")  # this launch's records only
+    (plan.run_dir / earlier.RESULT).unlink(missing_ok=True)  # unfinished until this launch ends
     for g in plan.groups:
         g.log.write_bytes(b"")
     return plan
@@ -184,6 +187,7 @@ def report(display: Display, plan: LocalPlan, state: RunState, codes: list[int |
     """The run's exit code, with the trainer's error (or a log tail) and the summary printed."""
     rc = outcome(codes)
     remember_base_eval(plan, state)
+    err = None
     if rc not in (0, PREEMPTED):
         err = next(filter(None, (trainer_error_line(g.log) for g in plan.groups)), None)
         if err:
@@ -193,7 +197,17 @@ def report(display: Display, plan: LocalPlan, state: RunState, codes: list[int |
             display.say(f"node group {bad.rank} failed; the end of {bad.log}:\n{log_tail(bad.log)}")
     for line in summary_lines(plan, state, rc, wall):
         display.say(line)
+    earlier.write_result(plan.run_dir, run_result(rc, state, err if rc not in (0, PREEMPTED) else None))
     return rc
+
+
+def run_result(rc: int, state: RunState, error_line: str | None) -> dict[str, Any]:
+    """result.json: how the run ended and what it exported (what a later run's model.from reads)."""
+    phase = "Succeeded" if rc == 0 else "Suspended" if rc == PREEMPTED else "Failed"
+    parsed = contract.parse_error_line(error_line or "") if error_line else None
+    exported = {k: v for k, v in (state.exported or {}).items() if k != "event"}
+    return {"phase": phase, "exitCode": rc, "reason": parsed[0] if parsed else None, "output": exported,
+            "step": (state.progress or {}).get("step"), "finishedAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def run(
@@ -213,6 +227,9 @@ def run(
     try:
         doc = load_manifest(manifest, overrides)
         job = validate_manifest(doc)
+        if job.spec.model.from_ is not None:  # the earlier run's result, before anything starts
+            doc = earlier.resolve_local(doc, job.spec.method.type, run_dir)
+            job = validate_manifest(doc)
         plan = prepare(doc, job, run_dir=run_dir, scratch=scratch, env=os.environ if env is None else env, cpu_count=cpu_count)
     except RunError as e:
         print(f"kubetune: error: {e}", file=sys.stderr)
