@@ -331,7 +331,7 @@ class BestTrial(ApiModel):
 
 
 class SweepResults(ApiModel):
-    """Files written at the end of the sweep (by kubetune run)."""
+    """Files written at the end of the sweep (by kubetune run; on a cluster by the sweep's results Job)."""
 
     summary_uri: str | None = Field(default=None, description="<output>/sweep.json: every trial.")
     plot_uris: list[str] = Field(default_factory=list, description="PNG plots: objective per trial, eval curves.")

@@ -434,10 +434,9 @@ IMAGE_SOURCES = {"operator": ("api/kubetune_api", "operator/kubetune_operator"),
 # Third-party imports an image's code makes that its dependencies do not provide,
 # unguarded, each reached only by a command that needs another install anyway.
 NOT_IN_THE_IMAGE = {
-    ("operator", "matplotlib", "operator/kubetune_operator/sweeps/results.py"):
-        "the plots of `kubetune run` of a FineTuneSweep: a local run, which needs the trainer extra (it ships matplotlib)",
-    ("operator", "boto3", "operator/kubetune_operator/sweeps/results.py"):
-        "sweep.json/plots written to s3:// by `kubetune run` of a FineTuneSweep (trainer extra, as above)",
+    ("operator", "matplotlib", "api/kubetune_api/sweep_results.py"):
+        "the plots of a FineTuneSweep: drawn by its results Job in the trainer image, or by `kubetune run` "
+        "(a local run, which needs the trainer extra); the operator process never draws",
 }
 _IMPORT_GUARDS = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
 

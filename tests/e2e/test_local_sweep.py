@@ -20,9 +20,9 @@ import pytest
 import yaml
 
 from kubetune_api import spec as job_api
+from kubetune_api import sweep_results as results
 from kubetune_operator.localrun import sweep as local_sweep
 from kubetune_operator.localrun.display import RunState
-from kubetune_operator.sweeps import results
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBETUNE = [sys.executable, "-m", "kubetune_operator.cli"]
@@ -151,6 +151,29 @@ def test_results_go_to_s3_when_the_output_is_s3(s3, monkeypatch):
     doc = json.loads(s3.client.get_object(Bucket=BUCKET, Key="sweeps/lr/sweep.json")["Body"].read())
     assert doc["results"] == res and doc["bestTrial"]["name"] == "s-t2"
     assert s3.client.get_object(Bucket=BUCKET, Key="sweeps/lr/plots/objective.png")["Body"].read()[:8] == PNG_MAGIC
+
+
+def test_the_results_job_command_writes_what_its_configmap_holds(tmp_path, capsys):
+    """What the operator's results Job runs in the trainer image: python -m kubetune_api.sweep_results <sweep.json>."""
+    from kubetune_operator.settings import OperatorSettings
+    from kubetune_operator.sweeps.results_job import SWEEP_KEY, build_results_objects
+
+    sweep = sweep_doc()
+    sweep["metadata"].update(namespace="ml", uid="u1")
+    sweep["spec"]["template"]["output"]["uri"] = str(tmp_path / "out")
+    sweep["status"] = _status()
+    cm, job = build_results_objects(sweep, OperatorSettings(standalone=True))
+    mounted = tmp_path / SWEEP_KEY
+    mounted.write_text(cm["data"][SWEEP_KEY])
+    assert job["spec"]["template"]["spec"]["containers"][0]["command"][-1].endswith(f"/{SWEEP_KEY}")
+    assert results.main([str(mounted)]) == 0
+    assert json.loads(capsys.readouterr().out) == results.result_uris(str(tmp_path / "out"))
+    doc = json.loads((tmp_path / "out" / "sweep.json").read_text())
+    assert doc["bestTrial"]["name"] == "s-t2" and doc["trials"][2]["evalCurve"] == [[4, 0.6], [8, 0.41]]
+    assert (tmp_path / "out" / "plots" / "eval-curves.png").read_bytes()[:8] == PNG_MAGIC
+    mounted.write_text("{}")  # no template: one error line, exit 1
+    assert results.main([str(mounted)]) == 1
+    assert capsys.readouterr().err.startswith("kubetune: error: SweepResultsFailed: ")
 
 
 def test_a_trial_run_reads_as_its_finetunejob_status(tmp_path):

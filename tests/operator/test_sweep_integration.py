@@ -3,9 +3,13 @@
 The test plays each trial's trainer: it reports intermediate eval losses in the
 trial FineTuneJob's status.progress and, at the end, phase Succeeded with
 status.output (what rank 0's reporter writes). The operator's FineTuneJob side
-runs too (the trials' batch Jobs are created; nothing runs their pods).
+runs too (the trials' batch Jobs are created; nothing runs their pods). The
+sweep's results Job is created and then completed by the test, as the Job
+controller would.
 """
 from __future__ import annotations
+
+import json
 
 import pytest
 
@@ -73,7 +77,10 @@ def namespace(cluster):
     return NS
 
 
-def test_sweep_runs_prunes_survives_a_restart_and_picks_the_best(cluster, namespace):
+def test_sweep_runs_prunes_survives_a_restart_and_picks_the_best(cluster, namespace, monkeypatch):
+    from kubetune_operator.sweeps import handlers
+
+    monkeypatch.setattr(handlers, "RESULTS_POLL_SECONDS", 0.5)
     max_active = 0
 
     def check_parallelism():
@@ -133,6 +140,26 @@ def test_sweep_runs_prunes_survives_a_restart_and_picks_the_best(cluster, namesp
         evs = wait_for(lambda: (lambda e: e if e.count("TrialSucceeded") >= 4 and "SweepSucceeded" in e else None)(
             [e["reason"] for e in cluster.events(NS, NAME)]), message="sweep events")
         assert evs.count("TrialStarted") == 5 and evs.count("TrialPruned") == 1
+
+        # The results: a ConfigMap with the finished sweep and a Job in the trainer image that writes
+        # sweep.json and the plots with the template's storage credentials; linked once it completes.
+        job = wait_for(lambda: cluster.get("Job", NS, "lr-results"), timeout=20, message="results Job created")
+        cm = cluster.get("ConfigMap", NS, "lr-results")
+        for obj in (job, cm):
+            assert obj["metadata"]["ownerReferences"][0]["uid"] == uid and obj["metadata"]["ownerReferences"][0]["controller"]
+        payload = json.loads(cm["data"]["sweep.json"])
+        assert payload["status"]["bestTrial"]["name"] == "lr-t3" and len(payload["status"]["trials"]) == 5
+        container = job["spec"]["template"]["spec"]["containers"][0]
+        assert container["command"] == ["python", "-m", "kubetune_api.sweep_results", "/etc/kubetune-sweep/sweep.json"]
+        secret = sweep_manifest()["spec"]["template"]["storage"]["secretRef"]["name"]
+        assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e} == {
+            "AWS_ACCESS_KEY_ID": secret, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": secret}
+        assert not sweep_status(cluster).get("results")  # not before the files exist
+        cluster.patch_status("Job", NS, "lr-results", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+        linked = wait_for(lambda: sweep_status(cluster).get("results"), timeout=20, message="status.results linked")
+        assert linked == {"summaryUri": "s3://out/run/sweep.json",
+                          "plotUris": ["s3://out/run/plots/objective.png", "s3://out/run/plots/eval-curves.png"]}
+        assert "ResultsWritten" in [e["reason"] for e in cluster.events(NS, NAME)]
 
         # Deleting the sweep deletes its trials (garbage collection by owner reference).
         cluster.delete("FineTuneSweep", NS, NAME)

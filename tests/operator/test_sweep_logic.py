@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import datetime as dt
+import json
 
 import pytest
 
@@ -225,3 +226,68 @@ def test_kubetune_render_prints_the_first_trials_of_a_sweep(capsys):
         assert 2e-5 <= job.spec.training.learning_rate <= 1e-3 and job.spec.method.lora.r in (8, 16, 32, 64)
     assert kubetune(["render", str(example)]) == 0
     assert list(yaml.safe_load_all(capsys.readouterr().out)) == docs  # seeded: the same trials every time
+
+
+# ------------------------------------------------------------------ results
+FINISHED = {"phase": "Succeeded", "conditions": [{"type": "Complete", "status": "True", "reason": "AllTrialsDone"}],
+            "trials": [{"name": "s-t0", "index": 0, "phase": "Succeeded", "objective": 0.5}],
+            "bestTrial": {"name": "s-t0", "objective": 0.5}}
+
+
+def results_job(*conditions):
+    return {"metadata": {"name": "s-results"}, "status": {"conditions": [{"type": t, "status": "True", "message": m}
+                                                                        for t, m in conditions]}}
+
+
+@pytest.mark.parametrize(("status", "job", "create", "results", "condition", "event"), [
+    (FINISHED, None, True, None, None, None),
+    (FINISHED, results_job(), False, None, None, None),  # running
+    (FINISHED, results_job(("Complete", "")), False,
+     {"summaryUri": "s3://out-bucket/sweeps/s/sweep.json",
+      "plotUris": ["s3://out-bucket/sweeps/s/plots/objective.png", "s3://out-bucket/sweeps/s/plots/eval-curves.png"]},
+     ("True", "ResultsWritten"), "ResultsWritten"),
+    (FINISHED, results_job(("Failed", "BackoffLimitExceeded")), False, None, ("False", "ResultsJobFailed"), "ResultsJobFailed"),
+    ({**FINISHED, "results": {"summaryUri": "x"}}, None, False, None, None, None),  # written: never again
+    ({**FINISHED, "conditions": [{"type": "ResultsWritten", "status": "False"}]}, None, False, None, None, None),  # failed once: not retried
+    ({"phase": "Failed", "reason": "InvalidSpec"}, None, False, None, None, None),  # no trials: nothing to show
+], ids=["finished-creates-the-job", "job-running", "job-complete-links-results", "job-failed-says-so", "already-linked",
+        "already-failed", "invalid-spec"])
+def test_a_finished_sweep_gets_its_results_written_by_a_job_and_linked(status, job, create, results, condition, event):
+    d = decide(SweepObservation(sweep_obj(status=copy.deepcopy(status)), {}, NOW, results_by_job=True, results_job=job))
+    assert d.create_results is create and d.create == [] and d.suspend == []
+    assert d.status_patch.get("results") == results
+    got = [(c["status"], c["reason"]) for c in d.status_patch.get("conditions", []) if c["type"] == "ResultsWritten"]
+    assert got == ([condition] if condition else [])
+    if condition:
+        assert [c["type"] for c in d.status_patch["conditions"]] == ["Complete", "ResultsWritten"]  # the sweep's own kept
+    assert [e.reason for e in d.events] == ([event] if event else [])
+    # kubetune run writes its results itself: decide asks for no Job there.
+    assert decide(SweepObservation(sweep_obj(status=copy.deepcopy(status)), {}, NOW, results_job=job)).empty
+
+
+def test_results_job_runs_the_results_module_in_the_trainer_image_with_the_storage_secret():
+    from kubetune_operator.settings import OperatorSettings
+    from kubetune_operator.sweeps.results_job import MAX_CONFIG_BYTES, build_results_objects
+
+    sweep = sweep_obj(status=copy.deepcopy(FINISHED))
+    sweep["spec"]["template"] = {**TEMPLATE, "storage": {"secretRef": {"name": "s3-creds"}}, "imagePullSecrets": ["regcred"]}
+    settings = OperatorSettings(standalone=True, trainer_image="registry/kubetune-trainer:1")
+    cm, job = build_results_objects(sweep, settings)
+    assert cm["metadata"]["name"] == job["metadata"]["name"] == "s-results"
+    assert cm["metadata"]["ownerReferences"][0]["uid"] == job["metadata"]["ownerReferences"][0]["uid"] == "sweep-uid"
+    payload = json.loads(cm["data"]["sweep.json"])
+    assert payload["status"]["bestTrial"]["name"] == "s-t0" and payload["spec"]["template"]["output"]["uri"] == "s3://out-bucket/sweeps/s"
+    pod = job["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    assert c["image"] == "registry/kubetune-trainer:1" and c["command"][:3] == ["python", "-m", "kubetune_api.sweep_results"]
+    assert {e["name"] for e in c["env"] if e.get("valueFrom", {}).get("secretKeyRef", {}).get("name") == "s3-creds"} == {
+        "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+    assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["automountServiceAccountToken"] is False
+    assert c["securityContext"]["readOnlyRootFilesystem"] and pod["restartPolicy"] == "Never"
+    sweep["spec"]["template"]["image"] = "mine:2"
+    assert build_results_objects(sweep, settings)[1]["spec"]["template"]["spec"]["containers"][0]["image"] == "mine:2"
+    # A huge study still fits a ConfigMap: the intermediate results are left out.
+    sweep["status"]["trials"] = [{"name": f"s-t{i}", "index": i, "phase": "Succeeded", "objective": 1.0,
+                                  "intermediate": [{"step": s, "value": 1.0} for s in range(100)]} for i in range(400)]
+    big = build_results_objects(sweep, settings)[0]["data"]["sweep.json"]
+    assert len(big.encode()) <= MAX_CONFIG_BYTES and json.loads(big)["status"]["trials"][399]["intermediate"] == []

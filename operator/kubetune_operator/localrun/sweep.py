@@ -35,7 +35,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from kubetune_api import contract
+from kubetune_api import contract, sweep_results
 from kubetune_api import spec as job_api
 from kubetune_api import sweep as api
 from kubetune_api.contract import PREEMPTED
@@ -45,7 +45,6 @@ from kubetune_operator.localrun.launcher import Launcher
 from kubetune_operator.localrun.manifest import RunError, _absolute, _set_path, is_local, validate_manifest
 from kubetune_operator.localrun.planning import LocalPlan, visible_gpus
 from kubetune_operator.localrun.supervise import Interrupts, counting_interrupts, outcome, prepare
-from kubetune_operator.sweeps import results as sweep_results
 from kubetune_operator.sweeps.decide import SweepDecision, SweepObservation, decide
 
 POLL_SECONDS = 0.2

@@ -11,6 +11,8 @@ Pure functions carry the logic, as ``phases.decide`` does for a FineTuneJob:
 - :mod:`.decide`: one observation of a sweep and its child FineTuneJobs ->
   the status to write, the trials to create and to suspend, the Events.
 
-:mod:`.handlers` are the thin Kopf handlers around them; :mod:`.results`
-writes ``sweep.json`` and the PNG plots (``kubetune run``).
+:mod:`.handlers` are the thin Kopf handlers around them; :mod:`.results_job`
+builds the Job that writes ``sweep.json`` and the plots at the end
+(:mod:`kubetune_api.sweep_results`, in the trainer image; ``kubetune run`` calls
+it directly).
 """

@@ -47,6 +47,8 @@ EARLY_STOPPED = "EarlyStopped"
 SWEEP_FAILED = "SweepFailed"
 TRIAL_JOB_DELETED = "TrialJobDeleted"
 OBJECTIVE_MISSING = "ObjectiveMissing"
+RESULTS_WRITTEN = "ResultsWritten"  # condition type and reason: sweep.json and the plots are written
+RESULTS_JOB_FAILED = "ResultsJobFailed"
 
 
 def rfc3339(t: dt.datetime) -> str:
@@ -62,11 +64,18 @@ class SweepEvent:
 
 @dataclasses.dataclass(frozen=True)
 class SweepObservation:
-    """A frozen snapshot: the sweep and the FineTuneJobs it owns (by owner UID), by name."""
+    """A frozen snapshot: the sweep and the FineTuneJobs it owns (by owner UID), by name.
+
+    ``results_by_job``: the results of a finished sweep are written by a Job (on a
+    cluster; ``results_job`` is that Job as observed, or None). ``kubetune run``
+    writes them itself and leaves this False.
+    """
 
     sweep: dict[str, Any]
     children: dict[str, dict[str, Any]]
     now: dt.datetime
+    results_by_job: bool = False
+    results_job: dict[str, Any] | None = None
 
 
 @dataclasses.dataclass
@@ -75,10 +84,11 @@ class SweepDecision:
     create: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # FineTuneJob manifests
     suspend: list[str] = dataclasses.field(default_factory=list)  # trial FineTuneJob names
     events: list[SweepEvent] = dataclasses.field(default_factory=list)
+    create_results: bool = False  # create the Job that writes sweep.json and the plots (results_job.py)
 
     @property
     def empty(self) -> bool:
-        return not (self.status_patch or self.create or self.suspend or self.events)
+        return not (self.status_patch or self.create or self.suspend or self.events or self.create_results)
 
 
 # ------------------------------------------------------------ a trial's job
@@ -142,6 +152,45 @@ def _better(a: float, b: float, direction: str) -> bool:
     return a < b if direction == "minimize" else a > b
 
 
+# ---------------------------------------------------------------- results
+def results_settled(status: dict[str, Any]) -> bool:
+    """A finished sweep whose results are written, failed to be written, or have nothing to show."""
+    if status.get("phase") not in ("Succeeded", "Failed"):
+        return False
+    return bool(status.get("results") or not status.get("trials")
+                or any(c.get("type") == RESULTS_WRITTEN for c in status.get("conditions") or []))
+
+
+def _results(obs: SweepObservation, status: dict[str, Any], out: SweepDecision, now: str) -> None:
+    """A finished sweep: create the results Job, then link its files (or say that it failed)."""
+    from kubetune_api.sweep_results import result_uris
+
+    from .results_job import job_outcome
+
+    if results_settled(status):
+        return
+    if obs.results_job is None:
+        out.create_results = True
+        return
+    outcome = job_outcome(obs.results_job)
+    if outcome is None:
+        return  # still running
+    output = str(obs.sweep["spec"]["template"]["output"]["uri"])
+    others = [c for c in status.get("conditions") or [] if c.get("type") != RESULTS_WRITTEN]
+    if outcome == "Complete":
+        message = f"sweep.json and plots written under {output}"
+        out.status_patch = {"results": result_uris(output), "conditions": [*others, {
+            "type": RESULTS_WRITTEN, "status": "True", "reason": RESULTS_WRITTEN, "message": message, "lastTransitionTime": now}]}
+        out.events.append(SweepEvent("Normal", RESULTS_WRITTEN, message))
+        return
+    failed: dict[str, Any] = next((c for c in (obs.results_job.get("status") or {}).get("conditions") or [] if c.get("type") == "Failed"), {})
+    name = (obs.results_job.get("metadata") or {}).get("name")
+    message = f"Job {name} failed ({failed.get('reason') or 'Failed'}: {failed.get('message') or ''}); see its pod's log"
+    out.status_patch = {"conditions": [*others, {
+        "type": RESULTS_WRITTEN, "status": "False", "reason": RESULTS_JOB_FAILED, "message": message, "lastTransitionTime": now}]}
+    out.events.append(SweepEvent("Warning", RESULTS_JOB_FAILED, message))
+
+
 # ---------------------------------------------------------------- decide
 def decide(obs: SweepObservation) -> SweepDecision:
     sweep = obs.sweep
@@ -150,6 +199,8 @@ def decide(obs: SweepObservation) -> SweepDecision:
     now = rfc3339(obs.now)
     out = SweepDecision()
     if status.get("phase") in ("Succeeded", "Failed"):
+        if obs.results_by_job:
+            _results(obs, status, out, now)
         return out
     try:
         spec = FineTuneSweepSpec.model_validate(sweep.get("spec") or {}, by_alias=True, by_name=False)

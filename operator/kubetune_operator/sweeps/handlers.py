@@ -9,6 +9,8 @@ wake the sweep's loop; otherwise it re-reads every resync interval.
 
 API calls: list finetunejobs (label kubetune.io/sweep), create finetunejobs,
 patch finetunejobs (spec.suspend of a pruned trial), patch finetunesweeps/status;
+once finished: create a ConfigMap and a batch Job <sweep>-results (results_job.py)
+and list batch Jobs (label kubetune.io/sweep) until that Job is done;
 Kopf lists and watches finetunesweeps and patches its finalizer onto them.
 """
 from __future__ import annotations
@@ -24,7 +26,8 @@ from kubetune_api import spec as job_api
 from kubetune_api import sweep as api
 from kubetune_operator.kube import APIError
 
-from .decide import LABEL_SWEEP, SweepDecision, SweepObservation, decide, owned_by
+from .decide import LABEL_SWEEP, SweepDecision, SweepObservation, decide, owned_by, results_settled
+from .results_job import build_results_objects, results_name
 
 if TYPE_CHECKING:
     from kubetune_operator.handlers import Reconciler
@@ -32,6 +35,7 @@ if TYPE_CHECKING:
 FTS = (api.GROUP, api.VERSION, api.PLURAL)
 FTJ = (job_api.GROUP, job_api.VERSION, job_api.PLURAL)
 Logger = logging.Logger | logging.LoggerAdapter[Any]
+RESULTS_POLL_SECONDS = 5.0  # how often a finished sweep looks at its results Job
 
 
 def _rv(obj: dict[str, Any] | None) -> int:
@@ -73,8 +77,12 @@ class SweepController:
                     finished = False
                 if finished or stopped:
                     return
+                # A finished sweep waits for its results Job, whose events do not reach us (the
+                # operator's Job watch selects kubetune.io/job): poll it more often than resync.
+                done = (self.bodies.get(key, {}).get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                timeout = min(RESULTS_POLL_SECONDS, self.rt.settings.resync_seconds) if done else self.rt.settings.resync_seconds
                 try:
-                    await asyncio.wait_for(wake.wait(), timeout=self.rt.settings.resync_seconds)
+                    await asyncio.wait_for(wake.wait(), timeout=timeout)
                 except TimeoutError:
                     pass
         finally:
@@ -92,9 +100,14 @@ class SweepController:
                 return True
             listed = await kube.list(job_api.KIND, namespace, f"{LABEL_SWEEP}={name}")
             children = {c["metadata"]["name"]: c for c in listed if owned_by(c, sweep)}
-            decision = decide(SweepObservation(sweep, children, dt.datetime.now(dt.UTC)))
+            status = sweep.get("status") or {}
+            results_job = None
+            if status.get("phase") in ("Succeeded", "Failed") and not results_settled(status):
+                jobs = await kube.list("Job", namespace, f"{LABEL_SWEEP}={name}")
+                results_job = next((j for j in jobs if j["metadata"]["name"] == results_name(name) and owned_by(j, sweep)), None)
+            decision = decide(SweepObservation(sweep, children, dt.datetime.now(dt.UTC), results_by_job=True, results_job=results_job))
             if decision.empty:
-                return (sweep.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+                return results_settled(status)
             if not await self.act(key, sweep, decision, logger):
                 return True
         return False
@@ -116,6 +129,12 @@ class SweepController:
             manifest["metadata"]["namespace"] = namespace
             _, created = await kube.create(manifest)
             logger.info(f"{'created' if created else 'found existing'} FineTuneJob {namespace}/{manifest['metadata']['name']}")
+        if decision.create_results:
+            for obj in build_results_objects(self.bodies.get(key, sweep), self.rt.settings):
+                obj["metadata"]["namespace"] = namespace
+                _, created = await kube.create(obj)
+                logger.info(f"{'created' if created else 'found existing'} {obj['kind']} {namespace}/{obj['metadata']['name']} "
+                            "(writes sweep.json and the plots)")
         for trial in decision.suspend:
             await kube.merge_patch(job_api.KIND, namespace, trial, {"spec": {"suspend": True}})
             logger.info(f"suspended FineTuneJob {namespace}/{trial} (pruned or sweep stopped)")

@@ -215,3 +215,29 @@ def write_results(sweep: Mapping[str, Any], curves: Mapping[str, Curve] | None =
     _put(results["plotUris"][1], curves_plot(doc), storage)
     _put(results["summaryUri"], (json.dumps(doc, indent=2, sort_keys=False) + "\n").encode(), storage)
     return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m kubetune_api.sweep_results SWEEP.json``: write the results of a finished sweep.
+
+    The operator's results Job runs this in the trainer image (matplotlib, boto3,
+    the storage Secret's credentials in the environment) on the sweep it mounts
+    from a ConfigMap; it prints status.results as one JSON line.
+    """
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(prog="python -m kubetune_api.sweep_results", description=main.__doc__)
+    parser.add_argument("sweep", help="a FineTuneSweep with its status, as JSON")
+    args = parser.parse_args(argv)
+    try:
+        sweep = json.loads(Path(args.sweep).read_text())
+        print(json.dumps(write_results(sweep)), flush=True)
+    except Exception as e:  # noqa: BLE001 - one line the Job's termination message carries
+        print(f"kubetune: error: SweepResultsFailed: {e!r}", file=sys.stderr, flush=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
