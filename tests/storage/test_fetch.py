@@ -150,3 +150,28 @@ def test_hf_source_goes_through_snapshot_download_once(tmp_path, monkeypatch):
     assert calls == [("org/model", "abc123", "model")]
     d = fetch.resolve_dataset("hf://datasets/org/data", None, tmp_path)
     assert calls[-1] == ("org/data", None, "dataset") and d.is_dir()
+
+
+def test_adapter_from_s3_is_fetched_as_a_folder_and_a_prefix_without_adapter_config_is_refused(s3, tmp_path):
+    """spec.model.adapter = an earlier job's s3://.../final/adapter (issue 15): the same once-per-node cache as models."""
+    files = {"adapter_config.json": json.dumps({"peft_type": "LORA", "r": 8}).encode(),
+             "adapter_model.safetensors": os.urandom(4096)}
+    c = s3.client()
+    for name, data in files.items():
+        c.put_object(Bucket=s3.bucket, Key=f"runs/a/final/adapter/{name}", Body=data)
+    c.put_object(Bucket=s3.bucket, Key="runs/a/final/summary.json", Body=b"{}")
+
+    def spec(adapter):
+        out = _spec("unused", s3.endpoint)
+        out.model.adapter = adapter
+        return out
+
+    path = fetch.resolve_adapter(spec(f"s3://{s3.bucket}/runs/a/final/adapter/"), tmp_path)
+    assert {p.name: p.read_bytes() for p in path.iterdir() if not p.name.startswith(".")} == files
+    assert fetch.resolve_adapter(spec(None), tmp_path) is None
+    with pytest.raises(PermanentError, match="holds no adapter_config.json") as e:
+        fetch.resolve_adapter(spec(f"s3://{s3.bucket}/runs/a/final"), tmp_path)  # the final folder, not its adapter
+    assert e.value.reason == "AdapterNotFound"
+    with pytest.raises(PermanentError) as e:
+        fetch.resolve_adapter(spec(f"s3://{s3.bucket}/runs/missing/final/adapter"), tmp_path)
+    assert e.value.reason == "AdapterNotFound"
