@@ -113,6 +113,30 @@ def test_table_shows_each_trial_with_its_phase_parameters_and_objective_and_mark
     assert lines[4].split()[:2] == ["s-t3", "Queued"]
 
 
+def test_at_a_terminal_the_table_is_redrawn_in_place_and_event_lines_go_above_it():
+    import io
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    out = Tty()
+    shown = local_sweep.SweepDisplay(out)
+    shown.table(["TRIAL  PHASE", "s-t0   Running"])
+    shown.table(["TRIAL  PHASE", "s-t0   Running"])  # unchanged: not drawn again
+    assert out.getvalue() == "TRIAL  PHASE\ns-t0   Running\n"
+    shown.say("TrialSucceeded: s-t0")  # erases the 2 table lines, prints the event
+    shown.table(["TRIAL  PHASE", "s-t0   Succeeded"])
+    assert out.getvalue()[len("TRIAL  PHASE\ns-t0   Running\n"):] == (
+        "\x1b[2F\x1b[Jkubetune: TrialSucceeded: s-t0\nTRIAL  PHASE\ns-t0   Succeeded\n")
+
+    plain = io.StringIO()  # a pipe or a CI log: the table only when forced (trial events) or every 30 s
+    logged = local_sweep.SweepDisplay(plain)
+    logged.table(["a"], force=True)
+    logged.table(["b"])
+    assert plain.getvalue() == "a\n"
+
+
 def test_sweep_json_and_plots_are_written_under_the_output_and_linked(tmp_path):
     import matplotlib.image
 

@@ -45,7 +45,7 @@ from kubetune_operator.localrun.launcher import Launcher
 from kubetune_operator.localrun.manifest import RunError, _absolute, _set_path, is_local, validate_manifest
 from kubetune_operator.localrun.planning import LocalPlan, visible_gpus
 from kubetune_operator.localrun.supervise import Interrupts, counting_interrupts, outcome, prepare
-from kubetune_operator.sweeps.decide import SweepDecision, SweepObservation, decide
+from kubetune_operator.sweeps.decide import SweepDecision, SweepObservation, child_manifest, decide
 
 POLL_SECONDS = 0.2
 PLAIN_TABLE_SECONDS = 30.0  # without a terminal: the table on every trial event, else this often
@@ -171,6 +171,16 @@ class TrialRun:
     ended: float | None = None
 
     def poll(self) -> None:
+        self.read_progress()
+        if self.rc is None:
+            codes = self.launcher.poll()
+            if all(c is not None for c in codes):
+                self.read_progress()  # what the trainer wrote before it exited
+                self.rc = outcome(codes)
+                self.ended = time.monotonic()
+                self.launcher.close()
+
+    def read_progress(self) -> None:
         for rec in self.tail.read():
             self.state.update(rec)
             if "event" not in rec and rec.get("evalLoss") is not None and rec.get("loss") is None:
@@ -178,22 +188,6 @@ class TrialRun:
                 if not self.curve or self.curve[-1] != point:
                     self.curve.append(point)
                     self.pending.append(rec)  # decide sees every eval, not only the last one
-        if self.rc is None:
-            codes = self.launcher.poll()
-            if all(c is not None for c in codes):
-                self.tail_rest()
-                self.rc = outcome(codes)
-                self.ended = time.monotonic()
-                self.launcher.close()
-
-    def tail_rest(self) -> None:
-        for rec in self.tail.read():
-            self.state.update(rec)
-            if "event" not in rec and rec.get("evalLoss") is not None and rec.get("loss") is None:
-                point = (int(rec.get("step") or 0), float(rec["evalLoss"]))
-                if not self.curve or self.curve[-1] != point:
-                    self.curve.append(point)
-                    self.pending.append(rec)
 
     @property
     def alive(self) -> bool:
@@ -264,6 +258,7 @@ class SweepDisplay:
         self.out = Display(stream)
         self.stream = stream
         self.drawn = 0
+        self.shown: list[str] = []
         self.last_plain = 0.0
 
     def say(self, line: str) -> None:
@@ -277,7 +272,10 @@ class SweepDisplay:
 
     def table(self, lines: list[str], force: bool = False) -> None:
         if self.out.tty:
+            if self.drawn and lines == self.shown:
+                return  # unchanged: no redraw (no flicker)
             self._erase()
+            self.shown = lines
             self.stream.write("\n".join(lines) + "\n")
             self.stream.flush()
             self.drawn = len(lines)
@@ -315,8 +313,6 @@ class LocalSweep:
         # Trials recorded as unfinished by an earlier launch run again (and resume from their checkpoints).
         for t in self.status.get("trials") or []:
             if t.get("phase") in ("Pending", "Running"):
-                from kubetune_operator.sweeps.decide import child_manifest
-
                 manifest = child_manifest(self.sweep, api.TrialStatus.model_validate(t))
                 self.children[t["name"]] = manifest
                 self.queued.append(manifest)
@@ -469,7 +465,7 @@ class LocalSweep:
             r.launcher.close()
 
 
-def summary_lines(sweep: Mapping[str, Any], runs: Mapping[str, TrialRun], wall: float) -> list[str]:
+def summary_lines(sweep: Mapping[str, Any], wall: float) -> list[str]:
     status = sweep.get("status") or {}
     metric = str(((sweep.get("spec") or {}).get("objective") or {}).get("metric", "evalLoss"))
     lines = [f"sweep {sweep['metadata']['name']} {status.get('phase', '?')} after {fmt_duration(wall)} (wall time): "
@@ -573,7 +569,7 @@ def run_sweep(
         local.save()
     except Exception as e:  # noqa: BLE001 - the sweep's outcome stands even if the plots cannot be written
         display.say(f"warning: could not write sweep.json and plots under {output}: {e!r}")
-    for line in summary_lines(local.sweep, local.runs, time.monotonic() - started):
+    for line in summary_lines(local.sweep, time.monotonic() - started):
         display.say(line)
     if not is_local(output):
         display.say(f"(local copy of the status: {run_path / 'status.json'})")
