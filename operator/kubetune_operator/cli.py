@@ -47,6 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", action="store_true", help="per row: input_ids, attention_mask, labels as the trainer's collator makes them")
     p.add_argument("--scratch", help="where fetched models and data are cached (default $KUBETUNE_SCRATCH or ~/.cache/kubetune/scratch)")
 
+    p = sub.add_parser("report", help="metrics table (base vs tuned), report and plots of a job's output, finished or running")
+    p.add_argument("output", help="the job's output.uri: a local folder or s3://bucket/prefix")
+    p.add_argument("--out", metavar="DIR", help="where report.md, report.html and plots/ go (default ./<job>-report)")
+    p.add_argument("--endpoint", help="S3 endpoint URL (MinIO, Ceph, GCS; default: $AWS_ENDPOINT_URL or AWS)")
+    p.add_argument("--region", help="S3 region")
+    p.add_argument("--rows", type=int, default=5, metavar="N", help="rows where base and tuned differ, in the report (default 5)")
+
     p = sub.add_parser("operator", help="run the operator (in a pod: its service account; elsewhere: the current kubeconfig)")
     p.add_argument("--namespace", "-n", action="append", default=[], metavar="NS",
                    help="watch this namespace (repeatable, globs allowed); default: $KUBETUNE_WATCH_NAMESPACES, else cluster-wide")
@@ -98,6 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"kubetune data preview needs the trainer (pip install 'kubetune[trainer]'): {e}", file=sys.stderr)
             return 2
         return int(preview(args.file, rows=args.rows, as_json=args.json, scratch=args.scratch))
+    if args.command == "report":
+        try:
+            from kubetune_trainer.report import main as report_main
+        except ImportError as e:  # the operator image has no trainer
+            print(f"kubetune report needs the trainer extra (pip install 'kubetune[trainer]'): {e}", file=sys.stderr)
+            return 2
+        return int(report_main(args.output, args.out, endpoint=args.endpoint, region=args.region, rows=args.rows))
     if args.command == "operator":
         from kubetune_operator.runner import main as operator_main
 

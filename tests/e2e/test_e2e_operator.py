@@ -130,6 +130,8 @@ def test_finetunejob_runs_to_succeeded_with_progress_checkpoints_and_adapter_in_
     output = final.get("output") or {}
     assert output.get("adapterUri") == f"s3://{BUCKET}/runs/{name}/final/adapter", final
     assert output.get("summaryUri") == f"s3://{BUCKET}/runs/{name}/final/summary.json"
+    assert output.get("reportUri") == f"s3://{BUCKET}/runs/{name}/final/report.html"  # the report, linked from status
+    assert f"runs/{name}/final/plots/loss.png" in keys and f"runs/{name}/final/eval/metrics.json" in keys
     assert output.get("metrics", {}).get("evalLoss") is not None
     assert (final.get("lastCheckpoint") or {}).get("step") == 8
     assert final.get("restarts") == 0

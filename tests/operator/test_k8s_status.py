@@ -41,7 +41,8 @@ def test_progress_checkpoint_and_export_reach_the_status_subresource_only(cluste
     r.event({"event": "resumed", "step": 6, "uri": "s3://out/run/checkpoints/step-000006"})
     r.event({"event": "phase", "phase": "Exporting"})
     r.event({"event": "exported", "adapterUri": "s3://out/run/final/adapter", "mergedUri": None,
-             "summaryUri": "s3://out/run/final/summary.json", "metrics": {"evalLoss": 1.8, "perplexity": 6.05}})
+             "summaryUri": "s3://out/run/final/summary.json", "reportUri": "s3://out/run/final/report.html",
+             "metrics": {"evalLoss": 1.8, "perplexity": 6.05}})
     r.progress({"step": 7, "loss": 1.8})
     r.close()
     st = status(cluster, name)
@@ -49,7 +50,7 @@ def test_progress_checkpoint_and_export_reach_the_status_subresource_only(cluste
     assert st["progress"] == {"step": 7, "totalSteps": 50, "percent": 12.0, "loss": 1.8, "evalLoss": 2.1, "updatedAt": "2026-01-01T00:00:01Z"}
     assert st["lastCheckpoint"] == {"step": 6, "uri": "s3://out/run/checkpoints/step-000006", "time": "2026-01-01T00:00:02Z"}
     assert st["output"] == {"adapterUri": "s3://out/run/final/adapter", "summaryUri": "s3://out/run/final/summary.json",
-                            "metrics": {"evalLoss": 1.8, "perplexity": 6.05}}
+                            "reportUri": "s3://out/run/final/report.html", "metrics": {"evalLoss": 1.8, "perplexity": 6.05}}
     calls = [c for c in cluster.calls if c.user_agent == "kubetune-trainer"]
     # Exactly what the job's Role allows: patch finetunejobs/status of this one job.
     assert calls and {c.key for c in calls} == {("patch", "kubetune.io", "finetunejobs", "status", NS, name)}

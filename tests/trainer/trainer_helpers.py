@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
@@ -76,3 +77,18 @@ def finish_trainer(started: tuple[subprocess.Popen, float], workdir: Path, spec:
 
 def run_trainer(workdir: Path, spec: dict, nproc: int = 2, timeout: int = 300) -> Run:
     return finish_trainer(start_trainer(workdir, spec, nproc), workdir, spec, timeout)
+
+
+COUNTRIES = {"france": "paris", "italy": "rome", "japan": "tokyo", "spain": "madrid", "peru": "lima", "chile": "santiago"}
+
+
+def write_json_chat(path: Path, n: int, seed: int) -> str:
+    """Chat rows whose answer is one line of JSON (three fields), for the evaluation tests."""
+    rng = random.Random(seed)
+    with open(path, "w") as f:
+        for _ in range(n):
+            c = rng.choice(sorted(COUNTRIES))
+            answer = json.dumps({"country": c, "capital": COUNTRIES[c], "size": rng.choice(["big", "small"])})
+            msgs = [{"role": "user", "content": f"facts about {c} ?"}, {"role": "assistant", "content": answer}]
+            f.write(json.dumps({"messages": msgs}) + "\n")
+    return str(path)

@@ -265,11 +265,11 @@ class CheckpointManager:
         return str(local)
 
     def publish_final(self, local_final_dir: str | os.PathLike) -> dict:
-        """Upload ``final/{adapter,merged,summary.json}`` (rank 0), marker last; returns their URIs (rank 0; {} elsewhere)."""
+        """Upload ``final/{adapter,merged,summary.json,report.html,...}`` (rank 0), marker last; returns their URIs (rank 0; {} elsewhere)."""
         self.drain()
         local_final_dir = Path(local_final_dir)
         final_uri = join(self.output, "final")
-        names = {"adapterUri": "adapter", "mergedUri": "merged", "summaryUri": "summary.json"}
+        names = {"adapterUri": "adapter", "mergedUri": "merged", "summaryUri": "summary.json", "reportUri": "report.html"}
         if self.topo.rank != 0:  # rank 0 wrote the artifacts and reports their URIs
             return {}
         files = {p.relative_to(local_final_dir).as_posix(): p for p in sorted(local_final_dir.rglob("*"))

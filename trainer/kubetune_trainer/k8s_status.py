@@ -12,7 +12,7 @@ What goes where (the team contract's records and events):
   (the operator confirms it with a condition and an Event; ``Initializing`` is
   the operator's to say, so it is not written);
 - ``{"event": "checkpoint", step, uri, time}`` -> ``status.lastCheckpoint``;
-- ``{"event": "exported", adapterUri, mergedUri, summaryUri, baseModel, baseModelRevision, metrics}``
+- ``{"event": "exported", adapterUri, mergedUri, summaryUri, reportUri, baseModel, baseModelRevision, metrics}``
   -> ``status.output`` (baseModel: what the adapter applies to, read by a later job's model.from).
 
 Training never waits for the API: calls return at once, a background thread
@@ -57,7 +57,7 @@ def status_patch_for_event(event: Mapping[str, Any]) -> dict[str, Any]:
         ref = {k: event.get(k) for k in ("step", "uri", "time") if event.get(k) is not None}
         return {"lastCheckpoint": ref} if ref else {}
     if kind == "exported":
-        out = {k: event.get(k) for k in ("adapterUri", "mergedUri", "summaryUri", "baseModel", "baseModelRevision") if event.get(k)}
+        out = {k: event.get(k) for k in ("adapterUri", "mergedUri", "summaryUri", "reportUri", "baseModel", "baseModelRevision") if event.get(k)}
         metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
         if metrics:
             out["metrics"] = metrics

@@ -347,8 +347,6 @@ def _ListDataset(rows: list[dict[str, Any]]) -> torch.utils.data.Dataset:
 
 def final_evaluation(trainer: Trainer, spec: FineTuneJobSpec, data: PreparedData, tokenizer: PreTrainedTokenizerBase,
                      plan: TrainingPlan) -> dict[str, float]:
-    from . import evaluate
-
     if not data.eval:
         return {}
     last = trainer.eval_history[-1] if trainer.eval_history else None
@@ -356,13 +354,7 @@ def final_evaluation(trainer: Trainer, spec: FineTuneJobSpec, data: PreparedData
         metrics = {k: v for k, v in last.items() if k != "step"}
     else:
         metrics = trainer.evaluate()
-    g = spec.training.generation_eval
-    if g and g.samples:
-        metrics.update(evaluate.generation_accuracy(
-            trainer.model, data.eval_examples, data.format, tokenizer, g.samples, g.max_new_tokens,
-            trainer.args.device, synced=plan.zero_stage == 3,
-        ))
-    return metrics
+    return metrics  # generation metrics: the evaluation stage (evaluation.py), base vs tuned
 
 
 def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data: PreparedData, info: ModelInfo, trainer: Trainer,
@@ -443,7 +435,7 @@ def run(config_path: str) -> None:
     from . import preflight
 
     preflight.check_options(spec)  # exit 3 now, not an ImportError minutes later
-    from . import export, lineage, model, progress
+    from . import evaluation, export, lineage, model, progress, report
 
     reporters = progress.reporters_from_env(rt.rank)
     ckpt = None
@@ -455,6 +447,8 @@ def run(config_path: str) -> None:
         adapter_dir = fetch_adapter(spec, rt)  # a wrong adapter fails here, before the data is prepared
         tokenizer = model.load_tokenizer(model_dir, spec)
         data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
+        final_eval = evaluation.FinalEvaluation(spec, data, tokenizer, rt.scratch, rt.rank, ckpt.storage,
+                                                continues_adapter=adapter_dir is not None)  # test set read now
         plan = plan_deepspeed(spec, model_dir, rt, mem)
         args = training_arguments(spec, plan, ckpt, data, rt, run_name=job.metadata.name)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
@@ -464,18 +458,25 @@ def run(config_path: str) -> None:
         transformers.set_seed(spec.training.seed)
         net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing, adapter_dir)
         callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
+        callbacks += final_eval.callbacks(synced=plan.zero_stage == 3, device=args.device)
         trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
 
         resume_dir = ckpt.prepare_resume()
         reporters.event({"event": "phase", "phase": "Running"})
         result = trainer.train(resume_from_checkpoint=resume_dir)
         metrics = final_evaluation(trainer, spec, data, tokenizer, plan)
+        final_dir = local_final_dir(spec, rt)
+        evaluated = final_eval.run(trainer, final_dir)
+        metrics.update(evaluation.status_metrics(evaluated))
 
         reporters.event({"event": "phase", "phase": "Exporting"})
-        final_dir = local_final_dir(spec, rt)
         export.export_model(trainer, spec, tokenizer, model_dir, final_dir, rt.scratch, model.load_dtype(spec, plan.precision))
         if rt.rank == 0:
-            export.write_summary(final_dir, build_summary(job, rt, plan, data, info, trainer, result, metrics, time.time() - started, resume_dir))
+            summary = build_summary(job, rt, plan, data, info, trainer, result, metrics, time.time() - started, resume_dir)
+            summary["evaluation"] = evaluated
+            export.write_summary(final_dir, summary)
+            if spec.evaluation.report:
+                report.write_report(final_dir, summary, evaluated)
         uris = ckpt.publish_final(final_dir)
         reporters.event({"event": "exported", **uris, **lineage.base_model(spec), "metrics": _status_metrics(metrics)})
     finally:
@@ -485,7 +486,9 @@ def run(config_path: str) -> None:
 
 
 def _status_metrics(metrics: dict[str, float]) -> dict[str, float]:
-    names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch"}
+    names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch",
+             "eval_token_accuracy": "tokenAccuracy", "eval_json_field_match": "jsonFieldMatch",
+             "base_exact_match": "baseExactMatch", "base_json_field_match": "baseJsonFieldMatch"}
     return {names[k]: float(v) for k, v in metrics.items() if k in names}
 
 

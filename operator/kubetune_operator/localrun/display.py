@@ -183,7 +183,7 @@ def summary_lines(plan: LocalPlan, state: RunState, rc: int, wall: float) -> lis
     if before is not None:
         lines.append(f"eval loss {label}: {before:.4f}" + (f"   after: {after:.4f}" if after is not None else ""))
     if state.exported:
-        for key, title in (("adapterUri", "adapter"), ("mergedUri", "merged model"), ("summaryUri", "summary")):
+        for key, title in (("adapterUri", "adapter"), ("mergedUri", "merged model"), ("summaryUri", "summary"), ("reportUri", "report")):
             if state.exported.get(key):
                 lines.append(f"{title}: {state.exported[key]}")
     elif state.checkpoints:
