@@ -84,6 +84,10 @@ def test_job_b_continues_job_a_adapter_from_its_final_eval_loss_and_improves(cha
     assert a["evalLoss"] < a["initialEvalLoss"]
     assert abs(b["initialEvalLoss"] - a["evalLoss"]) < START_TOL, (b["initialEvalLoss"], a["evalLoss"])
     assert b["evalLoss"] < b["initialEvalLoss"], (b["initialEvalLoss"], b["evalLoss"])
+    # B's evaluation compares with the model before B's first step, A's adapter, not the bare base model
+    ev_a, ev_b = a["evaluation"]["sets"]["validation"], b["evaluation"]["sets"]["validation"]
+    assert abs(ev_b["base"]["loss"] - ev_a["tuned"]["loss"]) < START_TOL, (ev_b["base"], ev_a["tuned"])
+    assert ev_b["tuned"]["loss"] < ev_b["base"]["loss"]
     # B's summary names A and what of A it continued.
     lineage = b["lineage"]
     adapter_a = str(w / "out-a" / "final" / "adapter")
