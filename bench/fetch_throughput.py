@@ -1,11 +1,13 @@
 """Fetch throughput: concurrent ranged GETs vs one stream, same object, same run.
 
-    .venv/bin/python bench/fetch_throughput.py [--size-mb 128] [--concurrency 8] [--per-connection-mbps 0]
+    .venv/bin/python bench/fetch_throughput.py [--size-mb 64] [--per-connection-mbps 25] [--concurrency N] [--part-mb M]
 
 Starts moto's S3 server on 127.0.0.1, uploads one object, then downloads it
-alternately with ``S3Storage.download_file(ranged=True)`` (``concurrency``
-ranged GETs of ``--part-mb``) and ``ranged=False`` (one GET), each verified
-(sha256), ``--repeats`` times. Prints MB/s of both and their ratio.
+alternately with ``S3Storage.download_file(ranged=True)`` (ranged GETs, range
+size and streams chosen from the object size by ``S3Storage.ranged_plan``
+unless ``--part-mb`` / ``--concurrency`` fix them) and ``ranged=False`` (one
+GET), each verified (sha256), ``--repeats`` times. Prints MB/s of both; the
+last line is their ratio.
 
 Real S3 limits each connection (tens of MB/s to ~100 MB/s per stream);
 ``--per-connection-mbps`` puts a throttling proxy in front of moto that
@@ -79,11 +81,11 @@ def throttling_proxy(upstream_port: int, mbps: float) -> ThreadingHTTPServer:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--size-mb", type=int, default=128)
-    ap.add_argument("--part-mb", type=int, default=8)
-    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--size-mb", type=int, default=64)
+    ap.add_argument("--part-mb", type=int, default=None, help="range size (default: chosen from the object size)")
+    ap.add_argument("--concurrency", type=int, default=None, help="streams (default: chosen from the object size)")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--per-connection-mbps", type=float, default=0.0, help="pace each connection (0: no proxy)")
+    ap.add_argument("--per-connection-mbps", type=float, default=25.0, help="pace each connection (0: no proxy)")
     args = ap.parse_args()
 
     import logging
@@ -113,7 +115,8 @@ def main() -> int:
     del data
 
     st = S3Storage(endpoint=endpoint, region="us-east-1", addressing_style="path",
-                   concurrency=args.concurrency, part_size=args.part_mb * MiB)
+                   concurrency=args.concurrency, part_size=args.part_mb * MiB if args.part_mb else None)
+    part_size, streams = st.ranged_plan(args.size_mb * MiB)
     uri = "s3://bench/blob"
     times: dict[bool, list[float]] = {True: [], False: []}
     with tempfile.TemporaryDirectory() as tmp:
@@ -134,8 +137,9 @@ def main() -> int:
     where = f"throttled to {args.per_connection_mbps:g} MB/s per connection" if proxy else "unthrottled local moto"
     print(f"object {args.size_mb} MiB, {where}, median of {args.repeats}, sha256 verified")
     print(f"  single stream : {mbps[False]:8.1f} MB/s  ({', '.join(f'{t:.2f}s' for t in times[False])})")
-    print(f"  ranged x{args.concurrency:<2}    : {mbps[True]:8.1f} MB/s  ({', '.join(f'{t:.2f}s' for t in times[True])}), "
-          f"{args.part_mb} MiB parts")
+    chosen = "fixed" if args.part_mb or args.concurrency else "chosen from the size"
+    print(f"  ranged x{streams:<2}    : {mbps[True]:8.1f} MB/s  ({', '.join(f'{t:.2f}s' for t in times[True])}), "
+          f"{part_size / MiB:g} MiB ranges ({chosen})")
     print(f"ratio ranged/single = {mbps[True] / mbps[False]:.2f}")
     return 0
 

@@ -61,6 +61,38 @@ def test_multipart_upload_and_concurrent_ranged_download_verified(s3, tmp_path):
     assert got.sha256 == head.sha256 and out.read_bytes() == f.read_bytes()
 
 
+@pytest.mark.parametrize(("size", "fixed", "want"), [
+    (5 * MiB, {}, (5 * MiB, 1)),  # one stream: too small to split
+    (20 * MiB, {}, (10 * MiB, 2)),  # one stream per 8 MiB, split evenly
+    (64 * MiB, {}, (8 * MiB, 8)),
+    (200 * MiB, {}, (25 * MiB // 2, 16)),  # 16 streams at most
+    (1024 * MiB, {}, (64 * MiB, 16)),
+    (10 * 1024 * MiB, {}, (64 * MiB, 16)),  # ranges capped at 64 MiB: 160 ranges over 16 streams
+    (64 * MiB, {"concurrency": 3}, (342 * 64 * 1024, 3)),  # 64 MiB / 3, rounded up to 64 KiB
+    (64 * MiB, {"part_size": 4 * MiB, "concurrency": 2}, (4 * MiB, 2)),  # explicit settings win
+    (3 * MiB + 11, {"part_size": MiB}, (MiB, 4)),  # a fixed range size: one stream per range, up to 16
+], ids=["5MiB", "20MiB", "64MiB", "200MiB", "1GiB", "10GiB", "64MiB-3-streams", "64MiB-fixed", "fixed-range-size"])
+def test_ranged_plan_from_object_size(size, fixed, want):
+    """Ranged downloads pick range size and streams from the object size: each stream one range, 8 MiB or more."""
+    part, streams = _store("http://unused", **fixed).ranged_plan(size)
+    assert (part, streams) == want
+    assert -(-size // part) >= streams or streams == 1  # no idle stream
+
+
+def test_default_store_downloads_in_size_chosen_ranges(s3, tmp_path):
+    """Without settings, a 20 MiB object comes down as 2 ranged GETs of 10 MiB, verified."""
+    st = _store(s3.endpoint)
+    f = tmp_path / "mid.bin"
+    f.write_bytes(os.urandom(20 * MiB))
+    uri = f"s3://{s3.bucket}/plan/mid.bin"
+    st.upload_file(f, uri)
+    seen = []
+    st.client.meta.events.register("before-parameter-build.s3.GetObject", lambda params, **kw: seen.append(params.get("Range")))
+    st.download_file(uri, tmp_path / "mid.out")
+    assert sorted(seen) == [f"bytes=0-{10 * MiB - 1}", f"bytes={10 * MiB}-{20 * MiB - 1}"]
+    assert (tmp_path / "mid.out").read_bytes() == f.read_bytes()
+
+
 def test_download_detects_wrong_checksum(s3, tmp_path):
     st = _store(s3.endpoint, operation_attempts=2)
     uri = f"s3://{s3.bucket}/cs/x.bin"

@@ -67,6 +67,12 @@ T = TypeVar("T")
 MiB = 1024 * 1024
 _HASH_BLOCK = 8 * MiB
 _FILES_IN_PARALLEL = 4  # many-file transfers: files at once (big S3 files also split into parts)
+_UPLOAD_CONCURRENCY = 8  # threads per multipart upload
+_UPLOAD_PART_SIZE = 16 * MiB
+_RANGED_MIN_PART = 8 * MiB  # ranged downloads: one stream per 8 MiB ...
+_RANGED_MAX_STREAMS = 16  # ... up to 16 streams
+_RANGED_MAX_PART = 64 * MiB  # ranges above this are split further (retry granularity)
+_RANGE_ALIGN = 64 * 1024
 
 Manifest = dict[str, dict[str, Any]]  # relative name -> {"size": int, "sha256": str}
 
@@ -406,8 +412,8 @@ class S3Storage(Storage):
         region: str | None = None,
         addressing_style: str = "auto",
         *,
-        concurrency: int = 8,
-        part_size: int = 16 * MiB,
+        concurrency: int | None = None,
+        part_size: int | None = None,
         multipart_threshold: int = 64 * MiB,
         request_attempts: int = 6,
         operation_attempts: int = 5,
@@ -418,8 +424,11 @@ class S3Storage(Storage):
         self.endpoint = endpoint or os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
         self.region = region
         self.addressing_style = addressing_style
-        self.concurrency = max(1, concurrency)  # threads per transfer (ranges, multipart parts)
-        self.part_size = max(1, part_size)  # ranged-GET size; multipart parts are at least 5 MiB
+        # None = chosen per object (ranged_plan); uploads then use 8 threads and 16 MiB parts.
+        self.fixed_concurrency = max(1, concurrency) if concurrency is not None else None
+        self.fixed_part_size = max(1, part_size) if part_size is not None else None
+        self.concurrency = self.fixed_concurrency or _UPLOAD_CONCURRENCY  # threads per upload (multipart parts)
+        self.part_size = self.fixed_part_size or _UPLOAD_PART_SIZE  # multipart parts are at least 5 MiB
         self.multipart_threshold = multipart_threshold
         self.request_attempts = request_attempts
         self.operation_attempts = operation_attempts
@@ -434,9 +443,11 @@ class S3Storage(Storage):
     def from_spec(cls, storage_spec: StorageSpec | None = None, **kwargs: Any) -> S3Storage:
         """Build from a ``spec.storage`` (StorageSpec) or None (AWS defaults).
 
-        Transfer tuning from the environment (defaults fit most nodes):
-        ``KUBETUNE_S3_CONCURRENCY`` (threads per transfer, 8) and
-        ``KUBETUNE_S3_PART_SIZE_MB`` (ranged-GET and multipart part size, 16).
+        Transfer tuning from the environment, overriding the defaults:
+        ``KUBETUNE_S3_CONCURRENCY`` (threads per transfer; default: ranged
+        downloads choose from the object size, see :meth:`ranged_plan`, uploads 8)
+        and ``KUBETUNE_S3_PART_SIZE_MB`` (ranged-GET and multipart part size;
+        default: chosen from the object size, uploads 16).
         """
         if "KUBETUNE_S3_CONCURRENCY" in os.environ:
             kwargs.setdefault("concurrency", int(os.environ["KUBETUNE_S3_CONCURRENCY"]))
@@ -465,7 +476,7 @@ class S3Storage(Storage):
                     s3={"addressing_style": self.addressing_style},
                     connect_timeout=self.connect_timeout,
                     read_timeout=self.read_timeout,
-                    max_pool_connections=max(10, 2 * self.concurrency),
+                    max_pool_connections=max(10, 2 * self.concurrency, self.files_in_parallel * _RANGED_MAX_STREAMS + 4),
                     user_agent_extra="kubetune",
                 )
                 if self.endpoint:
@@ -683,8 +694,9 @@ class S3Storage(Storage):
 
         Verification uses, in order: ``sha256`` (from a manifest), the object's
         ``sha256`` metadata (written by :meth:`upload_file`), or the ETag when it
-        is a plain MD5 (single-part uploads). Objects above ``part_size`` come
-        down as concurrent ranged GETs (:meth:`_get_ranged`) when ``ranged``.
+        is a plain MD5 (single-part uploads). Objects big enough for two ranges
+        (:meth:`ranged_plan`) come down as concurrent ranged GETs
+        (:meth:`_get_ranged`) when ``ranged``.
         The whole download is retried on transient errors, a checksum mismatch
         included.
         """
@@ -695,8 +707,9 @@ class S3Storage(Storage):
             head = info if (info is not None and info.etag) else self._call("head", uri, lambda: self._head_once(uri))
             tmp = _temp_beside(dest)
             try:
-                if ranged and head.size > self.part_size and self.concurrency > 1:
-                    self._get_ranged(uri, tmp, head)
+                part_size, streams = self.ranged_plan(head.size)
+                if ranged and streams > 1 and head.size > part_size:
+                    self._get_ranged(uri, tmp, head, part_size, streams)
                 else:
                     self._get_whole(uri, tmp, head)
                 verified = self._verify(uri, tmp, head, sha256)
@@ -746,7 +759,28 @@ class S3Storage(Storage):
 
         self._call("get", uri, get)
 
-    def _get_ranged(self, uri: str, tmp: Path, head: ObjectInfo) -> None:
+    def ranged_plan(self, size: int) -> tuple[int, int]:
+        """(range size, concurrent streams) for downloading an object of ``size`` bytes.
+
+        Each connection to S3 is limited (tens of MB/s to ~100 MB/s), so speed comes
+        from parallel streams; each range costs a request and a time to first byte,
+        so ranges should be few and large. The rule: one stream per
+        ``_RANGED_MIN_PART`` (8 MiB, the range size AWS recommends) up to
+        ``_RANGED_MAX_STREAMS``, the object split evenly over them so every stream
+        makes exactly one request; ranges capped at ``_RANGED_MAX_PART`` so a failed
+        range re-downloads little (bigger objects get more ranges than streams).
+        Values given to the constructor (or KUBETUNE_S3_CONCURRENCY /
+        KUBETUNE_S3_PART_SIZE_MB) win.
+        """
+        if self.fixed_part_size is not None:
+            ranges = -(-size // self.fixed_part_size)
+            return self.fixed_part_size, self.fixed_concurrency or max(1, min(_RANGED_MAX_STREAMS, ranges))
+        streams = self.fixed_concurrency or max(1, min(_RANGED_MAX_STREAMS, size // _RANGED_MIN_PART))
+        part = -(-size // streams)  # ceil: each stream one range
+        part = -(-part // _RANGE_ALIGN) * _RANGE_ALIGN
+        return max(1, min(part, _RANGED_MAX_PART)), streams
+
+    def _get_ranged(self, uri: str, tmp: Path, head: ObjectInfo, part_size: int, streams: int) -> None:
         """Concurrent ranged GETs of ``part_size`` bytes into one preallocated file, each range retried on its own."""
         size = head.size
         with open(tmp, "wb") as f:
@@ -754,7 +788,7 @@ class S3Storage(Storage):
         fd = os.open(tmp, os.O_WRONLY)
         try:
             def fetch(start: int) -> None:
-                end = min(start + self.part_size, size) - 1
+                end = min(start + part_size, size) - 1
                 kw = {**self._get_kwargs(uri, head), "Range": f"bytes={start}-{end}"}
 
                 def get_range() -> None:
@@ -769,8 +803,8 @@ class S3Storage(Storage):
                 _retrying(lambda: self._call("get range", uri, get_range), f"get {uri} bytes {start}-{end}",
                           self.operation_attempts, self.base_delay)
 
-            with ThreadPoolExecutor(self.concurrency, thread_name_prefix="kubetune-get") as ex:
-                for fut in [ex.submit(fetch, s) for s in range(0, size, self.part_size)]:
+            with ThreadPoolExecutor(streams, thread_name_prefix="kubetune-get") as ex:
+                for fut in [ex.submit(fetch, s) for s in range(0, size, part_size)]:
                     fut.result()
         finally:
             os.close(fd)
