@@ -14,7 +14,8 @@ fine-tuning of a small Llama built on the fly) three times against moto S3 on
 
 Step time = interval between consecutive optimizer-step ends on rank 0
 (the Trainer saves between them, so a save's stall is inside the interval);
-the first ``--warmup`` steps are left out. Goal: background/none < 1.1.
+the first ``--warmup`` steps are left out. Goal: background/none <= 1.05
+(the last line printed).
 
 On this kind of CPU-only machine the training, the upload thread and the
 moto server share 2 cores, so the upload competes with training for CPU; on
@@ -157,10 +158,9 @@ def main() -> int:
     for mode, r in results.items():
         print(f"  {mode:<10}: mean step {r['mean'] * 1e3:7.1f} ms, median {r['median'] * 1e3:7.1f} ms, "
               f"local save {r['save'] * 1e3:6.1f} ms, run {r['wall']:.0f}s")
-    if "none" in results:
-        for mode in results:
-            if mode != "none":
-                print(f"ratio {mode}/none = {results[mode]['mean'] / results['none']['mean']:.3f}")
+    if "none" in results:  # kubetune's own mode last: the last line is the ratio the goal is about
+        for mode in sorted((m for m in results if m != "none"), key=lambda m: m == "background"):
+            print(f"ratio {mode}/none = {results[mode]['mean'] / results['none']['mean']:.3f}")
     return 0
 
 

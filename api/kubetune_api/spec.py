@@ -129,17 +129,19 @@ def _spec_rules() -> list[CelRule]:
         "(self.distributed.nodes * (has(self.distributed.processesPerNode) ? self.distributed.processesPerNode"
         " : (self.distributed.gpusPerNode > 1 ? self.distributed.gpusPerNode : 1)))"
     )
-    per_step = f"(self.training.microBatchSize * {world})"
+    auto_mb = "string(self.training.microBatchSize) == 'auto'"
+    per_step = f"(({auto_mb} ? 1 : int(self.training.microBatchSize)) * {world})"
     has_eval = "(has(self.dataset.eval) || self.dataset.evalFraction > 0.0)"
     return [
         cel_rule(
             f"self.training.globalBatchSize % {per_step} == 0",
             "training.globalBatchSize must be divisible by training.microBatchSize x world size "
-            "(nodes x processes per node); use a multiple of that product",
+            "(nodes x processes per node; with microBatchSize 'auto', by the world size); use a multiple of that product",
             ".training.globalBatchSize",
             message_expression=(
                 "'training.globalBatchSize (' + string(self.training.globalBatchSize) + ') must be divisible by "
-                "microBatchSize x world size (' + string(" + per_step + ") + '); use a multiple of it'"
+                "' + (" + auto_mb + " ? 'the world size' : 'microBatchSize x world size') + ' (' + string(" + per_step
+                + ") + '); use a multiple of it'"
             ),
         ),
         cel_rule(
@@ -285,12 +287,16 @@ class FineTuneJobSpec(ApiModel):
     @model_validator(mode="after")
     def _cross_field(self) -> FineTuneJobSpec:
         m, t, d, o, ds = self.method.type, self.training, self.distributed, self.output, self.dataset
-        per_step = t.micro_batch_size * d.world_size()
+        mb = t.fixed_micro_batch()
+        per_step = (mb or 1) * d.world_size()
         if t.global_batch_size % per_step:
             raise invalid(
                 "training.globalBatchSize",
                 f"({t.global_batch_size}) must be divisible by microBatchSize x world size "
-                f"({t.micro_batch_size} x {d.world_size()} = {per_step}); use a multiple of {per_step}",
+                f"({mb} x {d.world_size()} = {per_step}); use a multiple of {per_step}"
+                if mb is not None else
+                f"({t.global_batch_size}) must be divisible by the world size ({per_step}) with microBatchSize "
+                f"'auto'; use a multiple of {per_step}",
             )
         if m == "full" and self.model.adapter is not None:
             raise invalid(

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .common import ApiModel, cel_rule, model_rules
 
@@ -39,7 +39,14 @@ class TrainingSpec(ApiModel):
         le=1_000_000,
         description="Sequences per optimizer step over all processes. Must be divisible by microBatchSize x world size; the rest is gradient accumulation.",
     )
-    micro_batch_size: int = Field(default=1, ge=1, le=4096, description="Sequences per process per forward/backward pass.")
+    micro_batch_size: int | str = Field(
+        default=1,
+        description=(
+            "Sequences per process per forward/backward pass (1-4096), or 'auto': the memory plan picks the largest "
+            "of 8, 4, 2, 1 that fits and divides globalBatchSize / world size (1 when no plan can be made)."
+        ),
+        json_schema_extra={"pattern": "^(auto)$", "minimum": 1, "maximum": 4096},
+    )
     scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = Field(default="cosine", description="Learning-rate schedule after warmup.")
     warmup_ratio: float = Field(default=0.03, ge=0.0, le=0.5, description="Fraction of steps with linear warmup.")
     weight_decay: float = Field(default=0.0, ge=0.0, le=1.0, description="AdamW weight decay.")
@@ -66,6 +73,19 @@ class TrainingSpec(ApiModel):
     )
     liger_kernels: bool = Field(default=False, description="Use Liger fused kernels (RMSNorm, RoPE, SwiGLU, fused linear cross-entropy) when installed.")
     tracker: Literal["none", "tensorboard", "mlflow", "wandb"] = Field(default="none", description="Experiment tracker (must be installed in the image).")
+
+    @field_validator("micro_batch_size")
+    @classmethod
+    def _micro_batch(cls, v: int | str) -> int | str:
+        if isinstance(v, bool) or isinstance(v, str) and v != "auto":
+            raise ValueError("must be a number of sequences (1-4096) or 'auto'")
+        if isinstance(v, int) and not 1 <= v <= 4096:
+            raise ValueError("must be between 1 and 4096 (or 'auto')")
+        return v
+
+    def fixed_micro_batch(self) -> int | None:
+        """The micro-batch the spec fixes, or None for 'auto' (the memory plan decides)."""
+        return None if self.micro_batch_size == "auto" else int(self.micro_batch_size)
 
     @model_validator(mode="after")
     def _one_of_epochs_steps(self) -> TrainingSpec:

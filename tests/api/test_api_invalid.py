@@ -120,6 +120,11 @@ CASES = [
     Case("batch-not-divisible-cpu-processes",
          both(put("spec.distributed", {"gpusPerNode": 0, "processesPerNode": 3}), put("spec.training.microBatchSize", 1)),
          "spec.training.globalBatchSize"),
+    Case("batch-not-divisible-auto-micro-batch",
+         both(put("spec.distributed", {"gpusPerNode": 0, "processesPerNode": 3}), put("spec.training.microBatchSize", "auto")),
+         "spec.training.globalBatchSize"),
+    Case("micro-batch-word", put("spec.training.microBatchSize", "max"), "spec.training.microBatchSize"),
+    Case("micro-batch-zero", put("spec.training.microBatchSize", 0), "spec.training.microBatchSize"),
     Case("learning-rate-not-a-number", put("spec.training.learningRate", "fast"), "spec.training.learningRate"),
     Case("snake-case-field", put("spec.training.learning_rate", 0.001), "spec.training.learning_rate"),
     Case("fp16-on-cpu", both(CPU, put("spec.training.precision", "fp16")), "spec.training.precision"),
@@ -219,6 +224,14 @@ def _manifest(case: Case) -> dict:
 
 def test_base_manifest_is_valid():
     assert validate_manifest(base()) == []
+
+
+def test_micro_batch_auto_is_valid_when_the_world_size_divides_the_batch():
+    """'auto' drops the micro-batch from the divisibility rule (the plan picks a divisor); schema, CEL and model agree."""
+    doc = base()
+    both(put("spec.training.microBatchSize", "auto"), put("spec.training.globalBatchSize", 6),
+         put("spec.distributed", {"gpusPerNode": 0, "processesPerNode": 3}))(doc)
+    assert validate_manifest(doc) == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)

@@ -20,6 +20,7 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow, pytest.mark.timeout(900
 STEPS = 20
 EVERY = 4
 TOL = 1e-5
+CONSOLIDATED = ("model.safetensors", "pytorch_model.bin", ".safetensors.index.json")  # incl. adapter_model.*
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,7 @@ def test_lora_checkpoints_hold_no_frozen_base_weights(s3, reference_lora):
     blob = st.read_bytes(join(best.uri, states[0]))
     module = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=False)["module"]
     assert module and all("lora_" in k for k in module), [k for k in module if "lora_" not in k][:5]
+    assert not [n for n in best.manifest["files"] if n.endswith(CONSOLIDATED)]  # DeepSpeed's files only
     assert st.exists(f"s3://{s3.bucket}/runs/ref-lora/final/COMMITTED")
     assert reference_lora.of("exported")[0]["adapterUri"] == f"s3://{s3.bucket}/runs/ref-lora/final/adapter"
 
@@ -170,6 +172,7 @@ def test_full_zero3_two_nodes_kill9_resume(s3, assets, reference_full, tmp_path)
     assert {files["rng_state_0.pth"]["node"], files["rng_state_1.pth"]["node"]} == {0, 1}
     assert files["trainer_state.json"]["node"] == 0  # written by node 0 only, uploaded once
     assert sorted(f["node"] for n, f in files.items() if "optim_states" in n) == [0, 1], files  # a ZeRO-3 shard per rank
+    assert not [n for n in files if n.endswith(CONSOLIDATED)], files  # no gathered full model per checkpoint
 
     b = run_job(manifest, tmp_path / "b", s3.env(), procs=1, nnodes=2)
     assert b.returncode == 0, b.stderr[-3000:]

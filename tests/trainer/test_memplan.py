@@ -82,3 +82,30 @@ def test_ds_config_offload_follows_the_decision(tiny_model_dir, stage):
     assert "offload_optimizer" not in auto  # 'auto' without a decision: none
     decided = dsconfig.build_ds_config(spec, batch, int(stage), "fp32", offload="optimizer")["zero_optimization"]
     assert decided["offload_optimizer"]["device"] == "cpu"
+
+
+def test_micro_batch_auto_comes_from_the_plan(tiny_model_dir):
+    """microBatchSize 'auto': the plan's largest micro-batch that fits and divides the per-rank batch; into the DS config."""
+    from kubetune_trainer import dsconfig
+
+    spec = parsed(spec_for(tiny_model_dir, training={"globalBatchSize": 8, "microBatchSize": "auto"}))
+    plan = memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0)
+    assert plan is not None and plan.fits
+    mb = memplan.micro_batch(spec, plan)
+    assert mb == 4 == plan.summary()["microBatchSize"]  # 8 over 2 ranks: 4 per rank, and the tiny model fits it
+    batch = dsconfig.batch_plan(spec, 2, mb)
+    assert (batch.micro_batch, batch.accumulation) == (4, 1)
+    assert dsconfig.build_ds_config(spec, batch, 2, "fp32")["train_micro_batch_size_per_gpu"] == 4
+    # Tight memory: the plan steps down to a smaller micro-batch (still without checkpointing) before giving up.
+    from kubetune_api import memory
+
+    by = {(e.settings.gradient_checkpointing, e.settings.micro_batch): e.total for e in plan.candidates
+          if e.settings.zero_stage == 2}
+    assert by[(False, 4)] > by[(False, 2)]
+    device = int((by[(False, 4)] + by[(False, 2)]) / 2 / (1 - memory.MARGIN_FRACTION))  # usable: between the two
+    small = memory.plan(plan.shape, plan.job, plan.choices, device, gpu=False)
+    assert small.fits and memplan.micro_batch(spec, small) == 2 and not small.chosen.settings.gradient_checkpointing
+    # Without a plan, and with a fixed value, the spec's rules hold.
+    assert memplan.micro_batch(spec, None) == 1
+    fixed = parsed(spec_for(tiny_model_dir, training={"globalBatchSize": 8, "microBatchSize": 2}))
+    assert memplan.micro_batch(fixed, plan) == 2

@@ -25,9 +25,13 @@ class BatchPlan:
     accumulation: int
 
 
-def batch_plan(spec: FineTuneJobSpec, world_size: int) -> BatchPlan:
-    """Gradient accumulation = global batch / (micro batch x world size), which must divide exactly."""
-    g, m = spec.training.global_batch_size, spec.training.micro_batch_size
+def batch_plan(spec: FineTuneJobSpec, world_size: int, micro_batch: int | None = None) -> BatchPlan:
+    """Gradient accumulation = global batch / (micro batch x world size), which must divide exactly.
+
+    ``micro_batch``: the memory plan's choice for ``microBatchSize: auto`` (default: the spec's value, 1 for auto).
+    """
+    g = spec.training.global_batch_size
+    m = micro_batch or spec.training.fixed_micro_batch() or 1
     if g % (m * world_size):
         raise PermanentError(
             f"training.globalBatchSize {g} is not divisible by microBatchSize {m} x world size {world_size}",

@@ -67,3 +67,14 @@ def offload(spec: Any, plan: memory.Plan | None) -> str:
 def zero_stage(plan: memory.Plan | None) -> int | None:
     """The plan's ZeRO stage (for zeroStage 'auto'), or None without a plan."""
     return plan.chosen.settings.zero_stage if plan is not None and plan.chosen is not None else None
+
+
+def micro_batch(spec: Any, plan: memory.Plan | None) -> int:
+    """The spec's microBatchSize, else (for 'auto') the plan's, else 1."""
+    fixed = spec.training.fixed_micro_batch()
+    if fixed is not None:
+        return int(fixed)
+    if plan is not None and plan.chosen is not None:
+        return int(plan.chosen.settings.micro_batch)
+    log.info("microBatchSize auto: no memory plan, using 1")
+    return 1

@@ -189,7 +189,7 @@ def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem
 
     from . import dsconfig, memplan, model
 
-    batch = dsconfig.batch_plan(spec, rt.world_size)
+    batch = dsconfig.batch_plan(spec, rt.world_size, memplan.micro_batch(spec, mem))
     precision = resolve_precision(spec, rt)
     planned = memplan.zero_stage(mem)
     if spec.distributed.zero_stage == "auto" and planned is not None and spec.method.type != "qlora":
@@ -313,6 +313,15 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
             return metrics
+
+        def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+            # A checkpoint needs only DeepSpeed's own files (module states and ZeRO shards, written
+            # next by _save_optimizer_and_scheduler; resume loads nothing else). The Trainer would
+            # also gather and write a consolidated model per checkpoint, the biggest part of a full
+            # fine-tuning checkpoint's local save and upload; export consolidates once at the end.
+            if _internal_call and self.is_deepspeed_enabled:
+                return
+            super().save_model(output_dir, _internal_call)
 
     trainer = KubetuneTrainer(
         model=net,

@@ -316,8 +316,9 @@ def build_manifest(
         training["epochs"] = 3
     if hp["batch_size"] != "auto":
         training["globalBatchSize"] = hp["batch_size"]
-        micro = _number_field(training, "microBatchSize", integer=True)
-        training["microBatchSize"] = math.gcd(hp["batch_size"], max(1, int(micro or 1)))
+        if training.get("microBatchSize") != "auto":  # 'auto': the memory plan picks one that divides it
+            micro = _number_field(training, "microBatchSize", integer=True)
+            training["microBatchSize"] = math.gcd(hp["batch_size"], max(1, int(micro or 1)))
     if hp["learning_rate_multiplier"] != "auto":
         method = _get(spec, "method.type") or "lora"
         if not isinstance(method, str):
