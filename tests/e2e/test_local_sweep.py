@@ -9,6 +9,7 @@ seconds), 2 trials at once on the 2 cores.
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import subprocess
@@ -254,6 +255,36 @@ def test_a_resumed_trial_keeps_its_earlier_evals_in_its_curve():
     run = type("Run", (), {"curve": [(8, 1.8), (12, 1.5)]})()  # this launch resumed s-t0 at step 8
     assert local_sweep.eval_curves(status, {"s-t0": run}) == {
         "s-t0": [(0, 3.0), (4, 2.0), (8, 1.8), (12, 1.5)], "s-t1": [(0, 3.0)]}
+
+
+def test_a_rerun_resumes_the_recorded_trials_instead_of_failing_or_repeating_them(tmp_path):
+    """After Ctrl-C, status.json holds trials recorded as Running: the rerun starts them again (the trainer resumes
+    from their checkpoints) under the same names; decide neither fails them as deleted nor starts them twice."""
+    from kubetune_operator.sweeps.decide import SweepObservation, decide
+
+    doc = sweep_doc()
+    trials = [
+        {"name": "lr-and-model-t0", "index": 0, "phase": "Succeeded", "objective": 6.05,
+         "parameters": {"model.source": "models/small", "training.learningRate": TINY_LR}},
+        {"name": "lr-and-model-t1", "index": 1, "phase": "Running",
+         "parameters": {"model.source": "models/small", "training.learningRate": GOOD_LR}},
+    ]
+    (tmp_path / "status.json").write_text(json.dumps({"spec": doc["spec"] | {"parallelism": None},
+                                                      "status": {"phase": "Running", "trials": trials}}))
+    previous = local_sweep._previous_status(tmp_path, doc["spec"] | {"parallelism": 1})  # parallelism may change
+    assert previous is not None and [t["phase"] for t in previous["trials"]] == ["Succeeded", "Running"]
+    assert local_sweep._previous_status(tmp_path, sweep_doc(seed=5)["spec"]) is None  # another sweep: start over
+
+    slots = local_sweep.Slots(parallel=2, gpus=[[], []], cpus_per_trial=1, note=None)
+    sweep = local_sweep.LocalSweep(doc, run_dir=tmp_path, scratch=tmp_path / "scratch", slots=slots, python=sys.executable,
+                                   env={}, display=local_sweep.SweepDisplay(sys.stdout), status=previous)
+    assert [m["metadata"]["name"] for m in sweep.queued] == ["lr-and-model-t1"]  # started again, same name
+    d = decide(SweepObservation(sweep.sweep, sweep.observe(), dt.datetime.now(dt.UTC)))
+    sweep.apply(d)
+    phases = {t["name"]: t["phase"] for t in sweep.status["trials"]}
+    assert phases == {"lr-and-model-t0": "Succeeded", "lr-and-model-t1": "Running", "lr-and-model-t2": "Pending"}
+    assert [m["metadata"]["name"] for m in sweep.queued] == ["lr-and-model-t1", "lr-and-model-t2"]  # the next one after it
+    assert json.loads((tmp_path / "status.json").read_text())["status"]["trials"][2]["name"] == "lr-and-model-t2"
 
 
 # ------------------------------------------------------------------ the measured run
