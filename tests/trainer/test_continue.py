@@ -128,7 +128,7 @@ def test_merged_output_of_an_earlier_job_is_a_base_model(chain):
 def adapter_dir(tmp_path: Path, **config) -> Path:
     d = tmp_path / "adapter"
     d.mkdir(exist_ok=True)
-    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16,
+    (d / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8, "lora_alpha": 16, "lora_dropout": 0.05,
                                                        "target_modules": ["q_proj", "v_proj"], **config}))
     return d
 
@@ -145,7 +145,8 @@ def spec_with(adapter: Path, method: dict):
     ({"type": "ia3"}, "spec.method.type"),
     ({"type": "lora", "lora": {"r": 16}}, "spec.method.lora.r"),
     ({"type": "lora", "lora": {"targetModules": ["q_proj"]}}, "spec.method.lora.targetModules"),
-], ids=["prompt-tuning", "ia3", "rank", "target-modules"])
+    ({"type": "lora", "lora": {"dropout": 0.2}}, "spec.method.lora.dropout"),
+], ids=["prompt-tuning", "ia3", "rank", "target-modules", "dropout"])
 def test_adapter_of_another_kind_or_settings_is_refused_naming_the_field(tmp_path, method, field):
     with pytest.raises(PermanentError) as e:
         model.check_adapter(spec_with(adapter_dir(tmp_path), method), str(adapter_dir(tmp_path)))

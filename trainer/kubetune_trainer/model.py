@@ -186,8 +186,8 @@ def _adapter_settings(spec: FineTuneJobSpec, config: dict[str, Any]) -> list[tup
     pairs: list[tuple[str, Any, Any]] = []
     if m.type in ("lora", "qlora") and m.lora is not None:
         o, given = m.lora, m.lora.model_fields_set
-        for field, key, camel in (("r", "r", "r"), ("alpha", "lora_alpha", "alpha"), ("use_dora", "use_dora", "useDora"),
-                                  ("use_rslora", "use_rslora", "useRslora")):
+        for field, key, camel in (("r", "r", "r"), ("alpha", "lora_alpha", "alpha"), ("dropout", "lora_dropout", "dropout"),
+                                  ("use_dora", "use_dora", "useDora"), ("use_rslora", "use_rslora", "useRslora")):
             if field in given and key in config:
                 pairs.append((f"method.lora.{camel}", getattr(o, field), config[key]))
         if "target_modules" in given and o.target_modules != ["all-linear"] and config.get("target_modules") is not None:
