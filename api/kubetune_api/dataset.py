@@ -1,11 +1,11 @@
 """spec.dataset: training and evaluation data, their format and how samples become sequences."""
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from .common import DATA_SCHEMES, URI_MAX, ApiModel, check_scheme, scheme_rule
+from .common import DATA_SCHEMES, LIST_MAX, URI_MAX, ApiModel, check_scheme, invalid, scheme_rule
 
 
 class DatasetSpec(ApiModel):
@@ -33,13 +33,28 @@ class DatasetSpec(ApiModel):
         le=0.5,
         description="Fraction of the training data held out for evaluation when 'eval' is unset (0 disables eval).",
     )
-    format: Literal["auto", "text", "instruction", "chat"] = Field(
+    format: Literal["auto", "text", "instruction", "chat", "seq2seq", "classification"] = Field(
         default="auto",
         description=(
             "Row format. 'text': a 'text' column, loss on all tokens. 'instruction': "
             "prompt/completion or instruction/input/output columns. 'chat': a 'messages' "
-            "list of {role, content}, rendered with the tokenizer's chat template. 'auto' "
-            "detects it from the columns."
+            "list of {role, content}, rendered with the tokenizer's chat template. "
+            "'seq2seq' (model.task seq2seq, which also reads instruction rows): input/target columns. "
+            "'classification' (model.task sequence-classification): text and label columns, plus "
+            "text_pair for sentence pairs; a label is a name or a class index, or a list of them for "
+            "multi-label data. 'auto' detects it from the columns."
+        ),
+    )
+    labels: list[Annotated[str, Field(min_length=1, max_length=256)]] | None = Field(
+        default=None,
+        min_length=2,
+        max_length=LIST_MAX * 16,
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+        description=(
+            "Class names of a sequence-classification job, in class-index order (label 0 first). They become "
+            "the exported model's id2label/label2id. Unset: the distinct labels of the training data, sorted "
+            "(integer labels: 0 to the largest one seen), or the model's own id2label when it already has a "
+            "classification head."
         ),
     )
     max_seq_length: int = Field(
@@ -77,6 +92,14 @@ class DatasetSpec(ApiModel):
     @classmethod
     def _known_scheme(cls, v: str | None) -> str | None:
         return None if v is None else check_scheme(v, DATA_SCHEMES)
+
+    @field_validator("labels")
+    @classmethod
+    def _distinct_labels(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and len(set(v)) != len(v):
+            twice = sorted({x for x in v if v.count(x) > 1})
+            raise invalid("labels", f"must be distinct; {twice} appear more than once")
+        return v
 
     def has_eval(self) -> bool:
         """Whether any evaluation data exists (an eval set or a held-out fraction)."""

@@ -60,6 +60,10 @@ class FromJob(ApiModel):
     )
 
 
+ModelTask = Literal["auto", "causal-lm", "seq2seq", "sequence-classification"]
+NON_CAUSAL_TASKS = ("seq2seq", "sequence-classification")
+
+
 class ModelSpec(ApiModel):
     """The pre-trained base model to fine-tune, optionally with an adapter to keep training."""
 
@@ -83,6 +87,12 @@ class ModelSpec(ApiModel):
             "!has(self.adapter) || !has(self.from)",
             "model.adapter and model.from are exclusive: model.from already chooses that job's adapter; remove one",
             ".adapter",
+        ),
+        cel_rule(
+            "!(self.task in ['seq2seq', 'sequence-classification']) || !has(self.source) || !self.source.endsWith('.gguf')",
+            "model.task seq2seq and sequence-classification need a Hugging Face model folder: a .gguf file holds a "
+            "decoder-only (causal-lm) model",
+            ".task",
         ),
     )
 
@@ -127,6 +137,17 @@ class ModelSpec(ApiModel):
         max_length=NAME_MAX,
         description="Branch, tag or commit of an hf:// model. Pin a commit for reproducible runs.",
     )
+    task: ModelTask = Field(
+        default="auto",
+        description=(
+            "What the model is trained to do. 'causal-lm': next-token prediction (decoder-only models: GPT, Llama, "
+            "Qwen). 'seq2seq': an encoder-decoder (T5, BART) maps an input text to a target text. "
+            "'sequence-classification': a classification head on the model (BERT, RoBERTa, DeBERTa, MiniLM; "
+            "decoder models too) predicts one label per text or text pair, or several with multi-label data. "
+            "'auto': from the model's config.json: encoder-decoder models are seq2seq, encoder-only models (and "
+            "models saved with a classification head) sequence-classification, everything else causal-lm."
+        ),
+    )
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
         default="auto",
         description="Dtype the base weights are loaded in. 'auto' follows training.precision.",
@@ -160,6 +181,11 @@ class ModelSpec(ApiModel):
             raise invalid("adapter", "model.adapter and model.from are exclusive: model.from already chooses that job's adapter; remove one")
         if self.revision is not None and not (self.source or "").startswith("hf://"):
             raise invalid("revision", "applies only to hf:// sources; remove it or use an hf:// source")
+        if self.task in NON_CAUSAL_TASKS and (self.source or "").endswith(".gguf"):
+            raise invalid(
+                "task",
+                f"{self.task} needs a Hugging Face model folder: a .gguf file holds a decoder-only (causal-lm) model",
+            )
         return self
 
     def base_source(self) -> str:

@@ -75,7 +75,7 @@ from .method import (
     PromptTuningOptions,
     QuantizationOptions,
 )
-from .model import LINEAGE_ANNOTATION, FromJob, ModelSpec
+from .model import LINEAGE_ANNOTATION, NON_CAUSAL_TASKS, FromJob, ModelSpec, ModelTask
 from .output import OutputSpec
 from .pod import EnvFromSource, EnvVar, EnvVarSource, FieldSelector, KeySelector, ObjectRef, ResourcesSpec, Toleration
 from .run_policy import RunPolicy
@@ -113,7 +113,8 @@ __all__ = [
     "QUANTITY_PATTERN", "URI_MAX", "ZERO_STAGE_PATTERN", "AnnotationValue", "LabelKey", "LabelValue", "ModuleName",
     "Quantity", "ShortName", "parse_duration_seconds",
     # sections
-    "ModelSpec", "FromJob", "LINEAGE_ANNOTATION", "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
+    "ModelSpec", "FromJob", "LINEAGE_ANNOTATION", "ModelTask", "NON_CAUSAL_TASKS", "TASK_FORMATS",
+    "DatasetSpec", "MethodSpec", "MethodType", "PEFT_METHODS", "SOFT_PROMPT_METHODS", "LoraOptions",
     "QuantizationOptions", "PromptTuningOptions", "PrefixTuningOptions", "IA3Options", "TrainingSpec",
     "GenerationEvalSpec", "EvaluationSpec", "DecodingSpec", "DistributedSpec", "OutputSpec", "SecretRef", "StorageSpec", "Toleration", "EnvVar",
     "EnvVarSource", "KeySelector", "FieldSelector", "EnvFromSource", "ObjectRef", "ResourcesSpec", "RunPolicy",
@@ -124,6 +125,14 @@ __all__ = [
 
 
 # ------------------------------------------------------- rules across sections
+# dataset.format values each explicit model.task accepts ('auto' resolves the task from the model's config)
+TASK_FORMATS: dict[str, tuple[str, ...]] = {
+    "causal-lm": ("auto", "text", "instruction", "chat"),
+    "seq2seq": ("auto", "seq2seq", "instruction"),
+    "sequence-classification": ("auto", "classification"),
+}
+
+
 def _spec_rules() -> list[CelRule]:
     world = (
         "(self.distributed.nodes * (has(self.distributed.processesPerNode) ? self.distributed.processesPerNode"
@@ -183,6 +192,45 @@ def _spec_rules() -> list[CelRule]:
                 ("prefix-tuning", "prefixTuning", PrefixTuningOptions.model_fields["num_virtual_tokens"].default),
             )
         ],
+        cel_rule(
+            "!(self.model.task in ['seq2seq', 'sequence-classification']) || !has(self.dataset.packing) || !self.dataset.packing",
+            "dataset.packing must be false for model.task seq2seq and sequence-classification: packing is for "
+            "causal-lm; remove packing or set it to false",
+            ".dataset.packing",
+        ),
+        cel_rule(
+            "!(self.model.task in ['seq2seq', 'sequence-classification']) || !self.dataset.trainOnPrompt",
+            "dataset.trainOnPrompt is for model.task causal-lm: a seq2seq model never predicts its input and a "
+            "classifier predicts labels only; remove it",
+            ".dataset.trainOnPrompt",
+        ),
+        *[
+            cel_rule(
+                f"self.model.task != '{task}' || self.dataset.format in [{', '.join(repr(f) for f in formats)}]",
+                f"dataset.format must be {' or '.join(formats)} for model.task {task}",
+                ".dataset.format",
+            )
+            for task, formats in TASK_FORMATS.items()
+        ],
+        cel_rule(
+            "!has(self.dataset.labels) || self.model.task in ['auto', 'sequence-classification']",
+            "dataset.labels is only for model.task sequence-classification; remove it or change model.task",
+            ".dataset.labels",
+        ),
+        cel_rule(
+            "self.model.task != 'sequence-classification' || !has(self.training.generationEval) || "
+            "self.training.generationEval.samples == 0",
+            "training.generationEval does not apply to model.task sequence-classification (it reports accuracy and "
+            "macro-F1 instead); remove it",
+            ".training.generationEval",
+        ),
+        cel_rule(
+            "self.model.task != 'sequence-classification' || !has(self.evaluation) || !has(self.evaluation.samples) || "
+            "self.evaluation.samples == 0",
+            "evaluation.samples (generation metrics) does not apply to model.task sequence-classification (the "
+            "evaluation reports accuracy and macro-F1); set it to 0",
+            ".evaluation.samples",
+        ),
         cel_rule(
             f"!has(self.training.evalEvery) || {has_eval}",
             "training.evalEvery needs eval data: set dataset.eval or a dataset.evalFraction above 0, or remove evalEvery",
@@ -328,6 +376,27 @@ class FineTuneJobSpec(ApiModel):
                 "dataset.maxSeqLength",
                 f"({ds.max_seq_length}) must be larger than method.{field}.numVirtualTokens ({n_virtual})",
             )
+        task = self.model.task
+        if task in NON_CAUSAL_TASKS and ds.packing:
+            raise invalid(
+                "dataset.packing",
+                f"must be false for model.task {task!r}: packing is for causal-lm; remove packing or set it to false",
+            )
+        if task in NON_CAUSAL_TASKS and ds.train_on_prompt:
+            raise invalid(
+                "dataset.trainOnPrompt",
+                "is for model.task causal-lm: a seq2seq model never predicts its input and a classifier predicts "
+                "labels only; remove it",
+            )
+        if task in TASK_FORMATS and ds.format not in TASK_FORMATS[task]:
+            raise invalid("dataset.format", f"must be {' or '.join(TASK_FORMATS[task])} for model.task {task}, not {ds.format!r}")
+        if ds.labels is not None and task not in ("auto", "sequence-classification"):
+            raise invalid("dataset.labels", f"is only for model.task sequence-classification, not {task!r}; remove it or change model.task")
+        if task == "sequence-classification" and t.generation_eval is not None and t.generation_eval.samples > 0:
+            raise invalid(
+                "training.generationEval",
+                "does not apply to model.task sequence-classification (it reports accuracy and macro-F1 instead); remove it",
+            )
         if t.eval_every is not None and not ds.has_eval():
             raise invalid(
                 "training.evalEvery",
@@ -336,6 +405,12 @@ class FineTuneJobSpec(ApiModel):
         if t.generation_eval is not None and t.generation_eval.samples > 0 and not ds.has_eval():
             raise invalid("training.generationEval", "needs eval data: set dataset.eval or a dataset.evalFraction above 0")
         ev = self.evaluation
+        if task == "sequence-classification" and ev.samples > 0:
+            raise invalid(
+                "evaluation.samples",
+                "(generation metrics) does not apply to model.task sequence-classification (the evaluation reports "
+                "accuracy and macro-F1); set it to 0",
+            )
         if ev.samples > 0 and not ds.has_eval() and ev.test is None:
             raise invalid("evaluation.samples", "needs eval data: set dataset.eval, a dataset.evalFraction above 0 or evaluation.test")
         if t.generation_eval is not None and t.generation_eval.samples > 0 and ev.samples == 0:
@@ -346,7 +421,7 @@ class FineTuneJobSpec(ApiModel):
             raise invalid("training.precision", "fp16 needs GPUs; use bf16, fp32 or auto with gpusPerNode 0")
         # Resolve the "auto" values that depend on other sections.
         if ds.packing is None:
-            ds.packing = m not in SOFT_PROMPT_METHODS
+            ds.packing = m not in SOFT_PROMPT_METHODS and task not in NON_CAUSAL_TASKS
         if o.export == "auto":
             o.export = "merged" if m == "full" else "adapter"
         return self

@@ -32,6 +32,13 @@ class Progress(ApiModel):
     percent: float | None = Field(default=None, description="step / totalSteps x 100.")
     loss: float | None = Field(default=None, description="Latest training loss.")
     eval_loss: float | None = Field(default=None, description="Latest evaluation loss.")
+    eval_metrics: dict[str, float] | None = Field(
+        default=None,
+        description=(
+            "Task metrics of the latest evaluation besides evalLoss: accuracy and macroF1 "
+            "(sequence-classification), exactMatch and rougeL (seq2seq)."
+        ),
+    )
     learning_rate: float | None = Field(default=None, description="Current learning rate.")
     tokens_per_second: float | None = Field(default=None, description="Real (non-padding) tokens per second over all ranks.")
     mfu: float | None = Field(default=None, description="Model FLOPs utilisation (0-1) on a known GPU.")
@@ -60,7 +67,9 @@ class OutputStatus(ApiModel):
         "A job continuing from this one with model.from uses it.",
     )
     base_model_revision: str | None = Field(default=None, description="The base model's hf:// revision, if one was pinned.")
-    metrics: dict[str, float] = Field(default_factory=dict, description="Final metrics, e.g. evalLoss, perplexity.")
+    metrics: dict[str, float] = Field(default_factory=dict, description=(
+        "Final metrics, e.g. evalLoss, perplexity; accuracy and macroF1 (sequence-classification); exactMatch and "
+        "rougeL (seq2seq)."))
 
 
 class FineTuneJobStatus(ApiModel):

@@ -19,6 +19,8 @@ REQUIRED = {
     "full-zero3-offload.yaml",
     "prompt-tuning.yaml",
     "sweep-lora-lr-rank.yaml",
+    "bert-classification.yaml",
+    "t5-seq2seq.yaml",
 }
 
 
@@ -54,6 +56,10 @@ CLAIMS = {
     and s.distributed.offload == "parameters" and s.output.export == "merged",
     "prompt-tuning.yaml": lambda s: s.method.type == "prompt-tuning" and s.dataset.packing is False
     and s.output.export == "adapter",
+    "bert-classification.yaml": lambda s: s.model.task == "sequence-classification" and s.dataset.packing is False
+    and s.dataset.format == "classification" and s.distributed.gpus_per_node == 0,
+    "t5-seq2seq.yaml": lambda s: s.model.task == "seq2seq" and s.method.type == "lora" and s.dataset.packing is False
+    and s.evaluation.samples > 0,
 }
 
 

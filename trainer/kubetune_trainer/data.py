@@ -26,7 +26,21 @@ What the model is trained on, precisely:
   special-token string is tokenized as text: control tokens come only from the
   template. A template's refusal (``raise_exception``) makes the row bad, with
   the template's message.
-- Position 0 of every sample never carries loss (nothing predicts it); this
+- ``seq2seq`` rows (``input``/``target``; model.task seq2seq also reads
+  ``instruction`` rows as prompt → input, completion → target): the input
+  tokenized with the tokenizer's special tokens (T5 appends EOS, BART wraps in
+  BOS/EOS) feeds the encoder; the target, EOS appended unless already there,
+  is the decoder's labels, every token carrying loss. ``maxSeqLength`` bounds
+  each side.
+- ``classification`` rows (``text`` and ``label``, plus ``text_pair`` for
+  sentence pairs): encoded with the tokenizer's special tokens (BERT's
+  ``[CLS] a [SEP] b [SEP]`` and token types). A label is a class name or a
+  class index; a list of them makes the data multi-label. The class names
+  come from ``dataset.labels``, else from the model's own classification head,
+  else from the training data (names sorted; indexes 0..max). A label outside
+  them, an index past the class count (the model head's included) and a
+  missing label are bad rows, named by file line and field.
+- Position 0 of every causal-LM sample never carries loss (nothing predicts it); this
   also keeps packed samples from being trained to predict each other.
 
 Truncation (``dataset.truncation``): ``truncate`` keeps the first
@@ -69,6 +83,7 @@ log = logging.getLogger("kubetune.data")
 
 IGNORE = -100
 FORMATS = ("text", "instruction", "chat")
+TASK_FORMATS = ("seq2seq", "classification")  # formats of model.task seq2seq / sequence-classification
 _EXT_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 _MAX_EXAMPLES = 5  # bad-row examples kept for the report
 
@@ -119,17 +134,39 @@ def load_rows(path: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------ format detection
-def detect_format(columns: Iterable[str], requested: str = "auto") -> str:
-    """Pick the row format from the columns; a clear PermanentError when nothing fits."""
+# the column sets of each format (any one set fits)
+_FORMAT_COLUMNS = {
+    "chat": [{"messages"}],
+    "instruction": [{"prompt", "completion"}, {"instruction", "output"}],
+    "text": [{"text"}],
+    "seq2seq": [{"input", "target"}],
+    "classification": [{"text", "label"}],
+}
+# what 'auto' tries, in order, for each resolved model.task
+_AUTO_ORDER = {
+    "causal-lm": ("chat", "instruction", "text"),
+    "seq2seq": ("seq2seq", "instruction"),
+    "sequence-classification": ("classification",),
+}
+_FORMAT_HELP = {
+    "causal-lm": "need 'messages' (chat), 'prompt'+'completion' or 'instruction'+'output' (instruction), or 'text' (text)",
+    "seq2seq": "need 'input'+'target' (seq2seq), or 'prompt'+'completion' or 'instruction'+'output' (instruction)",
+    "sequence-classification": "need 'text'+'label' (classification; plus 'text_pair' for sentence pairs)",
+}
+
+
+def detect_format(columns: Iterable[str], requested: str = "auto", task: str = "causal-lm") -> str:
+    """Pick the row format from the columns for the resolved model.task; a clear PermanentError when nothing fits."""
     cols = set(columns)
-    need = {
-        "chat": [{"messages"}],
-        "instruction": [{"prompt", "completion"}, {"instruction", "output"}],
-        "text": [{"text"}],
-    }
+    need = _FORMAT_COLUMNS
     if requested != "auto":
         if requested not in need:
-            raise PermanentError(f"dataset.format {requested!r} is unknown; use auto, text, instruction or chat", "InvalidSpec")
+            raise PermanentError(f"dataset.format {requested!r} is unknown; use auto, text, instruction, chat, seq2seq "
+                                 f"or classification", "InvalidSpec")
+        if requested not in _AUTO_ORDER[task]:
+            raise PermanentError(
+                f"dataset.format is {requested!r} but model.task is {task}, which reads {', '.join(_AUTO_ORDER[task])} rows; "
+                f"change dataset.format or model.task", "InvalidSpec")
         if not any(req <= cols for req in need[requested]):
             options = " or ".join("+".join(sorted(r)) for r in need[requested])
             missing = sorted(min((r - cols for r in need[requested]), key=len))
@@ -138,12 +175,12 @@ def detect_format(columns: Iterable[str], requested: str = "auto") -> str:
                 "InvalidDataset",
             )
         return requested
-    for fmt in ("chat", "instruction", "text"):
+    for fmt in _AUTO_ORDER[task]:
         if any(req <= cols for req in need[fmt]):
             return fmt
     raise PermanentError(
-        f"columns {sorted(cols)} fit no known format: need 'messages' (chat), 'prompt'+'completion' or "
-        f"'instruction'+'output' (instruction), or 'text' (text)",
+        f"columns {sorted(cols)} fit no known format{'' if task == 'causal-lm' else ' of model.task ' + task}: "
+        f"{_FORMAT_HELP[task]}",
         "InvalidDataset",
     )
 
@@ -377,8 +414,211 @@ def check_row(row: dict, fmt: str) -> None:
         instruction_completion(row)
     elif fmt == "chat":
         _messages(row)
+    elif fmt == "seq2seq":
+        seq2seq_pair(row)
+    elif fmt == "classification":
+        _str_field(row, "text")
+        if row.get("label") is None:
+            raise BadRow("'label' is missing")
     else:
         raise ValueError(f"unknown format {fmt!r}")
+
+
+
+# ------------------------------------------------- seq2seq and classification
+def seq2seq_pair(row: dict) -> tuple[str, str]:
+    """(encoder input, target) of a seq2seq row or an instruction row read as one."""
+    if "input" in row and "target" in row:
+        return _str_field(row, "input"), _str_field(row, "target")
+    return instruction_prompt(row), instruction_completion(row)
+
+
+def encode_seq2seq(row: dict, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+    """Encoder input ids (with the tokenizer's special tokens) and the target ids, EOS-terminated."""
+    source, target = seq2seq_pair(row)
+    ids = list(tokenizer(source, add_special_tokens=True)["input_ids"])
+    labels = list(tokenizer(text_target=target, add_special_tokens=True)["input_ids"])
+    if tokenizer.eos_token_id is not None and labels[-1:] != [tokenizer.eos_token_id]:
+        labels.append(tokenizer.eos_token_id)
+    return ids, labels
+
+
+@dataclass(frozen=True)
+class LabelSpace:
+    """The classes of a sequence-classification job: names in class-index order, and where they came from."""
+
+    names: tuple[str, ...]
+    multi_label: bool
+    source: str
+
+    def _one(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise BadRow(f"'label' must be a class name or a class index, got {type(value).__name__}")
+        if isinstance(value, int):
+            if not 0 <= value < len(self.names):
+                raise BadRow(f"'label' {value} is out of range: {len(self.names)} classes (0-{len(self.names) - 1}) "
+                             f"from {self.source}")
+            return value
+        if value not in self.names:
+            shown = list(self.names[:20]) + (["..."] if len(self.names) > 20 else [])
+            raise BadRow(f"'label' {value!r} is not a known class; the classes ({self.source}) are {shown}")
+        return self.names.index(value)
+
+    def encode(self, row: dict) -> int | list[float]:
+        """The row's class index, or its multi-hot vector for multi-label data (BadRow when it does not fit)."""
+        value = row.get("label")
+        if value is None:
+            raise BadRow("'label' is missing")
+        if not self.multi_label:
+            if isinstance(value, list):
+                raise BadRow("'label' is a list but the training data is single-label (one class per row)")
+            return self._one(value)
+        hot = [0.0] * len(self.names)
+        for v in value if isinstance(value, list) else [value]:
+            hot[self._one(v)] = 1.0
+        return hot
+
+    def id2label(self) -> dict[int, str]:
+        return dict(enumerate(self.names))
+
+
+def label_space(rows: list[dict], places: list[str], labels: list[str] | None,
+                head: dict[int, str] | None = None) -> LabelSpace:
+    """The classes: ``dataset.labels``, else the model's own head (``head``: its id2label), else the training data.
+
+    A head whose class count differs from the data's is an error naming the first row that does not fit.
+    """
+    values = [r.get("label") for r in rows]
+    multi = any(isinstance(v, list) for v in values)
+    flat = [(i, x) for i, v in enumerate(values) for x in (v if isinstance(v, list) else [v])]
+    generic_head = head is not None and all(name == f"LABEL_{i}" for i, name in head.items())
+    if labels:
+        space = LabelSpace(tuple(labels), multi, "dataset.labels")
+    elif head is not None and not generic_head:
+        space = LabelSpace(tuple(head[i] for i in sorted(head)), multi, "the model's classification head (config.json id2label)")
+    else:
+        names = sorted({x for _, x in flat if isinstance(x, str)})
+        indexes = [x for _, x in flat if isinstance(x, int) and not isinstance(x, bool)]
+        if names and indexes:
+            first_name = next(i for i, x in flat if isinstance(x, str))
+            first_index = next(i for i, x in flat if isinstance(x, int) and not isinstance(x, bool))
+            raise PermanentError(
+                f"{places[max(first_name, first_index)]}: 'label' mixes class names and class indexes "
+                f"({places[first_name]} has a name, {places[first_index]} an index); use one kind, or list the class "
+                f"names in dataset.labels", "InvalidDataset")
+        count = len(names) if names else (max(indexes) + 1 if indexes else 0)
+        if head is not None and not names:
+            count = max(count, len(head))
+        space = LabelSpace(tuple(names) if names else tuple(str(i) for i in range(count)), multi, "the training data")
+    if head is not None and len(space.names) != len(head):
+        extra = next((places[i] for i, x in flat if _index_of(space, x) is not None and _index_of(space, x) >= len(head)), None)
+        where = f"{extra}: 'label'" if extra else "dataset.labels"
+        raise PermanentError(
+            f"{where}: the data has {len(space.names)} classes ({space.source}) but the model's classification head "
+            f"has {len(head)} (config.json id2label); set dataset.labels to the head's {len(head)} class names, or "
+            f"start from a model without a classification head", "InvalidDataset")
+    if len(space.names) < 2 and not multi:
+        raise PermanentError(
+            f"sequence-classification needs at least 2 classes; {space.source} gives {list(space.names)}: list them in "
+            f"dataset.labels or add rows of the other classes", "InvalidDataset")
+    return space
+
+
+def _index_of(space: LabelSpace, value: Any) -> int | None:
+    try:
+        return space._one(value)
+    except BadRow:
+        return None
+
+
+def encode_classification(row: dict, tokenizer: PreTrainedTokenizerBase, limit: int | None = None) -> dict[str, list[int]]:
+    """Token ids (and attention mask, token types) of the text or text pair, cut to ``limit`` tokens when given."""
+    text = _str_field(row, "text")
+    pair = _str_field(row, "text_pair") if row.get("text_pair") is not None else None
+    cut = {"truncation": "longest_first", "max_length": limit} if limit else {}
+    enc = tokenizer(text, pair, add_special_tokens=True, **cut)
+    return {k: list(enc[k]) for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+def _encode_task_rows(rows: list[dict], fmt: str, tokenizer: PreTrainedTokenizerBase, spec: DatasetSpec, what: str,
+                      places: list[str] | None, labels: LabelSpace | None) -> tuple[list[dict], DataStats]:
+    """encode_rows for the seq2seq and classification formats: same bad-row and truncation policies."""
+    stats = DataStats(format=fmt, rows=len(rows))
+    limit = spec.max_seq_length
+    samples = []
+    for n, row in enumerate(rows, start=1):
+        where = places[n - 1] if places else f"{what} row {n}"
+        try:
+            if fmt == "classification":
+                if labels is None:
+                    raise ValueError("classification rows need a LabelSpace")
+                target = labels.encode(row)
+                feats = encode_classification(row, tokenizer)
+                too_long = len(feats["input_ids"]) > limit
+                sample: dict[str, Any] = {**feats, "labels": target}
+            else:
+                ids, target_ids = encode_seq2seq(row, tokenizer)
+                too_long = len(ids) > limit or len(target_ids) > limit
+                sample = {"input_ids": ids, "attention_mask": [1] * len(ids), "labels": target_ids}
+        except BadRow as e:
+            stats.bad_rows += 1
+            msg = f"{where}: {e}"
+            if spec.bad_rows == "fail":
+                raise PermanentError(f"{msg} (set dataset.badRows: skip to drop such rows)", "InvalidDataset") from None
+            if len(stats.bad_row_examples) < _MAX_EXAMPLES:
+                stats.bad_row_examples.append(msg)
+            continue
+        if too_long:
+            longest = max(len(sample["input_ids"]), len(sample["labels"]) if fmt == "seq2seq" else 0)
+            if spec.truncation == "fail":
+                raise PermanentError(
+                    f"{where} has {longest} tokens, more than dataset.maxSeqLength {limit} "
+                    f"(dataset.truncation is 'fail'; raise maxSeqLength or use 'truncate' or 'drop')",
+                    "SequenceTooLong",
+                )
+            if spec.truncation == "drop":
+                stats.dropped_too_long += 1
+                continue
+            if fmt == "classification":
+                sample.update(encode_classification(row, tokenizer, limit))
+            else:
+                sample.update(input_ids=sample["input_ids"][:limit], attention_mask=sample["attention_mask"][:limit],
+                              labels=sample["labels"][:limit])
+            stats.truncated += 1
+        sample["row"] = n - 1
+        samples.append(sample)
+        stats.tokens += len(sample["input_ids"]) + (len(sample["labels"]) if fmt == "seq2seq" else 0)
+        stats.loss_tokens += len(sample["labels"]) if fmt == "seq2seq" else 1
+    stats.samples = len(samples)
+    stats.warnings = _length_warnings(stats, what, limit)
+    if not samples:
+        raise PermanentError(
+            f"{what} data has no usable sample ({stats.rows} rows, {stats.bad_rows} bad, {stats.dropped_too_long} too long)",
+            "EmptyDataset",
+        )
+    return samples, stats
+
+
+class TaskCollator:
+    """Pads seq2seq and classification batches with transformers' own collators.
+
+    seq2seq: ``DataCollatorForSeq2Seq`` pads labels with -100 and, given the
+    model, builds ``decoder_input_ids`` from them (the loss is then computed
+    outside the model, see task_metrics.loss_function). classification:
+    ``DataCollatorWithPadding``. The ``row`` bookkeeping key is dropped.
+    """
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, task: str, model: Any = None):
+        from transformers import DataCollatorForSeq2Seq, DataCollatorWithPadding
+
+        self.task = task
+        if task == "seq2seq":
+            self.inner: Any = DataCollatorForSeq2Seq(tokenizer, model=model, label_pad_token_id=IGNORE, return_tensors="pt")
+        else:
+            self.inner = DataCollatorWithPadding(tokenizer, return_tensors="pt")
+
+    def __call__(self, batch: list[dict]) -> dict[str, torch.Tensor]:
+        return dict(self.inner([{k: v for k, v in b.items() if k != "row"} for b in batch]))
 
 
 # ------------------------------------------------------------- the stage
@@ -432,13 +672,16 @@ def encode_rows(
     spec: DatasetSpec,
     what: str = "train",
     places: list[str] | None = None,
+    labels: LabelSpace | None = None,
 ) -> tuple[list[dict], DataStats]:
     """Tokenize and mask rows; apply the bad-row and truncation policies.
 
     ``places`` names each row where a person finds it (``train.jsonl line 7``);
     without it, rows are numbered from 1. Each sample keeps its row's index
-    in ``rows`` under ``"row"``.
+    in ``rows`` under ``"row"``. ``labels``: the classes, for classification rows.
     """
+    if fmt in TASK_FORMATS:
+        return _encode_task_rows(rows, fmt, tokenizer, spec, what, places, labels)
     stats = DataStats(format=fmt, rows=len(rows))
     encode, limit = ENCODERS[fmt], spec.max_seq_length
     samples = []
@@ -572,6 +815,8 @@ class PreparedData:
     train_stats: DataStats
     eval_stats: DataStats | None
     packing: bool
+    task: str = "causal-lm"
+    labels: LabelSpace | None = None  # sequence-classification: the classes
 
 
 T = TypeVar("T")
@@ -620,29 +865,38 @@ class SplitRows:
     eval_places: list[str]
 
 
-def load_split(spec: DatasetSpec, train_path: str, eval_path: str | None, seed: int, cache_dir: str | None = None) -> SplitRows:
+def load_split(spec: DatasetSpec, train_path: str, eval_path: str | None, seed: int, cache_dir: str | None = None,
+               task: str = "causal-lm") -> SplitRows:
     """Rows → format → train/eval split (a held-out fraction keeps each row's file line)."""
     rows = load_rows(train_path, cache_dir)
     if not rows:
         raise PermanentError(f"{train_path}: training dataset is empty", "EmptyDataset")
-    fmt = detect_format(rows[0].keys(), spec.format)
+    fmt = detect_format(rows[0].keys(), spec.format, task)
     places = row_places(train_path, len(rows))
     if eval_path:
         eval_rows = load_rows(eval_path, cache_dir)
         if not eval_rows:
             raise PermanentError(f"{eval_path}: evaluation dataset is empty", "EmptyDataset")
-        detect_format(eval_rows[0].keys(), fmt)
+        detect_format(eval_rows[0].keys(), fmt, task)
         return SplitRows(fmt, rows, places, eval_rows, row_places(eval_path, len(eval_rows)))
     train, held = split_eval(list(zip(rows, places)), spec.eval_fraction, seed)
     return SplitRows(fmt, [r for r, _ in train], [p for _, p in train], [r for r, _ in held], [p for _, p in held])
 
 
-def prepare_rows(split: SplitRows, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, packing: bool) -> PreparedData:
-    """Tokens + loss masks for the train and eval rows, packed when asked; counts and warnings logged."""
-    fmt = split.format
-    train, train_stats = encode_rows(split.train, fmt, tokenizer, spec, "train", split.train_places)
+def prepare_rows(split: SplitRows, spec: DatasetSpec, tokenizer: PreTrainedTokenizerBase, packing: bool,
+                 task: str = "causal-lm", head: dict[int, str] | None = None) -> PreparedData:
+    """Tokens + loss masks for the train and eval rows, packed when asked; counts and warnings logged.
+
+    ``head``: the id2label of the model's own classification head, when it has one (sequence-classification).
+    """
+    fmt = "seq2seq" if task == "seq2seq" else split.format  # seq2seq reads instruction rows as input/target pairs
+    labels = label_space(split.train, split.train_places, spec.labels, head) if fmt == "classification" else None
+    if packing and fmt in TASK_FORMATS:
+        log.warning("packing is off: it applies to causal-lm only (model.task resolved to %s)", task)
+        packing = False
+    train, train_stats = encode_rows(split.train, fmt, tokenizer, spec, "train", split.train_places, labels)
     eval_samples, eval_stats = (
-        encode_rows(split.eval, fmt, tokenizer, spec, "eval", split.eval_places) if split.eval else ([], None)
+        encode_rows(split.eval, fmt, tokenizer, spec, "eval", split.eval_places, labels) if split.eval else ([], None)
     )
     if packing:
         train = pack(train, spec.max_seq_length)
@@ -656,7 +910,9 @@ def prepare_rows(split: SplitRows, spec: DatasetSpec, tokenizer: PreTrainedToken
                 log.warning("skipped bad row: %s", ex)
             for w in st.warnings:
                 log.warning("%s", w)
-    return PreparedData(train, eval_samples, split.eval, fmt, train_stats, eval_stats, packing)
+    if labels is not None:
+        log.info("classes (%s, %s): %s", labels.source, "multi-label" if labels.multi_label else "single-label", list(labels.names))
+    return PreparedData(train, eval_samples, split.eval, fmt, train_stats, eval_stats, packing, task, labels)
 
 
 def prepare(
@@ -667,6 +923,8 @@ def prepare(
     seed: int,
     packing: bool,
     cache_dir: str | None = None,
+    task: str = "causal-lm",
+    head: dict[int, str] | None = None,
 ) -> PreparedData:
     """The data stage: rows → format → tokens + loss mask → (packed) training and eval samples."""
-    return prepare_rows(load_split(spec, train_path, eval_path, seed, cache_dir), spec, tokenizer, packing)
+    return prepare_rows(load_split(spec, train_path, eval_path, seed, cache_dir, task), spec, tokenizer, packing, task, head)

@@ -13,15 +13,18 @@ Layout (docs/storage.md): ``final/adapter/``, ``final/merged/``, ``final/summary
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api.spec import FineTuneJobSpec
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import torch
     from transformers import PreTrainedTokenizerBase, Trainer
 
@@ -44,20 +47,44 @@ def _barrier():
         dist.barrier()
 
 
-def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase,
-                  trust_remote_code: bool) -> None:
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+@contextlib.contextmanager
+def _local_loading() -> Iterator[None]:
+    """Load a model whole on this rank alone, even under ZeRO-3.
 
-    base = AutoModelForCausalLM.from_pretrained(base_dir, dtype=dtype, trust_remote_code=trust_remote_code)
-    merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+    The Trainer's ZeRO-3 config makes ``from_pretrained`` build models
+    partitioned (``deepspeed.zero.Init``), a collective every rank must join; the
+    merge runs on rank 0 only, so with it rank 0 would wait for the others forever.
+    """
+    from transformers.integrations import deepspeed as hf_deepspeed
+
+    ref = hf_deepspeed._hf_deepspeed_config_weak_ref
+    config = ref() if ref is not None else None
+    hf_deepspeed.unset_hf_deepspeed_config()
+    try:
+        yield
+    finally:
+        if config is not None:
+            hf_deepspeed.set_hf_deepspeed_config(config)
+
+
+def merge_adapter(base_dir: str, adapter_dir: str, out_dir: str, dtype: torch.dtype, tokenizer: PreTrainedTokenizerBase,
+                  trust_remote_code: bool, task: str = "causal-lm", labels: Any = None) -> None:
+    """Base + adapter merged; for classification the base gets the job's head (the adapter holds its weights)."""
+    from peft import PeftModel
+
+    from . import model
+
+    with _local_loading():
+        base = model.auto_class(task).from_pretrained(base_dir, dtype=dtype, trust_remote_code=trust_remote_code,
+                                                      **model.task_kwargs(task, labels, tokenizer.pad_token_id))
+        merged = PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
     merged.config.use_cache = True
     merged.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
 
 
 def export_model(trainer: Trainer, spec: FineTuneJobSpec, tokenizer: PreTrainedTokenizerBase, base_model_dir: str, final_dir: str,
-                 scratch: str, merge_dtype: torch.dtype) -> dict[str, str | None]:
+                 scratch: str, merge_dtype: torch.dtype, task: str = "causal-lm", labels: Any = None) -> dict[str, str | None]:
     """Write the artifacts; returns {'adapter': path|None, 'merged': path|None}. Call on every rank."""
     adapter, merged = wants(spec)
     out = {"adapter": None, "merged": None}
@@ -77,7 +104,8 @@ def export_model(trainer: Trainer, spec: FineTuneJobSpec, tokenizer: PreTrainedT
         if merged:
             path = os.path.join(final_dir, "merged")
             if is_main:
-                merge_adapter(base_model_dir, adapter_dir, path, merge_dtype, tokenizer, spec.model.trust_remote_code)
+                merge_adapter(base_model_dir, adapter_dir, path, merge_dtype, tokenizer, spec.model.trust_remote_code,
+                              task, labels)
                 if not adapter:
                     shutil.rmtree(adapter_dir, ignore_errors=True)
             out["merged"] = path

@@ -44,7 +44,7 @@ log = logging.getLogger("kubetune.k8s_status")
 
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 TRAINER_PHASES = ("Running", "Exporting")
-PROGRESS_KEYS = ("step", "totalSteps", "epoch", "percent", "loss", "evalLoss", "learningRate",
+PROGRESS_KEYS = ("step", "totalSteps", "epoch", "percent", "loss", "evalLoss", "evalMetrics", "learningRate",
                  "tokensPerSecond", "mfu", "etaSeconds", "updatedAt")
 
 

@@ -1,5 +1,12 @@
 """Model and method: the base model from a local Hugging Face folder, then PEFT (or nothing, for full).
 
+The task (``model.task``, 'auto' resolved from config.json by ``resolve_task``)
+picks the transformers class: ``AutoModelForCausalLM``, ``AutoModelForSeq2SeqLM``
+or ``AutoModelForSequenceClassification`` (with the job's classes as
+``id2label``/``label2id``, so the exported model names them), and PEFT's task
+type: CAUSAL_LM, SEQ_2_SEQ_LM, or SEQ_CLS (which keeps the classification head
+trainable and saves it with the adapter).
+
 Call ``load_model`` after the TrainingArguments with the DeepSpeed config
 exist: under ZeRO-3 transformers then builds the model partitioned
 (``deepspeed.zero.Init``) instead of materialising it whole on every rank.
@@ -32,7 +39,48 @@ def check_model_dir(path: str) -> None:
         )
 
 
-def load_tokenizer(model_dir: str, spec: FineTuneJobSpec, gguf_file: str | None = None) -> PreTrainedTokenizerBase:
+# ---------------------------------------------------------------- the task
+TASK_CLASSES = {
+    "causal-lm": "AutoModelForCausalLM",
+    "seq2seq": "AutoModelForSeq2SeqLM",
+    "sequence-classification": "AutoModelForSequenceClassification",
+}
+PEFT_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "seq2seq": "SEQ_2_SEQ_LM", "sequence-classification": "SEQ_CLS"}
+
+
+def read_config(model_dir: str) -> dict[str, Any]:
+    import json
+
+    with open(os.path.join(model_dir, "config.json")) as f:
+        return json.load(f)
+
+
+def resolve_task(spec: FineTuneJobSpec, model_dir: str) -> str:
+    """model.task, 'auto' resolved from the model's config.json; a task the model cannot do fails naming the field."""
+    from kubetune_api import tasks
+
+    check_model_dir(model_dir)
+    config = read_config(model_dir)
+    why = tasks.task_problem(spec.model.task, config)
+    if why:
+        raise PermanentError(f"model.task {why}", "InvalidSpec")
+    task = tasks.fitting_tasks(config)[0] if spec.model.task == "auto" else spec.model.task
+    if spec.model.task == "auto":
+        log.info("model.task auto: %s (%s)", task, tasks.describe(config))
+    return task
+
+
+def classification_head(model_dir: str) -> dict[int, str] | None:
+    """id2label of the model's own classification head (a model saved ForSequenceClassification), else None."""
+    config = read_config(model_dir)
+    if not any(a.endswith("ForSequenceClassification") for a in config.get("architectures") or []):
+        return None
+    id2label = config.get("id2label") or {str(i): f"LABEL_{i}" for i in range(int(config.get("num_labels", 2)))}
+    return {int(k): v for k, v in id2label.items()}
+
+
+def load_tokenizer(model_dir: str, spec: FineTuneJobSpec, gguf_file: str | None = None,
+                   task: str = "causal-lm") -> PreTrainedTokenizerBase:
     """The model's tokenizer, ready for training (pad token, right padding). ``gguf_file``: read it from
     that file in ``model_dir`` instead of a Hugging Face folder (``kubetune data preview`` on a GGUF model)."""
     from transformers import AutoTokenizer
@@ -43,22 +91,31 @@ def load_tokenizer(model_dir: str, spec: FineTuneJobSpec, gguf_file: str | None 
         tok = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code, gguf_file=gguf_file)
     except Exception as e:
         raise PermanentError(f"cannot load the tokenizer from {model_dir}: {e}", "ModelNotFound") from e
-    if tok.eos_token_id is None:
+    if tok.eos_token_id is None and task != "sequence-classification":
         raise PermanentError("the tokenizer defines no EOS token; the model could not learn to stop", "InvalidModel")
     if tok.pad_token_id is None:
+        if tok.eos_token is None:
+            raise PermanentError("the tokenizer defines neither a padding nor an EOS token; batches cannot be padded",
+                                 "InvalidModel")
         tok.pad_token = tok.eos_token  # padding positions carry no loss and no attention
     tok.padding_side = "right"
     return tok
 
 
-def count_parameters(model_dir: str, spec: FineTuneJobSpec) -> int:
+def auto_class(task: str) -> Any:
+    import transformers
+
+    return getattr(transformers, TASK_CLASSES[task])
+
+
+def count_parameters(model_dir: str, spec: FineTuneJobSpec, task: str = "causal-lm") -> int:
     """Parameters of the base model, counted on the meta device (no memory, no weights read)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoConfig
 
     config = AutoConfig.from_pretrained(model_dir, trust_remote_code=spec.model.trust_remote_code)
     with torch.device("meta"):
-        m = AutoModelForCausalLM.from_config(config, trust_remote_code=spec.model.trust_remote_code)
+        m = auto_class(task).from_config(config, trust_remote_code=spec.model.trust_remote_code)
     return sum(p.numel() for p in m.parameters())
 
 
@@ -107,12 +164,12 @@ def default_lora_alpha(r: int, use_rslora: bool) -> float:
     return 2 * math.sqrt(r) if use_rslora else 2 * r
 
 
-def peft_config(spec: FineTuneJobSpec, model_dir: str) -> peft.PeftConfig | None:
+def peft_config(spec: FineTuneJobSpec, model_dir: str, model_task: str = "causal-lm") -> peft.PeftConfig | None:
     """The PEFT config for the method, or None for full fine-tuning."""
     import peft
 
     m = spec.method
-    task = peft.TaskType.CAUSAL_LM
+    task = peft.TaskType[PEFT_TASK_TYPES[model_task]]
     if m.type in ("lora", "qlora"):
         o = m.lora_options()
         targets = "all-linear" if o.target_modules == ["all-linear"] else list(o.target_modules)
@@ -248,22 +305,40 @@ class ModelInfo:
     quantized_modules: int = 0  # bitsandbytes 4-bit linear layers (qlora)
 
 
-def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool,
-               adapter_dir: str | None = None) -> tuple[Any, ModelInfo]:
-    """The base model with the method applied (a new adapter, or the one in ``adapter_dir`` to keep
-    training; see :func:`check_adapter`); returns (model, ModelInfo)."""
-    from transformers import AutoModelForCausalLM
+def task_kwargs(task: str, labels: Any = None, pad_token_id: int | None = None) -> dict[str, Any]:
+    """from_pretrained arguments a task adds: a classification head sized and named for the job's classes."""
+    if task != "sequence-classification" or labels is None:
+        return {}
+    out = {
+        "num_labels": len(labels.names),
+        "id2label": labels.id2label(),
+        "label2id": {n: i for i, n in labels.id2label().items()},
+        "problem_type": "multi_label_classification" if labels.multi_label else "single_label_classification",
+    }
+    if pad_token_id is not None:
+        out["pad_token_id"] = pad_token_id  # decoder classifiers pool the last non-padding token
+    return out
 
+
+def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_checkpointing: bool,
+               adapter_dir: str | None = None, task: str = "causal-lm", labels: Any = None,
+               pad_token_id: int | None = None) -> tuple[Any, ModelInfo]:
+    """The base model for ``task`` with the method applied (a new adapter, or the one in ``adapter_dir``
+    to keep training; see :func:`check_adapter`); returns (model, ModelInfo).
+
+    ``labels`` (a data.LabelSpace): the classes of a sequence-classification job.
+    """
     check_model_dir(model_dir)
     kwargs = dict(
         dtype=load_dtype(spec, precision),
         attn_implementation=attention_implementation(spec),
         trust_remote_code=spec.model.trust_remote_code,
+        **task_kwargs(task, labels, pad_token_id),
     )
     if spec.method.type == "qlora":
         kwargs["quantization_config"] = quantization_config(spec, precision)
     try:
-        model = AutoModelForCausalLM.from_pretrained(model_dir, **kwargs)
+        model = auto_class(task).from_pretrained(model_dir, **kwargs)
     except (OSError, ValueError) as e:
         raise PermanentError(f"cannot load the model from {model_dir}: {e}", "ModelNotFound") from e
     model.config.use_cache = False  # no KV cache in training; it also breaks gradient checkpointing
@@ -276,7 +351,7 @@ def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_c
             gradient_checkpointing_kwargs={"use_reentrant": False},
         )
     n_params = sum(_numel(p) for p in model.parameters())
-    config = peft_config(spec, model_dir) if adapter_dir is None else None
+    config = peft_config(spec, model_dir, task) if adapter_dir is None else None
     if adapter_dir is not None:
         model = _load_adapter(model, spec, adapter_dir)
     elif config is not None:

@@ -24,7 +24,7 @@ from typing import IO, TYPE_CHECKING, Any, Protocol
 
 from kubetune_api.spec import Progress
 
-from . import flops
+from . import flops, task_metrics
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -164,6 +164,7 @@ def make_progress_callback(reporters: Reporters) -> TrainerCallback:
             self.t0 = self.step0 = None
             self.last_t = self.last_tokens = None
             self.eval_loss = None
+            self.eval_metrics: dict[str, float] | None = None
             self.flops_per_token = self.peak = None
             self.devices = 1
 
@@ -195,6 +196,7 @@ def make_progress_callback(reporters: Reporters) -> TrainerCallback:
                 "percent": round(100.0 * state.global_step / total, 2) if total else None,
                 "loss": logs.get("loss"),
                 "evalLoss": self.eval_loss,
+                "evalMetrics": self.eval_metrics,
                 "learningRate": logs.get("learning_rate"),
                 "tokensPerSecond": round(tps, 1) if tps is not None else None,
                 "mfu": _round4(flops.mfu(self.flops_per_token, tps, self.peak, self.devices)),
@@ -207,6 +209,7 @@ def make_progress_callback(reporters: Reporters) -> TrainerCallback:
             logs = logs or {}
             if "eval_loss" in logs:
                 self.eval_loss = logs["eval_loss"]
+                self.eval_metrics = task_metrics.progress_metrics(logs)
             if "loss" not in logs and "eval_loss" not in logs:
                 return  # the final train summary: the run's totals go to summary.json instead
             rec = self._record(state, logs)  # after an eval, the next window starts fresh: eval time is not training time

@@ -137,3 +137,71 @@ def write_text_dataset(path: str | os.PathLike, n: int = 64, seed: int = 0) -> P
         for line in _corpus(n, seed):
             f.write(json.dumps({"text": line}) + "\n")
     return path
+
+
+# Topic words per class: a small, learnable classification task for a pretrained encoder.
+TOPICS = {
+    "sports": ["football", "tennis", "the match", "the goalkeeper", "a marathon", "the team", "basketball", "the referee"],
+    "food": ["pasta", "the soup", "fresh bread", "a pizza", "the salad", "chocolate cake", "rice", "the cheese"],
+    "weather": ["the rain", "a storm", "the snow", "sunshine", "the wind", "fog", "a heatwave", "thunder"],
+    "music": ["the guitar", "a song", "the piano", "the concert", "a melody", "the drums", "the band", "a violin"],
+}
+_FRAMES = ["i think {} was great today", "everyone talked about {} all evening", "{} is all i can think about",
+           "we read a long article about {}", "my friend sent me a photo of {}", "nobody expected {} this week"]
+
+
+def write_classification_dataset(path: str | os.PathLike, n: int = 128, seed: int = 0, label_ids: bool = False,
+                                 topics: tuple[str, ...] | None = None) -> Path:
+    """Topic classification rows {text, label}: a sentence mentions one thing of one topic (sports, food, ...).
+
+    ``label_ids``: the label as the topic's index (in ``topics`` order) instead of its name.
+    """
+    topics = topics or tuple(TOPICS)
+    rng = random.Random(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for _ in range(n):
+            t = rng.randrange(len(topics))
+            text = rng.choice(_FRAMES).format(rng.choice(TOPICS[topics[t]]))
+            f.write(json.dumps({"text": text, "label": t if label_ids else topics[t]}) + "\n")
+    return path
+
+
+def build_t5_model(tokenizer: PreTrainedTokenizerBase, d_model: int = 64, layers: int = 2, heads: int = 4,
+                   seed: int = 0) -> PreTrainedModel:
+    """A randomly initialised tiny T5 (encoder-decoder) on the tiny tokenizer."""
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(seed)
+    cfg = T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=d_model // heads, d_ff=d_model * 2, num_layers=layers,
+        num_decoder_layers=layers, num_heads=heads, dropout_rate=0.0, feed_forward_proj="relu",
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    return T5ForConditionalGeneration(cfg)
+
+
+def save_tiny_t5(path: str | os.PathLike, **model_kwargs) -> Path:
+    """Build and save a tiny T5 + tokenizer as a Hugging Face folder."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer()
+    build_t5_model(tok, **model_kwargs).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_seq2seq_dataset(path: str | os.PathLike, n: int = 64, seed: int = 0) -> Path:
+    """A learnable seq2seq task {input, target}: name the capital of a country."""
+    rng = random.Random(seed)
+    caps = {"france": "paris", "italy": "rome", "japan": "tokyo"}
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        for _ in range(n):
+            c = rng.choice(sorted(caps))
+            f.write(json.dumps({"input": f"what is the capital of {c} ?", "target": caps[c]}) + "\n")
+    return path

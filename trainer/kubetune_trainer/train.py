@@ -148,12 +148,13 @@ def fetch_adapter(spec: FineTuneJobSpec, rt: WorkerContext) -> str | None:
 
 
 def prepare_data(spec: FineTuneJobSpec, tokenizer: PreTrainedTokenizerBase, train_path: str, eval_path: str | None,
-                 rt: WorkerContext) -> PreparedData:
-    from . import data
+                 rt: WorkerContext, task: str = "causal-lm", model_dir: str | None = None) -> PreparedData:
+    from . import data, model
 
     # spec parsing resolves packing (off for prompt/prefix tuning: the soft prompt leads each sequence)
+    head = model.classification_head(model_dir) if task == "sequence-classification" and model_dir else None
     return data.prepare(spec.dataset, tokenizer, train_path, eval_path, spec.training.seed, bool(spec.dataset.packing),
-                        cache_dir=os.path.join(rt.scratch, "datasets-cache"))
+                        cache_dir=os.path.join(rt.scratch, "datasets-cache"), task=task, head=head)
 
 
 @dataclass
@@ -184,7 +185,8 @@ def plan_memory(spec: FineTuneJobSpec, rt: WorkerContext) -> MemoryPlan | None:
     return memplan.plan_memory(spec, resolve_precision(spec, rt), rt.cuda, rt.local_rank)
 
 
-def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem: MemoryPlan | None = None) -> TrainingPlan:
+def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem: MemoryPlan | None = None,
+                   task: str = "causal-lm") -> TrainingPlan:
     import torch
 
     from . import dsconfig, memplan, model
@@ -198,7 +200,7 @@ def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem
         n = trainable = 0
         gpu_mem = None
         if spec.distributed.zero_stage == "auto":  # sizes matter only to 'auto'
-            n = model.count_parameters(model_dir, spec)
+            n = model.count_parameters(model_dir, spec, task)
             trainable = n if spec.method.type == "full" else int(0.02 * n)  # PEFT: a few percent at most
             gpu_mem = torch.cuda.get_device_properties(0).total_memory if rt.cuda else None
         stage = dsconfig.choose_zero_stage(spec, n, trainable, precision, rt.world_size, gpu_mem)
@@ -300,15 +302,21 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
     from transformers import PrinterCallback, Trainer
 
     from . import data as data_mod
-    from . import evaluate
+    from . import evaluate, task_metrics
+
+    causal = data.task == "causal-lm"
 
     class KubetuneTrainer(Trainer):
-        """The HF Trainer with exact token-weighted evaluation (see evaluate.py)."""
+        """The HF Trainer with exact evaluation (token-weighted, see evaluate.py; per task, task_metrics.py)."""
 
         def evaluate(self, eval_dataset: Any = None, ignore_keys: list[str] | None = None,
                      metric_key_prefix: str = "eval") -> dict[str, float]:
             model = self.model_wrapped if self.is_deepspeed_enabled and self.deepspeed is not None else self.model
-            metrics = evaluate.eval_loss(model, data.eval, self.data_collator, self.args.per_device_eval_batch_size, self.args.device)
+            if causal:
+                metrics = evaluate.eval_loss(model, data.eval, self.data_collator, self.args.per_device_eval_batch_size, self.args.device)
+            else:
+                metrics, self.task_details = task_metrics.evaluate(model, data, self.data_collator,
+                                                                   self.args.per_device_eval_batch_size, self.args.device)
             self.eval_history.append({"step": self.state.global_step, **metrics})
             self.log(metrics)
             self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -323,17 +331,26 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
                 return
             super().save_model(output_dir, _internal_call)
 
+    if causal:
+        collator: Any = data_mod.Collator(tokenizer.pad_token_id, flatten_packed=data_mod.flattens_packed_batches(_attention(net)))
+        loss_func = None
+    else:  # seq2seq: the collator builds decoder_input_ids with the base model's own shift
+        base = net.get_base_model() if hasattr(net, "get_base_model") else net
+        collator = data_mod.TaskCollator(tokenizer, data.task, model=base)
+        loss_func = task_metrics.loss_function(data.task, bool(data.labels and data.labels.multi_label))
     trainer = KubetuneTrainer(
         model=net,
         args=args,
         train_dataset=_ListDataset(data.train),
         eval_dataset=_ListDataset(data.eval) if data.eval else None,
-        data_collator=data_mod.Collator(tokenizer.pad_token_id, flatten_packed=data_mod.flattens_packed_batches(_attention(net))),
+        data_collator=collator,
         processing_class=tokenizer,
         callbacks=callbacks,
+        compute_loss_func=loss_func,
     )
     trainer.remove_callback(PrinterCallback)  # our ConsoleReporter prints progress
     trainer.eval_history = []
+    trainer.task_details = {}
     return trainer
 
 
@@ -363,7 +380,14 @@ def final_evaluation(trainer: Trainer, spec: FineTuneJobSpec, data: PreparedData
         metrics = {k: v for k, v in last.items() if k != "step"}
     else:
         metrics = trainer.evaluate()
-    return metrics  # generation metrics: the evaluation stage (evaluation.py), base vs tuned
+    if data.task == "seq2seq" and spec.evaluation.samples:  # (training.generationEval is resolved into it)
+        from . import task_metrics
+
+        metrics.update(task_metrics.seq2seq_generation(
+            trainer.model, data.eval_examples, tokenizer, spec.evaluation.samples, spec.evaluation.decoding.max_new_tokens,
+            trainer.args.device, synced=plan.zero_stage == 3,
+        ))
+    return metrics  # causal-lm generation metrics: the evaluation stage (evaluation.py), base vs tuned
 
 
 def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data: PreparedData, info: ModelInfo, trainer: Trainer,
@@ -411,7 +435,14 @@ def build_summary(job: FineTuneJob, rt: WorkerContext, plan: TrainingPlan, data:
         "data": {"train": data.train_stats.as_dict(), "eval": data.eval_stats.as_dict() if data.eval_stats else None},
         "history": history,
         "spec": redacted_spec(job.spec.model_dump(by_alias=True, mode="json")),
+        **task_summary(data, trainer, metrics),
     }
+
+
+def task_summary(data: PreparedData, trainer: Trainer, metrics: dict[str, float]) -> dict[str, Any]:
+    from . import task_metrics
+
+    return task_metrics.summary_fields(data, trainer.eval_history, metrics, getattr(trainer, "task_details", {}))
 
 
 REDACTED = "<redacted>"
@@ -454,20 +485,25 @@ def run(config_path: str) -> None:
         mem = plan_memory(spec, rt)  # config.json only: a job that cannot fit fails before the weights download
         model_dir, train_path, eval_path = fetch_inputs(spec, rt)
         adapter_dir = fetch_adapter(spec, rt)  # a wrong adapter fails here, before the data is prepared
-        tokenizer = model.load_tokenizer(model_dir, spec)
-        data = prepare_data(spec, tokenizer, train_path, eval_path, rt)
+        task = model.resolve_task(spec, model_dir)
+        tokenizer = model.load_tokenizer(model_dir, spec, task=task)
+        data = prepare_data(spec, tokenizer, train_path, eval_path, rt, task, model_dir)
+        # base vs tuned (evaluation.py) is for causal LMs; seq2seq and classification report their
+        # task metrics before (step 0) and after training instead (task_metrics.py)
         final_eval = evaluation.FinalEvaluation(spec, data, tokenizer, rt.scratch, rt.rank, ckpt.storage,
-                                                continues_adapter=adapter_dir is not None)  # test set read now
-        plan = plan_deepspeed(spec, model_dir, rt, mem)
+                                                continues_adapter=adapter_dir is not None) if task == "causal-lm" else None
+        plan = plan_deepspeed(spec, model_dir, rt, mem, task)
         args = training_arguments(spec, plan, ckpt, data, rt, run_name=job.metadata.name)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
         import transformers
 
         transformers.set_seed(spec.training.seed)
-        net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing, adapter_dir)
+        net, info = model.load_model(spec, model_dir, plan.precision, plan.gradient_checkpointing, adapter_dir, task=task,
+                                     labels=data.labels, pad_token_id=tokenizer.pad_token_id)
         callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
-        callbacks += final_eval.callbacks(synced=plan.zero_stage == 3, device=args.device)
+        if final_eval is not None:
+            callbacks += final_eval.callbacks(synced=plan.zero_stage == 3, device=args.device)
         trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
 
         resume_dir = ckpt.prepare_resume()
@@ -475,16 +511,17 @@ def run(config_path: str) -> None:
         result = trainer.train(resume_from_checkpoint=resume_dir)
         metrics = final_evaluation(trainer, spec, data, tokenizer, plan)
         final_dir = local_final_dir(spec, rt)
-        evaluated = final_eval.run(trainer, final_dir)
+        evaluated = final_eval.run(trainer, final_dir) if final_eval is not None else None
         metrics.update(evaluation.status_metrics(evaluated))
 
         reporters.event({"event": "phase", "phase": "Exporting"})
-        export.export_model(trainer, spec, tokenizer, model_dir, final_dir, rt.scratch, model.load_dtype(spec, plan.precision))
+        export.export_model(trainer, spec, tokenizer, model_dir, final_dir, rt.scratch, model.load_dtype(spec, plan.precision),
+                            task, data.labels)
         if rt.rank == 0:
             summary = build_summary(job, rt, plan, data, info, trainer, result, metrics, time.time() - started, resume_dir)
             summary["evaluation"] = evaluated
             export.write_summary(final_dir, summary)
-            if spec.evaluation.report:
+            if spec.evaluation.report and final_eval is not None:
                 report.write_report(final_dir, summary, evaluated)
         uris = ckpt.publish_final(final_dir)
         reporters.event({"event": "exported", **uris, **lineage.base_model(spec), "metrics": _status_metrics(metrics)})
@@ -498,7 +535,9 @@ def _status_metrics(metrics: dict[str, float]) -> dict[str, float]:
     names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch",
              "eval_token_accuracy": "tokenAccuracy", "eval_json_field_match": "jsonFieldMatch",
              "base_exact_match": "baseExactMatch", "base_json_field_match": "baseJsonFieldMatch"}
-    return {names[k]: float(v) for k, v in metrics.items() if k in names}
+    from . import task_metrics
+
+    return {**{names[k]: float(v) for k, v in metrics.items() if k in names}, **task_metrics.status_metrics(metrics)}
 
 
 def main(argv: list[str] | None = None) -> int:

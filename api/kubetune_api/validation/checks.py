@@ -10,6 +10,7 @@ from typing import Any
 
 from .. import spec as api
 from .. import sweep as sweep_api
+from .. import tasks
 from ..contract import validation_messages
 from .problems import Problem, pydantic_problems
 from .schema import crd_schema
@@ -103,7 +104,27 @@ def code_problems(doc: dict[str, Any]) -> list[Problem]:
         p = _uri_problem(get(*keys), "spec." + ".".join(keys))
         if p:
             problems.append(p)
+    task_problem = _local_model_task_problem(get("model", "source"), get("model", "task"))
+    if task_problem:
+        problems.append(task_problem)
     return problems
+
+
+def _local_model_task_problem(source: Any, task: Any) -> Problem | None:
+    """An explicit model.task the model cannot do, when the model is a local folder with a config.json."""
+    import json
+    import os
+
+    if not isinstance(source, str) or not isinstance(task, str) or task == "auto" or "://" in source.replace("file://", ""):
+        return None
+    config_path = os.path.join(source.removeprefix("file://"), "config.json")
+    try:
+        with open(config_path) as f:
+            config = json.load(f)
+    except (OSError, ValueError):
+        return None  # not here (a path inside the trainer's image) or not readable: the trainer checks it
+    why = tasks.task_problem(task, config) if isinstance(config, dict) else None
+    return Problem("spec.model.task", why, "model") if why else None
 
 
 def warnings(doc: dict[str, Any]) -> list[Problem]:
