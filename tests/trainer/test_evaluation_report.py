@@ -80,6 +80,7 @@ def test_base_and_tuned_on_the_same_rows_of_both_sets(run):
     exported = [r for r in run.records if r.get("event") == "exported"][0]
     assert exported["reportUri"].endswith("final/report.html")
     assert exported["metrics"]["baseJsonFieldMatch"] == m["sets"]["validation"]["base"]["jsonFieldMatch"]
+    assert exported["metrics"]["testLoss"] == m["sets"]["test"]["tuned"]["loss"]  # for a sweep that selected on validation
 
 
 def test_plots_are_pngs_of_the_runs_records(run):

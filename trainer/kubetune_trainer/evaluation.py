@@ -41,6 +41,7 @@ import logging
 import math
 import re
 import string
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -306,6 +307,7 @@ def evaluate_model(model: torch.nn.Module, sets: list[EvalSet], fmt: str, tokeni
     """{set name: {"metrics": {...}, "rows": [per-row dict, row order]}} for one model."""
     results: dict[str, Any] = {}
     for s in sets:
+        t0 = time.monotonic()
         stats = row_token_stats(model, s.samples, device)
         per_row: dict[int, dict[str, Any]] = {smp["row"]: dict(st) for smp, st in zip(s.samples, stats)}
         pairs = []
@@ -314,7 +316,10 @@ def evaluate_model(model: torch.nn.Module, sets: list[EvalSet], fmt: str, tokeni
                 pair = prompt_and_reference(s.rows[i], fmt, tokenizer)
                 if pair is not None:
                     pairs.append((i, *pair))
+        t1 = time.monotonic()
         answers = generate_answers(model, tokenizer, [p for _, p, _ in pairs], spec, device, synced, seed)
+        log.info("evaluated %s: %d rows in %.1f s, %d answers generated in %.1f s", s.name, len(s.samples), t1 - t0,
+                 len(pairs), time.monotonic() - t1)
         scored = []
         for (i, _, ref), answer in zip(pairs, answers):
             sc = score(answer, ref)
@@ -477,10 +482,12 @@ class FinalEvaluation:
         base: dict[str, Any] | None = None
         if self.ev.baseline:
             if is_peft(model) and not self.base_at_start:
+                log.info("evaluating the base model (the adapter switched off) on %s", ", ".join(s.name for s in self.sets))
                 with base_view(model) as b:
                     base = evaluate_model(b, self.sets, self.fmt, self.tokenizer, self.ev, self.device, self.synced, seed)
             else:
                 base = self.base.get(BASE) or (self._resumed_base() if self.rank == 0 else None)
+        log.info("evaluating the tuned model on %s", ", ".join(s.name for s in self.sets))
         tuned = evaluate_model(model, self.sets, self.fmt, self.tokenizer, self.ev, self.device, self.synced, seed)
         metrics, rows = combine(self.sets, tuned, base, self.fmt, self.tokenizer, self.ev, seed)
         if self.rank == 0:
@@ -510,4 +517,8 @@ def status_metrics(evaluated: dict[str, Any] | None) -> dict[str, float]:
         for key, name in (("tokenAccuracy", "token_accuracy"), ("exactMatch", "exact_match"), ("jsonFieldMatch", "json_field_match")):
             if m.get(key) is not None:
                 out[f"{prefix}_{name}"] = float(m[key])
+    test = evaluated["sets"].get("test", {}).get(TUNED) or {}  # what a sweep reports after selecting on validation
+    for key, name in (("loss", "test_loss"), ("exactMatch", "test_exact_match")):
+        if test.get(key) is not None:
+            out[name] = float(test[key])
     return out

@@ -118,6 +118,7 @@ def plot(path: Path, title: str, ylabel: str, curves: dict[str, list[list[float]
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fig, ax = plt.subplots(figsize=(7, 3.6), dpi=100)
@@ -130,6 +131,7 @@ def plot(path: Path, title: str, ylabel: str, curves: dict[str, list[list[float]
             ax.text(0.5, 0.5, "no records yet", ha="center", va="center", transform=ax.transAxes)
         ax.set_title(title)
         ax.set_xlabel("optimizer step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(ylabel)
         if log_y and all(v > 0 for pts in curves.values() for _, v in pts) and any(curves.values()):
             ax.set_yscale("log")

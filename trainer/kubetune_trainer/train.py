@@ -534,7 +534,8 @@ def run(config_path: str) -> None:
 def _status_metrics(metrics: dict[str, float]) -> dict[str, float]:
     names = {"eval_loss": "evalLoss", "eval_perplexity": "perplexity", "eval_exact_match": "exactMatch",
              "eval_token_accuracy": "tokenAccuracy", "eval_json_field_match": "jsonFieldMatch",
-             "base_exact_match": "baseExactMatch", "base_json_field_match": "baseJsonFieldMatch"}
+             "base_exact_match": "baseExactMatch", "base_json_field_match": "baseJsonFieldMatch",
+             "test_loss": "testLoss", "test_exact_match": "testExactMatch"}
     from . import task_metrics
 
     return {**{names[k]: float(v) for k, v in metrics.items() if k in names}, **task_metrics.status_metrics(metrics)}
