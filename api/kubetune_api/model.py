@@ -191,5 +191,7 @@ class ModelSpec(ApiModel):
     def base_source(self) -> str:
         """The base model's source; only for specs whose model.from was resolved (the trainer's)."""
         if self.source is None:
-            raise ValueError(f"model.from ({self.from_.fine_tune_job if self.from_ else '?'}) was not resolved to a model.source")
+            ref = self.from_.fine_tune_job if self.from_ else "?"
+            raise ValueError(f"model.from ({ref}) is resolved to a model when the job starts (by the operator or "
+                             f"`kubetune run`); to plan it, use the base model of {ref} as model.source")
         return self.source
