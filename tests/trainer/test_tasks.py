@@ -267,3 +267,19 @@ def test_shipped_topic_data_is_the_generators(tmp_path):
     for name, n, seed in (("train.jsonl", 192, 0), ("eval.jsonl", 64, 1)):
         made = tiny.write_classification_dataset(tmp_path / name, n=n, seed=seed)
         assert made.read_text() == (shipped / name).read_text()
+
+
+def test_kubetune_run_prints_accuracy_before_and_after(tmp_path):
+    """`kubetune run`'s closing lines show a classification job's accuracy and macro-F1 before and after."""
+    from types import SimpleNamespace
+
+    from kubetune_operator.localrun.display import RunState, summary_lines
+
+    (tmp_path / "out" / "final").mkdir(parents=True)
+    (tmp_path / "out" / "final" / "summary.json").write_text(json.dumps(
+        {"initialEvalLoss": 1.3863, "evalLoss": 0.8726, "initialAccuracy": 0.21875, "accuracy": 1.0,
+         "initialMacroF1": 0.1675, "macroF1": 1.0}))
+    plan = SimpleNamespace(name="minilm-topics", output_uri=str(tmp_path / "out"), run_dir=tmp_path / "run")
+    lines = summary_lines(plan, RunState(), 0, 142.0)
+    assert "accuracy before: 0.2188   after: 1.0000" in lines and "macro-F1 before: 0.1675   after: 1.0000" in lines
+    assert "eval loss before: 1.3863   after: 0.8726" in lines

@@ -182,6 +182,10 @@ def summary_lines(plan: LocalPlan, state: RunState, rc: int, wall: float) -> lis
         before, label = base, "before (first launch)"
     if before is not None:
         lines.append(f"eval loss {label}: {before:.4f}" + (f"   after: {after:.4f}" if after is not None else ""))
+    for key, title in (("Accuracy", "accuracy"), ("MacroF1", "macro-F1")):  # sequence-classification (task_metrics.py)
+        start, end = (summary or {}).get("initial" + key), (summary or {}).get(key[0].lower() + key[1:])
+        if start is not None and end is not None:
+            lines.append(f"{title} before: {start:.4f}   after: {end:.4f}")
     if state.exported:
         for key, title in (("adapterUri", "adapter"), ("mergedUri", "merged model"), ("summaryUri", "summary"), ("reportUri", "report")):
             if state.exported.get(key):
