@@ -283,3 +283,31 @@ def test_kubetune_run_prints_accuracy_before_and_after(tmp_path):
     lines = summary_lines(plan, RunState(), 0, 142.0)
     assert "accuracy before: 0.2188   after: 1.0000" in lines and "macro-F1 before: 0.1675   after: 1.0000" in lines
     assert "eval loss before: 1.3863   after: 0.8726" in lines
+
+
+def test_multi_label_metrics_and_loss(tmp_path, bert_tok):
+    """Multi-label: accuracy counts rows with every class right, F1 per class from the multi-hot counts,
+    the loss is the mean binary cross-entropy per class and example, for any batch size."""
+    rows = [{"text": f"{w} {i}", "label": [t] + (["music"] if i % 3 == 0 else [])}
+            for i, (t, words) in enumerate(tiny.TOPICS.items()) for w in words]
+    p = prepared(tmp_path, rows, bert_tok)
+    assert p.labels.multi_label and p.labels.names == ("food", "music", "sports", "weather")
+    model = _Lookup(4)
+    collate = data.TaskCollator(bert_tok, "sequence-classification")
+    logits = torch.stack([model(torch.tensor([s["input_ids"]]))["logits"][0] for s in p.train]).detach()
+    ref = torch.tensor([s["labels"] for s in p.train])
+    pred = (logits > 0).float()
+    want_acc = float((pred == ref).all(1).float().mean())
+    f1 = [2 * float((pred[:, c] * ref[:, c]).sum()) / float(pred[:, c].sum() + ref[:, c].sum())
+          for c in range(4) if pred[:, c].sum() + ref[:, c].sum() > 0]
+    want_loss = float(torch.nn.functional.binary_cross_entropy_with_logits(logits, ref))
+    for bs in (1, 7):
+        metrics, details = task_metrics.classification_metrics(model, p.train, collate, bs, "cpu", p.labels)
+        assert metrics["eval_accuracy"] == pytest.approx(want_acc, abs=1e-12)
+        assert metrics["eval_macro_f1"] == pytest.approx(sum(f1) / len(f1), abs=1e-12)
+        assert metrics["eval_loss"] == pytest.approx(want_loss, abs=1e-5)
+        assert details["perClass"]["music"]["support"] == int(ref[:, 1].sum())
+    loss = task_metrics.loss_function("sequence-classification", multi_label=True)
+    n = ref.numel()  # the Trainer's num_items_in_batch: every (example, class) label
+    split = loss({"logits": logits[:5]}, ref[:5], n) + loss({"logits": logits[5:]}, ref[5:], n)
+    assert float(split) == pytest.approx(want_loss, abs=1e-6)
