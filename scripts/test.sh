@@ -6,6 +6,14 @@ cd "$(dirname "$0")/.."
 # through each checkout's own .venv link, so one shared cache was rebuilt (~30 s,
 # more under load) whenever another checkout had built it last. One per checkout.
 export TORCH_EXTENSIONS_DIR="${TORCH_EXTENSIONS_DIR:-$HOME/.cache/torch_extensions/checkout-$(printf %s "$PWD" | md5sum | cut -c1-12)}"
+# Headless Chromium for the screenshot of report.html (tests/trainer/test_evaluation_report.py);
+# Debian ships it, and the test skips only where it is absent.
+if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null && command -v apt-get >/dev/null \
+    && [ "$(id -u)" = 0 ]; then
+  install_chromium() { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium-headless-shell fonts-dejavu-core >/dev/null; }
+  install_chromium || { apt-get update -q >/dev/null && install_chromium; } \
+    || echo "test.sh: warning: could not install chromium-headless-shell; the report screenshot test will skip" >&2
+fi
 bash scripts/setup.sh
 # .venv/bin first: the same ninja that built DeepSpeed's CPU op in setup.sh (see there).
 export PATH="$PWD/.venv/bin:$PATH"
