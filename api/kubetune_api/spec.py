@@ -313,7 +313,7 @@ class FineTuneJobSpec(ApiModel):
         default=None, min_length=1, max_length=NAME_MAX, pattern=DNS_SUBDOMAIN_PATTERN,
         description=(
             "ServiceAccount the trainer pods run as, e.g. one bound to a cloud IAM role (IRSA, workload "
-            "identity) for S3 access without a Secret. Unset: a per-job ServiceAccount made by the operator."
+            "identity) for S3 access without a Secret. Unset: the namespace's default. Trainer pods never mount its API token."
         ),
     )
     priority_class_name: str | None = Field(

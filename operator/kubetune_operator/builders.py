@@ -7,8 +7,6 @@ Per job (names derived from the FineTuneJob's name ``N``):
 - ConfigMap ``N-config``: the resolved manifest (defaults filled), the
   trainer's ``--config``;
 - headless Service ``N``: DNS for the gang, ``<N>-a<k>-<index>.N``;
-- ServiceAccount ``N-trainer``, Role + RoleBinding ``N-status-reporter``: may
-  only ``patch`` ``finetunejobs/status`` of this one job (rank 0's reports);
 - with ``KUBETUNE_NETWORK_POLICY``: NetworkPolicy ``N-gang``, under which the
   job's pods accept connections only from the job's own pods;
 - per attempt ``k``: an Indexed batch/v1 Job ``N-a<k>``, one pod per node.
@@ -37,7 +35,11 @@ CONTAINER = "trainer"
 CONFIG_KEY = "finetunejob.json"  # JSON is YAML too: the trainer reads either
 CONFIG_DIR = "/etc/kubetune"
 SCRATCH_DIR = "/scratch"
-SA_TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+# Rank 0's report credential: a projected token of the pod's service account with an audience
+# only the operator accepts (the API server refuses it), mounted away from the API token's path.
+REPORT_AUDIENCE = "kubetune.io/report"
+REPORT_TOKEN_DIR = "/var/run/secrets/kubetune.io/report"
+REPORT_TOKEN_SECONDS = 3600
 # The container's root filesystem is read-only; these are its only writable
 # places besides /dev/shm. Scratch holds the model cache and checkpoints before
 # upload, so its limit is large; a pod that exceeds a sizeLimit is evicted
@@ -69,14 +71,6 @@ def service_name(job: str) -> str:
 
 def config_map_name(job: str) -> str:
     return f"{job}-config"
-
-
-def service_account_name(job: str) -> str:
-    return f"{job}-trainer"
-
-
-def role_name(job: str) -> str:
-    return f"{job}-status-reporter"
 
 
 def network_policy_name(job: str) -> str:
@@ -237,39 +231,12 @@ def build_service(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[
     }
 
 
-def build_service_account(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "ServiceAccount",
-        "metadata": _metadata(job_dict, service_account_name(job_dict["metadata"]["name"])),
-        # Pods get an explicit projected token (see the pod template), never the automatic one.
-        "automountServiceAccountToken": False,
-    }
-
-
-def build_role(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    name = job_dict["metadata"]["name"]
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "Role",
-        "metadata": _metadata(job_dict, role_name(name)),
-        "rules": [
-            {
-                "apiGroups": [api.GROUP],
-                "resources": [f"{api.PLURAL}/status"],
-                "resourceNames": [name],
-                "verbs": ["patch"],
-            }
-        ],
-    }
-
-
 def build_network_policy(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
     """Ingress to this job's pods only from this job's pods, on every port.
 
     No port list: torchrun's rendezvous port is only the first connection; NCCL
     and gloo then connect between ranks on ephemeral ports. Egress is left alone
-    (S3, the Hub, the API server for status). NetworkPolicies add up, so another
+    (S3, the Hub, the operator's report endpoint). NetworkPolicies add up, so another
     policy selecting these pods (a namespace-wide allow) would widen this one.
     """
     name = job_dict["metadata"]["name"]
@@ -287,24 +254,8 @@ def build_network_policy(job_dict: dict[str, Any], settings: OperatorSettings) -
 
 
 def pod_service_account(job_dict: dict[str, Any]) -> str | None:
-    """The ServiceAccount trainer pods run as: spec.serviceAccountName, else the per-job one (None: the namespace default)."""
+    """The ServiceAccount trainer pods run as: spec.serviceAccountName (None: the namespace's default)."""
     return (job_dict.get("spec") or {}).get("serviceAccountName") or None
-
-
-def build_role_binding(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
-    meta = job_dict["metadata"]
-    name = meta["name"]
-    # A user-given account (e.g. one bound to a cloud IAM role) gets the status permission instead.
-    subject = {"kind": "ServiceAccount", "name": pod_service_account(job_dict) or service_account_name(name)}
-    if meta.get("namespace"):
-        subject["namespace"] = meta["namespace"]
-    return {
-        "apiVersion": "rbac.authorization.k8s.io/v1",
-        "kind": "RoleBinding",
-        "metadata": _metadata(job_dict, role_name(name)),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name(name)},
-        "subjects": [subject],
-    }
 
 
 def _quantity(v: Any) -> str:
@@ -337,8 +288,12 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
         # commit short. Keep a margin inside the pod's grace period.
         {"name": "TORCH_ELASTIC_SHUTDOWN_TIMEOUT", "value": str(_shutdown_timeout(spec))},
     ]
-    if settings.status_reporter:
-        env.append({"name": "KUBETUNE_REPORTER", "value": "kubernetes"})
+    if settings.reports_progress:
+        env += [
+            {"name": "KUBETUNE_REPORTER", "value": "kubernetes"},
+            {"name": "KUBETUNE_REPORT_URL", "value": str(settings.report_url)},
+            {"name": "KUBETUNE_REPORT_TOKEN", "value": f"{REPORT_TOKEN_DIR}/token"},
+        ]
     storage = spec.get("storage") or {}
     secret = (storage.get("secretRef") or {}).get("name")
     if secret:
@@ -419,22 +374,22 @@ def build_batch_job(
         {"name": "scratch", "emptyDir": {"sizeLimit": res.get("scratchSize") or DEFAULT_SCRATCH_SIZE}},
         {"name": "tmp", "emptyDir": {"sizeLimit": TMP_SIZE}},
     ]
-    if settings.status_reporter:
-        # The only API credential a trainer pod holds: a short-lived token of the job's
-        # ServiceAccount, whose Role may patch nothing but this job's status.
+    if settings.reports_progress:
+        # No Kubernetes API credential: the one token a trainer pod holds has the audience
+        # REPORT_AUDIENCE, which the API server refuses; the operator accepts it only from
+        # rank 0 of the current attempt (report.check_sender). Every rank mounts it (one
+        # template for the gang); the others' tokens are refused.
         volumes.append(
             {
-                "name": "status-token",
+                "name": "report-token",
                 "projected": {
                     "defaultMode": 0o444,
-                    "sources": [
-                        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}},
-                        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
-                    ],
+                    "sources": [{"serviceAccountToken": {"audience": REPORT_AUDIENCE, "path": "token",
+                                                         "expirationSeconds": REPORT_TOKEN_SECONDS}}],
                 },
             }
         )
-        volume_mounts.append({"name": "status-token", "mountPath": SA_TOKEN_DIR, "readOnly": True})
+        volume_mounts.append({"name": "report-token", "mountPath": REPORT_TOKEN_DIR, "readOnly": True})
 
     container = {
         "name": CONTAINER,
@@ -484,8 +439,6 @@ def build_batch_job(
     }
     if pod_service_account(job_dict):
         pod_spec["serviceAccountName"] = pod_service_account(job_dict)
-    elif settings.status_reporter:
-        pod_spec["serviceAccountName"] = service_account_name(name)
     if spec.get("nodeSelector"):
         pod_spec["nodeSelector"] = dict(spec["nodeSelector"])
     if spec.get("tolerations"):
@@ -561,10 +514,6 @@ def build_job_independent_objects(job_dict: dict[str, Any], settings: OperatorSe
     objs = [build_config_map(job_dict, settings, manifest, hashes), build_service(job_dict, settings)]
     if settings.network_policy:
         objs.append(build_network_policy(job_dict, settings))  # before any pod exists
-    if settings.status_reporter:
-        if not pod_service_account(job_dict):
-            objs.append(build_service_account(job_dict, settings))
-        objs += [build_role(job_dict, settings), build_role_binding(job_dict, settings)]
     return objs
 
 

@@ -11,10 +11,11 @@ the attempt number is written to status before its Job is created; a create
 that meets an existing object adopts it (409 -> GET). The same event twice, or
 an operator restart anywhere in between, never makes a second Job.
 
-What the operator writes on a FineTuneJob: its status (never progress,
-lastCheckpoint or output: those are the trainer's), Kopf's finalizer
-``kubetune.io/finalizer`` while its daemon runs, and, when the TTL after
-finishing elapses, the deletion. Never spec, labels or annotations.
+What the operator writes on a FineTuneJob: its status (progress, lastCheckpoint
+and output copied from rank 0's checked reports, which the report endpoint,
+``report_server``, receives; pods hold no API credential) and, when the TTL
+after finishing elapses, the deletion. Never spec, labels, annotations or a
+finalizer.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import dataclasses
 import datetime as dt
 import fnmatch
 import logging
+import math
 import time
 import urllib.parse
 from collections.abc import Callable, Coroutine
@@ -37,6 +39,8 @@ from kubetune_operator import reasons as R
 from kubetune_operator.kube import APIError, Kube, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
+from kubetune_operator.report import TrainerReport
+from kubetune_operator.report_server import ReportServer
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_writer import rfc3339
 
@@ -78,14 +82,24 @@ class JobState:
         self.job_uids: set[str] = set()
         # The last refusal of a create by the API server (None once a create succeeds).
         self.rejection: Rejection | None = None
+        # Rank 0's last checked report (report_server), and when it was accepted (monotonic).
+        self.report: TrainerReport | None = None
+        self.report_accepted_at = -math.inf
+        # This replica runs the job's reconcile loop (a standby replica refuses reports).
+        self.loop_active = False
+
+    def owned_job_uids(self, ftj: dict[str, Any]) -> set[str]:
+        """UIDs of the batch Jobs this FineTuneJob owns (controller reference), seen now or before."""
+        uid = str((ftj.get("metadata") or {}).get("uid") or "")
+        self.job_uids |= {str(j["metadata"].get("uid")) for j in self.jobs.values() if observe.controller_uid(j) == uid and uid}
+        return set(self.job_uids)
 
     def observation(self, ftj: dict[str, Any], now: dt.datetime, settings: OperatorSettings,
                     earlier: dict[str, Any] | None = None) -> Observation:
-        uid = str((ftj.get("metadata") or {}).get("uid") or "")
-        self.job_uids |= {str(j["metadata"].get("uid")) for j in self.jobs.values() if observe.controller_uid(j) == uid and uid}
         return Observation.of(
             ftj, jobs=tuple(self.jobs.values()), pods=tuple(self.pods.values()), now=now, settings=settings,
-            parsed=self.parsed(ftj), known_job_uids=self.job_uids, rejection=self.rejection, earlier=earlier,
+            parsed=self.parsed(ftj), known_job_uids=self.owned_job_uids(ftj), rejection=self.rejection, earlier=earlier,
+            report=self.report,
         )
 
     def earlier_job_name(self, ftj: dict[str, Any]) -> str | None:
@@ -120,6 +134,8 @@ class JobState:
         self._parsed = None
         self.job_uids = set()
         self.rejection = None
+        self.report = None
+        self.report_accepted_at = -math.inf
 
     def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> None:
         name = body["metadata"]["name"]
@@ -153,6 +169,7 @@ class Reconciler:
         self._resync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._relist_task: asyncio.Task[None] | None = None
+        self.report_server = ReportServer(self)
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -227,6 +244,7 @@ class Reconciler:
         for task in [self._resync_task, self._relist_task, *self._tasks]:
             if task is not None:
                 task.cancel()
+        await self.report_server.stop()
 
     async def check_peering(self) -> None:
         """Say clearly when the peering object is missing: Kopf would only log a debug line per keep-alive."""
@@ -260,6 +278,7 @@ class Reconciler:
         stop_task = asyncio.ensure_future(stopped.wait())
         try:
             await self.ensure_synced(logger)
+            st.loop_active = True
             while not stopped:
                 if st.ftj is None or (st.ftj.get("metadata") or {}).get("uid") != uid:
                     break  # deleted (no finalizer holds it), or replaced by a namesake with its own loop
@@ -288,6 +307,7 @@ class Reconciler:
                 finally:
                     wake_task.cancel()
         finally:
+            st.loop_active = False
             stop_task.cancel()
             if self.states.get((namespace, name)) is st and st.ftj is not None and (st.ftj.get("metadata") or {}).get("deletionTimestamp"):
                 self.states.pop((namespace, name), None)
@@ -484,6 +504,15 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
             settings.peering.name = rt.settings.peering_name  # auto-detected, as Kopf does with its default
         if not rt.settings.standalone:
             rt.background(rt.check_peering())
+        if rt.settings.reports_progress and rt.settings.report_port:
+            try:
+                await rt.report_server.start(rt.settings.report_port)
+            except OSError as e:
+                raise kopf.PermanentError(f"cannot serve the report endpoint on port {rt.settings.report_port} ({e}); "
+                                          f"free the port or set KUBETUNE_REPORT_PORT") from e
+        if rt.settings.status_reporter and not rt.settings.report_url:
+            log.warning("KUBETUNE_REPORT_URL is unset: trainer pods get no report token and report progress only to "
+                        "their logs. Set it to the URL of the operator's report Service (the Helm chart does).")
 
     @kopf.on.cleanup(registry=registry)
     async def close(**_: Any) -> None:

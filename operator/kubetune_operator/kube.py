@@ -130,6 +130,14 @@ class Kube:
             return None
         return patched
 
+    async def review_token(self, token: str, audience: str) -> dict[str, Any]:
+        """TokenReview: who the API server says a bearer token belongs to. -> the review's status."""
+        review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                  "spec": {"token": token, "audiences": [audience]}}
+        answer: dict[str, Any] = await _kopf_api.post("/apis/authentication.k8s.io/v1/tokenreviews", payload=review,
+                                                      settings=self.settings, logger=self.logger)
+        return dict(answer.get("status") or {})
+
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background", uid: str | None = None) -> bool:
         """Delete (only the object with ``uid`` when given); False when it was already gone."""
         options: dict[str, Any] = {"kind": "DeleteOptions", "apiVersion": "v1", "propagationPolicy": propagation}

@@ -17,13 +17,16 @@ import datetime as dt
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kubetune_api import contract
 from kubetune_api import spec as api
 from kubetune_operator import builders
 from kubetune_operator import reasons as R
 from kubetune_operator.settings import OperatorSettings
+
+if TYPE_CHECKING:
+    from kubetune_operator.report import TrainerReport
 
 Obj = Mapping[str, Any]
 FailureKind = Literal["permanent", "transient", "preempted"]
@@ -100,6 +103,7 @@ class Observation:
     rejection: Rejection | None = None
     # The FineTuneJob that spec.model.from names, as the API showed it (None: absent, or no model.from).
     earlier: Obj | None = None
+    report: TrainerReport | None = None  # rank 0's last checked report (report.py)
 
     @classmethod
     def of(
@@ -114,6 +118,7 @@ class Observation:
         known_job_uids: Iterable[str] = (),
         rejection: Rejection | None = None,
         earlier: Obj | None = None,
+        report: TrainerReport | None = None,
     ) -> Observation:
         """Split labelled Jobs and pods into owned and foreign ones, by UID."""
         uid = str((ftj.get("metadata") or {}).get("uid") or "")
@@ -124,7 +129,7 @@ class Observation:
             ftj=ftj, parsed=parsed or parse_spec(ftj), jobs=owned_jobs, pods=owned_pods, now=now, settings=settings,
             foreign_jobs=tuple(j for j in jobs if j not in owned_jobs),
             foreign_pods=tuple(p for p in pods if p not in owned_pods),
-            rejection=rejection, earlier=earlier,
+            rejection=rejection, earlier=earlier, report=report,
         )
 
     @property

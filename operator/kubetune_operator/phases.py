@@ -46,6 +46,7 @@ from kubetune_operator.observe import (
     pods_problem,
     recorded_spec_hashes,
 )
+from kubetune_operator.report import TrainerReport
 from kubetune_operator.settings import OperatorSettings
 from kubetune_operator.status_writer import Event, StatusWriter, parse_time
 
@@ -157,9 +158,10 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
     ]
 
     _check_spec_change(current_hashes=obs.parsed.hashes, current=current, w=w)
+    _copy_report(obs.report, status, w)
 
-    # Conditions are the operator's alone; status.phase is also written by the trainer's
-    # reporter, so a late report from a dying pod must not revive a finished job.
+    # Conditions are the operator's record of a finished job: a phase that disagrees with
+    # them (an older operator let pods write status.phase) is put back.
     finished = next((t for t in R.TERMINAL if w.condition_true(t)), None)
     if finished and phase != finished:
         c = w.condition(finished) or {}
@@ -196,7 +198,7 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
         d.requeue((due - now).total_seconds())
 
     if current is None:
-        # Conditions are the operator's record (status.phase may be the trainer's last report).
+        # Conditions are the operator's record of what ran.
         ran = any(w.condition_true(p) for p in (*R.ACTIVE, R.QUEUED, R.SUSPENDED)) and not w.condition_true(R.RESTARTING)
         if current_name and status.get("activeJob") == current_name and ran:
             _job_vanished(job_name=current_name, spec=spec, attempt=attempt, settings=obs.settings, w=w, d=d)
@@ -249,7 +251,7 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
         _handle_failure(failure=failure, current=current, spec=spec, status=status, attempt=attempt, settings=obs.settings, w=w, d=d)
         return
 
-    _active(spec=spec, status=status, attempt=attempt, pods=attempt_pods, w=w)
+    _active(spec=spec, status=status, attempt=attempt, pods=attempt_pods, report=obs.report, w=w)
 
 
 def _name(obj: Obj) -> str:
@@ -390,20 +392,38 @@ def _handle_failure(
     d.requeue(wait)
 
 
-def _active(*, spec: api.FineTuneJobSpec, status: Mapping[str, Any], attempt: int, pods: list[Obj], w: StatusWriter) -> None:
+def _copy_report(report: TrainerReport | None, status: Mapping[str, Any], w: StatusWriter) -> None:
+    """Rank 0's checked report (progress, last checkpoint, output) into status: only what changed.
+
+    The report was verified and bounded by the report server (report.py); it never
+    carries phase, conditions, restarts or attempt.
+    """
+    if report is None:
+        return
+    for key, reported in (("progress", report.progress), ("lastCheckpoint", report.last_checkpoint), ("output", report.output)):
+        current = status.get(key)
+        if not isinstance(current, dict):
+            current = {}
+        changed = {k: v for k, v in reported.items() if current.get(k) != v}
+        if changed:
+            w.set(key, changed)  # a merge patch: keys not reported are left as they are
+
+
+def _active(*, spec: api.FineTuneJobSpec, status: Mapping[str, Any], attempt: int, pods: list[Obj],
+            report: TrainerReport | None, w: StatusWriter) -> None:
     nodes = spec.distributed.nodes
     live = [p for p in pods if not deleting(p)]
     running = sum(1 for p in live if pod_running(p))
     phase = status.get("phase")
-    reported = bool((status.get("progress") or {}).get("updatedAt"))
-    if phase == R.EXPORTING:
+    this_attempt = report is not None and report.attempt == attempt
+    # Rank 0 of this attempt reported progress (an operator restart forgets reports; the
+    # reason recorded in status remembers that training had started).
+    reported = (this_attempt and bool(report and report.progress)) or (phase == R.RUNNING and status.get("reason") == R.TRAINING_STARTED)
+    if phase == R.EXPORTING or (this_attempt and report is not None and report.stage == "exporting" and running):
         w.transition(R.EXPORTING, R.EXPORTING_REASON, "the trainer is exporting the model")
         return
     if running >= nodes:
-        if phase == R.RUNNING and status.get("reason") == R.TRAINING_STARTED:
-            return
-        # The trainer writes phase Running itself with its first progress report.
-        if phase == R.RUNNING and reported:
+        if reported:
             w.transition(R.RUNNING, R.TRAINING_STARTED, f"all {nodes} pods running; the trainer reports progress")
         else:
             w.transition(R.RUNNING, R.PODS_RUNNING, f"all {nodes} pods of attempt {attempt} are running")

@@ -31,12 +31,19 @@ them on the operator Deployment. Unset variables take the defaults shown.
 - ``KUBETUNE_RUN_AS_GROUP`` (default: 1000): GID of the trainer containers.
 - ``KUBETUNE_FS_GROUP`` (default: 1000): fsGroup of the trainer pods (owns the scratch volume).
 - ``KUBETUNE_RENDEZVOUS_PORT`` (default: 29500): torchrun master port on rank 0's pod.
-- ``KUBETUNE_STATUS_REPORTER`` (default: true): Give trainer pods a service-account token bound to a
-  Role that may only patch their own FineTuneJob's status, so rank 0 reports progress. false: no
-  token at all, progress only in logs.
 - ``KUBETUNE_NETWORK_POLICY`` (default: false): true: each job gets a NetworkPolicy, owned by its
   FineTuneJob, under which its trainer pods accept connections (rendezvous, NCCL/gloo) only from
   that job's own pods.
+- ``KUBETUNE_STATUS_REPORTER`` (default: true): Rank 0 reports progress, the last checkpoint and the
+  output to the operator's report endpoint with a projected token of audience kubetune.io/report,
+  which the API server refuses (pods hold no Kubernetes API credential). false: no token at all,
+  progress only in logs.
+- ``KUBETUNE_REPORT_PORT`` (default: 8443): Port of the report endpoint (0 disables it).
+- ``KUBETUNE_REPORT_URL`` (default: (none)): The report endpoint's URL as trainer pods reach it (the
+  chart sets its Service's, e.g. http://kubetune-report.kubetune.svc:8443); unset: pods get no
+  token and report only to their logs.
+- ``KUBETUNE_REPORT_INTERVAL_SECONDS`` (default: 1): A job's reports are accepted at most this often
+  (more often: 429 with Retry-After); bounds the status writes a pod can cause.
 - ``KUBETUNE_MAX_BACKOFF_SECONDS`` (default: 3600): Cap of the doubling restart backoff.
 - ``KUBETUNE_RESYNC_SECONDS`` (default: 60): A job is re-reconciled at least this often even without
   events.
@@ -101,9 +108,17 @@ class OperatorSettings:
     rendezvous_port: int = 29500
     status_reporter: bool = True
     network_policy: bool = False
+    report_port: int = 8443
+    report_url: str | None = None
+    report_interval_seconds: float = 1.0
     max_backoff_seconds: int = 3600
     resync_seconds: float = 60.0
     log_format: str = "json"
+
+    @property
+    def reports_progress(self) -> bool:
+        """Trainer pods get a report token and the endpoint's URL (report.py)."""
+        return self.status_reporter and bool(self.report_url)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -151,6 +166,19 @@ class OperatorSettings:
             kw["status_reporter"] = _bool(v, "KUBETUNE_STATUS_REPORTER")
         if (v := get("KUBETUNE_NETWORK_POLICY")) is not None:
             kw["network_policy"] = _bool(v, "KUBETUNE_NETWORK_POLICY")
+        if (v := get("KUBETUNE_REPORT_PORT")) is not None:
+            kw["report_port"] = _int(v, "KUBETUNE_REPORT_PORT")
+        if (v := get("KUBETUNE_REPORT_URL")) is not None:
+            if not v.startswith(("http://", "https://")):
+                raise ValueError(f"KUBETUNE_REPORT_URL={v!r}: expected an http:// or https:// URL of the operator's report Service")
+            kw["report_url"] = v.rstrip("/")
+        if (v := get("KUBETUNE_REPORT_INTERVAL_SECONDS")) is not None:
+            try:
+                kw["report_interval_seconds"] = float(v)
+            except ValueError:
+                raise ValueError(f"KUBETUNE_REPORT_INTERVAL_SECONDS={v!r}: expected seconds (a number >= 0)") from None
+            if kw["report_interval_seconds"] < 0:
+                raise ValueError(f"KUBETUNE_REPORT_INTERVAL_SECONDS={v!r}: expected seconds (a number >= 0)")
         if (v := get("KUBETUNE_RESYNC_SECONDS")) is not None:
             kw["resync_seconds"] = float(_int(v, "KUBETUNE_RESYNC_SECONDS", minimum=1))
         if (v := get("KUBETUNE_LOG_FORMAT")) is not None:

@@ -158,6 +158,7 @@ class Outcome:
     job_a: str = "run-a"
     job_b: str = "run-b"
     roles_created: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    reports_accepted: int = 0
 
 
 def run_sweep(cluster: AuthorizingCluster, ns: str, name: str = "sweep-s") -> None:
@@ -184,6 +185,22 @@ def run_sweep(cluster: AuthorizingCluster, ns: str, name: str = "sweep-s") -> No
     wait_for(lambda: cluster.get("FineTuneSweep", ns, name) is None, timeout=30, message=f"sweep {name} gone")
 
 
+def _report_progress(cluster: AuthorizingCluster, settings: Any, ns: str, name: str, rank0: dict[str, Any]) -> int:
+    """Rank 0 posts a progress report with its projected token; the operator reviews it and writes status."""
+    import requests
+
+    from kubetune_operator import builders
+
+    token = cluster.service_account_token(ns, "default", (builders.REPORT_AUDIENCE,), pod=rank0["metadata"]["name"])
+    answer = requests.post(f"{settings.report_url}/v1/namespaces/{ns}/finetunejobs/{name}/report",
+                           json={"attempt": 1, "stage": "running", "progress": {"step": 1}},
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+    assert answer.status_code == 204, answer.text
+    wait_for(lambda: ((cluster.get("FineTuneJob", ns, name) or {}).get("status") or {}).get("progress"), timeout=30,
+             message="the report in status")
+    return 1
+
+
 def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[str, str]) -> Outcome:
     """Job A in namespaces[0], job B in namespaces[1]; the operator watches what its settings say."""
     from kubetune_operator import builders
@@ -208,6 +225,8 @@ def run_lifecycle(cluster: AuthorizingCluster, settings: Any, namespaces: tuple[
         for p in pods:
             kubelet.run(cluster, p)
         _wait_phase(cluster, ns_a, a, "Running")
+        if settings.reports_progress:
+            out.reports_accepted += _report_progress(cluster, settings, ns_a, a, pods[0])
         # A pod crashes: the operator ends the attempt and starts attempt 2.
         kubelet.terminate(cluster, pods[1], 1, message="RuntimeError: NCCL error")
         job2 = job(ns_a, a, 2)

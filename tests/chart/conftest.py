@@ -59,6 +59,7 @@ def lifecycles(rendered):
     from chartkit import container_env, find, the
 
     from kubetune_operator.settings import OperatorSettings
+    from support.cluster import free_port
 
     results = {}
     clusters = []
@@ -72,6 +73,9 @@ def lifecycles(rendered):
             # The operator runs with exactly the settings the chart gives it.
             settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
             settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
+            if settings.reports_progress:  # the chart's report URL is the in-cluster Service's: serve it locally
+                port = free_port()
+                settings = dataclasses.replace(settings, report_port=port, report_url=f"http://127.0.0.1:{port}")
             watched = settings.watch_namespaces or ("ml", "ml")
             namespaces = (watched[0], watched[-1])
             for ns in set(namespaces):

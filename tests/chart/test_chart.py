@@ -196,10 +196,16 @@ def test_ha_uses_kopf_peering(rendered, name, peering_kind):
 
 def test_namespaced_mode_has_no_cluster_wide_permissions(rendered):
     objs = rendered["namespaced"]
-    assert not find(objs, "ClusterRoleBinding")
+    # One cluster-scoped grant: TokenReview (reads no object) for rank 0's progress reports.
+    (review,) = find(objs, "ClusterRoleBinding")
+    assert review["roleRef"]["name"] == "kt-kubetune-token-review"
+    rules = next(r for r in find(objs, "ClusterRole") if r["metadata"]["name"] == "kt-kubetune-token-review")["rules"]
+    assert rules == [{"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]}]
     # The only ClusterRoles are the people's roles, which bind nobody by
     # themselves: they only add FineTuneJob rules to view/edit/admin.
     for role in find(objs, "ClusterRole"):
+        if role["metadata"]["name"] == "kt-kubetune-token-review":
+            continue
         assert role["metadata"]["name"] in ("kt-kubetune-view", "kt-kubetune-edit"), role["metadata"]["name"]
         assert any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in role["metadata"]["labels"])
     roles = find(objs, "Role")
@@ -221,11 +227,26 @@ def test_status_reporter_off_drops_the_permissions_it_needed(rendered):
         return {(g, res) for role in find(objs, "ClusterRole") for r in role["rules"]
                 for g in r["apiGroups"] for res in r["resources"]}
     on, off = granted(rendered["default"]), granted(rendered["no-status-reporter"])
-    per_job_identity = {("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"),
-                        ("rbac.authorization.k8s.io", "rolebindings")}
-    assert per_job_identity <= on
-    assert not (per_job_identity & off)
-    assert container_env(the(rendered["no-status-reporter"], "Deployment"))["KUBETUNE_STATUS_REPORTER"] == "false"
+    assert ("authentication.k8s.io", "tokenreviews") in on and ("authentication.k8s.io", "tokenreviews") not in off
+    # Neither mode gives trainer pods an identity: the operator never manages ServiceAccounts or RBAC.
+    for granted_set in (on, off):
+        assert not {("", "serviceaccounts"), ("rbac.authorization.k8s.io", "roles"), ("rbac.authorization.k8s.io", "rolebindings")} & granted_set
+    off_env = container_env(the(rendered["no-status-reporter"], "Deployment"))
+    assert off_env["KUBETUNE_STATUS_REPORTER"] == "false" and "KUBETUNE_REPORT_URL" not in off_env
+    assert not [s for s in find(rendered["no-status-reporter"], "Service") if s["metadata"]["name"].endswith("-report")]
+
+
+def test_the_report_service_reaches_the_operators_report_port(rendered):
+    objs = rendered["default"]
+    env = container_env(the(objs, "Deployment"))
+    (service,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-report")]
+    name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
+    port = service["spec"]["ports"][0]
+    assert env["KUBETUNE_REPORT_URL"] == f"http://{name}.{ns}.svc:{port['port']}"
+    (container,) = the(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    report = next(p for p in container["ports"] if p["name"] == port["targetPort"])
+    assert str(report["containerPort"]) == env["KUBETUNE_REPORT_PORT"]
+    assert service["spec"]["selector"] == the(objs, "Deployment")["spec"]["selector"]["matchLabels"]
 
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))

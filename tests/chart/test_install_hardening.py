@@ -82,8 +82,11 @@ def test_a_53_character_release_keeps_every_name_within_63(helm, values):
 def test_name_overrides(helm):
     objs = helm.template({"fullnameOverride": "tuner"})
     assert the(objs, "Deployment")["metadata"]["name"] == "tuner"
-    assert {s["metadata"]["name"] for s in find(objs, "Service")} == {"tuner-metrics"}
+    assert {s["metadata"]["name"] for s in find(objs, "Service")} == {"tuner-metrics", "tuner-report"}
     assert the(objs, "ServiceAccount")["metadata"]["name"] == "tuner"
+    # The trainers reach the report Service by the name the operator was given.
+    env = {e["name"]: e.get("value") for e in the(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert env["KUBETUNE_REPORT_URL"].startswith("http://tuner-report.")
     objs = helm.template({"nameOverride": "ft"}, release="ml")
     deployment = the(objs, "Deployment")
     assert deployment["metadata"]["name"] == "ml-ft"

@@ -36,7 +36,9 @@ def test_two_replicas_one_active_then_failover(rendered, caplog):
         (peering,) = find(objs, "ClusterKopfPeering")
         cluster.request("POST", "/apis/kopf.dev/v1/clusterkopfpeerings", peering)
         cluster.ensure_namespace("ml")
-        replicas = [OperatorThread(settings, login=cluster.login).start() for _ in range(2)]
+        # Each replica its own report port: on a cluster they are separate pods.
+        replicas = [OperatorThread(dataclasses.replace(settings, report_port=_free_port()), login=cluster.login).start()
+                    for _ in range(2)]
         try:
             def peers():
                 obj = cluster.request("GET", f"/apis/kopf.dev/v1/clusterkopfpeerings/{peering['metadata']['name']}")
@@ -92,7 +94,7 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
     from kubetune_operator.runner import OperatorThread
     from kubetune_operator.settings import OperatorSettings
 
-    objs = helm.template({"operator": {"healthPort": _free_port(), "metricsPort": _free_port()}})
+    objs = helm.template({"operator": {"healthPort": _free_port(), "metricsPort": _free_port(), "reportPort": _free_port()}})
     deployment = the(objs, "Deployment")
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
@@ -102,6 +104,12 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
     grants = grants_of(objs, (sa["namespace"], sa["name"]))
     with AuthorizingCluster(lambda call: allows(grants, call)) as cluster:
         with OperatorThread(settings, login=cluster.login):
+            def answer_post(url: str):
+                try:
+                    return requests.post(url, json={}, timeout=5)
+                except requests.ConnectionError:
+                    return None
+
             def answer(url: str):
                 try:
                     return requests.get(url, timeout=5)
@@ -116,4 +124,9 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
                 assert r.status_code == 200, f"{probe}: HTTP {r.status_code}"
             r = requests.get(f"http://127.0.0.1:{ports[service['spec']['ports'][0]['targetPort']]}/metrics", timeout=5)
             assert r.status_code == 200 and "kubetune_jobs" in r.text
+            # The report Service reaches the report endpoint (a request without rank 0's token: 401).
+            (report,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-report")]
+            url = f"http://127.0.0.1:{ports[report['spec']['ports'][0]['targetPort']]}/v1/namespaces/ml/finetunejobs/x/report"
+            code = wait_for(lambda: getattr(answer_post(url), "status_code", None), timeout=15, message="report endpoint listening")
+            assert code == 401
         assert not cluster.denied

@@ -25,7 +25,7 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ("kubetune.io", "finetunejobs", "watch"): "Kopf watches FineTuneJobs",
     ("kubetune.io", "finetunejobs", "patch"): "Kopf adds and removes the finalizer kubetune.io/finalizer (JSON patch)",
     ("kubetune.io", "finetunejobs", "delete"): "runPolicy.ttlSecondsAfterFinished deletes a finished job",
-    ("kubetune.io", "finetunejobs/status", "patch"): "phase, conditions, restarts; also what allows creating each job's Role",
+    ("kubetune.io", "finetunejobs/status", "patch"): "phase, conditions, restarts, and rank 0's checked progress reports",
     ("kubetune.io", "finetunejobs/finalizers", "update"):
         "no API call: the OwnerReferencesPermissionEnforcement admission plugin (OpenShift) requires it to set "
         "blockOwnerDeletion owner references to a FineTuneJob on the objects the operator creates",
@@ -41,15 +41,12 @@ REVIEWED: dict[tuple[str, str, str], str] = {
     ("", "configmaps", "get"): "restarts read the config the job started with; adoption after a restart",
     ("", "services", "create"): "the headless rendezvous Service",
     ("", "services", "get"): "adoption after an operator restart",
-    ("", "serviceaccounts", "create"): "rank 0's per-job identity (statusReporter)",
-    ("", "serviceaccounts", "get"): "adoption after an operator restart",
-    ("rbac.authorization.k8s.io", "roles", "create"): "per job: patch finetunejobs/status of that job only",
-    ("rbac.authorization.k8s.io", "roles", "get"): "adoption after an operator restart",
-    ("rbac.authorization.k8s.io", "rolebindings", "create"): "binds the per-job Role to the per-job ServiceAccount",
-    ("rbac.authorization.k8s.io", "rolebindings", "get"): "adoption after an operator restart",
     ("", "events", "create"): "Kubernetes Events for phase transitions (Kopf posts them)",
     ("networking.k8s.io", "networkpolicies", "create"): "per job: only the job's own pods reach its pods (networkPolicy.enabled)",
     ("networking.k8s.io", "networkpolicies", "get"): "adoption after an operator restart",
+    ("authentication.k8s.io", "tokenreviews", "create"):
+        "the report endpoint verifies rank 0's projected token (audience kubetune.io/report) and the pod it is bound to; "
+        "cluster-scoped, reads no object (statusReporter)",
     ("kubetune.io", "finetunejobs", "create"): "a FineTuneSweep's trials are FineTuneJobs it owns",
     ("kubetune.io", "finetunesweeps", "list"): "Kopf lists FineTuneSweeps before it watches them",
     ("kubetune.io", "finetunesweeps", "watch"): "Kopf watches FineTuneSweeps",
@@ -69,9 +66,7 @@ PEERING = {
     "cluster": {("kopf.dev", "clusterkopfpeerings", v): "Kopf peering keep-alives (cluster-wide mode)" for v in ("list", "watch", "patch")},
     "namespaced": {("kopf.dev", "kopfpeerings", v): "Kopf peering keep-alives (namespaced mode)" for v in ("list", "watch", "patch")},
 }
-STATUS_REPORTER_ONLY = {
-    (g, r, v) for (g, r, v) in REVIEWED if r in ("serviceaccounts", "roles", "rolebindings")
-}
+STATUS_REPORTER_ONLY = {("authentication.k8s.io", "tokenreviews", "create")}
 NETWORK_POLICY_ONLY = {(g, r, v) for (g, r, v) in REVIEWED if r == "networkpolicies"}
 # Granted, but the lifecycle cannot record them; each with the reason.
 NOT_EXERCISED = {
@@ -127,9 +122,12 @@ def test_chart_grants_exactly_the_reviewed_list(rendered, name):
     assert not any(g.resource_names for g in grants)
     if (values.get("watch") or {}).get("scope") == "namespaced":
         namespaces = values["watch"]["namespaces"]
-        assert {g.namespace for g in grants} == set(namespaces), "namespaced mode must grant only in the watched namespaces"
+        # The one cluster-scoped grant: TokenReview (reads no object), for rank 0's progress reports.
+        cluster_scoped = triples(g for g in grants if g.namespace is None)
+        assert cluster_scoped == (STATUS_REPORTER_ONLY if _status_reporter(name) else set())
+        assert {g.namespace for g in grants} - {None} == set(namespaces), "namespaced mode must grant only in the watched namespaces"
         for ns in namespaces:
-            assert triples(g for g in grants if g.namespace == ns) == expected
+            assert triples(g for g in grants if g.namespace == ns) == expected - cluster_scoped
     else:
         assert {g.namespace for g in grants} == {None}
 
@@ -200,15 +198,12 @@ def test_the_lifecycle_exercised_every_path(lifecycle):
     assert count("patch", "finetunejobs", "status") >= 8
     assert count("create", "finetunejobs") == 1 and count("patch", "finetunesweeps", "status") >= 2, "a sweep's trial"
     if _status_reporter(name):
-        assert count("get", "roles") >= 1 and count("get", "serviceaccounts") >= 1, "adoption of existing objects"
-        # jobs A and B, and the sweep's one trial. Every attempt re-ensures the per-job objects (a create
-        # that answers 409 for one that exists, adopted when owned): more create calls than Roles, none created twice.
-        created = sum(1 for c in calls if c.verb == "create" and c.resource == "roles" and c.status == 201)
-        names = {(r["metadata"].get("namespace"), r["metadata"]["name"]) for r in outcome.roles_created}
-        assert count("create", "roles") == len(outcome.roles_created) > 3 and 1 <= created <= 3 and len(names) == 3
+        # Rank 0's report went through the endpoint: its token was reviewed once, then cached.
+        assert count("create", "tokenreviews") >= 1 and outcome.reports_accepted >= 1, "a progress report"
     else:
-        # No per-job identity at all: trainer pods get no API token.
-        assert count("create", "serviceaccounts") == count("create", "roles") == count("create", "rolebindings") == 0
+        assert count("create", "tokenreviews") == 0 and outcome.reports_accepted == 0
+    # No per-job identity in either mode: trainer pods get no API permission.
+    assert count("create", "serviceaccounts") == count("create", "roles") == count("create", "rolebindings") == 0
     if (VALUE_SETS[name].get("networkPolicy") or {}).get("enabled"):
         # Jobs A and B and the sweep's trial each get one; B's existed already (adopted with a get).
         created = {(c.namespace, c.name) for c in calls if c.verb == "create" and c.resource == "networkpolicies"}
@@ -217,28 +212,19 @@ def test_the_lifecycle_exercised_every_path(lifecycle):
         assert count("create", "networkpolicies") == 0
 
 
-def test_roles_the_operator_creates_grant_nothing_it_does_not_hold(lifecycle):
-    """Kubernetes lets a user create a Role only with permissions it holds itself
-    (or with `escalate`, which the chart never grants): every rule of every Role
-    the operator created must be covered by the chart's grants in its namespace."""
+def test_the_operator_creates_no_rbac_objects_and_holds_no_escalation(lifecycle):
+    """Trainer pods get no Role: the operator creates no RBAC objects, so it needs neither
+    RBAC write access nor `escalate`/`bind` (the chart grants none of them)."""
     name, _, outcome, grants = lifecycle
-    assert bool(outcome.roles_created) == _status_reporter(name)
-    for role in outcome.roles_created:
-        ns = role["metadata"]["namespace"]
-        for rule in role["rules"]:
-            assert rule.get("resourceNames"), "per-job Roles must name their one job"
-            for group in rule["apiGroups"]:
-                for resource in rule["resources"]:
-                    plural, _, sub = resource.partition("/")
-                    for verb in rule["verbs"]:
-                        for obj in rule["resourceNames"]:
-                            call = ApiCall(verb, group, plural, sub or None, ns, obj)
-                            assert allows(grants, call), f"{name}: Role {role['metadata']['name']} grants {call}, which the operator does not hold"
+    assert outcome.roles_created == []
+    assert not any(g.group == "rbac.authorization.k8s.io" for g in grants)
     assert not any(g.verb in ("escalate", "bind", "impersonate", "*") for g in grants)
 
 
 def test_namespaced_mode_stays_in_its_namespaces(lifecycles):
     cluster, _, _ = lifecycles["ha-namespaced"]
     watched = set(VALUE_SETS["ha-namespaced"]["watch"]["namespaces"])
-    outside = {(c.verb, c.resource, c.namespace) for c in cluster.operator_calls() if c.namespace not in watched}
+    # TokenReview is cluster-scoped but reads nothing: the one call without a namespace.
+    outside = {(c.verb, c.resource, c.namespace) for c in cluster.operator_calls()
+               if c.namespace not in watched and (c.verb, c.resource) != ("create", "tokenreviews")}
     assert not outside, f"namespaced mode made calls outside its namespaces: {sorted(outside)}"

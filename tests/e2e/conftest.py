@@ -112,9 +112,10 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def operator(cluster):
-    from kubetune_operator.settings import OperatorSettings
+    from support.cluster import reporting_settings
 
-    settings = OperatorSettings(standalone=True, metrics_port=0, health_port=0, resync_seconds=5.0, log_format="plain")
+    # Rank 0 reports to the operator's endpoint on a local port (KUBETUNE_STATUS_INTERVAL is 0.1 s here).
+    settings = reporting_settings(resync_seconds=5.0, log_format="plain")
     with cluster.operator(settings) as op:
         yield op
 

@@ -37,10 +37,10 @@ HTTP API any controller uses:
   code, reason, and for ``FallbackToLogsOnError`` the log's last lines as
   message). Stopping a pod is SIGTERM to its process group, then SIGKILL
   after the grace period.
-- API access for the trainer's status reporter: pods get
-  ``KUBERNETES_SERVICE_HOST``/``PORT``, ``KUBETUNE_API_SERVER`` (the URL with
-  its scheme: the emulator speaks plain HTTP) and ``KUBETUNE_SA_DIR`` (the
-  folder of the projected token), which ``kubetune_trainer.k8s_status`` reads.
+- projected service-account tokens come from a TokenRequest bound to the pod
+  (audience and expiry from the volume source), as the kubelet gets them; pods
+  also get ``KUBERNETES_SERVICE_HOST``/``PORT`` and ``KUBETUNE_API_SERVER``
+  (the URL with its scheme: the emulator speaks plain HTTP).
 
 Ignored, as a machine without containers cannot honour them: the image,
 security contexts, resources, node selection. Processes run as the test user
@@ -69,7 +69,6 @@ import requests
 AGENT = "kubetune-tests/executor"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
-FAKE_TOKEN = "executor-service-account-token"
 
 
 def _now() -> str:
@@ -553,6 +552,22 @@ class PodExecutor:
                                    "image": container.get("image", ""), "imageID": "", "state": {"terminated": terminated}}],
         })
 
+    def _pod_token(self, ns: str, pod: dict[str, Any], pspec: dict[str, Any], source: dict[str, Any]) -> str:
+        """A projected service-account token, as the kubelet gets it: a TokenRequest bound to the pod."""
+        sa = pspec.get("serviceAccountName") or "default"
+        spec: dict[str, Any] = {
+            "expirationSeconds": int(source.get("expirationSeconds") or 3600),
+            "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"], "uid": pod["metadata"].get("uid")},
+        }
+        if source.get("audience"):
+            spec["audiences"] = [source["audience"]]
+        try:
+            answer = self._req("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
+                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+        except RuntimeError as e:
+            raise ConfigError(f"serviceaccount token for {sa}: {e}") from None
+        return str(answer["status"]["token"])
+
     # -------------------------------------------------- template -> process
     def _materialise(self, run: JobRun, pod: dict[str, Any], pspec: dict[str, Any], container: dict[str, Any],
                      hostname: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
@@ -571,7 +586,8 @@ class PodExecutor:
             elif "projected" in vol:
                 for src in vol["projected"].get("sources") or []:
                     if "serviceAccountToken" in src:
-                        (d / src["serviceAccountToken"].get("path", "token")).write_text(FAKE_TOKEN)
+                        sat = src["serviceAccountToken"]
+                        (d / sat.get("path", "token")).write_text(self._pod_token(ns, pod, pspec, sat))
                     elif "configMap" in src:
                         data = self._configmap_data(ns, {**src["configMap"], "optional": True})
                         self._write_items(d, data, src["configMap"].get("items"))

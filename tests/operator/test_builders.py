@@ -9,6 +9,7 @@ from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 from support.manifests import job_manifest
 
+REPORTING = OperatorSettings(report_url="http://kubetune-report.kubetune.svc:8443")
 
 def live(manifest, uid="uid-1", generation=1):
     manifest["metadata"].update(uid=uid, generation=generation)
@@ -24,8 +25,9 @@ def container(job):
 
 
 def test_objects_in_creation_order_all_owned_and_valid_strict():
-    objs = builders.build_objects(live(job_manifest("llama", "ml")), OperatorSettings())
-    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    objs = builders.build_objects(live(job_manifest("llama", "ml")), REPORTING)
+    # No per-job ServiceAccount, Role or RoleBinding: pods hold no API permission at all.
+    assert [o["kind"] for o in objs] == ["ConfigMap", "Service", "Job"]
     for o in objs:
         assert o["metadata"]["namespace"] == "ml"
         assert o["metadata"]["labels"]["kubetune.io/job"] == "llama"
@@ -129,19 +131,27 @@ def test_no_storage_secret_means_no_credentials_in_env_and_no_reporter_means_no_
     job = builders.build_batch_job(m, OperatorSettings(status_reporter=False), 1)
     env = {e["name"] for e in container(job)["env"]}
     assert not env & {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "KUBETUNE_REPORTER"}
-    assert "status-token" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
-    assert [o["kind"] for o in builders.build_objects(m, OperatorSettings(status_reporter=False))] == ["ConfigMap", "Service", "Job"]
+    assert "report-token" not in {v["name"] for v in job["spec"]["template"]["spec"]["volumes"]}
     assert "serviceAccountName" not in job["spec"]["template"]["spec"]  # the namespace's default, without a token
+    # Reporting on, but no endpoint URL to give the pods: no token either.
+    unreachable = builders.build_batch_job(m, OperatorSettings(), 1)
+    assert "report-token" not in {v["name"] for v in unreachable["spec"]["template"]["spec"]["volumes"]}
+    assert "KUBETUNE_REPORTER" not in {e["name"] for e in container(unreachable)["env"]}
 
 
-def test_status_token_is_a_projected_short_lived_token_of_the_job_service_account():
-    job = builders.build_batch_job(live(job_manifest("t", "ml")), OperatorSettings(), 1)
+def test_report_token_has_the_kubetune_audience_and_no_api_token_is_mounted():
+    job = builders.build_batch_job(live(job_manifest("t", "ml")), REPORTING, 1)
     pod = job["spec"]["template"]["spec"]
-    token = next(v for v in pod["volumes"] if v["name"] == "status-token")
-    assert token["projected"]["sources"][0] == {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}
-    assert pod["automountServiceAccountToken"] is False
-    mount = next(m for m in container(job)["volumeMounts"] if m["name"] == "status-token")
-    assert mount == {"name": "status-token", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount", "readOnly": True}
+    token = next(v for v in pod["volumes"] if v["name"] == "report-token")
+    assert token["projected"]["sources"] == [
+        {"serviceAccountToken": {"audience": "kubetune.io/report", "path": "token", "expirationSeconds": 3600}}]
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    mounts = {m["mountPath"] for m in container(job)["volumeMounts"]}
+    assert "/var/run/secrets/kubetune.io/report" in mounts
+    assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts  # client libraries find no in-cluster credential
+    env = {e["name"]: e.get("value") for e in container(job)["env"]}
+    assert env["KUBETUNE_REPORT_URL"] == "http://kubetune-report.kubetune.svc:8443"
+    assert env["KUBETUNE_REPORT_TOKEN"] == "/var/run/secrets/kubetune.io/report/token" and env["KUBETUNE_REPORTER"] == "kubernetes"
 
 
 def test_kueue_and_suspend_create_the_job_suspended():
@@ -183,10 +193,16 @@ def test_settings_from_env_and_errors():
     })
     assert (s.trainer_image, s.watch_namespaces, s.standalone, s.metrics_port, s.status_reporter, s.resync_seconds) == \
         ("img:1", ("a", "b"), True, 0, False, 5.0)
+    r = OperatorSettings.from_env({"KUBETUNE_REPORT_URL": "http://kubetune-report.kubetune.svc:8443/", "KUBETUNE_REPORT_PORT": "9443",
+                                   "KUBETUNE_REPORT_INTERVAL_SECONDS": "2.5"})
+    assert (r.report_url, r.report_port, r.report_interval_seconds, r.reports_progress) == \
+        ("http://kubetune-report.kubetune.svc:8443", 9443, 2.5, True)
     assert s.default_storage_secret == "s3" and s.image_pull_secrets == ("r1", "r2")
     assert OperatorSettings.from_env({}) == OperatorSettings()
     for env, needle in [({"KUBETUNE_METRICS_PORT": "x"}, "integer"), ({"KUBETUNE_STANDALONE": "maybe"}, "true or false"),
-                        ({"KUBETUNE_RUN_AS_USER": "0"}, "root"), ({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "Always")]:
+                        ({"KUBETUNE_RUN_AS_USER": "0"}, "root"), ({"KUBETUNE_IMAGE_PULL_POLICY": "Sometimes"}, "Always"),
+                        ({"KUBETUNE_REPORT_URL": "kubetune-report:8443"}, "http:// or https://"),
+                        ({"KUBETUNE_REPORT_INTERVAL_SECONDS": "-1"}, "seconds")]:
         with pytest.raises(ValueError, match=needle):
             OperatorSettings.from_env(env)
 
@@ -206,12 +222,12 @@ def test_env_pull_secrets_pod_labels_and_annotations_pass_through():
     kubernetes_validate.validate(job, "1.33", strict=True)
 
 
-def test_user_service_account_runs_the_pods_and_gets_the_status_role():
+def test_user_service_account_runs_the_pods_and_gets_no_role():
     m = live(job_manifest("irsa", "ml", serviceAccountName="s3-reader", storage={}))
-    objs = by_kind(builders.build_objects(m, OperatorSettings()))
-    assert "ServiceAccount" not in objs
-    assert objs["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "s3-reader", "namespace": "ml"}]
+    objs = by_kind(builders.build_objects(m, REPORTING))
+    assert set(objs) == {"ConfigMap", "Service", "Job"}
     assert objs["Job"]["spec"]["template"]["spec"]["serviceAccountName"] == "s3-reader"
+    assert objs["Job"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
 
 
 @pytest.mark.parametrize("spec,needle", [
@@ -237,7 +253,7 @@ def test_network_policy_lets_only_the_jobs_own_pods_in_on_every_port():
     settings = OperatorSettings(network_policy=True, rendezvous_port=29500)
     a = builders.build_objects(live(job_manifest("run-a", "ml")), settings)
     b = builders.build_objects(live(job_manifest("run-b", "ml"), uid="uid-2"), settings)
-    assert [o["kind"] for o in a] == ["ConfigMap", "Service", "NetworkPolicy", "ServiceAccount", "Role", "RoleBinding", "Job"]
+    assert [o["kind"] for o in a] == ["ConfigMap", "Service", "NetworkPolicy", "Job"]
     policy_a, policy_b = (by_kind(objs)["NetworkPolicy"] for objs in (a, b))
     assert policy_a["metadata"]["name"] == "run-a-gang" and policy_a["metadata"]["ownerReferences"][0]["uid"] == "uid-1"
     kubernetes_validate.validate(policy_a, "1.33", strict=True)

@@ -9,7 +9,7 @@ import pytest
 from kubernetes.client.rest import ApiException
 
 from support import kubelet
-from support.cluster import EmulatedCluster, wait_for
+from support.cluster import ApiError, EmulatedCluster, wait_for
 from support.emulator import JOB_TRACKING_FINALIZER, Semantics
 from support.manifests import job_manifest
 
@@ -421,15 +421,39 @@ def test_every_request_is_authorized_for_its_token(real):
 
 def test_token_request_and_token_review(real):
     real.create({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "rank0", "namespace": NS}})
-    tr = real.request("POST", real.path("ServiceAccount", NS, "rank0", "token"),
-                      {"spec": {"audiences": ["kubetune"], "boundObjectRef": {"kind": "Pod", "name": "p-0"}}})
+    path = real.path("ServiceAccount", NS, "rank0", "token")
+    with pytest.raises(ApiError) as missing:  # a token can only be bound to a pod that exists
+        real.request("POST", path, {"spec": {"audiences": ["kubetune"], "boundObjectRef": {"kind": "Pod", "name": "p-0"}}})
+    assert missing.value.status == 404
+    pod = real.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p-0", "namespace": NS},
+                       "spec": {"containers": [{"name": "c", "image": "i"}]}})
+    tr = real.request("POST", path, {"spec": {"audiences": ["kubetune"], "boundObjectRef": {"kind": "Pod", "name": "p-0"}}})
     token = tr["status"]["token"]
     review = real.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token, "audiences": ["kubetune"]}})
     assert review["status"]["authenticated"] is True
     assert review["status"]["user"]["username"] == f"system:serviceaccount:{NS}:rank0"
     assert review["status"]["user"]["extra"]["authentication.kubernetes.io/pod-name"] == ["p-0"]
+    assert review["status"]["user"]["extra"]["authentication.kubernetes.io/pod-uid"] == [pod["metadata"]["uid"]]
     wrong = real.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token, "audiences": ["other"]}})
     assert wrong["status"]["authenticated"] is False
+    # Without spec.audiences the API server's own are meant: a token for another audience is not one of them.
+    api = real.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token}})
+    assert api["status"]["authenticated"] is False
+    # A bound token dies with its pod.
+    real.delete("Pod", NS, "p-0", grace_seconds=0)
+    wait_for(lambda: real.get("Pod", NS, "p-0") is None, message="pod gone")
+    gone = real.create({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token, "audiences": ["kubetune"]}})
+    assert gone["status"]["authenticated"] is False
+
+
+def test_a_token_for_another_audience_is_refused_by_the_api_server():
+    with EmulatedCluster(semantics=Semantics(rbac=True)) as c:
+        c.ensure_namespace("aud")
+        c.grant("system:serviceaccount:aud:default", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}], namespace="aud")
+        assert c.as_token(c.service_account_token("aud", "default")).list("ConfigMap", "aud") == []
+        with pytest.raises(ApiError) as refused:
+            c.as_token(c.service_account_token("aud", "default", ("kubetune.io/report",))).list("ConfigMap", "aud")
+        assert refused.value.status == 401
 
 
 # ------------------------------------------------------------------------ faults

@@ -1,8 +1,8 @@
 """The real operator (Kopf, in a thread) against the emulated API: what it creates and how it reacts.
 
-The tests play the Job controller and the kubelet (support/kubelet.py) and the
-trainer's status reporter (patching status like rank 0 would), and watch what
-the operator does through the API only.
+The tests play the Job controller and the kubelet (support/kubelet.py) and run
+the trainer's progress reporter (posting to the operator's report endpoint with
+rank 0's projected token), and watch what the operator does through the API only.
 """
 import time
 
@@ -12,7 +12,7 @@ import pytest
 from kubetune_operator import builders
 from kubetune_trainer import k8s_status
 from support import kubelet
-from support.cluster import wait_for
+from support.cluster import reporting_settings, wait_for
 from support.manifests import job_manifest
 
 NS = "ops"
@@ -22,8 +22,17 @@ NS = "ops"
 def operator(cluster):
     for ns in (NS, "scale"):
         cluster.ensure_namespace(ns)
-    with cluster.operator(namespaces=(NS, "scale")) as op:
+    settings = reporting_settings()
+    with cluster.operator(settings, namespaces=(NS, "scale")) as op:
+        op.settings = settings
         yield op
+
+
+def rank0_reporter(cluster, operator, name, pod, tmp_path):
+    """The trainer's reporter as rank 0 runs it: its projected token (audience kubetune.io/report, bound to the pod)."""
+    token = tmp_path / f"{pod['metadata']['name']}.token"
+    token.write_text(cluster.service_account_token(NS, "default", (builders.REPORT_AUDIENCE,), pod=pod["metadata"]["name"]))
+    return k8s_status.KubernetesStatusReporter(operator.settings.report_url, NS, name, token_file=str(token), attempt=1, min_interval=0.0)
 
 
 def ftj(cluster, name, ns=NS):
@@ -87,10 +96,8 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
     for kind in ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod", "Secret"):
         for o in cluster.list(kind, NS, label_selector=f"kubetune.io/job={name}"):
             found[(kind, o["metadata"]["name"])] = o
-    assert set(found) == {
-        ("ConfigMap", f"{name}-config"), ("Service", name), ("ServiceAccount", f"{name}-trainer"),
-        ("Role", f"{name}-status-reporter"), ("RoleBinding", f"{name}-status-reporter"), ("Job", f"{name}-a1"),
-    }
+    # No ServiceAccount, Role or RoleBinding: trainer pods get no API permission.
+    assert set(found) == {("ConfigMap", f"{name}-config"), ("Service", name), ("Job", f"{name}-a1")}
     for o in found.values():
         refs = o["metadata"]["ownerReferences"]
         assert refs == [{"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "name": name, "uid": uid,
@@ -116,6 +123,7 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
     assert env["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"] == {"name": "s3-creds", "key": "AWS_ACCESS_KEY_ID", "optional": False}
     assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
     assert env["KUBETUNE_REPORTER"]["value"] == "kubernetes" and env["KUBETUNE_JOB_NAME"]["value"] == name
+    assert env["KUBETUNE_REPORT_URL"]["value"] == operator.settings.report_url
     mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
@@ -124,11 +132,10 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
     # Restricted pod security: non-root, no escalation, no capabilities, RuntimeDefault seccomp, no auto token.
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
     assert c["securityContext"]["allowPrivilegeEscalation"] is False and c["securityContext"]["capabilities"]["drop"] == ["ALL"]
-    assert pod["automountServiceAccountToken"] is False and pod["serviceAccountName"] == f"{name}-trainer"
+    assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+    assert vols[mounts["/var/run/secrets/kubetune.io/report"]]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "kubetune.io/report"
     assert pod["nodeSelector"] == {"pool": "h100"} and pod["priorityClassName"] == "high"
     assert pod["tolerations"][0]["key"] == "nvidia.com/gpu" and pod["schedulerName"] == "default-scheduler"
-    role = found[("Role", f"{name}-status-reporter")]
-    assert role["rules"] == [{"apiGroups": ["kubetune.io"], "resources": ["finetunejobs/status"], "resourceNames": [name], "verbs": ["patch"]}]
     cm = builders.manifest_from_config_map(found[("ConfigMap", f"{name}-config")])
     # The resolved config: defaults filled in, operator defaults applied.
     assert cm["spec"]["distributed"]["processesPerNode"] == 8 and cm["spec"]["training"]["learningRate"] == 2e-4
@@ -154,7 +161,7 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
 
 
 # ---------------------------------------------------------------- phases
-def test_phase_machine_through_queue_admission_preemption_and_success(cluster, operator):
+def test_phase_machine_through_queue_admission_preemption_and_success(cluster, operator, tmp_path):
     name = "lifecycle"
     cluster.create(job_manifest(name, NS, queueName="gpu-queue"))
     wait_phase(cluster, name, "Queued", "WaitingForAdmission")
@@ -175,10 +182,11 @@ def test_phase_machine_through_queue_admission_preemption_and_success(cluster, o
     wait_phase(cluster, name, "Running", "PodsRunning")
 
     # Rank 0's reporter (the trainer's own code) says it trains and how far it got.
-    reporter = k8s_status.KubernetesStatusReporter(cluster.url, NS, name, min_interval=0.0)
+    reporter = rank0_reporter(cluster, operator, name, pods[0], tmp_path)
     reporter.event({"event": "phase", "phase": "Running"})
     reporter.progress({"step": 10, "totalSteps": 100, "percent": 10.0, "loss": 2.5, "updatedAt": "2026-01-01T00:00:00Z"})
     wait_phase(cluster, name, "Running", "TrainingStarted")
+    reporter.close()
 
     # Kueue preempts: it suspends the Job; the Job controller deletes the pods.
     cluster.patch("Job", NS, job["metadata"]["name"], {"spec": {"suspend": True}})
@@ -190,6 +198,7 @@ def test_phase_machine_through_queue_admission_preemption_and_success(cluster, o
     pods = [kubelet.run(cluster, p) for p in kubelet.create_pods(cluster, job)]
     wait_phase(cluster, name, "Running")
 
+    reporter = rank0_reporter(cluster, operator, name, pods[0], tmp_path)  # the new rank 0's own token
     reporter.event({"event": "phase", "phase": "Exporting"})
     wait_phase(cluster, name, "Exporting", "Exporting")
     reporter.event({"event": "exported", "adapterUri": "s3://out/run/final/adapter", "metrics": {"evalLoss": 1.5}})
@@ -285,8 +294,8 @@ def test_deletion_removes_everything_it_created(cluster, operator):
     start(cluster, name)
     running(cluster, name)
     labelled = f"kubetune.io/job={name}"
-    kinds = ("ConfigMap", "Service", "ServiceAccount", "Role", "RoleBinding", "Job", "Pod")
-    assert sum(len(cluster.list(k, NS, label_selector=labelled)) for k in kinds) == 8  # 6 objects + 2 pods
+    kinds = ("ConfigMap", "Service", "Job", "Pod")
+    assert sum(len(cluster.list(k, NS, label_selector=labelled)) for k in kinds) == 5  # 3 objects + 2 pods
     cluster.delete("FineTuneJob", NS, name)
     wait_for(lambda: ftj(cluster, name) is None, message="finalizer released")
     # The emulator's garbage collector follows ownerReferences as the real one does.

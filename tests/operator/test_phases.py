@@ -10,6 +10,7 @@ import pytest
 
 from kubetune_operator import builders, observe, phases
 from kubetune_operator.observe import Observation
+from kubetune_operator.report import TrainerReport
 from kubetune_operator.settings import OperatorSettings
 from support.manifests import job_manifest
 
@@ -103,9 +104,6 @@ POD_STATE_CASES = [
                  ("Failed", "ImagePullFailed"), "bad ref", id="invalid-image-name-fails"),
     pytest.param(status("Queued", "WaitingForAdmission"), [(0, "Running", None, ()), (1, "Running", None, ())],
                  ("Running", "PodsRunning"), "all 2 pods of attempt 1", id="all-pods-running"),
-    pytest.param(status("Running", "PodsRunning", progress={"step": 3, "updatedAt": "2026-01-01T11:59:59Z"}),
-                 [(0, "Running", None, ()), (1, "Running", None, ())],
-                 ("Running", "TrainingStarted"), "the trainer reports progress", id="trainer-report-confirmed"),
 ]
 
 
@@ -125,11 +123,50 @@ def test_first_start_time_is_stamped():
     assert decision.status_patch["startTime"] == "2026-01-01T12:00:00.000Z"
 
 
-def test_trainer_reported_exporting_is_confirmed():
+def test_a_phase_written_by_an_older_operators_reporter_is_confirmed():
     f = ftj(status("Running", "TrainingStarted"))
-    f["status"]["phase"] = "Exporting"  # written by the reporter
+    f["status"]["phase"] = "Exporting"  # pods could write status before the report endpoint
     decision = decide(f, [batch(f)], [pod(0), pod(1)])
     assert decision.status_patch["conditions"][-1]["type"] == "Exporting" and decision.events[0].reason == "Exporting"
+
+
+# ------------------------------------------------------- rank 0's reports (report.py)
+def test_a_report_of_this_attempt_confirms_training_and_its_progress_is_copied():
+    f = ftj(status("Running", "PodsRunning", progress={"step": 3, "loss": 2.0}))
+    rep = TrainerReport(attempt=1, stage="running", progress={"step": 4, "loss": 2.0, "updatedAt": "2026-01-01T11:59:59Z"},
+                        last_checkpoint={"step": 4, "uri": "s3://b/out/checkpoints/step-000004"})
+    decision = decide(f, [batch(f)], [pod(0), pod(1)], report=rep)
+    assert decision.status_patch["reason"] == "TrainingStarted" and "reports progress" in decision.status_patch["message"]
+    # Only what changed, as a merge patch: keys not reported stay.
+    assert decision.status_patch["progress"] == {"step": 4, "updatedAt": "2026-01-01T11:59:59Z"}
+    assert decision.status_patch["lastCheckpoint"] == {"step": 4, "uri": "s3://b/out/checkpoints/step-000004"}
+    assert {"restarts", "attempt"}.isdisjoint(decision.status_patch)
+
+
+def test_the_same_report_twice_writes_nothing():
+    rep = TrainerReport(attempt=1, stage="running", progress={"step": 4})
+    f = ftj(status("Running", "TrainingStarted", progress={"step": 4, "loss": 1.0}))
+    assert decide(f, [batch(f)], [pod(0), pod(1)], report=rep).empty
+
+
+@pytest.mark.parametrize(("report_attempt", "expected"), [(1, ("Exporting", "Exporting")), (0, (None, None))],
+                         ids=["this-attempt", "an-earlier-attempt"])
+def test_the_exporting_stage_counts_only_from_this_attempt(report_attempt, expected):
+    f = ftj(status("Running", "TrainingStarted"))
+    decision = decide(f, [batch(f)], [pod(0), pod(1)], report=TrainerReport(attempt=report_attempt, stage="exporting"))
+    assert phase_reason(decision) == expected
+
+
+def test_a_report_never_changes_a_finished_job_or_the_operators_fields():
+    st = status("Failed", "BackoffLimitExceeded", restarts=3)
+    rep = TrainerReport(attempt=1, stage="exporting", progress={"step": 9}, output={"adapterUri": "s3://b/out/final/adapter"})
+    decision = decide(ftj(st), [], report=rep)
+    assert set(decision.status_patch) == {"progress", "output"} and not decision.events
+
+
+def test_an_operator_restart_without_reports_keeps_training_started():
+    f = ftj(status("Running", "TrainingStarted", progress={"step": 4}))
+    assert decide(f, [batch(f)], [pod(0), pod(1)]).empty
 
 
 # (id, spec overrides, FineTuneJob status, Job suspended, expected (phase, reason), expected suspend_job, event type)

@@ -17,7 +17,7 @@ import pytest
 from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 from support import kubelet
-from support.cluster import OPERATOR_USER, ApiError, EmulatedCluster, wait_for
+from support.cluster import OPERATOR_USER, ApiError, EmulatedCluster, reporting_settings, wait_for
 from support.emulator import Semantics
 from support.manifests import job_manifest
 
@@ -273,12 +273,12 @@ def test_hand_deleted_service_is_recreated_before_the_next_attempt(real, operato
     create(real, name)
     job, pods = running(real, name)
     real.delete("Service", NS, builders.service_name(name))
-    real.delete("Role", NS, builders.role_name(name))
+    real.delete("ConfigMap", NS, builders.config_map_name(name))
     kubelet.terminate(real, pods[0], 1, message="RuntimeError: rendezvous failed")
     wait_for(lambda: real.get("Job", NS, builders.batch_job_name(name, 2)), message="attempt 2")
     time.sleep(0.5)
     assert real.get("Service", NS, builders.service_name(name)) is not None
-    assert real.get("Role", NS, builders.role_name(name)) is not None
+    assert real.get("ConfigMap", NS, builders.config_map_name(name)) is not None
 
 
 def test_next_attempt_starts_only_after_the_old_gang_is_gone(real, operator):
@@ -342,29 +342,61 @@ def test_operator_without_its_peering_object_says_so_or_works(tmp_path):
 
 
 # ------------------------------------------------------------- status channel
-@xfail("a pod's status token may write phase, restarts and attempt")
 def test_a_pods_credential_cannot_change_phase_restarts_or_attempt():
+    """Pods hold one credential: a projected token with the audience kubetune.io/report, bound to the pod.
+    The API server refuses it; the operator's report endpoint takes only progress, checkpoint and output from
+    it, and only from rank 0 of the current attempt."""
+    import requests
+
     ns, name = "channel", "steer"
     with EmulatedCluster(semantics=Semantics(rbac=True)) as c:
         c.ensure_namespace(ns)
         c.grant(OPERATOR_USER, [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], name="operator-all")
-        with c.operator(namespaces=(ns,)):
+        settings = reporting_settings()
+        with c.operator(settings, namespaces=(ns,)):
             c.create(job_manifest(name, ns))
             job = wait_for(lambda: c.get("Job", ns, f"{name}-a1"), message="Job")
-            for p in kubelet.create_pods(c, job):
-                kubelet.run(c, p)
+            pods = [kubelet.run(c, p) for p in kubelet.create_pods(c, job)]
             wait_for(lambda: (c.get("FineTuneJob", ns, name).get("status") or {}).get("phase") == "Running")
             before = c.get("FineTuneJob", ns, name)["status"]
-            # What any code in a trainer pod holds: a token of the pods' ServiceAccount.
-            sa = job["spec"]["template"]["spec"].get("serviceAccountName") or "default"
-            pod_client = c.as_token(c.service_account_token(ns, sa))
-            try:
-                pod_client.patch_status("FineTuneJob", ns, name, {"phase": "Succeeded", "restarts": 0, "attempt": before["attempt"] + 5})
-            except ApiError as e:
-                assert e.status in (401, 403, 422)
+            template = job["spec"]["template"]["spec"]
+            assert template["automountServiceAccountToken"] is False
+            source = next(v for v in template["volumes"] if v["name"] == "report-token")["projected"]["sources"][0]
+            audience = source["serviceAccountToken"]["audience"]
+            sa = template.get("serviceAccountName") or "default"
+            # What any code in a trainer pod holds: its projected token (rank 0's, and rank 1's).
+            tokens = [c.service_account_token(ns, sa, (audience,), pod=p["metadata"]["name"]) for p in pods]
+
+            # 1. The API server does not accept it, for anything.
+            for attempt in (lambda cl: cl.patch_status("FineTuneJob", ns, name, {"phase": "Succeeded", "restarts": 0}),
+                            lambda cl: cl.get("FineTuneJob", ns, name)):
+                with pytest.raises(ApiError) as refused:
+                    attempt(c.as_token(tokens[0]))
+                assert refused.value.status == 401
+
+            # 2. The report endpoint takes rank 0's progress, and nothing that steers the operator.
+            url = f"{settings.report_url}/v1/namespaces/{ns}/finetunejobs/{name}/report"
+            forged = {"phase": "Succeeded", "restarts": 0, "attempt": before["attempt"] + 5, "reason": "Completed",
+                      "conditions": [{"type": "Succeeded", "status": "True"}], "activeJob": "x", "completionTime": "2026-01-01T00:00:00Z",
+                      "progress": {"step": 3, "phase": "Succeeded"}}
+            answer = requests.post(url, json=forged, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=10)
+            assert answer.status_code == 204, answer.text
+            wait_for(lambda: (c.get("FineTuneJob", ns, name)["status"].get("progress") or {}).get("step") == 3, message="progress")
+            # 3. Rank 1, a token for the API audience, and no token at all are refused.
+            api_token = c.service_account_token(ns, sa, pod=pods[0]["metadata"]["name"])
+            for headers, code in (({"Authorization": f"Bearer {tokens[1]}"}, 403), ({"Authorization": f"Bearer {api_token}"}, 401), ({}, 401)):
+                assert requests.post(url, json={"progress": {"step": 99}}, headers=headers, timeout=10).status_code == code
+            # 4. A report whose URIs point outside spec.output.uri is refused whole.
+            bad = requests.post(url, json={"output": {"adapterUri": "s3://attacker/adapter"}}, headers={"Authorization": f"Bearer {tokens[0]}"},
+                                timeout=10)
+            assert bad.status_code == 400 and "output.adapterUri" in bad.json()["message"]
             time.sleep(0.5)
             after = c.get("FineTuneJob", ns, name)["status"]
-            assert after["phase"] != "Succeeded" and after["attempt"] == before["attempt"] and after["restarts"] == before["restarts"]
+            assert (after["phase"], after["reason"], after["attempt"], after["restarts"], after["activeJob"]) == \
+                (before["phase"], before["reason"], before["attempt"], before["restarts"], before["activeJob"])
+            assert not any(cond["type"] == "Succeeded" for cond in after["conditions"]) and "completionTime" not in after
+            assert after["progress"] == {"step": 3} and "output" not in after
+            # (The report claimed attempt 6: that only makes its own stage count for nothing.)
 
 
 # ------------------------------------------------------------ network policy

@@ -248,9 +248,10 @@ class EmulatedCluster:
         assert self.emulator is not None
         return self.emulator.issue_token(user, groups)
 
-    def service_account_token(self, namespace: str, name: str, audiences: tuple[str, ...] = ()) -> str:
+    def service_account_token(self, namespace: str, name: str, audiences: tuple[str, ...] = (), pod: str | None = None) -> str:
+        """A token of a ServiceAccount (bound to ``pod`` in ``namespace`` when given, as projected tokens are)."""
         assert self.emulator is not None
-        return self.emulator.service_account_token(namespace, name, audiences)
+        return self.emulator.service_account_token(namespace, name, audiences, (namespace, pod) if pod else None)
 
     def as_token(self, token: str) -> EmulatedCluster:
         """A client of this cluster that authenticates with ``token`` (RBAC applies to it)."""
@@ -293,6 +294,24 @@ class EmulatedCluster:
             yield op
         finally:
             op.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def reporting_settings(**changes: Any) -> Any:
+    """Operator settings for tests whose pods report progress: the report endpoint on a free local port."""
+    from kubetune_operator.settings import OperatorSettings
+
+    port = free_port()
+    base: dict[str, Any] = {"standalone": True, "metrics_port": 0, "health_port": 0, "report_port": port,
+                            "report_url": f"http://127.0.0.1:{port}", "report_interval_seconds": 0.0}
+    return OperatorSettings(**{**base, **changes})
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, interval: float = 0.02, message: str = "") -> Any:

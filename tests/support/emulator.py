@@ -96,6 +96,9 @@ JOB_TRACKING_FINALIZER = "batch.kubernetes.io/job-tracking"
 FOREGROUND_FINALIZER = "foregroundDeletion"
 ORPHAN_FINALIZER = "orphan"
 ADMIN_GROUP = "system:masters"
+# The audiences the API server accepts (--api-audiences, by default its issuer); a service-account
+# token requested for another audience (TokenRequest spec.audiences) authenticates nowhere else.
+API_AUDIENCES = ("https://kubernetes.default.svc", "https://kubernetes.default.svc.cluster.local")
 
 
 @dataclasses.dataclass
@@ -424,8 +427,18 @@ class KubeEmulator(kmock.KubernetesEmulator):
     def _authenticate(self, request: rendering.Request) -> Identity | None:
         auth = request.headers.get("Authorization") or ""
         if auth.startswith("Bearer "):
-            return self.tokens.get(auth[len("Bearer "):].strip())
+            ident = self.tokens.get(auth[len("Bearer "):].strip())
+            if ident is not None and ident.audiences and not set(ident.audiences) & set(API_AUDIENCES):
+                return None  # a token for another audience (e.g. kubetune.io/report): 401 here
+            if ident is not None and ident.pod is not None and self._bound_pod(ident) is None:
+                return None  # a bound token dies with its pod
+            return ident
         return None
+
+    def _bound_pod(self, ident: Identity) -> dict[str, Any] | None:
+        if ident.pod is None:
+            return None
+        return next((p for p in self.live_objects("v1/pods", ident.pod[0]) if p["metadata"]["name"] == ident.pod[1]), None)
 
     def _fault(self, call: ApiCall) -> Fault | None:
         for f in list(self.faults):
@@ -925,11 +938,16 @@ class KubeEmulator(kmock.KubernetesEmulator):
     async def _do_token(self, request: rendering.Request) -> tuple[dict, int]:
         if request.resource.plural != "serviceaccounts":
             raise _error(404, "NotFound", "token is a serviceaccounts subresource")
-        if self._live((request.resource, request.namespace, request.name)) is None:
+        # The ServiceAccount controller makes `default` in every namespace.
+        default = request.name == "default" and any(
+            n["metadata"]["name"] == request.namespace for n in self.live_objects("v1/namespaces"))
+        if self._live((request.resource, request.namespace, request.name)) is None and not default:
             raise _error(404, "NotFound", f'serviceaccounts "{request.name}" not found', {"name": request.name, "kind": "serviceaccounts"})
         spec = dict(((request.data or {}) if isinstance(request.data, dict) else {}).get("spec") or {})
         ref = spec.get("boundObjectRef") or {}
         pod = (request.namespace, ref["name"]) if ref.get("kind") == "Pod" and ref.get("name") else None
+        if pod is not None and not any(p["metadata"]["name"] == pod[1] for p in self.live_objects("v1/pods", pod[0])):
+            raise _error(404, "NotFound", f'pods "{pod[1]}" not found', {"name": pod[1], "kind": "pods"})
         audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
         token = self.service_account_token(request.namespace, request.name, audiences, pod)
         return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
@@ -940,14 +958,20 @@ class KubeEmulator(kmock.KubernetesEmulator):
         spec = dict(((request.data or {}) if isinstance(request.data, dict) else {}).get("spec") or {})
         ident = self.tokens.get(spec.get("token") or "")
         wanted = spec.get("audiences") or []
-        ok = ident is not None and (not wanted or bool(set(wanted) & set(ident.audiences)))
+        # Without spec.audiences the API server's own audiences are meant (TokenReview docs).
+        wanted = wanted or list(API_AUDIENCES)
+        audiences = ident.audiences or tuple(API_AUDIENCES) if ident is not None else ()
+        pod = self._bound_pod(ident) if ident is not None and ident.pod else None
+        ok = ident is not None and bool(set(wanted) & set(audiences)) and (ident.pod is None or pod is not None)
         status: dict[str, Any] = {"authenticated": ok}
         if ok and ident is not None:
-            extra = {"authentication.kubernetes.io/pod-name": [ident.pod[1]]} if ident.pod else {}
+            extra = {"authentication.kubernetes.io/pod-name": [ident.pod[1]],
+                     "authentication.kubernetes.io/pod-uid": [pod["metadata"]["uid"]]} if ident.pod and pod else {}
             status["user"] = {"username": ident.user, "groups": list(ident.groups), "extra": extra}
-            status["audiences"] = [a for a in ident.audiences if not wanted or a in wanted]
+            status["audiences"] = [a for a in audiences if a in wanted]
         else:
-            status["error"] = "invalid bearer token" if ident is None else "token audiences do not match"
+            status["error"] = ("invalid bearer token" if ident is None else
+                               "token audiences do not match" if not set(wanted) & set(audiences) else "the pod the token is bound to is gone")
         return {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "metadata": {}, "spec": spec, "status": status}, 201
 
     # ------------------------------------------------------ Job controller

@@ -86,9 +86,8 @@ any grant here that is not in its reviewed list).
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
   verbs: ["list", "watch", "patch", "delete"]
-# Write status. Holding this is also what lets the operator create each job's
-# Role granting `patch` on finetunejobs/status (Kubernetes forbids granting a
-# permission one does not hold), so no `escalate` or `bind` is needed.
+# Write status: phase, conditions, restarts, and rank 0's checked progress
+# reports. The operator is the only writer: trainer pods get no API permission.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs/status"]
   verbs: ["patch"]
@@ -124,15 +123,6 @@ any grant here that is not in its reviewed list).
 - apiGroups: [""]
   resources: ["configmaps", "services"]
   verbs: ["get", "create"]
-{{- if .Values.jobDefaults.statusReporter }}
-# Per job: rank 0's identity, allowed only to patch that job's status.
-- apiGroups: [""]
-  resources: ["serviceaccounts"]
-  verbs: ["get", "create"]
-- apiGroups: ["rbac.authorization.k8s.io"]
-  resources: ["roles", "rolebindings"]
-  verbs: ["get", "create"]
-{{- end }}
 {{- if .Values.networkPolicy.enabled }}
 # Per job: a NetworkPolicy letting only the job's own pods reach them
 # (networkPolicy.enabled); `get` adopts an existing one.
@@ -154,8 +144,20 @@ any grant here that is not in its reviewed list).
 {{- end }}
 {{- end -}}
 
+{{/* Cluster-scoped: verify rank 0's report token (audience kubetune.io/report).
+TokenReview says whose token it is (and the pod it is bound to); it reads no
+object. Trainer pods themselves hold no API permission at all. */}}
+{{- define "kubetune.tokenReviewRules" -}}
+{{- if .Values.jobDefaults.statusReporter }}
+- apiGroups: ["authentication.k8s.io"]
+  resources: ["tokenreviews"]
+  verbs: ["create"]
+{{- end }}
+{{- end -}}
+
 {{/* Cluster-scoped permissions, cluster-wide mode only. */}}
 {{- define "kubetune.clusterRules" -}}
+{{- include "kubetune.tokenReviewRules" . }}
 # Kopf notices when the FineTuneJob CRD is installed, upgraded or removed.
 - apiGroups: ["apiextensions.k8s.io"]
   resources: ["customresourcedefinitions"]

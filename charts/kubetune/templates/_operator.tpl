@@ -55,6 +55,12 @@ set here is one the operator reads.
   value: {{ $d.statusReporter | quote }}
 - name: KUBETUNE_NETWORK_POLICY
   value: {{ .Values.networkPolicy.enabled | quote }}
+{{- if $d.statusReporter }}
+- name: KUBETUNE_REPORT_PORT
+  value: {{ int64 .Values.operator.reportPort | quote }}
+- name: KUBETUNE_REPORT_URL
+  value: {{ printf "http://%s.%s.svc:%d" (include "kubetune.suffixed" (list . "report")) .Release.Namespace (int64 .Values.operator.reportPort) | quote }}
+{{- end }}
 {{- with $d.storage.endpoint }}
 - name: KUBETUNE_DEFAULT_STORAGE_ENDPOINT
   value: {{ . | quote }}
