@@ -174,6 +174,9 @@ def run_sweep(cluster: AuthorizingCluster, ns: str, name: str = "sweep-s") -> No
 
     # The trial's own operator side starts it (its batch Job) before the test plays its trainer.
     wait_for(lambda: cluster.get("Job", ns, builders.batch_job_name(trial, 1)), timeout=30, message=f"trial {trial} started")
+    # The operator's own write after creating the Job (Initializing) first: the status has no
+    # resourceVersion precondition, so a later one would overwrite the test's Succeeded below.
+    wait_for(lambda: _phase(cluster, ns, trial) == "Initializing", timeout=30, message=f"trial {trial} Initializing")
     cluster.patch_status("FineTuneJob", ns, trial, {"phase": "Succeeded", "output": {"metrics": {"evalLoss": 1.0}}})
     try:
         wait_for(lambda: ((cluster.get("FineTuneSweep", ns, name) or {}).get("status") or {}).get("phase") == "Succeeded",
