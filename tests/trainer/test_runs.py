@@ -99,6 +99,19 @@ def full_z3(tiny_model_dir, datasets, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def lora_z3(tiny_model_dir, datasets, tmp_path_factory):
+    """LoRA under ZeRO-3, export both, with the evaluation stage generating (base view + tuned, synced ranks).
+
+    The rank-0 merge once built the base inside zero.Init (a broadcast only rank 0 entered) while rank 1 sat
+    in export's barrier: phase Exporting forever. The timeout turns such a hang into a failure."""
+    w = tmp_path_factory.mktemp("lora_z3")
+    spec = job_spec(tiny_model_dir, datasets["instruction"], w / "out", {"type": "lora", "lora": {"r": 8}}, "3",
+                    learningRate=3e-3, generationEval={"samples": 4, "maxNewTokens": 4})
+    spec["output"]["export"] = "both"
+    return spec, run_trainer(w, spec, timeout=240)
+
+
+@pytest.fixture(scope="module")
 def prompt_z3(tiny_model_dir, datasets, tmp_path_factory):
     w = tmp_path_factory.mktemp("prompt_z3")
     spec = job_spec(tiny_model_dir, datasets["instruction"], w / "out",
@@ -129,6 +142,14 @@ def test_full_zero3(full_z3, tiny_model_dir):
     assert s["zeroStage"] == 3 and s["format"] == "chat"
     assert 0.0 <= s["exactMatch"] <= 1.0
     # ZeRO-3 export gathered real weights, not empty partitions
+    assert (run.output / "final" / "merged" / "model.safetensors").stat().st_size > 400_000
+
+
+def test_lora_zero3_exports_adapter_and_merged(lora_z3, tiny_model_dir):
+    spec, run = lora_z3
+    s = check_run(run, spec, tiny_model_dir, ("adapter", "merged"))
+    assert s["zeroStage"] == 3
+    # the merge reloads the base whole: real weights, not empty ZeRO-3 partitions
     assert (run.output / "final" / "merged" / "model.safetensors").stat().st_size > 400_000
 
 

@@ -1,6 +1,7 @@
 """Helpers for the trainer tests: write a FineTuneJob, run the trainer under torchrun, read its outputs."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -63,13 +64,29 @@ def start_trainer(workdir: Path, spec: dict, nproc: int = 2) -> tuple[subprocess
     return p, time.monotonic()
 
 
+def kill_tree(pid: int) -> None:
+    """Kill torchrun and its workers: they run in sessions of their own, and killing torchrun alone
+    leaves them holding the output pipe open (a hung run would then hang the test)."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+
+
 def finish_trainer(started: tuple[subprocess.Popen, float], workdir: Path, spec: dict, timeout: int = 300) -> Run:
     p, t0 = started
     try:
         out, _ = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        p.kill()
+        kill_tree(p.pid)
         out, _ = p.communicate()
+        out += f"\n[test] killed after {timeout}s: timed out"
     run = Run(workdir, p.returncode, out, time.monotonic() - t0, Path(spec["output"]["uri"]))
     (workdir / "log.txt").write_text(run.log)
     return run
