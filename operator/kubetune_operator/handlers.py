@@ -452,6 +452,7 @@ class Reconciler:
         st = self.state(*key)  # type: ignore[arg-type]
         st.see_ftj(dict(body))
         st.wake.set()
+        self._relist_after_kopf_relist(event_type)
 
     def on_child_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
         meta = body.get("metadata") or {}
@@ -461,9 +462,13 @@ class Reconciler:
         st = self.state(meta.get("namespace"), owner)  # type: ignore[arg-type]
         st.see(st.jobs if kind == "Job" else st.pods, dict(body), deleted=event_type == "DELETED")
         st.wake.set()
+        self._relist_after_kopf_relist(event_type)
+
+    def _relist_after_kopf_relist(self, event_type: str | None) -> None:
+        """Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no DELETED
+        event, so list the children once ourselves (debounced: one re-list per burst). FineTuneJob
+        lists count too: when every child vanished, the children's re-list has nothing to show."""
         if event_type is None and self.synced.is_set() and self._relist_task is None:
-            # Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no
-            # DELETED event, so list once ourselves (debounced: one re-list per burst).
             self._relist_task = asyncio.create_task(self._relist_soon())
 
     async def _relist_soon(self) -> None:
