@@ -12,7 +12,7 @@ import pytest
 from kubetune_operator import builders
 from kubetune_trainer import k8s_status
 from support import kubelet
-from support.cluster import reporting_settings, wait_for
+from support.cluster import ApiError, reporting_settings, wait_for
 from support.manifests import job_manifest
 
 NS = "ops"
@@ -153,10 +153,11 @@ def test_creates_exactly_the_job_objects_with_correct_fields(cluster, operator):
     assert {c.subresource for c in mine} == {"status"}
     assert not ftj(cluster, name)["metadata"].get("finalizers")
     history = cluster.emulator.objects["kubetune.io/v1alpha1/finetunejobs", NS, name].history
-    for version in history:
-        if version is not None:
-            assert dict(version["spec"]) == manifest["spec"]
-            assert "annotations" not in version["metadata"] and "labels" not in version["metadata"]
+    stored = [version for version in history if version is not None]
+    for version in stored:  # as the API server stored it at create (defaulted, on a faithful cluster), never changed
+        assert dict(version["spec"]) == dict(stored[0]["spec"])
+        assert "annotations" not in version["metadata"] and "labels" not in version["metadata"]
+    assert manifest["spec"].keys() <= dict(stored[0]["spec"]).keys()
     assert not owner["metadata"].get("finalizers")
 
 
@@ -226,10 +227,11 @@ def test_oom_killed_pod_restarts_the_gang_with_backoff_then_backoff_limit(cluste
     assert st["restarts"] == 1 and st["attempt"] == 2
     assert "OOMKilled" not in st["message"] or "memory limit" in st["message"]
     wait_events(cluster, name, ("Warning", "OOMKilled"))
-    # The failed attempt's Job is deleted (its pods with it); the next one waits for the backoff.
+    # The failed attempt's Job is deleted (its pods with it, gracefully: the running one stops within its grace
+    # period); the next attempt waits for the backoff and for every pod of the first to be gone (one gang at a time).
     wait_for(lambda: cluster.get("Job", NS, f"{name}-a1") is None, message="attempt 1 deleted")
+    wait_for(lambda: cluster.get("Job", NS, f"{name}-a2"), timeout=10)
     assert not cluster.list("Pod", NS, label_selector=f"kubetune.io/job={name},kubetune.io/attempt=1")
-    wait_for(lambda: cluster.get("Job", NS, f"{name}-a2"), timeout=5)
     assert time.monotonic() - failed_at >= 0.9  # backoffSeconds: 1
 
     job2, pods2 = running(cluster, name, attempt=2)
@@ -306,7 +308,13 @@ def test_spec_change_while_running_is_surfaced_not_applied(cluster, operator):
     name = "immutable"
     start(cluster, name)
     running(cluster, name)
-    cluster.patch("FineTuneJob", NS, name, {"spec": {"training": {"maxSteps": 500}, "runPolicy": {"maxRestarts": 5, "backoffSeconds": 0}}})
+    change = {"spec": {"training": {"maxSteps": 500}, "runPolicy": {"maxRestarts": 5, "backoffSeconds": 0}}}
+    if cluster.semantics.validate_custom_resources:  # the CRD's transition rule refuses it at admission
+        with pytest.raises(ApiError) as refused:
+            cluster.patch("FineTuneJob", NS, name, change)
+        assert refused.value.status == 422 and "spec.training is immutable once created" in refused.value.body["message"]
+    with cluster.admission_off():  # a cluster that did not enforce it (the CRD of an older release): the operator does
+        cluster.patch("FineTuneJob", NS, name, change)
     def ignored():
         c = condition(status(cluster, name), "SpecChangeIgnored")
         return c if c and c["status"] == "True" else None
@@ -328,7 +336,13 @@ def test_spec_change_while_running_is_surfaced_not_applied(cluster, operator):
 
 def test_invalid_spec_fails_with_invalid_spec_and_creates_nothing(cluster, operator):
     name = "invalid"
-    cluster.create(job_manifest(name, NS, training={"maxSteps": 10, "globalBatchSize": 10}))  # 10 % (1 x 16 ranks) != 0
+    manifest = job_manifest(name, NS, training={"maxSteps": 10, "globalBatchSize": 10})  # 10 % (1 x 16 ranks) != 0
+    if cluster.semantics.validate_custom_resources:  # refused at admission, with the same message
+        with pytest.raises(ApiError) as refused:
+            cluster.create(manifest)
+        assert refused.value.status == 422 and "must be divisible" in refused.value.body["message"]
+    with cluster.admission_off():  # stored under a CRD without the rule: the operator's own check fails it
+        cluster.create(manifest)
     st = wait_phase(cluster, name, "Failed", "InvalidSpec")
     assert "globalBatchSize" in st["message"] and "divisible" in st["message"]
     assert not cluster.list("Job", NS, label_selector=f"kubetune.io/job={name}")

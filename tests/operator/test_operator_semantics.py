@@ -93,6 +93,7 @@ def leftover_job(cluster, name):
 
 def test_a_deleted_namesakes_leftovers_are_waited_for_then_it_runs(cluster):
     name = "namesake"
+    cluster.pause_gc()  # the lag: the leftovers' owner is gone, the garbage collector has not got to them yet
     old_job, old_pods = leftover_job(cluster, name)
     with cluster.operator(namespaces=(NS,)):
         cluster.create(job_manifest(name, NS))
@@ -105,6 +106,7 @@ def test_a_deleted_namesakes_leftovers_are_waited_for_then_it_runs(cluster):
         assert cluster.get("Job", NS, f"{name}-a1")["metadata"]["uid"] == old_uid, "the leftover is neither adopted nor deleted"
         assert ("Normal", "WaitingForLeftovers") in [(e["type"], e["reason"]) for e in cluster.events(NS, name)]
         # The garbage collector catches up.
+        cluster.resume_gc()
         for pod in old_pods:
             cluster.delete("Pod", NS, pod["metadata"]["name"])
         cluster.delete("Job", NS, f"{name}-a1")

@@ -189,26 +189,27 @@ def prune(schema: dict[str, Any], value: Any) -> Any:
     return value
 
 
-def custom_resource(new: dict[str, Any], old: dict[str, Any] | None, subresource: str | None) -> dict[str, Any]:
-    """The stored FineTuneJob for a write (pruned, defaulted) or 422 with the CRD's messages."""
+def custom_resource(new: dict[str, Any], old: dict[str, Any] | None, subresource: str | None,
+                    kind: str = "FineTuneJob") -> dict[str, Any]:
+    """The stored custom resource (FineTuneJob, FineTuneSweep) for a write (pruned, defaulted) or 422 with its CRD's messages."""
     from kubetune_api import validation as v
 
-    schema = v.crd_schema()
+    schema = v.crd_schema(kind)
     body = dict(new)
     for part in ("spec", "status"):
         if part in body and isinstance(schema["properties"].get(part), dict):
             body[part] = prune(schema["properties"][part], body[part])
     body = v.prepare(schema, body, defaults=True)
     body["metadata"] = new.get("metadata") or {}
-    problems = v.schema_problems(body)
+    problems = v.schema_problems(body, kind)
     if subresource != "status":
-        problems += v.cel_problems(body, v.prepare(schema, old) if old is not None else None, schema_errors=problems)
+        problems += v.cel_problems(body, v.prepare(schema, old) if old is not None else None, schema_errors=problems, kind=kind)
     if subresource == "status":
         problems = [p for p in problems if p.path.startswith("status")]
     else:
         problems = [p for p in problems if not p.path.startswith("status")]
     if problems:
         meta = body["metadata"]
-        raise invalid("FineTuneJob", "kubetune.io", meta.get("name") or "",
+        raise invalid(kind, "kubetune.io", meta.get("name") or "",
                       [_cause(p.path, p.message) for p in problems])
     return body

@@ -626,7 +626,7 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
         if res.group == "kubetune.io":
             if self.semantics.validate_custom_resources:
-                return apivalidation.custom_resource(new, old, subresource)
+                return apivalidation.custom_resource(new, old, subresource, kind=info.kind)
             return new
         if self.semantics.validate_builtins and subresource is None:
             apivalidation.builtin(info.kind, res.group or "", new, old, strict)
