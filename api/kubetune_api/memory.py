@@ -637,11 +637,14 @@ def choices_from_spec(spec: Any) -> Choices:
 
 
 def _candidates(job: Job, c: Choices) -> list[Settings]:
-    """Every setting allowed, fastest first: no offload before offload, lower ZeRO stage,
+    """Every setting allowed, fastest first: no offload before offload, lower ZeRO stage (ZeRO-0 only for a
+    single process, where partitioning over one rank saves nothing),
     no checkpointing, larger micro-batch (as long as the global batch stays divisible)."""
     offloads = [c.offload] if c.offload is not None else ["none", "optimizer", "parameters"]
     if c.zero_stage is not None:
         stages = [c.zero_stage]
+    elif job.world_size == 1:  # one process: ZeRO has nothing to partition, its buckets and copies only cost time
+        stages = [0, 2, 3]
     else:  # ZeRO-2 moves as many bytes as plain data parallelism and saves memory; 3 when needed
         stages = [2, 3]
     gcs = [c.gradient_checkpointing] if c.gradient_checkpointing is not None else [False, True]

@@ -2,6 +2,7 @@
 `kubetune validate --gpu` (exit 3, InsufficientMemory, numbers in the message)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -156,15 +157,20 @@ def _spec(**training):
 
 
 def test_auto_settings_pick_the_fastest_that_fits():
-    """gradientCheckpointing and zeroStage 'auto': off / ZeRO-2 when it fits, on / ZeRO-3 / offload only when needed."""
+    """gradientCheckpointing and zeroStage 'auto': off / ZeRO-2 (ZeRO-0 for one process) when it fits,
+    on / ZeRO-3 / offload only when needed."""
     spec = _spec()
     choices = memory.Choices(zero_stage=None, offload=None, gradient_checkpointing=None, micro_batch=1)
     shape = memory.shape_from_config(LLAMA3_8B)
     job = memory.job_from_spec(spec)
+    assert job.world_size == 1
     roomy = memory.plan(shape, job, choices, 80 * GIB)
-    assert roomy.chosen.settings == memory.Settings(2, "none", False, 1)
-    no_ckpt = memory.pick(roomy.candidates, zero_stage=2, offload="none", gradient_checkpointing=False).total
-    with_ckpt = memory.pick(roomy.candidates, zero_stage=2, offload="none", gradient_checkpointing=True).total
+    assert roomy.chosen.settings == memory.Settings(0, "none", False, 1)  # nothing to partition over one rank
+    two = memory.plan(shape, dataclasses.replace(job, world_size=2), choices, 80 * GIB)
+    assert two.chosen.settings == memory.Settings(2, "none", False, 1)
+    assert all(c.settings.zero_stage != 0 for c in two.candidates)
+    no_ckpt = memory.pick(roomy.candidates, zero_stage=0, offload="none", gradient_checkpointing=False).total
+    with_ckpt = memory.pick(roomy.candidates, zero_stage=0, offload="none", gradient_checkpointing=True).total
     tight = (no_ckpt + with_ckpt) / 2 / (1 - memory.MARGIN_FRACTION) + memory.CUDA_CONTEXT_BYTES
     assert memory.plan(shape, job, choices, int(tight)).chosen.settings.gradient_checkpointing is True
     full = memory.Job(method="full", seq_length=2048, world_size=8)

@@ -39,7 +39,7 @@ def test_checkpointing_auto_is_off_when_the_job_fits(tiny_model_dir):
     assert plan is not None and plan.fits
     assert memplan.gradient_checkpointing(spec, plan) is False
     assert memplan.offload(spec, plan) == "none"  # a CPU job never offloads
-    assert memplan.zero_stage(plan) == 2
+    assert memplan.zero_stage(plan) == 2  # two processes (spec_for): ZeRO-2
     summary = plan.summary()
     assert summary["gradientCheckpointing"] is False and summary["estimatedBytes"] > 0 and summary["device"] == "cpu"
 
