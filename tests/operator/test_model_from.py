@@ -21,7 +21,7 @@ from kubetune_operator.observe import Observation
 from kubetune_operator.settings import OperatorSettings
 from kubetune_trainer import k8s_status
 from support import kubelet
-from support.cluster import wait_for
+from support.cluster import reporting_settings, wait_for
 from support.manifests import job_manifest
 
 NOW = dt.datetime(2026, 1, 1, 12, 0, 0, tzinfo=dt.UTC)
@@ -157,8 +157,9 @@ NS = "lineage"
 @pytest.fixture(scope="module")
 def operator(cluster):
     cluster.ensure_namespace(NS)
-    with cluster.operator(namespaces=(NS,)) as op:
-        yield op
+    settings = reporting_settings()  # rank 0 reports through the operator's endpoint, as in a pod
+    with cluster.operator(settings, namespaces=(NS,)):
+        yield settings
 
 
 def status(cluster, name):
@@ -172,13 +173,18 @@ def wait_phase(cluster, name, phase, reason=None):
     return wait_for(ok, 10, message=f"{name} -> {phase}/{reason} (now {status(cluster, name).get('phase')}/{status(cluster, name).get('reason')})")
 
 
-def test_operator_resolves_a_finished_job_and_refuses_a_missing_or_unfinished_one(cluster, operator):
+def test_operator_resolves_a_finished_job_and_refuses_a_missing_or_unfinished_one(cluster, operator, tmp_path):
     # The earlier job runs to the end; rank 0's reporter says what it exported and on which base model.
-    cluster.create(job_manifest("earlier", NS, model={"source": "hf://org/model"}))
+    cluster.create(job_manifest("earlier", NS, model={"source": "hf://org/model"}, output={"uri": "s3://out/earlier"}))
     job = wait_for(lambda: cluster.get("Job", NS, "earlier-a1"), message="Job earlier-a1")
     pods = [kubelet.run(cluster, p) for p in kubelet.create_pods(cluster, job)]
     wait_phase(cluster, "earlier", "Running")
-    reporter = k8s_status.KubernetesStatusReporter(cluster.url, NS, "earlier", min_interval=0.0)
+    token = tmp_path / "earlier-token"
+    token.write_text(cluster.service_account_token(NS, "default", (builders.REPORT_AUDIENCE,), pod=pods[0]["metadata"]["name"]) + "\n")
+    reporter = k8s_status.reporter_from_env({
+        "KUBETUNE_JOB_NAME": "earlier", "KUBETUNE_JOB_NAMESPACE": NS, "KUBETUNE_ATTEMPT": "1",
+        "KUBETUNE_REPORT_URL": operator.report_url, "KUBETUNE_REPORT_TOKEN": str(token), "KUBETUNE_STATUS_INTERVAL": "0",
+    })
     reporter.event({"event": "exported", "adapterUri": ADAPTER, "summaryUri": "s3://out/earlier/final/summary.json",
                     "baseModel": "hf://org/model", "metrics": {"evalLoss": 1.25}})
     reporter.close()
