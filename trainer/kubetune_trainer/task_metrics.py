@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from . import data as data_mod
 from .evaluate import _all_reduce_sum, _rank_world
+from .evaluation import rouge_l  # one ROUGE-L for every task (the rouge-score package's tokenisation)
 
 if TYPE_CHECKING:
     import torch
@@ -187,28 +188,6 @@ def evaluate(model: torch.nn.Module, data: data_mod.PreparedData, collator: Any,
 
 
 # ------------------------------------------------------------------ generation
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1 (beta 1) over lower-cased whitespace tokens; 1.0 for two empty texts."""
-    p, r = prediction.lower().split(), reference.lower().split()
-    if not p or not r:
-        return float(p == r)
-    lcs = _lcs(p, r)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(p), lcs / len(r)
-    return 2 * precision * recall / (precision + recall)
-
-
 def seq2seq_generation(model: torch.nn.Module, rows: list[dict[str, Any]], tokenizer: PreTrainedTokenizerBase,
                        samples: int, max_new_tokens: int, device: Any, synced: bool) -> dict[str, float]:
     """Greedy generation on the first ``samples`` eval rows: exact match and ROUGE-L against the targets.
