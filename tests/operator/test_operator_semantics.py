@@ -111,7 +111,7 @@ def test_a_deleted_namesakes_leftovers_are_waited_for_then_it_runs(cluster):
             cluster.delete("Pod", NS, pod["metadata"]["name"])
         cluster.delete("Job", NS, f"{name}-a1")
         new_job = wait_for(lambda: (lambda j: j if j and j["metadata"]["uid"] != old_uid else None)(cluster.get("Job", NS, f"{name}-a1")),
-                           timeout=15, message="the new job's own attempt")
+                           timeout=45, message="the new job's own attempt")
         new_uid = cluster.get("FineTuneJob", NS, name)["metadata"]["uid"]
         assert new_job["metadata"]["ownerReferences"][0]["uid"] == new_uid
         running(cluster, name)
