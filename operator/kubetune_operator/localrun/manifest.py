@@ -42,15 +42,21 @@ def _absolute(uri: str, base: Path) -> str:
         return uri
 
 
-def load_manifest(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> dict[str, Any]:
-    """Read the first FineTuneJob in ``path``, apply ``overrides`` (dotted camelCase paths), make local paths absolute."""
+def first_document(path: str | os.PathLike[str], kind: str) -> dict[str, Any]:
+    """The first document of ``kind`` in ``path``, or a RunError naming the file."""
     try:
         docs = [d for d in read_documents(path) if d]
     except Unreadable as e:
         raise RunError(f"{path}: {e}") from None
-    doc = next((d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND), None)
+    doc = next((d for d in docs if isinstance(d, dict) and d.get("kind") == kind), None)
     if doc is None:
-        raise RunError(f"{path}: no {api.KIND} document found")
+        raise RunError(f"{path}: no {kind} document found")
+    return doc
+
+
+def load_manifest(path: str | os.PathLike[str], overrides: dict[str, Any] | None = None, cwd: Path | None = None) -> dict[str, Any]:
+    """Read the first FineTuneJob in ``path``, apply ``overrides`` (dotted camelCase paths), make local paths absolute."""
+    doc = first_document(path, api.KIND)
     for key, value in (overrides or {}).items():
         _set_path(doc, key, value)
     cwd = cwd or Path.cwd()

@@ -42,7 +42,7 @@ from kubetune_api.contract import PREEMPTED
 from kubetune_api.documents import Unreadable, read_documents
 from kubetune_operator.localrun.display import Display, ProgressTail, RunState, fmt_duration
 from kubetune_operator.localrun.launcher import Launcher
-from kubetune_operator.localrun.manifest import RunError, _absolute, _set_path, is_local, validate_manifest
+from kubetune_operator.localrun.manifest import RunError, _absolute, _set_path, first_document, is_local, validate_manifest
 from kubetune_operator.localrun.planning import LocalPlan, visible_gpus
 from kubetune_operator.localrun.supervise import Interrupts, counting_interrupts, outcome, prepare
 from kubetune_operator.sweeps.decide import SweepDecision, SweepObservation, child_manifest, decide
@@ -72,13 +72,7 @@ def load_sweep_manifest(path: str | os.PathLike[str], overrides: Mapping[str, An
                         cwd: Path | None = None) -> dict[str, Any]:
     """The first FineTuneSweep in ``path``, ``overrides`` applied (``spec.X`` -> ``spec.template.X`` unless X
     is a sweep field), local paths made absolute (in the template and in the parameters' values)."""
-    try:
-        docs = [d for d in read_documents(path) if d]
-    except Unreadable as e:
-        raise RunError(f"{path}: {e}") from None
-    doc = next((d for d in docs if isinstance(d, dict) and d.get("kind") == api.KIND), None)
-    if doc is None:
-        raise RunError(f"{path}: no {api.KIND} document found")
+    doc = first_document(path, api.KIND)
     for key, value in (overrides or {}).items():
         head, _, rest = key.partition(".")
         if head == "spec" and rest.split(".")[0] not in SWEEP_FIELDS:
