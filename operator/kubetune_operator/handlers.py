@@ -48,6 +48,7 @@ from kubetune_operator.status_writer import rfc3339
 FINALIZER = "kubetune.io/finalizer"
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
+GONE_UIDS_KEPT = 1024  # per job name: deleted children remembered, see JobState.see
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -87,6 +88,10 @@ class JobState:
         self.report_accepted_at = -math.inf
         # This replica runs the job's reconcile loop (a standby replica refuses reports).
         self.loop_active = False
+        # UIDs of children seen deleted. A UID never comes back, so an older copy of such an object
+        # (a list answered before the DELETED event, the GET after a 409) must not re-enter a cache
+        # that no later event would correct. Insertion-ordered, bounded.
+        self.gone_uids: dict[str, None] = {}
 
     def owned_job_uids(self, ftj: dict[str, Any]) -> set[str]:
         """UIDs of the batch Jobs this FineTuneJob owns (controller reference), seen now or before."""
@@ -138,9 +143,18 @@ class JobState:
         self.report_accepted_at = -math.inf
 
     def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> None:
-        name = body["metadata"]["name"]
+        meta = body["metadata"]
+        name, uid = meta["name"], str(meta.get("uid") or "")
         if deleted:
-            store.pop(name, None)
+            cached = store.get(name)
+            if cached is None or not uid or str(cached["metadata"].get("uid") or "") in ("", uid):
+                store.pop(name, None)
+            if uid:
+                self.gone_uids[uid] = None
+                while len(self.gone_uids) > GONE_UIDS_KEPT:
+                    del self.gone_uids[next(iter(self.gone_uids))]
+        elif uid and uid in self.gone_uids:
+            return  # a stale copy of an object already deleted
         elif _fresher(body, store.get(name)):
             store[name] = observe.summarize(body)
 
