@@ -120,13 +120,14 @@ def reserved_env(job: api.FineTuneJob) -> list[tuple[int, str]]:
             if var.name in OPERATOR_ENV or var.name.startswith("KUBETUNE_") and var.name not in USER_KUBETUNE_ENV]
 
 
-def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
+def resolved_manifest(job_dict: dict[str, Any], settings: OperatorSettings, parsed: api.FineTuneJob | None = None) -> dict[str, Any]:
     """The manifest with every default filled in: what the trainer reads as --config.
 
     Operator-level defaults (storage endpoint/region/secret, image) are applied
-    here so the ConfigMap shows exactly what the job runs with.
+    here so the ConfigMap shows exactly what the job runs with. ``parsed``: the
+    manifest already parsed by ``parse_runnable_job`` (not modified here).
     """
-    job = parse_runnable_job(job_dict)
+    job = parsed.model_copy(deep=True) if parsed is not None else parse_runnable_job(job_dict)
     spec = job.spec
     storage = spec.storage
     if storage.endpoint is None and settings.default_storage_endpoint:
@@ -199,7 +200,12 @@ def _metadata(job_dict: dict[str, Any], name: str, extra_labels: dict[str, str] 
 
 
 def spec_hashes_annotation(job_dict: dict[str, Any]) -> str:
-    return json.dumps(spec_hashes(normalized_spec(job_dict)), sort_keys=True, separators=(",", ":"))
+    return spec_hashes_json(spec_hashes(normalized_spec(job_dict)))
+
+
+def spec_hashes_json(hashes: Mapping[str, str]) -> str:
+    """The annotation's text for hashes made by ``spec_hashes``."""
+    return json.dumps(dict(hashes), sort_keys=True, separators=(",", ":"))
 
 
 def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings, manifest: dict[str, Any] | None = None,

@@ -7,9 +7,16 @@ time or the resync interval. Event handlers on batch Jobs and pods labelled
 wake its loop, so a reconcile costs no API reads.
 
 Idempotence: every attempt's Job has a deterministic name (``<job>-a<k>``);
-the attempt number is written to status before its Job is created; a create
-that meets an existing object adopts it (409 -> GET). The same event twice, or
-an operator restart anywhere in between, never makes a second Job.
+the number of a restart's attempt is written to status before its Job is
+created (a new job's first attempt needs no record: no status means attempt
+1); a create that meets an existing object adopts it (409 -> GET) if this
+FineTuneJob's UID owns it. The same event twice, or an operator restart
+anywhere in between, never makes a second Job.
+
+Cost per new job (bench/operator_scale.py): one parse of its spec per
+generation, the ConfigMap and Service created together, then the Job, then one
+status write and its Event; watch events that only echo the loop's own writes
+do not wake it.
 
 What the operator writes on a FineTuneJob: its status (progress, lastCheckpoint
 and output copied from rank 0's checked reports, which the report endpoint,
@@ -36,7 +43,7 @@ from kopf._core.intents.handlers import DaemonHandler
 from kubetune_api import spec as api
 from kubetune_operator import builders, lineage, observe, phases
 from kubetune_operator import reasons as R
-from kubetune_operator.kube import APIError, Kube, url
+from kubetune_operator.kube import APIError, Kube, LeanDiffBaseStorage, LeanProgressStorage, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.report import TrainerReport
@@ -59,6 +66,12 @@ def _rv(obj: dict[str, Any] | None) -> int:
         return int(((obj or {}).get("metadata") or {}).get("resourceVersion") or 0)
     except ValueError:
         return 0
+
+
+def _same_version(new: dict[str, Any], old: dict[str, Any] | None) -> bool:
+    """The very version already held (the operator's own write, then its watch event)."""
+    return old is not None and _rv(new) != 0 and _rv(new) == _rv(old) and \
+        (new.get("metadata") or {}).get("uid") == (old.get("metadata") or {}).get("uid")
 
 
 def _has_glob(namespaces: tuple[str, ...]) -> bool:
@@ -126,13 +139,18 @@ class JobState:
             self._parsed = (key, observe.parse_spec(ftj))
         return self._parsed[1]
 
-    def see_ftj(self, body: dict[str, Any]) -> None:
+    def see_ftj(self, body: dict[str, Any]) -> bool:
+        """Keep the freshest FineTuneJob. -> whether it is news (not the version already held)."""
         old_uid = (self.ftj or {}).get("metadata", {}).get("uid")
         if old_uid and old_uid != (body.get("metadata") or {}).get("uid"):
             self.ftj = body  # a namesake: another object, resourceVersions do not compare
             self.reset_owner()
-        elif _fresher(body, self.ftj):
+            return True
+        if _fresher(body, self.ftj):
+            news = not _same_version(body, self.ftj)
             self.ftj = body
+            return news
+        return False
 
     def reset_owner(self) -> None:
         """Forget what belonged to the previous FineTuneJob of this name (not the child caches)."""
@@ -142,21 +160,27 @@ class JobState:
         self.report = None
         self.report_accepted_at = -math.inf
 
-    def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> None:
+    def see(self, store: dict[str, dict[str, Any]], body: dict[str, Any], deleted: bool = False) -> bool:
+        """Keep the freshest summary of a Job or pod. -> whether it is news (a change, or gone)."""
         meta = body["metadata"]
         name, uid = meta["name"], str(meta.get("uid") or "")
         if deleted:
             cached = store.get(name)
+            news = False
             if cached is None or not uid or str(cached["metadata"].get("uid") or "") in ("", uid):
-                store.pop(name, None)
+                news = store.pop(name, None) is not None
             if uid:
                 self.gone_uids[uid] = None
                 while len(self.gone_uids) > GONE_UIDS_KEPT:
                     del self.gone_uids[next(iter(self.gone_uids))]
-        elif uid and uid in self.gone_uids:
-            return  # a stale copy of an object already deleted
-        elif _fresher(body, store.get(name)):
+            return news
+        if uid and uid in self.gone_uids:
+            return False  # a stale copy of an object already deleted
+        cached = store.get(name)
+        if _fresher(body, cached):
             store[name] = observe.summarize(body)
+            return not _same_version(body, cached)
+        return False
 
     def forget_vanished(self, store: dict[str, dict[str, Any]], listed: set[str], list_rv: int) -> None:
         """A re-list is the truth: drop what it no longer shows (a watch gap loses DELETED events),
@@ -357,6 +381,11 @@ class Reconciler:
         assert self.kube is not None
         meta = ftj["metadata"]
         ns, name = meta["namespace"], meta["name"]
+        if plan.status_after_create:
+            # A new job's first attempt: nothing to record before its Job (a fixed name, claimed
+            # by UID), so the objects go first and the next decision writes what came of it.
+            await self.create_attempt(st, ftj, 1, logger, plan.resolution)
+            return True
         # The decision goes to status first: if the operator stops right after, the next
         # one resumes from it (an attempt number already bumped, a restart already counted).
         if plan.status_patch:
@@ -406,47 +435,73 @@ class Reconciler:
         """
         assert self.kube is not None
         meta = ftj["metadata"]
-        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        ns, name = meta["namespace"], meta["name"]
         config_map = await self.kube.get("ConfigMap", ns, builders.config_map_name(name)) if attempt > 1 else None
         chosen = phases.attempt_spec(ftj, attempt, config_map)
-        hashes = chosen.spec_hashes or builders.spec_hashes_annotation(chosen.source)  # of the spec as the user wrote it
+        # The live spec is parsed already (once per generation); a restart's stored spec is not.
+        live = st.parsed(ftj) if chosen.source.get("spec") is ftj.get("spec") else None
+        parsed = live.job if live is not None else None
+        # Hashes of the spec as the user wrote it.
+        hashes = chosen.spec_hashes or (builders.spec_hashes_json(live.hashes) if live is not None and parsed is not None
+                                        else builders.spec_hashes_annotation(chosen.source))
         if resolution is not None and lineage.from_job_name(chosen.source.get("spec") or {}):
             chosen = dataclasses.replace(chosen, source=lineage.apply(chosen.source, resolution))
-        manifest = builders.resolved_manifest(chosen.source, self.settings)
-        objects = builders.build_job_independent_objects(chosen.source, self.settings, manifest, hashes)
-        objects.append(builders.build_batch_job(chosen.source, self.settings, attempt, hashes, manifest))
-        for obj in objects:
+            parsed = None
+        manifest = builders.resolved_manifest(chosen.source, self.settings, parsed)
+        independent = builders.build_job_independent_objects(chosen.source, self.settings, manifest, hashes)
+        job = builders.build_batch_job(chosen.source, self.settings, attempt, hashes, manifest)
+        for obj in [*independent, job]:
             obj["metadata"]["namespace"] = ns
-            kind, obj_name = obj["kind"], obj["metadata"]["name"]
-            try:
-                found, created = await self.kube.create(obj)
-            except APIError as e:
-                if e.status not in (403, 422):
-                    raise
-                previous = st.rejection
-                count = previous.count + 1 if previous and (previous.kind, previous.name, previous.code) == (kind, obj_name, e.status) else 1
-                st.rejection = Rejection(code=e.status, kind=kind, name=obj_name, message=str(e.message or e),
-                                         at=dt.datetime.now(dt.UTC), count=count)
-                logger.warning(f"the API server refused {kind} {ns}/{obj_name} ({e.status}): {e.message or e}")
+        # The per-job objects at once (none needs another), then the Job that mounts them.
+        answers = await asyncio.gather(*(self.kube.create(obj) for obj in independent), return_exceptions=True)
+        for obj, answer in zip(independent, answers, strict=True):
+            if isinstance(answer, BaseException) and not isinstance(answer, APIError):
+                raise answer
+            if not self._created(st, ftj, obj, answer, attempt, logger):
                 return
-            if not created and (observe.controller_uid(found) != uid or observe.deleting(found)):
-                # Not ours, or on its way out: never adopted. The decision waits and tries again.
-                why = "being deleted" if observe.deleting(found) else "owned by another object"
-                st.rejection = Rejection(code=409, kind=kind, name=obj_name, message=f"{kind} {obj_name} exists, {why}",
-                                         at=dt.datetime.now(dt.UTC))
-                if kind == "Job" and builders.LABEL_JOB in (found.get("metadata") or {}).get("labels", {}):
-                    st.see(st.jobs, found)  # its watch events say when it is gone
-                logger.info(f"{ns}/{name}: {kind} {obj_name} exists, {why}; waiting")
-                return
-            if kind == "Job":
-                st.see(st.jobs, found)
-                st.job_uids.add(str(found["metadata"].get("uid")))
-                logger.info(f"{'created' if created else 'adopted'} Job {ns}/{obj_name} (attempt {attempt})")
-            elif created and attempt > 1:
-                message = f"{kind} {obj_name} was missing before attempt {attempt}; recreated"
-                kopf.event(cast(kopf.Body, ftj), type="Warning", reason="Recreated", message=message)
-                logger.warning(f"{ns}/{name}: {message}")
-        st.rejection = None
+        try:
+            answer = await self.kube.create(job)
+        except APIError as e:
+            answer = e
+        if self._created(st, ftj, job, answer, attempt, logger):
+            st.rejection = None
+
+    def _created(self, st: JobState, ftj: dict[str, Any], obj: dict[str, Any],
+                 answer: tuple[dict[str, Any], bool] | BaseException, attempt: int, logger: Logger) -> bool:
+        """Take in the API server's answer to one create. -> whether the object is there and this job's."""
+        meta = ftj["metadata"]
+        ns, name, uid = meta["namespace"], meta["name"], meta.get("uid")
+        kind, obj_name = obj["kind"], obj["metadata"]["name"]
+        if isinstance(answer, BaseException):
+            if not isinstance(answer, APIError) or answer.status not in (403, 422):
+                raise answer
+            e = answer
+            previous = st.rejection
+            count = previous.count + 1 if previous and (previous.kind, previous.name, previous.code) == (kind, obj_name, e.status) else 1
+            st.rejection = Rejection(code=e.status or 0, kind=kind, name=obj_name, message=str(e.message or e),
+                                     at=dt.datetime.now(dt.UTC), count=count)
+            logger.warning(f"the API server refused {kind} {ns}/{obj_name} ({e.status}): {e.message or e}")
+            return False
+        found, created = answer
+        if not created and (observe.controller_uid(found) != uid or observe.deleting(found)):
+            # Not ours, or on its way out: never adopted. The decision waits and tries again.
+            why = "being deleted" if observe.deleting(found) else "owned by another object"
+            st.rejection = Rejection(code=409, kind=kind, name=obj_name, message=f"{kind} {obj_name} exists, {why}",
+                                     at=dt.datetime.now(dt.UTC))
+            if kind == "Job" and builders.LABEL_JOB in (found.get("metadata") or {}).get("labels", {}):
+                st.see(st.jobs, found)  # its watch events say when it is gone
+            logger.info(f"{ns}/{name}: {kind} {obj_name} exists, {why}; waiting")
+            return False
+        if kind == "Job":
+            st.see(st.jobs, found)
+            st.job_uids.add(str(found["metadata"].get("uid")))
+            logger.info(f"{'created' if created else 'adopted'} Job {ns}/{obj_name} (attempt {attempt})")
+        elif created and attempt > 1:
+            message = f"{kind} {obj_name} was missing before attempt {attempt}; recreated"
+            kopf.event(cast(kopf.Body, ftj), type="Warning", reason="Recreated", message=message)
+            logger.warning(f"{ns}/{name}: {message}")
+        return True
+
 
     # ------------------------------------------------------------- events
     def on_ftj_event(self, event_type: str | None, body: dict[str, Any]) -> None:
@@ -464,8 +519,8 @@ class Reconciler:
                     self.states.pop(key, None)  # type: ignore[arg-type]
             return
         st = self.state(*key)  # type: ignore[arg-type]
-        st.see_ftj(dict(body))
-        st.wake.set()
+        if st.see_ftj(dict(body)):  # not the echo of the loop's own status write
+            st.wake.set()
         self._relist_after_kopf_relist(event_type)
 
     def on_child_event(self, kind: str, event_type: str | None, body: dict[str, Any]) -> None:
@@ -474,8 +529,8 @@ class Reconciler:
         if not owner:
             return
         st = self.state(meta.get("namespace"), owner)  # type: ignore[arg-type]
-        st.see(st.jobs if kind == "Job" else st.pods, dict(body), deleted=event_type == "DELETED")
-        st.wake.set()
+        if st.see(st.jobs if kind == "Job" else st.pods, dict(body), deleted=event_type == "DELETED"):
+            st.wake.set()  # not the echo of an object the loop created or patched itself
         self._relist_after_kopf_relist(event_type)
 
     def _relist_after_kopf_relist(self, event_type: str | None) -> None:
@@ -506,8 +561,9 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = FINALIZER
         # Kopf keeps handler progress only when a handler is retried; keep it in
         # annotations of our own prefix (status fields outside the CRD schema are pruned).
-        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
-        settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
+        # (Kopf's own storages, less the deep copies of every watched body at every event.)
+        settings.persistence.progress_storage = LeanProgressStorage(prefix="kubetune.io")
+        settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
         settings.posting.level = logging.INFO
         settings.background.instant_exit_timeout = 2.0
         # Server-side selection: Kopf puts these into every list and watch of Jobs and pods

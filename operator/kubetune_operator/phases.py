@@ -70,6 +70,9 @@ class Decision:
     requeue_after: float | None = None  # seconds; None: wait for the next event or resync
     # spec.model.from resolved (with create_attempt): the model the attempt runs, when built from the live spec
     resolution: lineage.Resolution | None = None
+    # A new job's first attempt: create its objects first, then decide again and write the
+    # status that says how it went (this decision's status patch and Events are not written).
+    status_after_create: bool = False
     # What the transition was about, for metrics: (phase, reason) entered, and restart kind.
     entered: tuple[str, str] | None = None
     restart_counted: bool | None = None
@@ -125,6 +128,11 @@ def decide(observation: Observation) -> Decision:
     writer = StatusWriter(observation.status, observation.now, meta.get("generation"))
     try:
         _decide(observation, writer, decision)
+        if observation.status.get("phase") is None and writer.get("phase") is None:
+            if decision.create_attempt == 1 and not (decision.delete_jobs or decision.suspend_job):
+                decision.status_after_create = True
+            else:  # a new job that cannot start at once: say so
+                writer.transition(R.PENDING, R.ACCEPTED, "spec is valid; creating the job's resources")
     finally:
         decision.status_patch = writer.finish()
         decision.events = writer.events
@@ -148,6 +156,12 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
         return
     spec = job.spec
     rp = spec.run_policy
+    if phase is None:
+        # A new job. Its first attempt needs no record in status before its Job exists: the Job's
+        # name is fixed (<name>-a1) and claimed by this FineTuneJob's UID, so an operator that
+        # stops in between adopts it. The first status write says what came of it (the Job's
+        # state, or Pending and why it cannot start): one write per job start, not two.
+        attempt = 1
 
     current_name = builders.batch_job_name(name, attempt) if attempt else None
     current = next((j for j in obs.jobs if _name(j) == current_name and not deleting(j)), None)
@@ -180,11 +194,8 @@ def _decide(obs: Observation, w: StatusWriter, d: Decision) -> None:
         return
 
     if phase is None:
-        w.transition(R.PENDING, R.ACCEPTED, "spec is valid; creating the job's resources")
-        w.set("attempt", 1)
+        w.set("attempt", attempt)
         w.set("restarts", int(status.get("restarts") or 0))
-        d.requeue(0)
-        return
 
     # activeDeadlineSeconds: wall time since the job first started, across attempts.
     start = parse_time(status.get("startTime"))

@@ -74,11 +74,36 @@ PREEMPTED_BY_SCHEDULER = {"type": "DisruptionTarget", "status": "True", "reason"
 
 
 # ------------------------------------------------------------- start-up
-def test_new_job_goes_pending():
-    decision = decide(ftj())
-    assert decision.status_patch["phase"] == "Pending" and decision.status_patch["attempt"] == 1
-    assert decision.status_patch["observedGeneration"] == 1 and decision.create_attempt is None
-    assert [(e.type, e.reason) for e in decision.events] == [("Normal", "Accepted")]
+def test_new_job_creates_attempt_one_then_writes_what_came_of_it():
+    f = ftj()
+    decision = decide(f)
+    # Nothing to record before the Job (its name is fixed, it is claimed by UID): objects first.
+    assert decision.create_attempt == 1 and decision.status_after_create
+    # With its Job there, one status write: attempt 1, Initializing, never a Pending in between.
+    after = decide(f, [batch(f)])
+    assert not after.status_after_create and after.create_attempt is None
+    assert phase_reason(after) == ("Initializing", "PodsStarting")
+    assert after.status_patch["attempt"] == 1 and after.status_patch["restarts"] == 0 and after.status_patch["activeJob"] == "j-a1"
+    assert after.status_patch["observedGeneration"] == 1 and "Pending" not in {c["type"] for c in after.status_patch["conditions"]}
+    assert [(e.type, e.reason) for e in after.events] == [("Normal", "PodsStarting")]
+
+
+@pytest.mark.parametrize(("observed", "reason"), [
+    pytest.param({"rejection": observe.Rejection(code=403, kind="Job", name="j-a1", message="quota", at=NOW)}, "Forbidden", id="forbidden"),
+    pytest.param({"rejection": observe.Rejection(code=409, kind="Service", name="j", message="Service j exists, being deleted", at=NOW)},
+                 "WaitingForLeftovers", id="someone-elses-object"),
+])
+def test_new_job_that_cannot_start_at_once_goes_pending_and_says_why(observed, reason):
+    decision = decide(ftj(), **observed)
+    assert phase_reason(decision) == ("Pending", "Accepted") and decision.status_patch["attempt"] == 1
+    assert decision.create_attempt is None and not decision.status_after_create
+    assert next(c for c in decision.status_patch["conditions"] if c["type"] == "AttemptBlocked")["reason"] == reason
+    assert ("Normal", "Accepted") in [(e.type, e.reason) for e in decision.events]
+
+
+def test_new_job_with_an_invalid_object_fails_without_a_pending():
+    decision = decide(ftj(), rejection=observe.Rejection(code=422, kind="Job", name="j-a1", message="invalid", at=NOW))
+    assert phase_reason(decision) == ("Failed", "JobInvalid") and "Pending" not in {c["type"] for c in decision.status_patch["conditions"]}
 
 
 def test_pending_job_creates_attempt_one_and_writes_nothing():

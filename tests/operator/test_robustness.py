@@ -74,6 +74,29 @@ def test_restarting_the_operator_mid_flight_creates_no_duplicates(cluster):
     assert {c.status for c in job_creations(cluster, ns)} <= {201, 409}
 
 
+def test_an_operator_stopped_before_a_new_jobs_first_status_write_adopts_its_objects(cluster):
+    """A new job's objects are created before its first status write (nothing to record before
+    the Job: its name is fixed, it is claimed by UID). An operator stopped in between leaves a
+    job with no status and all its objects; the next one adopts them, writes one status, posts nothing twice."""
+    ns, name = "restart-new", "fresh"
+    cluster.ensure_namespace(ns)
+    settings = OperatorSettings(standalone=True, metrics_port=0, health_port=0)
+    cluster.create(job_manifest(name, ns))
+    owner = cluster.get("FineTuneJob", ns, name)
+    for obj in builders.build_objects(owner, settings):
+        cluster.create(obj, namespace=ns)
+    with cluster.operator(settings, namespaces=(ns,)):
+        wait_for(lambda: phase(cluster, ns, name) == "Initializing", message="adopted the existing attempt")
+        time.sleep(0.5)
+    st = cluster.get("FineTuneJob", ns, name)["status"]
+    assert st["attempt"] == 1 and st["restarts"] == 0 and st["activeJob"] == f"{name}-a1" and st["reason"] == "PodsStarting"
+    assert [j["metadata"]["name"] for j in cluster.list("Job", ns)] == [f"{name}-a1"]
+    # The Job was in the listed cache before the first decision: taken as the attempt's, nothing created again.
+    assert not [c for c in cluster.operator_calls() if c.namespace == ns and c.verb == "create" and c.resource != "events"]
+    writes = [c for c in cluster.operator_calls() if c.namespace == ns and c.resource == "finetunejobs" and c.verb == "patch"]
+    assert len(writes) == 1
+
+
 def test_two_hundred_jobs_created_at_once_are_all_reconciled(cluster):
     ns, n = "many", 200
     cluster.ensure_namespace(ns)
@@ -106,7 +129,9 @@ def test_metrics_and_liveness_endpoints(cluster):
             requests.get(f"http://127.0.0.1:{mport}/metrics", timeout=5).text))
         assert 'kubetune_jobs{phase="Initializing"} 1.0' in text and 'kubetune_jobs{phase="Failed"} 1.0' in text
         assert "kubetune_reconcile_duration_seconds_count" in text
-        assert 'kubetune_transitions_total{phase="Pending",reason="Accepted"} 1.0' in text  # "broken" fails before Pending
+        # "observed" went from no status straight to Initializing (its Job created at once); "broken" failed first.
+        assert 'kubetune_transitions_total{phase="Initializing",reason="PodsStarting"} 1.0' in text
+        assert 'kubetune_transitions_total{phase="Pending"' not in text
         assert requests.get(f"http://127.0.0.1:{hport}/healthz", timeout=5).status_code == 200
 
 
