@@ -40,6 +40,9 @@ SCRATCH_DIR = "/scratch"
 REPORT_AUDIENCE = "kubetune.io/report"
 REPORT_TOKEN_DIR = "/var/run/secrets/kubetune.io/report"
 REPORT_TOKEN_SECONDS = 3600
+# The CA trainer pods verify the report endpoint against: a key of the job's ConfigMap
+# (mounted at CONFIG_DIR), so pods get it without any Secret.
+REPORT_CA_KEY = "report-ca.crt"
 # The container's root filesystem is read-only; these are its only writable
 # places besides /dev/shm. Scratch holds the model cache and checkpoints before
 # upload, so its limit is large; a pod that exceeds a sizeLimit is evicted
@@ -217,8 +220,17 @@ def build_config_map(job_dict: dict[str, Any], settings: OperatorSettings, manif
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": meta,
-        "data": {CONFIG_KEY: json.dumps(manifest, indent=2)},
+        "data": {CONFIG_KEY: json.dumps(manifest, indent=2), **_report_ca_data(settings)},
     }
+
+
+def _reports_over_tls(settings: OperatorSettings) -> bool:
+    return settings.reports_progress and str(settings.report_url).startswith("https://")
+
+
+def _report_ca_data(settings: OperatorSettings) -> dict[str, str]:
+    pem = settings.report_ca_pem() if _reports_over_tls(settings) else None
+    return {REPORT_CA_KEY: pem} if pem else {}
 
 
 def build_service(job_dict: dict[str, Any], settings: OperatorSettings) -> dict[str, Any]:
@@ -299,6 +311,10 @@ def _container_env(job_dict: dict[str, Any], spec: dict[str, Any], settings: Ope
             {"name": "KUBETUNE_REPORTER", "value": "kubernetes"},
             {"name": "KUBETUNE_REPORT_URL", "value": str(settings.report_url)},
             {"name": "KUBETUNE_REPORT_TOKEN", "value": f"{REPORT_TOKEN_DIR}/token"},
+            # The trainer sends its token only over TLS verified against this CA, or over plain
+            # HTTP when the operator was told so (settings.report_channel_problem).
+            {"name": "KUBETUNE_REPORT_CA", "value": f"{CONFIG_DIR}/{REPORT_CA_KEY}"} if _reports_over_tls(settings)
+            else {"name": "KUBETUNE_REPORT_INSECURE_HTTP", "value": "true"},
         ]
     storage = spec.get("storage") or {}
     secret = (storage.get("secretRef") or {}).get("name")

@@ -579,9 +579,20 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
             settings.peering.name = rt.settings.peering_name  # auto-detected, as Kopf does with its default
         if not rt.settings.standalone:
             rt.background(rt.check_peering())
+        if rt.settings.reports_progress and str(rt.settings.report_url).startswith("http://"):
+            log.warning("KUBETUNE_REPORT_INSECURE_HTTP=true: trainer pods send their report tokens and reports over "
+                        "plain HTTP, readable and forgeable on the network path; serve TLS unless the network "
+                        "encrypts by itself (a service mesh's mTLS)")
+        if rt.settings.reports_progress:
+            try:
+                rt.settings.report_ca_pem()  # trainer pods get it in their ConfigMap: fail here, not per job
+            except ValueError as e:
+                raise kopf.PermanentError(str(e)) from e
         if rt.settings.reports_progress and rt.settings.report_port:
             try:
                 await rt.report_server.start(rt.settings.report_port)
+            except ValueError as e:  # the certificate or key
+                raise kopf.PermanentError(str(e)) from e
             except OSError as e:
                 raise kopf.PermanentError(f"cannot serve the report endpoint on port {rt.settings.report_port} ({e}); "
                                           f"free the port or set KUBETUNE_REPORT_PORT") from e

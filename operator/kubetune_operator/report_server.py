@@ -15,6 +15,13 @@ Bearer <token>`` and a JSON body (report.py says what it may hold). Answers:
 
 TokenReview answers are cached for a minute per token, so a report costs no
 API call but the status write its loop makes.
+
+TLS: with ``KUBETUNE_REPORT_TLS_CERT``/``_KEY`` the endpoint serves HTTPS only
+(TLS 1.2 or newer); trainer pods verify it against ``KUBETUNE_REPORT_CA`` (the
+CA travels in each job's ConfigMap). The files are checked every
+``CERT_RELOAD_SECONDS`` and reloaded when they change (cert-manager renews by
+rewriting the Secret), without dropping the listener. Plain HTTP only with
+``KUBETUNE_REPORT_INSECURE_HTTP=true``, and a warning.
 """
 from __future__ import annotations
 
@@ -22,6 +29,8 @@ import asyncio
 import hashlib
 import logging
 import math
+import os
+import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -37,6 +46,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("kubetune.report")
 REVIEW_CACHE_SECONDS = 60.0
 REVIEW_CACHE_SIZE = 10_000
+CERT_RELOAD_SECONDS = 60.0
 ROUTE = "/v1/namespaces/{namespace}/finetunejobs/{name}/report"
 
 
@@ -52,22 +62,84 @@ class ReportServer:
         self.port: int | None = None  # bound port, once started
         self._runner: web.AppRunner | None = None
         self._reviews: dict[str, tuple[float, dict[str, Any]]] = {}
+        self._ssl: ssl.SSLContext | None = None
+        self._cert_loaded: tuple[tuple[int, int], ...] = ()
+        self._reloader: asyncio.Task[None] | None = None
         self.accepted = 0
         self.refused = 0
 
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The server TLS context from the settings' certificate and key (None: plain HTTP).
+
+        Raises ValueError naming the setting when the files cannot be loaded.
+        """
+        settings = self.rt.settings
+        if not settings.report_serves_tls:
+            return None
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        self._load_certificate(context)
+        return context
+
+    def _load_certificate(self, context: ssl.SSLContext) -> None:
+        cert, key = str(self.rt.settings.report_tls_cert), str(self.rt.settings.report_tls_key)
+        stamp = self._cert_stamp()
+        try:
+            context.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"KUBETUNE_REPORT_TLS_CERT={cert!r} / KUBETUNE_REPORT_TLS_KEY={key!r}: cannot load the "
+                             f"report endpoint's certificate and key ({e})") from None
+        self._cert_loaded = stamp
+
+    def _cert_stamp(self) -> tuple[tuple[int, int], ...]:
+        stamps = []
+        for path in (self.rt.settings.report_tls_cert, self.rt.settings.report_tls_key):
+            try:
+                st = os.stat(str(path))
+                stamps.append((st.st_mtime_ns, st.st_size))
+            except OSError:
+                stamps.append((0, 0))
+        return tuple(stamps)
+
+    def reload_certificate(self) -> bool:
+        """Load the certificate and key again when their files changed; True when it did.
+
+        New connections get the new certificate; a failed load keeps the old one.
+        """
+        if self._ssl is None or self._cert_stamp() == self._cert_loaded:
+            return False
+        try:
+            self._load_certificate(self._ssl)
+        except ValueError as e:
+            log.warning(f"{e}; still serving the previous certificate")
+            return False
+        log.info("report endpoint: reloaded its TLS certificate")
+        return True
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await asyncio.sleep(CERT_RELOAD_SECONDS)
+            self.reload_certificate()
+
     async def start(self, port: int, host: str = "0.0.0.0") -> None:
+        self._ssl = self.tls_context()
         app = web.Application(client_max_size=report.MAX_BODY_BYTES)
         app.router.add_post(ROUTE, self.handle)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port)
+        site = web.TCPSite(self._runner, host, port, ssl_context=self._ssl)
         await site.start()
         server = getattr(site, "_server", None)
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else port
-        log.info(f"report endpoint listening on :{self.port}")
+        if self._ssl is not None:
+            self._reloader = asyncio.create_task(self._reload_loop(), name="kubetune-report-cert-reload")
+        log.info(f"report endpoint listening on :{self.port} ({'HTTPS' if self._ssl else 'plain HTTP'})")
 
     async def stop(self) -> None:
+        if self._reloader is not None:
+            self._reloader.cancel()
+            self._reloader = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None

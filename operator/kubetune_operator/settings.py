@@ -40,8 +40,18 @@ them on the operator Deployment. Unset variables take the defaults shown.
   progress only in logs.
 - ``KUBETUNE_REPORT_PORT`` (default: 8443): Port of the report endpoint (0 disables it).
 - ``KUBETUNE_REPORT_URL`` (default: (none)): The report endpoint's URL as trainer pods reach it (the
-  chart sets its Service's, e.g. http://kubetune-report.kubetune.svc:8443); unset: pods get no
-  token and report only to their logs.
+  chart sets its Service's, e.g. https://kubetune-report.kubetune.svc:8443); unset: pods get no
+  token and report only to their logs. An http:// URL needs KUBETUNE_REPORT_INSECURE_HTTP=true.
+- ``KUBETUNE_REPORT_TLS_CERT`` (default: (none)): PEM certificate (chain) the report endpoint serves
+  HTTPS with; its names must include the host of KUBETUNE_REPORT_URL. Re-read when the file
+  changes (cert-manager renewals).
+- ``KUBETUNE_REPORT_TLS_KEY`` (default: (none)): PEM private key of KUBETUNE_REPORT_TLS_CERT.
+- ``KUBETUNE_REPORT_CA`` (default: (none)): PEM CA certificate(s) trainer pods verify the report
+  endpoint against: copied into each job's ConfigMap (no Secret reaches the pods). Required with an
+  https:// URL.
+- ``KUBETUNE_REPORT_INSECURE_HTTP`` (default: false): true: serve and post reports over plain HTTP,
+  so the pods' report tokens and reports travel unencrypted (a warning is logged). Only for a
+  network that encrypts by itself (a service mesh's mTLS) or for trying things out.
 - ``KUBETUNE_REPORT_INTERVAL_SECONDS`` (default: 1): A job's reports are accepted at most this often
   (more often: 429 with Retry-After); bounds the status writes a pod can cause.
 - ``KUBETUNE_MAX_BACKOFF_SECONDS`` (default: 3600): Cap of the doubling restart backoff.
@@ -59,6 +69,10 @@ from typing import Any, Literal
 from kubetune_operator import __version__
 
 PullPolicy = Literal["Always", "IfNotPresent", "Never"]
+_PEM_CERTIFICATE = "-----BEGIN CERTIFICATE-----"
+# KUBETUNE_REPORT_CA as last read: path -> ((mtime_ns, size), PEM). A Secret or ConfigMap
+# volume swaps its files atomically, so a changed stat means a changed bundle.
+_ca_cache: dict[str, tuple[tuple[int, int], str]] = {}
 DEFAULT_TRAINER_IMAGE = f"ghcr.io/kubetune/kubetune-trainer:{__version__}"
 
 
@@ -110,6 +124,10 @@ class OperatorSettings:
     network_policy: bool = False
     report_port: int = 8443
     report_url: str | None = None
+    report_tls_cert: str | None = None
+    report_tls_key: str | None = None
+    report_ca: str | None = None
+    report_insecure_http: bool = False
     report_interval_seconds: float = 1.0
     max_backoff_seconds: int = 3600
     resync_seconds: float = 60.0
@@ -119,6 +137,67 @@ class OperatorSettings:
     def reports_progress(self) -> bool:
         """Trainer pods get a report token and the endpoint's URL (report.py)."""
         return self.status_reporter and bool(self.report_url)
+
+    @property
+    def report_serves_tls(self) -> bool:
+        """The report endpoint serves HTTPS (a certificate and key are given)."""
+        return bool(self.report_tls_cert and self.report_tls_key)
+
+    def report_ca_pem(self) -> str | None:
+        """The PEM bundle of KUBETUNE_REPORT_CA (None: not set); re-read when the file changes.
+
+        Raises ValueError naming the setting when the file cannot be read or holds no certificate.
+        """
+        path = self.report_ca
+        if not path:
+            return None
+        try:
+            st = os.stat(path)
+            cached = _ca_cache.get(path)
+            if cached is not None and cached[0] == (st.st_mtime_ns, st.st_size):
+                return cached[1]
+            with open(path, encoding="ascii") as f:
+                pem = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"KUBETUNE_REPORT_CA={path!r}: cannot read the CA certificate ({e})") from None
+        if _PEM_CERTIFICATE not in pem:
+            raise ValueError(f"KUBETUNE_REPORT_CA={path!r}: holds no PEM certificate ({_PEM_CERTIFICATE} ...)")
+        _ca_cache[path] = ((st.st_mtime_ns, st.st_size), pem)
+        return pem
+
+    def __post_init__(self) -> None:
+        if (problem := self.report_channel_problem()) is not None:
+            raise ValueError(problem)
+
+    def report_channel_problem(self) -> str | None:
+        """Why these settings would expose the report token (None: they do not).
+
+        Secure by default: the token and reports travel over TLS that trainer pods
+        verify against KUBETUNE_REPORT_CA, unless KUBETUNE_REPORT_INSECURE_HTTP says
+        otherwise. Only combinations are checked here; the files at operator start.
+        """
+        if bool(self.report_tls_cert) != bool(self.report_tls_key):
+            return ("KUBETUNE_REPORT_TLS_CERT and KUBETUNE_REPORT_TLS_KEY go together: give both "
+                    "(the serving certificate and its key) or neither")
+        if not self.reports_progress:
+            return None
+        url = str(self.report_url)
+        if url.startswith("http://"):
+            if not self.report_insecure_http:
+                return (f"KUBETUNE_REPORT_URL={url!r} is plain HTTP: trainer pods would send their report token "
+                        "unencrypted. Serve TLS (KUBETUNE_REPORT_TLS_CERT, KUBETUNE_REPORT_TLS_KEY, KUBETUNE_REPORT_CA; "
+                        "the Helm chart does) with an https:// URL, or set KUBETUNE_REPORT_INSECURE_HTTP=true to accept that")
+            if self.report_serves_tls and self.report_port:
+                return (f"KUBETUNE_REPORT_URL={url!r} is plain HTTP but the endpoint serves HTTPS "
+                        "(KUBETUNE_REPORT_TLS_CERT is set): use an https:// URL")
+            return None
+        if not self.report_ca:
+            return (f"KUBETUNE_REPORT_URL={url!r} needs KUBETUNE_REPORT_CA: the CA certificate trainer pods "
+                    "verify the report endpoint against (the Helm chart sets it)")
+        if self.report_port and not self.report_serves_tls:
+            return (f"KUBETUNE_REPORT_URL={url!r} is https:// but the endpoint has no certificate to serve: "
+                    "set KUBETUNE_REPORT_TLS_CERT and KUBETUNE_REPORT_TLS_KEY")
+        return None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> OperatorSettings:
@@ -172,6 +251,11 @@ class OperatorSettings:
             if not v.startswith(("http://", "https://")):
                 raise ValueError(f"KUBETUNE_REPORT_URL={v!r}: expected an http:// or https:// URL of the operator's report Service")
             kw["report_url"] = v.rstrip("/")
+        for name, field in (("KUBETUNE_REPORT_TLS_CERT", "report_tls_cert"), ("KUBETUNE_REPORT_TLS_KEY", "report_tls_key"),
+                            ("KUBETUNE_REPORT_CA", "report_ca")):
+            kw[field] = get(name)
+        if (v := get("KUBETUNE_REPORT_INSECURE_HTTP")) is not None:
+            kw["report_insecure_http"] = _bool(v, "KUBETUNE_REPORT_INSECURE_HTTP")
         if (v := get("KUBETUNE_REPORT_INTERVAL_SECONDS")) is not None:
             try:
                 kw["report_interval_seconds"] = float(v)

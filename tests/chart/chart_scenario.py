@@ -197,7 +197,7 @@ def _report_progress(cluster: AuthorizingCluster, settings: Any, ns: str, name: 
     token = cluster.service_account_token(ns, "default", (builders.REPORT_AUDIENCE,), pod=rank0["metadata"]["name"])
     answer = requests.post(f"{settings.report_url}/v1/namespaces/{ns}/finetunejobs/{name}/report",
                            json={"attempt": 1, "stage": "running", "progress": {"step": 1}},
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+                           headers={"Authorization": f"Bearer {token}"}, timeout=30, verify=settings.report_ca)
     assert answer.status_code == 204, answer.text
     wait_for(lambda: ((cluster.get("FineTuneJob", ns, name) or {}).get("status") or {}).get("progress"), timeout=30,
              message="the report in status")

@@ -45,6 +45,14 @@ VALUE_SETS: dict[str, dict] = {
         },
     },
     "no-status-reporter": {"jobDefaults": {"statusReporter": False}},
+    # The report endpoint's certificate from cert-manager: the chart's own self-signed CA, or an issuer
+    # of the platform; from a Secret the platform manages; or (explicitly) no TLS at all.
+    "report-tls-cert-manager": {"reportTLS": {"source": "cert-manager"}},
+    "report-tls-cluster-issuer": {"reportTLS": {"source": "cert-manager", "certManager": {
+        "issuerRef": {"name": "platform-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"},
+        "duration": "720h", "renewBefore": "240h"}}},
+    "report-tls-secret": {"reportTLS": {"source": "secret", "secretName": "corp-report-tls"}},
+    "report-insecure-http": {"reportTLS": {"insecurePlainHTTP": True}},
     # OpenShift's restricted-v2 SCC hands out uids from the namespace's range
     # (1000680000 and up): larger than Helm's float-to-%v printing keeps exact.
     # Also every optional knob of the operator pod, and CRDs managed outside.
@@ -112,3 +120,44 @@ def the(objs: list[dict], kind: str) -> dict:
 def container_env(deployment: dict) -> dict[str, str]:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     return {e["name"]: e.get("value") for e in container.get("env", []) if "value" in e}
+
+
+def mount_report_tls(objs: list[dict], settings, folder: Path):
+    """``settings`` (parsed from the chart's env) as the operator's pod sees them: the chart's generated
+    report-tls Secret written into ``folder``, which stands for the Deployment's mount of it."""
+    import base64
+    import dataclasses
+
+    spec = the(objs, "Deployment")["spec"]["template"]["spec"]
+    (volume,) = [v for v in spec["volumes"] if v["name"] == "report-tls"]
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "report-tls"]
+    (secret,) = find(objs, "Secret", volume["secret"]["secretName"])
+    for key, value in secret["data"].items():
+        (folder / key).write_bytes(base64.b64decode(value))
+    local = {f: getattr(settings, f).replace(mount["mountPath"], str(folder))
+             for f in ("report_tls_cert", "report_tls_key", "report_ca")}
+    return dataclasses.replace(settings, **local)
+
+
+def https_post(url: str, ca_pem: str, connect_to: str = "127.0.0.1", timeout: float = 5.0) -> int:
+    """POST ``url`` (an in-cluster Service URL) over TLS verified against ``ca_pem`` for the URL's host
+    name, the TCP connection going to ``connect_to`` instead (the Service's stand-in): -> HTTP status."""
+    import http.client
+    import socket
+    import ssl
+    import urllib.parse
+
+    parts = urllib.parse.urlsplit(url)
+    context = ssl.create_default_context(cadata=ca_pem)
+
+    class Connection(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            sock = socket.create_connection((connect_to, self.port), self.timeout)
+            self.sock = context.wrap_socket(sock, server_hostname=self.host)
+
+    conn = Connection(str(parts.hostname), parts.port, timeout=timeout)
+    try:
+        conn.request("POST", parts.path, body=b"{}", headers={"Content-Type": "application/json"})
+        return conn.getresponse().status
+    finally:
+        conn.close()

@@ -60,6 +60,7 @@ def lifecycles(rendered):
 
     from kubetune_operator.settings import OperatorSettings
     from support.cluster import free_port
+    from support.tls import local_pki
 
     results = {}
     clusters = []
@@ -73,9 +74,14 @@ def lifecycles(rendered):
             # The operator runs with exactly the settings the chart gives it.
             settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
             settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
-            if settings.reports_progress:  # the chart's report URL is the in-cluster Service's: serve it locally
-                port = free_port()
-                settings = dataclasses.replace(settings, report_port=port, report_url=f"http://127.0.0.1:{port}")
+            if settings.reports_progress:
+                # The chart's report URL is the in-cluster Service's and its certificate names that Service:
+                # serve it locally, over HTTPS with the test CA for 127.0.0.1 (test_chart.py checks the
+                # chart's own certificate against its Service's name).
+                assert settings.report_url.startswith("https://") and settings.report_serves_tls
+                port, pki = free_port(), local_pki()
+                settings = dataclasses.replace(settings, report_port=port, report_url=f"https://127.0.0.1:{port}",
+                                               report_tls_cert=str(pki.cert), report_tls_key=str(pki.key), report_ca=str(pki.ca))
             watched = settings.watch_namespaces or ("ml", "ml")
             namespaces = (watched[0], watched[-1])
             for ns in set(namespaces):

@@ -73,6 +73,10 @@ def _custom_resource_schemas() -> dict[tuple[str, str], dict]:
         schema["additionalProperties"] = False
         schema["required"] = ["apiVersion", "kind", "metadata"]
         schemas[(f"{crd['spec']['group']}/{version['name']}", crd["spec"]["names"]["kind"])] = schema
+    cert_manager = yaml.safe_load((HERE / "certmanager-schema.yaml").read_text())
+    for kind in ("Certificate", "Issuer"):
+        schemas[("cert-manager.io/v1", kind)] = {"$schema": cert_manager["$schema"], "definitions": cert_manager["definitions"],
+                                                 **cert_manager[kind]}
     return schemas
 
 
@@ -242,7 +246,7 @@ def test_the_report_service_reaches_the_operators_report_port(rendered):
     (service,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-report")]
     name, ns = service["metadata"]["name"], service["metadata"]["namespace"]
     port = service["spec"]["ports"][0]
-    assert env["KUBETUNE_REPORT_URL"] == f"http://{name}.{ns}.svc:{port['port']}"
+    assert env["KUBETUNE_REPORT_URL"] == f"https://{name}.{ns}.svc:{port['port']}"
     (container,) = the(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
     report = next(p for p in container["ports"] if p["name"] == port["targetPort"])
     assert str(report["containerPort"]) == env["KUBETUNE_REPORT_PORT"]

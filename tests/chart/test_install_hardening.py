@@ -41,8 +41,12 @@ def test_openshift_uids_render_as_integers_and_the_operator_parses_them(helm):
     assert (pod["runAsUser"], pod["runAsGroup"], pod["fsGroup"]) == (1000690000,) * 3
     assert all(type(pod[k]) is int for k in ("runAsUser", "runAsGroup", "fsGroup"))
     # The trainer pods the operator builds with these settings carry them too.
-    from kubetune_operator import builders
+    import dataclasses
 
+    from kubetune_operator import builders
+    from support.tls import local_pki
+
+    settings = dataclasses.replace(settings, report_ca=str(local_pki().ca))  # the mounted Secret's ca.crt, here
     (job,) = [o for o in builders.build_objects(_owned_job(), settings) if o["kind"] == "Job"]
     pod_sc = job["spec"]["template"]["spec"]["securityContext"]
     assert pod_sc["runAsUser"] == 1000680000 and pod_sc["fsGroup"] == 1000680000
@@ -86,7 +90,7 @@ def test_name_overrides(helm):
     assert the(objs, "ServiceAccount")["metadata"]["name"] == "tuner"
     # The trainers reach the report Service by the name the operator was given.
     env = {e["name"]: e.get("value") for e in the(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert env["KUBETUNE_REPORT_URL"].startswith("http://tuner-report.")
+    assert env["KUBETUNE_REPORT_URL"].startswith("https://tuner-report.")
     objs = helm.template({"nameOverride": "ft"}, release="ml")
     deployment = the(objs, "Deployment")
     assert deployment["metadata"]["name"] == "ml-ft"

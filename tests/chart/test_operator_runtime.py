@@ -12,14 +12,14 @@ import socket
 
 import requests
 from chart_scenario import AuthorizingCluster, allows, grants_of
-from chartkit import container_env, find, the
+from chartkit import container_env, find, https_post, mount_report_tls, the
 
 from support import kubelet
 from support.cluster import wait_for
 from support.manifests import job_manifest
 
 
-def test_two_replicas_one_active_then_failover(rendered, caplog):
+def test_two_replicas_one_active_then_failover(rendered, caplog, tmp_path):
     from kubetune_operator import builders
     from kubetune_operator.runner import OperatorThread
     from kubetune_operator.settings import OperatorSettings
@@ -28,7 +28,7 @@ def test_two_replicas_one_active_then_failover(rendered, caplog):
     sa = the(objs, "ServiceAccount")["metadata"]
     grants = grants_of(objs, (sa["namespace"], sa["name"]))
     settings = OperatorSettings.from_env(container_env(the(objs, "Deployment")))
-    settings = dataclasses.replace(settings, metrics_port=0, health_port=0)
+    settings = mount_report_tls(objs, dataclasses.replace(settings, metrics_port=0, health_port=0), tmp_path)
     assert not settings.standalone
     caplog.set_level(logging.INFO, logger="kopf._core.engines.peering")
 
@@ -88,7 +88,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_probes_and_metrics_service_reach_the_running_operator(helm):
+def test_probes_and_metrics_service_reach_the_running_operator(helm, tmp_path):
     """The Deployment's probes and the metrics Service's target port, followed
     to the operator started with the chart's settings, answer."""
     from kubetune_operator.runner import OperatorThread
@@ -99,15 +99,15 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     (service,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-metrics")]
-    settings = OperatorSettings.from_env(container_env(deployment))
+    settings = mount_report_tls(objs, OperatorSettings.from_env(container_env(deployment)), tmp_path)
     sa = the(objs, "ServiceAccount")["metadata"]
     grants = grants_of(objs, (sa["namespace"], sa["name"]))
     with AuthorizingCluster(lambda call: allows(grants, call)) as cluster:
         with OperatorThread(settings, login=cluster.login):
-            def answer_post(url: str):
+            def answer_tls(url: str, ca: str):
                 try:
-                    return requests.post(url, json={}, timeout=5)
-                except requests.ConnectionError:
+                    return https_post(url, ca)
+                except ConnectionError:
                     return None
 
             def answer(url: str):
@@ -124,9 +124,13 @@ def test_probes_and_metrics_service_reach_the_running_operator(helm):
                 assert r.status_code == 200, f"{probe}: HTTP {r.status_code}"
             r = requests.get(f"http://127.0.0.1:{ports[service['spec']['ports'][0]['targetPort']]}/metrics", timeout=5)
             assert r.status_code == 200 and "kubetune_jobs" in r.text
-            # The report Service reaches the report endpoint (a request without rank 0's token: 401).
+            # The report Service reaches the report endpoint over TLS that a trainer pod verifies: the CA the
+            # operator hands to pods, the Service's host name from KUBETUNE_REPORT_URL (a request without
+            # rank 0's token: 401).
             (report,) = [s for s in find(objs, "Service") if s["metadata"]["name"].endswith("-report")]
-            url = f"http://127.0.0.1:{ports[report['spec']['ports'][0]['targetPort']]}/v1/namespaces/ml/finetunejobs/x/report"
-            code = wait_for(lambda: getattr(answer_post(url), "status_code", None), timeout=15, message="report endpoint listening")
+            port = ports[report["spec"]["ports"][0]["targetPort"]]
+            url = f"{settings.report_url.rsplit(':', 1)[0]}:{port}/v1/namespaces/ml/finetunejobs/x/report"
+            ca = settings.report_ca_pem()
+            code = wait_for(lambda: answer_tls(url, ca), timeout=15, message="report endpoint listening")
             assert code == 401
         assert not cluster.denied

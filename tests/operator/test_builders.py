@@ -8,8 +8,10 @@ import pytest
 from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 from support.manifests import job_manifest
+from support.tls import local_pki
 
-REPORTING = OperatorSettings(report_url="http://kubetune-report.kubetune.svc:8443")
+REPORTING = OperatorSettings(report_url="https://kubetune-report.kubetune.svc:8443", report_tls_cert=str(local_pki().cert),
+                             report_tls_key=str(local_pki().key), report_ca=str(local_pki().ca))
 
 def live(manifest, uid="uid-1", generation=1):
     manifest["metadata"].update(uid=uid, generation=generation)
@@ -150,7 +152,9 @@ def test_report_token_has_the_kubetune_audience_and_no_api_token_is_mounted():
     assert "/var/run/secrets/kubetune.io/report" in mounts
     assert "/var/run/secrets/kubernetes.io/serviceaccount" not in mounts  # client libraries find no in-cluster credential
     env = {e["name"]: e.get("value") for e in container(job)["env"]}
-    assert env["KUBETUNE_REPORT_URL"] == "http://kubetune-report.kubetune.svc:8443"
+    assert env["KUBETUNE_REPORT_URL"] == "https://kubetune-report.kubetune.svc:8443"
+    assert env["KUBETUNE_REPORT_CA"] == f"{builders.CONFIG_DIR}/{builders.REPORT_CA_KEY}"
+    assert builders.build_config_map(live(job_manifest("t", "ml")), REPORTING)["data"][builders.REPORT_CA_KEY] == local_pki().ca.read_text()
     assert env["KUBETUNE_REPORT_TOKEN"] == "/var/run/secrets/kubetune.io/report/token" and env["KUBETUNE_REPORTER"] == "kubernetes"
 
 
@@ -194,9 +198,9 @@ def test_settings_from_env_and_errors():
     assert (s.trainer_image, s.watch_namespaces, s.standalone, s.metrics_port, s.status_reporter, s.resync_seconds) == \
         ("img:1", ("a", "b"), True, 0, False, 5.0)
     r = OperatorSettings.from_env({"KUBETUNE_REPORT_URL": "http://kubetune-report.kubetune.svc:8443/", "KUBETUNE_REPORT_PORT": "9443",
-                                   "KUBETUNE_REPORT_INTERVAL_SECONDS": "2.5"})
-    assert (r.report_url, r.report_port, r.report_interval_seconds, r.reports_progress) == \
-        ("http://kubetune-report.kubetune.svc:8443", 9443, 2.5, True)
+                                   "KUBETUNE_REPORT_INTERVAL_SECONDS": "2.5", "KUBETUNE_REPORT_INSECURE_HTTP": "true"})
+    assert (r.report_url, r.report_port, r.report_interval_seconds, r.reports_progress, r.report_insecure_http) == \
+        ("http://kubetune-report.kubetune.svc:8443", 9443, 2.5, True, True)
     assert s.default_storage_secret == "s3" and s.image_pull_secrets == ("r1", "r2")
     assert OperatorSettings.from_env({}) == OperatorSettings()
     for env, needle in [({"KUBETUNE_METRICS_PORT": "x"}, "integer"), ({"KUBETUNE_STANDALONE": "maybe"}, "true or false"),

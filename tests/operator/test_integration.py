@@ -32,7 +32,8 @@ def rank0_reporter(cluster, operator, name, pod, tmp_path):
     """The trainer's reporter as rank 0 runs it: its projected token (audience kubetune.io/report, bound to the pod)."""
     token = tmp_path / f"{pod['metadata']['name']}.token"
     token.write_text(cluster.service_account_token(NS, "default", (builders.REPORT_AUDIENCE,), pod=pod["metadata"]["name"]))
-    return k8s_status.KubernetesStatusReporter(operator.settings.report_url, NS, name, token_file=str(token), attempt=1, min_interval=0.0)
+    return k8s_status.KubernetesStatusReporter(operator.settings.report_url, NS, name, token_file=str(token),
+                                               ca_file=operator.settings.report_ca, attempt=1, min_interval=0.0)
 
 
 def ftj(cluster, name, ns=NS):

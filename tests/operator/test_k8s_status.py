@@ -47,6 +47,7 @@ def reporter(cluster, settings, name, pod, tmp_path, interval=10.0):
     return k8s_status.reporter_from_env({
         "KUBETUNE_JOB_NAME": name, "KUBETUNE_JOB_NAMESPACE": NS, "KUBETUNE_ATTEMPT": "1",
         "KUBETUNE_REPORT_URL": settings.report_url, "KUBETUNE_REPORT_TOKEN": str(token), "KUBETUNE_STATUS_INTERVAL": str(interval),
+        "KUBETUNE_REPORT_CA": settings.report_ca,
     })
 
 
@@ -104,7 +105,8 @@ def test_progress_is_rate_limited_and_the_latest_record_wins(cluster, operator, 
 
 def test_errors_never_reach_training(tmp_path):
     (tmp_path / "token").write_text("t")
-    r = k8s_status.KubernetesStatusReporter("http://127.0.0.1:9", "ns", "gone", token_file=str(tmp_path / "token"), min_interval=0.0, timeout=0.5)
+    r = k8s_status.KubernetesStatusReporter("http://127.0.0.1:9", "ns", "gone", token_file=str(tmp_path / "token"), min_interval=0.0,
+                                           timeout=0.5, allow_insecure_http=True)
     t0 = time.monotonic()
     for step in range(50):
         r.progress({"step": step})

@@ -184,6 +184,7 @@ def test_operator_resolves_a_finished_job_and_refuses_a_missing_or_unfinished_on
     reporter = k8s_status.reporter_from_env({
         "KUBETUNE_JOB_NAME": "earlier", "KUBETUNE_JOB_NAMESPACE": NS, "KUBETUNE_ATTEMPT": "1",
         "KUBETUNE_REPORT_URL": operator.report_url, "KUBETUNE_REPORT_TOKEN": str(token), "KUBETUNE_STATUS_INTERVAL": "0",
+        "KUBETUNE_REPORT_CA": operator.report_ca,
     })
     reporter.event({"event": "exported", "adapterUri": ADAPTER, "summaryUri": "s3://out/earlier/final/summary.json",
                     "baseModel": "hf://org/model", "metrics": {"evalLoss": 1.25}})

@@ -378,16 +378,17 @@ def test_a_pods_credential_cannot_change_phase_restarts_or_attempt():
             forged = {"phase": "Succeeded", "restarts": 0, "attempt": before["attempt"] + 5, "reason": "Completed",
                       "conditions": [{"type": "Succeeded", "status": "True"}], "activeJob": "x", "completionTime": "2026-01-01T00:00:00Z",
                       "progress": {"step": 3, "phase": "Succeeded"}}
-            answer = requests.post(url, json=forged, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=10)
+            answer = requests.post(url, json=forged, headers={"Authorization": f"Bearer {tokens[0]}"}, timeout=10,
+                                   verify=settings.report_ca)
             assert answer.status_code == 204, answer.text
             wait_for(lambda: (c.get("FineTuneJob", ns, name)["status"].get("progress") or {}).get("step") == 3, message="progress")
             # 3. Rank 1, a token for the API audience, and no token at all are refused.
             api_token = c.service_account_token(ns, sa, pod=pods[0]["metadata"]["name"])
             for headers, code in (({"Authorization": f"Bearer {tokens[1]}"}, 403), ({"Authorization": f"Bearer {api_token}"}, 401), ({}, 401)):
-                assert requests.post(url, json={"progress": {"step": 99}}, headers=headers, timeout=10).status_code == code
+                assert requests.post(url, json={"progress": {"step": 99}}, headers=headers, timeout=10, verify=settings.report_ca).status_code == code
             # 4. A report whose URIs point outside spec.output.uri is refused whole.
             bad = requests.post(url, json={"output": {"adapterUri": "s3://attacker/adapter"}}, headers={"Authorization": f"Bearer {tokens[0]}"},
-                                timeout=10)
+                                timeout=10, verify=settings.report_ca)
             assert bad.status_code == 400 and "output.adapterUri" in bad.json()["message"]
             time.sleep(0.5)
             after = c.get("FineTuneJob", ns, name)["status"]

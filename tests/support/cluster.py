@@ -317,12 +317,15 @@ def free_port() -> int:
 
 
 def reporting_settings(**changes: Any) -> Any:
-    """Operator settings for tests whose pods report progress: the report endpoint on a free local port."""
+    """Operator settings for tests whose pods report progress: the report endpoint on a free local port,
+    over HTTPS with this process's test CA (support/tls.py), as the chart installs it."""
     from kubetune_operator.settings import OperatorSettings
+    from support.tls import local_pki
 
-    port = free_port()
+    port, pki = free_port(), local_pki()
     base: dict[str, Any] = {"standalone": True, "metrics_port": 0, "health_port": 0, "report_port": port,
-                            "report_url": f"http://127.0.0.1:{port}", "report_interval_seconds": 0.0}
+                            "report_url": f"https://127.0.0.1:{port}", "report_interval_seconds": 0.0,
+                            "report_tls_cert": str(pki.cert), "report_tls_key": str(pki.key), "report_ca": str(pki.ca)}
     return OperatorSettings(**{**base, **changes})
 
 

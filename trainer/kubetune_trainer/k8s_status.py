@@ -7,8 +7,15 @@ operator's report endpoint (``KUBETUNE_REPORT_URL`` +
 audience ``kubetune.io/report`` (``KUBETUNE_REPORT_TOKEN``, re-read on every
 send: the kubelet rotates it). The operator verifies the token (TokenReview and
 pod membership: rank 0 of the current attempt), checks every field and copies
-it into status (operator/kubetune_operator/report.py). Plain HTTPS/HTTP
-(urllib), no Kubernetes client.
+it into status (operator/kubetune_operator/report.py). urllib, no Kubernetes
+client.
+
+The token goes only over HTTPS verified against ``KUBETUNE_REPORT_CA`` (the CA
+in the job's ConfigMap; the system's trust store is not used, so only the
+operator's certificate is accepted, for the URL's host name). Plain HTTP only
+with ``KUBETUNE_REPORT_INSECURE_HTTP=true`` (the operator sets it when it was
+told so), with a warning; otherwise the reporter refuses to start and progress
+stays in the logs.
 
 Each report carries the whole state so far, so a lost or refused one is made up
 by the next:
@@ -31,7 +38,8 @@ flushes what is pending, waiting at most a few seconds.
 
 Environment: ``KUBETUNE_JOB_NAME``, ``KUBETUNE_JOB_NAMESPACE``,
 ``KUBETUNE_REPORT_URL``, ``KUBETUNE_REPORT_TOKEN`` (required);
-``KUBETUNE_ATTEMPT``, ``KUBETUNE_REPORT_CA`` (a CA bundle for an https URL),
+``KUBETUNE_REPORT_CA`` (the CA bundle, for an https URL) or
+``KUBETUNE_REPORT_INSECURE_HTTP`` (for an http URL); ``KUBETUNE_ATTEMPT``,
 ``KUBETUNE_STATUS_INTERVAL``.
 """
 from __future__ import annotations
@@ -77,6 +85,32 @@ def progress_fields(record: Mapping[str, Any]) -> dict[str, Any]:
     return {k: record[k] for k in PROGRESS_KEYS if record.get(k) is not None}
 
 
+def _tls_context(url: str, ca_file: str | None, allow_insecure_http: bool) -> ssl.SSLContext | None:
+    """How to reach ``url`` without handing the token to anyone but the operator.
+
+    https: a context trusting only ``ca_file`` (host name checked); http: None, and only
+    when ``allow_insecure_http``. Raises ValueError otherwise: no report is ever sent.
+    """
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme == "https":
+        if not ca_file:
+            raise ValueError("KUBETUNE_REPORT_CA is unset: refusing to send the report token to an https endpoint "
+                             "that cannot be verified (the operator sets it to the CA in the job's ConfigMap)")
+        try:
+            context = ssl.create_default_context(cafile=ca_file)  # only this CA: no system trust store
+        except (OSError, ssl.SSLError) as e:
+            raise ValueError(f"KUBETUNE_REPORT_CA={ca_file}: cannot load the CA certificate ({e})") from None
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        return context
+    if scheme == "http":
+        if not allow_insecure_http:
+            raise ValueError(f"KUBETUNE_REPORT_URL={url.split('/v1/')[0]} is plain HTTP: refusing to send the report "
+                             "token unencrypted (KUBETUNE_REPORT_INSECURE_HTTP=true allows it)")
+        log.warning("sending progress reports and the report token over plain HTTP (KUBETUNE_REPORT_INSECURE_HTTP=true)")
+        return None
+    raise ValueError(f"KUBETUNE_REPORT_URL={url.split('/v1/')[0]}: expected an https:// URL")
+
+
 class KubernetesStatusReporter:
     def __init__(
         self,
@@ -88,15 +122,14 @@ class KubernetesStatusReporter:
         attempt: int | None = None,
         min_interval: float = 10.0,
         timeout: float = 10.0,
+        allow_insecure_http: bool = False,
     ):
         quote = urllib.parse.quote
         self.url = f"{url.rstrip('/')}/v1/namespaces/{quote(namespace, safe='')}/finetunejobs/{quote(name, safe='')}/report"
         self.token_file = token_file
         self.min_interval = min_interval
         self.timeout = timeout
-        self._ssl: ssl.SSLContext | None = None
-        if self.url.startswith("https://"):
-            self._ssl = ssl.create_default_context(cafile=ca_file if ca_file and os.path.exists(ca_file) else None)
+        self._ssl = _tls_context(self.url, ca_file, allow_insecure_http)
         self._lock = threading.Condition()
         self._state: dict[str, Any] = {"attempt": attempt} if attempt is not None else {}
         self._dirty = False
@@ -226,7 +259,8 @@ def reporter_from_env(env: Mapping[str, str] = os.environ) -> KubernetesStatusRe
     return KubernetesStatusReporter(
         url, namespace, name,
         token_file=token,
-        ca_file=env.get("KUBETUNE_REPORT_CA"),
+        ca_file=env.get("KUBETUNE_REPORT_CA") or None,
+        allow_insecure_http=(env.get("KUBETUNE_REPORT_INSECURE_HTTP") or "").strip().lower() in ("1", "true", "yes", "on"),
         attempt=int(attempt) if attempt and attempt.isdigit() else None,
         min_interval=float(env.get("KUBETUNE_STATUS_INTERVAL", "10")),
     )

@@ -169,3 +169,28 @@ object. Trainer pods themselves hold no API permission at all. */}}
   verbs: ["list", "watch", "patch"]
 {{- end }}
 {{- end -}}
+
+{{/*
+The report endpoint's TLS (values reportTLS): "true" when rank 0 reports over
+HTTPS, the Secret the operator serves from, and the names its certificate
+carries (the report Service's, short and qualified).
+*/}}
+{{- define "kubetune.reportTLS" -}}
+{{- if and .Values.jobDefaults.statusReporter (not .Values.reportTLS.insecurePlainHTTP) -}}true{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.reportTLSSecret" -}}
+{{- if eq .Values.reportTLS.source "secret" -}}
+{{- required "reportTLS.source is \"secret\" but reportTLS.secretName is empty: name your kubernetes.io/tls Secret (keys tls.crt, tls.key, ca.crt) in the release namespace" .Values.reportTLS.secretName -}}
+{{- else if eq .Values.reportTLS.source "cert-manager" -}}
+{{- include "kubetune.suffixed" (list . "report-cert") -}}
+{{- else -}}
+{{- include "kubetune.suffixed" (list . "report-tls") -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kubetune.reportDNSNames" -}}
+{{- $svc := include "kubetune.suffixed" (list . "report") -}}
+{{- $ns := .Release.Namespace -}}
+{{- list $svc (printf "%s.%s" $svc $ns) (printf "%s.%s.svc" $svc $ns) (printf "%s.%s.svc.cluster.local" $svc $ns) | toJson -}}
+{{- end -}}

@@ -58,8 +58,22 @@ set here is one the operator reads.
 {{- if $d.statusReporter }}
 - name: KUBETUNE_REPORT_PORT
   value: {{ int64 .Values.operator.reportPort | quote }}
+{{- if include "kubetune.reportTLS" . }}
+- name: KUBETUNE_REPORT_URL
+  value: {{ printf "https://%s.%s.svc:%d" (include "kubetune.suffixed" (list . "report")) .Release.Namespace (int64 .Values.operator.reportPort) | quote }}
+- name: KUBETUNE_REPORT_TLS_CERT
+  value: /etc/kubetune/report-tls/tls.crt
+- name: KUBETUNE_REPORT_TLS_KEY
+  value: /etc/kubetune/report-tls/tls.key
+- name: KUBETUNE_REPORT_CA
+  value: /etc/kubetune/report-tls/ca.crt
+{{- else }}
 - name: KUBETUNE_REPORT_URL
   value: {{ printf "http://%s.%s.svc:%d" (include "kubetune.suffixed" (list . "report")) .Release.Namespace (int64 .Values.operator.reportPort) | quote }}
+# reportTLS.insecurePlainHTTP: report tokens travel unencrypted (the operator logs a warning).
+- name: KUBETUNE_REPORT_INSECURE_HTTP
+  value: "true"
+{{- end }}
 {{- end }}
 {{- with $d.storage.endpoint }}
 - name: KUBETUNE_DEFAULT_STORAGE_ENDPOINT
@@ -102,6 +116,13 @@ what to change.
 {{- if or (hasPrefix "app.kubernetes.io/" $key) (eq $key "helm.sh/chart") -}}
 {{- fail (printf "commonLabels.%s: the chart sets app.kubernetes.io/* and helm.sh/chart labels itself (selectors depend on them); use another key, e.g. team or cost-center" $key) -}}
 {{- end -}}
+{{- end -}}
+{{- $issuer := .Values.reportTLS.certManager.issuerRef -}}
+{{- if and (or $issuer.kind $issuer.group) (not $issuer.name) -}}
+{{- fail "reportTLS.certManager.issuerRef has a kind or group but no name: name the Issuer or ClusterIssuer, or leave issuerRef empty ({}) for the chart's own self-signed CA" -}}
+{{- end -}}
+{{- if and .Values.reportTLS.secretName (ne .Values.reportTLS.source "secret") -}}
+{{- fail (printf "reportTLS.secretName (%s) is only used with reportTLS.source=secret; set reportTLS.source=secret or remove reportTLS.secretName" .Values.reportTLS.secretName) -}}
 {{- end -}}
 {{- if and .Values.metrics.serviceMonitor.enabled (not .Values.metrics.service.enabled) -}}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled=true: the ServiceMonitor scrapes that Service" -}}
