@@ -162,7 +162,10 @@ def main(args: Any) -> int:
     """`kubetune operator`: settings from the environment, overridden by flags."""
     import dataclasses
 
-    settings = OperatorSettings.from_env()
+    try:
+        settings = OperatorSettings.from_env()
+    except ValueError as e:  # a setting, named in the message, with what to do
+        raise SystemExit(f"kubetune operator: {e}") from None
     changes: dict[str, Any] = {}
     if args.peering:
         changes.update(peering_name=args.peering, peering_required=True, standalone=False)

@@ -209,6 +209,15 @@ def test_operator_settings_refuse_a_channel_that_would_expose_the_token():
         OperatorSettings(report_url="https://r:1", report_port=0, report_ca=str(pki.key)).report_ca_pem()
 
 
+def test_kubetune_operator_refuses_plain_http_without_the_opt_out(monkeypatch):
+    from kubetune_operator import runner
+
+    monkeypatch.setenv("KUBETUNE_REPORT_URL", "http://kubetune-report.kubetune.svc:8443")
+    monkeypatch.delenv("KUBETUNE_REPORT_INSECURE_HTTP", raising=False)
+    with pytest.raises(SystemExit, match="kubetune operator: KUBETUNE_REPORT_URL=.* is plain HTTP"):
+        runner.main(types.SimpleNamespace())
+
+
 def test_a_renewed_certificate_is_served_without_a_restart(tmp_path):
     pki = make_pki(tmp_path / "tls")
     settings = OperatorSettings(report_url="https://127.0.0.1:1", report_tls_cert=str(pki.cert), report_tls_key=str(pki.key),
