@@ -207,6 +207,7 @@ class Reconciler:
         self._resync_task: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[None]] = set()
         self._relist_task: asyncio.Task[None] | None = None
+        self._relist_again = False  # a Kopf re-list came while ours was pending or in flight
         self.report_server = ReportServer(self)
 
     def state(self, namespace: str, name: str) -> JobState:
@@ -358,12 +359,35 @@ class Reconciler:
                 return None
             earlier = await self.earlier_job(ftj, st.earlier_job_name(ftj))
             decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings, earlier))
+            if decision.confirm_gone and await self.confirm_gone(st, ftj, decision.confirm_gone, logger):
+                continue  # the cache held something already gone: decide again on the corrected view
             if decision.empty:
                 return decision.requeue_after
             if not await self.act(st, ftj, decision, logger):
                 return None
         logger.warning("reconcile did not settle after 10 steps; retrying shortly")
         return 1.0
+
+    async def confirm_gone(self, st: JobState, ftj: dict[str, Any], objects: list[tuple[str, str]], logger: Logger) -> bool:
+        """Read back the cached leftovers an attempt has waited on; drop those the API no longer has
+        (or has only as a new object of the same name). -> whether the cache changed."""
+        assert self.kube is not None
+        ns = ftj["metadata"]["namespace"]
+        changed = False
+        for kind, obj_name in objects:
+            store = st.jobs if kind == "Job" else st.pods
+            cached = store.get(obj_name)
+            if cached is None:
+                continue
+            found = await self.kube.get(kind, ns, obj_name)
+            cached_uid = cached["metadata"].get("uid")
+            if found is None or found["metadata"].get("uid") != cached_uid:
+                logger.info(f"{ns}/{ftj['metadata']['name']}: {kind} {obj_name} was cached but is gone; its DELETED event was missed")
+                st.see(store, cached, deleted=True)
+                if found is not None:
+                    st.see(store, found)
+                changed = True
+        return changed
 
     async def earlier_job(self, ftj: dict[str, Any], name: str | None) -> dict[str, Any] | None:
         """The FineTuneJob ``name`` in ftj's namespace, read from the API (a list by name: the
@@ -537,15 +561,24 @@ class Reconciler:
         """Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no DELETED
         event, so list the children once ourselves (debounced: one re-list per burst). FineTuneJob
         lists count too: when every child vanished, the children's re-list has nothing to show."""
-        if event_type is None and self.synced.is_set() and self._relist_task is None:
-            self._relist_task = asyncio.create_task(self._relist_soon())
+        if event_type is None and self.synced.is_set():
+            if self._relist_task is None:
+                self._relist_task = asyncio.create_task(self._relist_soon())
+            else:
+                # One is pending or in flight: its list may already have been answered from before
+                # this re-list (what vanished since would then stay cached), so list once more after it.
+                self._relist_again = True
 
     async def _relist_soon(self) -> None:
         try:
-            await asyncio.sleep(1.0)
-            await self.relist()
-            for st in list(self.states.values()):
-                st.wake.set()
+            again = True
+            while again:
+                self._relist_again = False
+                await asyncio.sleep(1.0)
+                await self.relist()
+                for st in list(self.states.values()):
+                    st.wake.set()
+                again = self._relist_again
         except APIError as e:
             log.warning(f"re-listing the jobs' Jobs and pods failed: {e!r}")
         finally:

@@ -54,6 +54,7 @@ from kubetune_operator.status_writer import Event, StatusWriter, parse_time
 LEFTOVER_POLL_SECONDS = 5.0
 # Beyond a pod's grace period, how long an attempt still waits for the previous one's pods.
 LEFTOVER_MARGIN_SECONDS = 30
+CONFIRM_AT_MOST = 10  # leftovers read back from the API per poll while an attempt waits on them
 FORBIDDEN_BACKOFF_SECONDS = 5
 
 
@@ -76,6 +77,9 @@ class Decision:
     # What the transition was about, for metrics: (phase, reason) entered, and restart kind.
     entered: tuple[str, str] | None = None
     restart_counted: bool | None = None
+    # Leftovers the cache has shown in the way for a poll interval or more: read them from the API
+    # before waiting again (a cache can hold an object whose DELETED event it never got). (kind, name)
+    confirm_gone: list[tuple[str, str]] = dataclasses.field(default_factory=list)
 
     def requeue(self, seconds: float) -> None:
         seconds = max(0.0, seconds)
@@ -330,6 +334,10 @@ def _no_current_job(*, obs: Observation, spec: api.FineTuneJobSpec, attempt: int
         if not bounded:
             shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
             _blocked(w, reason, f"attempt {attempt} (Job {job_name}) waits until {shown} are gone")
+            if since is not None and now >= since + dt.timedelta(seconds=LEFTOVER_POLL_SECONDS):
+                cached = [("Job", _name(j)) for j in obs.foreign_jobs if _name(j) == job_name]
+                cached += [("Pod", _name(p)) for p in (*obs.foreign_pods, *obs.pods) if f"pod {_name(p)}" in names]
+                d.confirm_gone = cached[:CONFIRM_AT_MOST]
             d.requeue(LEFTOVER_POLL_SECONDS)
             return
     if not _resolve_from(obs=obs, spec=spec, attempt=attempt, w=w, d=d):

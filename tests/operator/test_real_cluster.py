@@ -203,7 +203,9 @@ def test_invalid_job_fails_the_job_with_the_api_servers_message(real, operator):
     create(real, name, podLabels={"team": "has spaces"})  # valid for the CRD, invalid as a pod label
     st = wait_phase(real, name, "Failed", timeout=10)
     assert "is invalid" in st["message"] and "Job" in st["message"]
-    assert any(e["type"] == "Warning" and "is invalid" in e["message"] for e in real.events(NS, name))
+    # Kopf posts Events from a background queue, after the status patch: wait for it, do not race it.
+    wait_for(lambda: any(e["type"] == "Warning" and "is invalid" in e["message"] for e in real.events(NS, name)),
+             message="a Warning Event with the API server's message")
 
 
 def test_forbidden_job_is_retried_visibly(real, operator):

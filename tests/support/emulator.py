@@ -309,6 +309,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
     _rv: int = attrs.field(default=0, init=False)
     _compacted_rv: int = attrs.field(default=0, init=False)
     _events: dict[Any, collections.deque] = attrs.field(factory=dict, init=False)
+    # Per resource, the newest resourceVersion dropped from its event window: a watch from before it is 410.
+    _trimmed_rv: dict[Any, int] = attrs.field(factory=dict, init=False)
     _uids: dict[str, Any] = attrs.field(factory=dict, init=False)  # uid -> object key
     _outage: threading.Event = attrs.field(factory=threading.Event, init=False)
     _gc_wake: asyncio.Event | None = attrs.field(default=None, init=False)
@@ -379,6 +381,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
 
     async def _emit(self, res: Any, etype: str, body: dict[str, Any]) -> None:
         log = self._events.setdefault(res, collections.deque(maxlen=self.event_window))
+        if len(log) == log.maxlen:
+            self._trimmed_rv[res] = log[0][0]
         log.append((int(body["metadata"]["resourceVersion"]), etype, body))
         await self._buses[res].put({"type": etype, "object": body})
         if self.semantics.job_controller or self.semantics.job_tracking_finalizer:
@@ -1053,7 +1057,8 @@ class KubeEmulator(kmock.KubernetesEmulator):
             since = int(since_s) if since_s and since_s.isdigit() else 0
             backlog: list[dict[str, Any]] = []
             log = self._events.get(res) or ()
-            if since > 0 and (since < self._compacted_rv or (log and log[0][0] > since + 1 and since < self._rv)):
+            # resourceVersions are global: the next event of this resource may be far above `since`.
+            if since > 0 and since < max(self._compacted_rv, self._trimmed_rv.get(res, 0)):
                 expired = True
             elif since > 0:
                 backlog = [{"type": t, "object": b} for rv, t, b in log if rv > since and wanted(b)]
