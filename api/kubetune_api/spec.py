@@ -87,6 +87,7 @@ from .status import (
     FineTuneJobStatus,
     OutputStatus,
     Phase,
+    PlanStatus,
     Progress,
 )
 from .storage import SecretRef, StorageSpec
@@ -120,7 +121,7 @@ __all__ = [
     "EnvVarSource", "KeySelector", "FieldSelector", "EnvFromSource", "ObjectRef", "ResourcesSpec", "RunPolicy",
     # status
     "Phase", "PHASES", "TERMINAL_PHASES", "Condition", "Progress", "CheckpointRef", "OutputStatus",
-    "FineTuneJobStatus",
+    "PlanStatus", "FineTuneJobStatus",
 ]
 
 

@@ -72,6 +72,23 @@ class OutputStatus(ApiModel):
         "rougeL (seq2seq)."))
 
 
+class PlanStatus(ApiModel):
+    """The memory plan's decisions and numbers for the current attempt, reported by rank 0 at start-up."""
+
+    zero_stage: int | None = Field(default=None, ge=0, le=3, description="ZeRO stage the trainer runs (decided by the plan for zeroStage auto).")
+    offload: Literal["none", "optimizer", "parameters"] | None = Field(default=None, description="What is offloaded to host memory.")
+    gradient_checkpointing: bool | None = Field(default=None, description="Whether activations are recomputed in backward.")
+    micro_batch_size: int | None = Field(default=None, ge=1, le=4096, description="Sequences per GPU per forward pass.")
+    estimated_bytes: int | None = Field(
+        default=None, ge=0, description="The planner's estimate of peak memory per GPU (per process on CPU), in bytes; absent without a plan.")
+    device_bytes: int | None = Field(default=None, ge=0, description="Memory of the GPU (of the process on CPU) the plan was made for, in bytes.")
+    device: str | None = Field(default=None, max_length=128, description="The GPU the plan was made for, as the trainer measured it (cpu for CPU jobs).")
+    fits: bool | None = Field(
+        default=None,
+        description="Whether the estimate plus the runtime margin fits the device memory (a job that does not fit fails with InsufficientMemory).",
+    )
+
+
 class FineTuneJobStatus(ApiModel):
     """Observed state, written by the operator and (progress only) by rank 0."""
 
@@ -92,4 +109,6 @@ class FineTuneJobStatus(ApiModel):
     completion_time: str | None = Field(default=None, description="When the job finished.")
     observed_generation: int | None = Field(default=None, description="Spec generation the status describes.")
     output: OutputStatus | None = Field(default=None, description="Exported artifacts.")
+    plan: PlanStatus | None = Field(
+        default=None, description="The memory plan the trainer runs with (kubetune plan shows the same before a run).")
 

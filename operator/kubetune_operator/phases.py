@@ -412,18 +412,21 @@ def _handle_failure(
 
 
 def _copy_report(report: TrainerReport | None, status: Mapping[str, Any], w: StatusWriter) -> None:
-    """Rank 0's checked report (progress, last checkpoint, output) into status: only what changed.
+    """Rank 0's checked report (progress, last checkpoint, output, memory plan) into status: only what changed.
 
     The report was verified and bounded by the report server (report.py); it never
     carries phase, conditions, restarts or attempt.
     """
     if report is None:
         return
-    for key, reported in (("progress", report.progress), ("lastCheckpoint", report.last_checkpoint), ("output", report.output)):
+    for key, reported in (("progress", report.progress), ("lastCheckpoint", report.last_checkpoint), ("output", report.output),
+                          ("plan", report.plan)):
         current = status.get(key)
         if not isinstance(current, dict):
             current = {}
         changed = {k: v for k, v in reported.items() if current.get(k) != v}
+        if key == "plan" and reported:  # one attempt's plan as a whole: an earlier attempt's numbers go
+            changed.update({k: None for k in current if k not in reported})
         if changed:
             w.set(key, changed)  # a merge patch: keys not reported are left as they are
 

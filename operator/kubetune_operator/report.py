@@ -11,6 +11,9 @@ parses the body here. Only these fields can come from a pod:
 - ``lastCheckpoint`` ``{step, uri, time}``, ``output`` ``{adapterUri, mergedUri,
   summaryUri, reportUri, baseModel, baseModelRevision, metrics}``: URIs must lie
   under the job's ``spec.output.uri`` (baseModel is a bounded model reference),
+- ``plan`` ``{zeroStage, offload, gradientCheckpointing, microBatchSize,
+  estimatedBytes, deviceBytes, device, fits}``: the memory plan the trainer
+  runs with (``kubetune_api.status.PlanStatus``), decided at start-up,
 - ``stage`` (``initializing``/``running``/``exporting``) and ``attempt``: inputs
   to the operator's phase decision (``Running`` -> ``Exporting``), never a phase.
 
@@ -46,6 +49,9 @@ URI_KEYS = ("adapterUri", "mergedUri", "summaryUri", "reportUri")
 # What the adapter applies to (the job's resolved model.source), read by a later job's model.from: a
 # model reference, not under output.uri; bounded, printable, one line.
 BASE_MODEL_KEYS = {"baseModel": MAX_URI_LENGTH, "baseModelRevision": 256}
+OFFLOADS = ("none", "optimizer", "parameters")
+MAX_MICRO_BATCH = 4096
+MAX_DEVICE_NAME = 128
 _METRIC_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.\-/]{0,63}$")
 # TokenReview's user.extra keys for a token bound to a pod (service-account token docs).
 POD_NAME_EXTRA = "authentication.kubernetes.io/pod-name"
@@ -65,6 +71,7 @@ class TrainerReport:
     progress: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     last_checkpoint: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     output: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    plan: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def _int(value: Any, field: str) -> int:
@@ -103,6 +110,42 @@ def _metrics(metrics: Mapping[str, Any], field: str) -> dict[str, float]:
             raise InvalidReport(f"{field}: {str(key)!r:.80} is not a metric name (letters, digits, _ . - /; at most 64)")
         checked[str(key)] = _float(value, f"{field}.{key}")
     return checked
+
+
+def _bool(value: Any, field: str) -> bool:
+    if not isinstance(value, bool):
+        raise InvalidReport(f"{field}: expected true or false, got {value!r:.40}")
+    return value
+
+
+def _plan(raw: Mapping[str, Any]) -> dict[str, Any]:
+    """The memory plan's decisions and numbers (status.PlanStatus), each checked."""
+    plan: dict[str, Any] = {}
+    if raw.get("zeroStage") is not None:
+        plan["zeroStage"] = _int(raw["zeroStage"], "plan.zeroStage")
+        if plan["zeroStage"] > 3:
+            raise InvalidReport(f"plan.zeroStage: expected 0 to 3, got {plan['zeroStage']}")
+    if raw.get("offload") is not None:
+        if raw["offload"] not in OFFLOADS:
+            raise InvalidReport(f"plan.offload: expected one of {', '.join(OFFLOADS)}, got {raw['offload']!r:.40}")
+        plan["offload"] = raw["offload"]
+    if raw.get("gradientCheckpointing") is not None:
+        plan["gradientCheckpointing"] = _bool(raw["gradientCheckpointing"], "plan.gradientCheckpointing")
+    if raw.get("microBatchSize") is not None:
+        plan["microBatchSize"] = _int(raw["microBatchSize"], "plan.microBatchSize")
+        if not 1 <= plan["microBatchSize"] <= MAX_MICRO_BATCH:
+            raise InvalidReport(f"plan.microBatchSize: expected 1 to {MAX_MICRO_BATCH}, got {plan['microBatchSize']}")
+    for key in ("estimatedBytes", "deviceBytes"):
+        if raw.get(key) is not None:
+            plan[key] = _int(raw[key], f"plan.{key}")
+    device = raw.get("device")
+    if device is not None:
+        if not isinstance(device, str) or len(device) > MAX_DEVICE_NAME or not device.isprintable():
+            raise InvalidReport(f"plan.device: expected a one-line string of at most {MAX_DEVICE_NAME} characters")
+        plan["device"] = device
+    if raw.get("fits") is not None:
+        plan["fits"] = _bool(raw["fits"], "plan.fits")
+    return plan
 
 
 def _object(body: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -168,7 +211,8 @@ def parse_report(raw: bytes, output_uri: str) -> TrainerReport:
     metrics = _metrics(_object(raw_output, "metrics"), "output.metrics")
     if metrics:
         output["metrics"] = metrics
-    return TrainerReport(attempt=attempt, stage=stage, progress=progress, last_checkpoint=checkpoint, output=output)
+    return TrainerReport(attempt=attempt, stage=stage, progress=progress, last_checkpoint=checkpoint, output=output,
+                         plan=_plan(_object(body, "plan")))
 
 
 def check_sender(*, pod_name: str | None, pod_uid: str | None, namespace: str, username: str,

@@ -61,6 +61,8 @@ def test_progress_checkpoint_and_export_reach_status_through_the_operator(cluste
     before = status(cluster, name)
     r = reporter(cluster, operator, name, rank0, tmp_path, interval=0.05)
     r.event({"event": "phase", "phase": "Running"})
+    r.event({"event": "plan", "zeroStage": 2, "offload": "none", "gradientCheckpointing": False, "microBatchSize": 4,
+             "estimatedBytes": 9_663_676_416, "deviceBytes": 85_520_809_984, "device": "NVIDIA H100 80GB HBM3", "fits": True})
     r.progress({"step": 5, "totalSteps": 50, "percent": 10.0, "loss": 2.0, "evalLoss": None, "updatedAt": "2026-01-01T00:00:00Z"})
     wait_for(lambda: status(cluster, name).get("progress", {}).get("step") == 5, message="progress 5")
     assert status(cluster, name)["reason"] == "TrainingStarted"
@@ -83,6 +85,9 @@ def test_progress_checkpoint_and_export_reach_status_through_the_operator(cluste
     assert st["output"] == {"adapterUri": f"{OUT}/{name}/final/adapter", "summaryUri": f"{OUT}/{name}/final/summary.json",
                             "reportUri": f"{OUT}/{name}/final/report.html", "baseModel": "hf://org/base", "baseModelRevision": "main",
                             "metrics": {"evalLoss": 1.8, "perplexity": 6.05}}
+    assert st["plan"] == {"zeroStage": 2, "offload": "none", "gradientCheckpointing": False, "microBatchSize": 4,
+                          "estimatedBytes": 9_663_676_416, "deviceBytes": 85_520_809_984, "device": "NVIDIA H100 80GB HBM3",
+                          "fits": True}
     # The pod made no request to the API server.
     assert not [c for c in cluster.calls if c.user_agent == "kubetune-trainer"]
 

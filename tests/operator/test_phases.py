@@ -168,6 +168,20 @@ def test_a_report_of_this_attempt_confirms_training_and_its_progress_is_copied()
     assert {"restarts", "attempt"}.isdisjoint(decision.status_patch)
 
 
+def test_the_status_writer_puts_the_reported_memory_plan_in_status_as_a_whole():
+    earlier = {"zeroStage": 3, "offload": "optimizer", "gradientCheckpointing": True, "microBatchSize": 1,
+               "estimatedBytes": 70 * 2**30, "deviceBytes": 80 * 2**30, "device": "NVIDIA H100 80GB HBM3", "fits": True}
+    f = ftj(status("Running", "TrainingStarted", progress={"step": 4}, plan=earlier))
+    # this attempt runs where no plan could be made: only the decisions, no numbers
+    rep = TrainerReport(attempt=1, stage="running", plan={"zeroStage": 2, "offload": "none", "gradientCheckpointing": True,
+                                                          "microBatchSize": 1})
+    patch = decide(f, [batch(f)], [pod(0), pod(1)], report=rep).status_patch
+    assert patch["plan"] == {"zeroStage": 2, "offload": "none", "estimatedBytes": None, "deviceBytes": None, "device": None,
+                             "fits": None}
+    f["status"]["plan"] = {k: v for k, v in {**earlier, **patch["plan"]}.items() if v is not None}
+    assert decide(f, [batch(f)], [pod(0), pod(1)], report=rep).empty  # the same plan again writes nothing
+
+
 def test_the_same_report_twice_writes_nothing():
     rep = TrainerReport(attempt=1, stage="running", progress={"step": 4})
     f = ftj(status("Running", "TrainingStarted", progress={"step": 4, "loss": 1.0}))

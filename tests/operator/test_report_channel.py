@@ -58,6 +58,35 @@ def test_a_report_breaking_a_rule_is_refused_naming_the_field(fields, needle):
         parse_report(json.dumps(fields, allow_nan=True).encode(), OUT)
 
 
+PLAN = {"zeroStage": 2, "offload": "none", "gradientCheckpointing": False, "microBatchSize": 4,
+        "estimatedBytes": 12_884_901_888, "deviceBytes": 85_520_809_984, "device": "NVIDIA H100 80GB HBM3", "fits": True}
+
+
+def test_the_memory_plan_is_kept_typed_and_bounded():
+    r = parse_report(body(plan={**PLAN, "phase": "Failed", "terms": {"weights": 1}}), OUT)
+    assert r.plan == PLAN  # unknown keys (a newer trainer's) are dropped
+    assert parse_report(body(plan={"zeroStage": 0, "fits": False}), OUT).plan == {"zeroStage": 0, "fits": False}
+
+
+@pytest.mark.parametrize(("plan", "needle"), [
+    ({"zeroStage": 4}, "plan.zeroStage"),
+    ({"zeroStage": "2"}, "plan.zeroStage"),
+    ({"offload": "disk"}, "plan.offload"),
+    ({"gradientCheckpointing": "yes"}, "plan.gradientCheckpointing"),
+    ({"gradientCheckpointing": 1}, "plan.gradientCheckpointing"),
+    ({"microBatchSize": 0}, "plan.microBatchSize"),
+    ({"microBatchSize": 10_000}, "plan.microBatchSize"),
+    ({"estimatedBytes": -1}, "plan.estimatedBytes"),
+    ({"deviceBytes": 1e300}, "plan.deviceBytes"),
+    ({"device": "x" * 200}, "plan.device"),
+    ({"device": "GPU\nFits: yes"}, "plan.device"),
+    ({"fits": "true"}, "plan.fits"),
+], ids=lambda v: v if isinstance(v, str) else None)
+def test_a_plan_breaking_a_rule_is_refused_naming_the_field(plan, needle):
+    with pytest.raises(InvalidReport, match=needle.replace(".", r"\.")):
+        parse_report(body(plan=plan), OUT)
+
+
 def test_size_and_shape_limits():
     with pytest.raises(InvalidReport, match="bytes"):
         parse_report(b" " * (report.MAX_BODY_BYTES + 1), OUT)

@@ -183,6 +183,20 @@ def test_progress_records_have_exactly_the_status_fields(lora_z2):
     assert exported["metrics"]["evalLoss"] == pytest.approx(run.summary["evalLoss"])
 
 
+def test_the_report_to_the_operator_carries_the_memory_plan(lora_z2):
+    """The settings the run used and the plan's numbers go into rank 0's report (status.plan), as in summary.json."""
+    from kubetune_trainer.k8s_status import report_fields_for_event
+
+    _, run = lora_z2
+    s = run.summary
+    (event,) = [r for r in run.records if r.get("event") == "plan"]
+    plan = report_fields_for_event(event)["plan"]
+    assert plan == {"zeroStage": s["zeroStage"], "offload": s["offload"], "gradientCheckpointing": s["gradientCheckpointing"],
+                    "microBatchSize": s["microBatchSize"], "estimatedBytes": s["memoryPlan"]["estimatedBytes"],
+                    "deviceBytes": s["memoryPlan"]["deviceBytes"], "device": "cpu", "fits": True}
+    assert 0 < plan["estimatedBytes"] < plan["deviceBytes"]
+
+
 def test_tokens_seen_counts_only_real_tokens(lora_z2):
     """num_input_tokens_seen counts non-padding tokens: exactly the packed training tokens consumed."""
     _, run = lora_z2

@@ -27,6 +27,9 @@ by the next:
 - ``output``: ``{adapterUri, mergedUri, summaryUri, reportUri, baseModel,
   baseModelRevision, metrics}`` of ``exported`` (baseModel: what the adapter
   applies to, read by a later job's model.from);
+- ``plan``: ``{zeroStage, offload, gradientCheckpointing, microBatchSize,
+  estimatedBytes, deviceBytes, device, fits}`` of the ``plan`` event: the settings
+  the run uses and the memory plan's numbers (status.plan);
 - ``attempt``: ``KUBETUNE_ATTEMPT``.
 
 Training never waits for the operator: calls return at once, a background
@@ -60,6 +63,8 @@ from typing import Any
 log = logging.getLogger("kubetune.k8s_status")
 
 STAGES = {"Initializing": "initializing", "Running": "running", "Exporting": "exporting"}
+PLAN_KEYS = ("zeroStage", "offload", "gradientCheckpointing", "microBatchSize", "estimatedBytes", "deviceBytes", "device",
+             "fits")
 PROGRESS_KEYS = ("step", "totalSteps", "epoch", "percent", "loss", "evalLoss", "evalMetrics", "learningRate",
                  "tokensPerSecond", "mfu", "etaSeconds", "updatedAt")
 
@@ -72,6 +77,9 @@ def report_fields_for_event(event: Mapping[str, Any]) -> dict[str, Any]:
     if kind == "checkpoint":
         ref = {k: event.get(k) for k in ("step", "uri", "time") if event.get(k) is not None}
         return {"lastCheckpoint": ref} if ref else {}
+    if kind == "plan":
+        plan = {k: event[k] for k in PLAN_KEYS if event.get(k) is not None}
+        return {"plan": plan} if plan else {}
     if kind == "exported":
         out = {k: event.get(k) for k in ("adapterUri", "mergedUri", "summaryUri", "reportUri", "baseModel", "baseModelRevision") if event.get(k)}
         metrics = {k: float(v) for k, v in (event.get("metrics") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}

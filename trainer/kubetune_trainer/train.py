@@ -212,6 +212,17 @@ def plan_deepspeed(spec: FineTuneJobSpec, model_dir: str, rt: WorkerContext, mem
                 gradient_checkpointing=checkpointing, offload=offload, memory=mem.summary() if mem is not None else None)
 
 
+def plan_event(plan: TrainingPlan) -> dict[str, Any]:
+    """The ``plan`` event: the settings this run uses and the memory plan's numbers (status.plan, via rank 0's report)."""
+    event: dict[str, Any] = {"event": "plan", "zeroStage": plan.zero_stage, "offload": plan.offload,
+                             "gradientCheckpointing": plan.gradient_checkpointing, "microBatchSize": plan.batch.micro_batch}
+    mem = plan.memory or {}
+    for key in ("estimatedBytes", "deviceBytes", "device", "fits"):
+        if mem.get(key) not in (None, ""):
+            event[key] = mem[key]
+    return event
+
+
 def checkpoint_manager(spec: FineTuneJobSpec, rt: WorkerContext, reporters: Reporters) -> CheckpointManager:
     from .checkpoint import CheckpointManager
 
@@ -493,6 +504,7 @@ def run(config_path: str) -> None:
         final_eval = evaluation.FinalEvaluation(spec, data, tokenizer, rt.scratch, rt.rank, ckpt.storage,
                                                 continues_adapter=adapter_dir is not None) if task == "causal-lm" else None
         plan = plan_deepspeed(spec, model_dir, rt, mem, task)
+        reporters.event(plan_event(plan))
         args = training_arguments(spec, plan, ckpt, data, rt, run_name=job.metadata.name)  # before the model: ZeRO-3 builds it partitioned
         join_process_group(args)  # zero.Init in from_pretrained needs the world size
 
