@@ -161,6 +161,14 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     return {"peak": max(totals), "allocations": len(totals), "seconds": elapsed}
 
 
+def matches(case, selector: str) -> bool:
+    """Whether ``case`` starts with the words of ``selector`` (size, method, ZeRO stage, on/off, micro-batch)."""
+    size, method, stage, gc, mb = case
+    words = [size, method, str(stage), "on" if gc else "off", str(mb)]
+    want = selector.split()
+    return len(want) <= len(words) and words[:len(want)] == want
+
+
 def run_case(case) -> dict:
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"), DS_ACCELERATOR="cpu",
                TRANSFORMERS_VERBOSITY="error", PYTHONWARNINGS="ignore")
@@ -175,6 +183,9 @@ def run_case(case) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="4 cases instead of all")
+    ap.add_argument("--only", action="append", default=[], metavar="CASE",
+                    help="run only the cases matching CASE, written as in the table: 'small lora 2 on 8'; "
+                         "fewer words match more cases ('medium full', 'small lora 2'); repeatable")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
@@ -183,7 +194,13 @@ def main(argv=None) -> int:
         return 0
     rows = []
     print(f"{'model':<8}{'params':>8} {'method':<6}{'ZeRO':>5}{'ckpt':>6}{'mb':>4}{'estimate':>11}{'measured':>11}{'error':>8}  estimate terms (MiB)")
-    for case in (QUICK if args.quick else CASES):
+    cases = QUICK if args.quick else CASES
+    if args.only:
+        cases = [c for c in cases if any(matches(c, sel) for sel in args.only)]
+        if not cases:
+            ap.error(f"--only {args.only}: no case matches; cases look like 'small lora 2 on 8' "
+                     "(size method ZeRO checkpointing micro-batch)")
+    for case in cases:
         size, method, stage, gc, mb = case
         from kubetune_api import memory
 
