@@ -129,7 +129,7 @@ class ApiModel(BaseModel):
     def _null_is_unset(cls, data: Any) -> Any:
         """A field written as null counts as not written, as the API server prunes it before defaulting
         (so `kubetune run` and the trainer accept what `kubectl apply` and `kubetune validate` accept)."""
-        if not isinstance(data, dict):
+        if not isinstance(data, dict) or all(v is not None for v in data.values()):
             return data
         fields = {f.alias or name for name, f in cls.model_fields.items()} | set(cls.model_fields)
         return {k: v for k, v in data.items() if v is not None or k not in fields}

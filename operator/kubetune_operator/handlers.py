@@ -43,7 +43,7 @@ from kopf._core.intents.handlers import DaemonHandler
 from kubetune_api import spec as api
 from kubetune_operator import builders, lineage, observe, phases
 from kubetune_operator import reasons as R
-from kubetune_operator.kube import APIError, Kube, LeanDiffBaseStorage, LeanProgressStorage, url
+from kubetune_operator.kube import APIError, EssenceFreeDiffBaseStorage, Kube, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.report import TrainerReport
@@ -594,9 +594,9 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = FINALIZER
         # Kopf keeps handler progress only when a handler is retried; keep it in
         # annotations of our own prefix (status fields outside the CRD schema are pruned).
-        # (Kopf's own storages, less the deep copies of every watched body at every event.)
-        settings.persistence.progress_storage = LeanProgressStorage(prefix="kubetune.io")
-        settings.persistence.diffbase_storage = LeanDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
+        settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kubetune.io")
+        # No change handlers (see the check below make_registry's registrations): no essence to build.
+        settings.persistence.diffbase_storage = EssenceFreeDiffBaseStorage(prefix="kubetune.io", key="last-handled-configuration")
         settings.posting.level = logging.INFO
         settings.background.instant_exit_timeout = 2.0
         # Server-side selection: Kopf puts these into every list and watch of Jobs and pods
@@ -664,6 +664,10 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
     from kubetune_operator.sweeps import handlers as sweep_handlers  # FineTuneSweeps (issue 13)
 
     sweep_handlers.register(registry, rt)
+    if registry._changing._handlers:
+        # EssenceFreeDiffBaseStorage gives Kopf no essence to diff: such handlers would never see a change.
+        raise RuntimeError("on.create/update/delete/resume/field handlers need Kopf's diff-base storage; "
+                           "replace EssenceFreeDiffBaseStorage in handlers.make_registry's startup")
     return registry
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import builtins
 import logging
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, cast
 
 import kopf
@@ -156,41 +156,17 @@ class Kube:
             return False
 
 
-class LeanDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
-    """Kopf's annotation diff-base storage, building the very same essence without first
-    deep-copying what it then drops.
 
-    Kopf (1.45.2) builds an essence of every watched object at every watch event, by
-    deep-copying the whole body (status and metadata included) and deleting status and
-    metadata afterwards: for a FineTuneJob's conditions and a Job's pod template, a large
-    share of the operator's CPU when hundreds of jobs start at once.
+class EssenceFreeDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
+    """Kopf's annotation diff-base storage for an operator without change handlers: no essence.
+
+    Kopf (1.45.2) builds an "essence" of every watched object at every watch event (a deep
+    copy of the whole body) to find what changed for on.create/update/delete handlers and to
+    reset daemons' idle timers. kubetune registers neither (``handlers.make_registry`` refuses
+    change handlers with this storage), so the copies were pure cost: a FineTuneJob's status
+    and a Job's pod template copied at every event, a large share of the operator's CPU when
+    hundreds of jobs start at once.
     """
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
-        if extra_fields:  # fields picked back from status or metadata: Kopf's own way
-            return super().build(body=body, extra_fields=extra_fields)
-        meta = body.get("metadata") or {}
-        # What the essence keeps of metadata (labels, annotations) and what its key naming reads.
-        kept = {k: v for k, v in body.items() if k != "status"}
-        kept["metadata"] = {k: meta[k] for k in ("labels", "annotations", "ownerReferences") if k in meta}
-        return super().build(body=kopf.Body(cast(kopf.RawBody, kept)), extra_fields=None)
-
-
-class LeanProgressStorage(kopf.AnnotationsProgressStorage):
-    """Kopf's annotation progress storage, whose ``clear`` copies only the levels it changes.
-
-    Kopf's ``clear`` deep-copies the essence (the object's spec) before dropping its own
-    annotations, twice per watch event; the essence is only compared afterwards, so copying
-    the top level and metadata is enough to leave the caller's essence untouched.
-    """
-
-    def clear(self, *, essence: kopf.BodyEssence) -> kopf.BodyEssence:
-        cleared = cast(dict[str, Any], dict(essence))
-        if isinstance(cleared.get("metadata"), Mapping):
-            cleared["metadata"] = dict(cleared["metadata"])
-        annotations = cleared.get("metadata", {}).get("annotations", {})
-        keys = {key for key in annotations if self.prefix and key.startswith(f"{self.prefix}/")}
-        lean = cast(kopf.BodyEssence, cleared)
-        self.remove_annotations(lean, keys)
-        self.remove_empty_stanzas(lean)
-        return lean
+        return cast(kopf.BodyEssence, {})

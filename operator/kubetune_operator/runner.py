@@ -49,6 +49,10 @@ def configure_logging(fmt: str = "json", verbose: bool = False) -> None:
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    # No line shows a source file, thread or process: do not collect them for every record
+    # (the logging HOWTO's "Optimization"; findCaller walks the stack at every call).
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     # Kopf logs every watch-event handler call ("Handler 'x' succeeded."): thousands per minute.
     logging.getLogger("kopf.objects").addFilter(_QuietEventHandlers())
 
