@@ -179,6 +179,7 @@ def test_sigterm_sets_the_flag_and_the_previous_handler_comes_back(tmp_path):
         assert seen == ["caller"]
     finally:
         signal.signal(signal.SIGTERM, previous)
+        mgr.close()
 
 
 @pytest.mark.parametrize("where", ["s3", "local-in-place"])
@@ -199,3 +200,92 @@ def test_publish_final_commits_marker_last(s3, tmp_path, where):
     marker = mgr.storage.read_json(f"{out}/final/COMMITTED")
     assert set(marker["files"]) == {"adapter/adapter_model.safetensors", "summary.json"}
     assert mgr.storage.read_bytes(f"{out}/final/adapter/adapter_model.safetensors") == b"w" * 100
+
+
+# ------------------------------------------------------------ the uploader process
+def _waiting_upload(tmp_path, out, endpoint=None):
+    """A manager whose first checkpoint stays in flight: local rank 1 of 2 never reports its save."""
+    topo = ck.Topology(rank=0, local_rank=0, world_size=2, local_world_size=2, node=0, nodes=1)
+    mgr = ck.CheckpointManager(_spec(out, endpoint, every=2), tmp_path / "scratch", topology=topo)
+    assert mgr.prepare_resume() is None
+    local = mgr.local_root / "checkpoint-2"
+    local.mkdir(parents=True)
+    (local / "trainer_state.json").write_text('{"global_step": 2}')
+    mgr.on_saved(2)
+    return mgr
+
+
+def test_uploader_killed_mid_upload_is_a_clear_error_and_nothing_is_committed(tmp_path):
+    import signal
+
+    from kubetune_trainer.storage import StorageError
+
+    out = str(tmp_path / "out")
+    mgr = _waiting_upload(tmp_path, out)
+    proc = mgr._uploader.proc
+    proc.send_signal(signal.SIGKILL)
+    with pytest.raises(StorageError, match=rf"uploader process \(pid {proc.pid}\) was killed by signal SIGKILL "
+                                           r"while publishing step 2; that checkpoint is not committed"):
+        mgr.drain()
+    assert mgr.step_flags(3)[2], "the training loop sees the failure at its next step"
+    assert not LocalStorage().exists(f"{out}/checkpoints/step-000002/{ck.COMMITTED}")
+    mgr.close()
+
+
+def test_uploader_error_keeps_its_reason(s3, tmp_path):
+    """A permanent storage error in the uploader reaches the trainer as the same PermanentError reason."""
+    from kubetune_api.contract import PermanentError
+
+    bucket = f"gone-{time.monotonic_ns()}"
+    s3.client().create_bucket(Bucket=bucket)
+    topo = ck.Topology(rank=0, local_rank=0, world_size=1, local_world_size=1, node=0, nodes=1)
+    mgr = ck.CheckpointManager(_spec(f"s3://{bucket}/run", s3.endpoint, every=2), tmp_path / "scratch", topology=topo)
+    assert mgr.prepare_resume() is None
+    s3.client().delete_bucket(Bucket=bucket)
+    (mgr.local_root / "checkpoint-2").mkdir(parents=True)
+    (mgr.local_root / "checkpoint-2" / "trainer_state.json").write_text("{}")
+    mgr.on_saved(2)
+    with pytest.raises(PermanentError, match="does not exist.*in the checkpoint uploader") as e:
+        mgr.drain()
+    assert e.value.reason == "BucketNotFound"
+    proc = mgr._uploader.proc
+    mgr.close()
+    assert proc.poll() == 0, "close() stops the uploader process"
+
+
+def test_uploader_ignores_sigterm_and_dies_with_its_trainer(tmp_path):
+    """SIGTERM is the trainer's to handle (a preempted trainer still needs its upload); a trainer
+    killed with SIGKILL leaves no uploader behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    import psutil
+
+    script = tmp_path / "trainer.py"
+    script.write_text(f"""
+import sys, time, types
+sys.path[:0] = {[p for p in sys.path if p]!r}
+from tests.storage.test_checkpoint_protocol import _waiting_upload
+from pathlib import Path
+mgr = _waiting_upload(Path({str(tmp_path)!r}), {str(tmp_path / "out")!r})
+print(mgr._uploader.proc.pid, flush=True)
+time.sleep(120)
+""")
+    trainer = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=os.getcwd())
+    try:
+        uploader = psutil.Process(int(trainer.stdout.readline()))
+        assert uploader.ppid() == trainer.pid
+        deadline = time.monotonic() + 30
+        while uploader.nice() < 10:  # lowers its own priority first thing
+            assert time.monotonic() < deadline, "the uploader did not lower its CPU priority"
+            time.sleep(0.05)
+        uploader.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert uploader.is_running() and uploader.status() != psutil.STATUS_ZOMBIE
+        trainer.kill()
+        trainer.wait()
+        uploader.wait(timeout=10)  # psutil.TimeoutExpired here = an orphan uploader
+    finally:
+        trainer.kill()

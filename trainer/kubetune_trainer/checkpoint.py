@@ -18,12 +18,15 @@ How a checkpoint is made, without blocking the training loop on the network:
    models without their frozen base weights: transformers passes
    ``exclude_frozen_parameters=True`` to DeepSpeed's ``save_checkpoint``).
    Each rank then drops a tiny "saved" marker file next to it.
-3. Upload (background thread on each node's local rank 0). It waits for the
-   local markers, hashes and uploads the node's files to ``step-N/`` and
-   writes ``.nodes/node-K.json``. Files every node writes alike (DeepSpeed's
-   model states with node-local storage) are uploaded once: node 0 publishes
-   its file list first and the other nodes upload only the names it lacks.
-4. Commit (background thread on global rank 0): when every node's marker of
+3. Upload (each node's uploader process, uploader.py, started by local rank
+   0 at a lower CPU priority and with its own interpreter lock; a thread of
+   the trainer only hands it each checkpoint and relays its answers). It
+   waits for the local markers, hashes and uploads the node's files to
+   ``step-N/`` and writes ``.nodes/node-K.json`` (:class:`Publisher`). Files
+   every node writes alike (DeepSpeed's model states with node-local storage)
+   are uploaded once: node 0 publishes its file list first and the other
+   nodes upload only the names it lacks.
+4. Commit (the uploader process of global rank 0): when every node's marker of
    this attempt (run id) is there, write ``COMMITTED`` with the merged
    manifest (name -> size, sha256, node). Storage is the barrier; no rank
    waits in a collective. Then the ``checkpoint`` event is emitted and
@@ -64,6 +67,8 @@ from kubetune_api.contract import PermanentError
 
 if TYPE_CHECKING:
     from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
+
+    from .uploader import UploaderProcess
 
 from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file, storage_for
 
@@ -184,6 +189,81 @@ def _dist():
     return dist if dist.is_available() and dist.is_initialized() else None
 
 
+# ------------------------------------------------------------ upload + commit (in the uploader process)
+@dataclass
+class Publisher:
+    """Everything that touches a checkpoint's bytes after the local save: hash, upload, commit, retention.
+
+    Runs in the node's uploader process (uploader.py), never on the training
+    thread; picklable (the manager hands it to that process once).
+    """
+
+    storage: Storage
+    root: str
+    topo: Topology
+    keep_last: int
+
+    def upload(self, step: int, local_dir: Path, run_id: str) -> dict:
+        """Upload this node's files of ``checkpoint-<step>`` and write ``.nodes/node-K.json``; returns the manifest."""
+        step_uri = join(self.root, step_dirname(step))
+        nodes_uri = join(step_uri, NODES_DIR)
+        deadline = time.monotonic() + 600
+        while True:  # every local rank has finished writing its files
+            markers = [local_dir / f"{LOCAL_MARKER}{r}" for r in range(self.topo.local_world_size)]
+            if all(m.exists() for m in markers):
+                break
+            if time.monotonic() > deadline:
+                raise StorageError(f"local ranks did not finish saving {local_dir} within 600s")
+            time.sleep(POLL_S / 2)
+        files = {p.relative_to(local_dir).as_posix(): p for p in sorted(local_dir.rglob("*"))
+                 if p.is_file() and not p.name.startswith(LOCAL_MARKER)}
+        if self.topo.node == 0:
+            # A commit of this step by an earlier attempt is withdrawn before its files are overwritten.
+            try:
+                if self.storage.read_json(join(step_uri, COMMITTED)).get("run") != run_id:
+                    self.storage.delete(join(step_uri, COMMITTED))
+            except (ObjectNotFound, ValueError):
+                pass
+            self.storage.write_json(join(nodes_uri, "node-0.files.json"), {"run": run_id, "files": sorted(files)})
+        else:
+            node0 = self.wait_json(join(nodes_uri, "node-0.files.json"), run_id, time.monotonic() + 3600)
+            files = {n: p for n, p in files.items() if n not in set(node0["files"])}
+        manifest = self.storage.upload_files(files, step_uri)
+        self.storage.write_json(join(nodes_uri, f"node-{self.topo.node}.json"),
+                                {"run": run_id, "node": self.topo.node, "files": manifest})
+        shutil.rmtree(local_dir, ignore_errors=True)
+        return manifest
+
+    def wait_json(self, uri: str, run_id: str, deadline: float) -> dict:
+        while True:
+            try:
+                obj = self.storage.read_json(uri)
+                if obj.get("run") == run_id:
+                    return obj
+            except (ObjectNotFound, ValueError):
+                pass
+            if time.monotonic() > deadline:
+                raise StorageError(f"timed out waiting for {uri} from this attempt (run {run_id})")
+            time.sleep(POLL_S)
+
+    def commit(self, step: int, run_id: str, busy: set[int]) -> dict:
+        """Global rank 0: once every node's marker of this run is there, write ``COMMITTED``; then retention."""
+        step_uri = join(self.root, step_dirname(step))
+        nodes_uri = join(step_uri, NODES_DIR)
+        deadline = time.monotonic() + 3600
+        manifests = {}
+        for node in range(self.topo.nodes):
+            manifests[node] = self.wait_json(join(nodes_uri, f"node-{node}.json"), run_id, deadline)["files"]
+        marker = commit_marker(step, run_id, self.topo.nodes, self.topo.world_size, manifests)
+        self.storage.write_json(join(step_uri, COMMITTED), marker)
+        log.info("committed %s (%d files)", step_uri, len(marker["files"]))
+        try:
+            apply_retention(self.storage, self.root, self.keep_last, busy)
+        except (StorageError, PermanentError) as e:  # the commit stands; old checkpoints are retried next time
+            log.warning("retention after %s failed: %s", step_dirname(step), e)
+        return marker
+
+
 # ------------------------------------------------------------ the manager
 @dataclass
 class _Job:
@@ -221,6 +301,7 @@ class CheckpointManager:
         self._by_step: dict[int, _Job] = {}
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
+        self._uploader: UploaderProcess | None = None
         self._synced = False
         # Fail before any model is loaded if the output bucket is missing or the credentials are wrong.
         self.storage.check_access(self.output, write=self.topo.rank == 0)
@@ -239,6 +320,8 @@ class CheckpointManager:
 
     def callbacks(self) -> list:
         self._install_sigterm_handler()
+        if self.topo.local_rank == 0:
+            self._ensure_worker()  # the uploader process starts (imports, S3 client) before training, not at the first save
         return [_make_callback(self)]
 
     def prepare_resume(self) -> str | None:
@@ -293,11 +376,15 @@ class CheckpointManager:
                 job.committed.wait()
         self._raise_if_failed()
 
-    def close(self) -> None:
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the upload thread and the uploader process; an upload still running is abandoned (stays uncommitted)."""
         if self._worker is not None:
+            if self._uploader is not None:
+                self._uploader.stop(timeout)  # ends a publish() in flight with an error, so the thread can stop
             self._jobs.put(None)
-            self._worker.join()
+            self._worker.join(timeout)
             self._worker = None
+        self._uploader = None
 
     # ------------------------------------------------ decisions (training thread)
     def _install_sigterm_handler(self) -> None:
@@ -398,28 +485,32 @@ class CheckpointManager:
 
     # ------------------------------------------------ background upload + commit
     def _ensure_worker(self) -> None:
+        """Start this node's uploader process and the thread that feeds it (once, on local rank 0)."""
         if self._worker is None:
+            from .uploader import UploaderProcess
+
+            self._uploader = UploaderProcess.start(Publisher(self.storage, self.root, self.topo, self.keep_last),
+                                                   rank=self.topo.rank)
             self._worker = threading.Thread(target=self._work, name="kubetune-ckpt-upload", daemon=True)
             self._worker.start()
 
     def _work(self) -> None:
-        # Uploads yield the CPU to the training loop (threads it starts inherit this).
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
-        except (AttributeError, OSError):
-            pass
+        """Hands each saved checkpoint to the uploader process and waits (off the GIL) for its answers."""
+        assert self._uploader is not None
         while True:
             job = self._jobs.get()
             if job is None:
                 return
             try:
-                t0 = time.monotonic()
-                manifest = self._upload(job)
-                job.done.set()
-                log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs", self.topo.node, step_dirname(job.step),
-                         len(manifest), sum(m["size"] for m in manifest.values()) / 1e6, time.monotonic() - t0)
-                if self.topo.rank == 0:
-                    self._commit(job)
+                commit = self.topo.rank == 0
+                busy = {s for s, j in list(self._by_step.items()) if s != job.step and not j.committed.is_set()}
+                for answer in self._uploader.publish(job.step, job.local_dir, self.run_id, commit=commit, busy=busy):
+                    if answer["state"] == "uploaded":
+                        log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs", self.topo.node, step_dirname(job.step),
+                                 answer["files"], answer["bytes"] / 1e6, answer["seconds"])
+                        job.done.set()
+                    elif answer["state"] == "committed":
+                        self._event({"event": "checkpoint", "step": job.step, "uri": answer["uri"], "time": answer["time"]})
             except BaseException as e:  # surfaces in the training thread at the next step
                 log.error("checkpoint %s failed: %s", step_dirname(job.step), e)
                 job.error = e
@@ -427,66 +518,6 @@ class CheckpointManager:
             finally:
                 job.done.set()
                 job.committed.set()
-
-    def _upload(self, job: _Job) -> dict:
-        step_uri = join(self.root, step_dirname(job.step))
-        nodes_uri = join(step_uri, NODES_DIR)
-        deadline = time.monotonic() + 600
-        while True:  # every local rank has finished writing its files
-            markers = [job.local_dir / f"{LOCAL_MARKER}{r}" for r in range(self.topo.local_world_size)]
-            if all(m.exists() for m in markers):
-                break
-            if time.monotonic() > deadline:
-                raise StorageError(f"local ranks did not finish saving {job.local_dir} within 600s")
-            time.sleep(POLL_S / 2)
-        files = {p.relative_to(job.local_dir).as_posix(): p for p in sorted(job.local_dir.rglob("*"))
-                 if p.is_file() and not p.name.startswith(LOCAL_MARKER)}
-        if self.topo.node == 0:
-            # A commit of this step by an earlier attempt is withdrawn before its files are overwritten.
-            try:
-                if self.storage.read_json(join(step_uri, COMMITTED)).get("run") != self.run_id:
-                    self.storage.delete(join(step_uri, COMMITTED))
-            except (ObjectNotFound, ValueError):
-                pass
-            self.storage.write_json(join(nodes_uri, "node-0.files.json"), {"run": self.run_id, "files": sorted(files)})
-        else:
-            node0 = self._wait_json(join(nodes_uri, "node-0.files.json"), time.monotonic() + 3600)
-            files = {n: p for n, p in files.items() if n not in set(node0["files"])}
-        manifest = self.storage.upload_files(files, step_uri)
-        self.storage.write_json(join(nodes_uri, f"node-{self.topo.node}.json"),
-                                {"run": self.run_id, "node": self.topo.node, "files": manifest})
-        shutil.rmtree(job.local_dir, ignore_errors=True)
-        return manifest
-
-    def _wait_json(self, uri: str, deadline: float) -> dict:
-        while True:
-            try:
-                obj = self.storage.read_json(uri)
-                if obj.get("run") == self.run_id:
-                    return obj
-            except (ObjectNotFound, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise StorageError(f"timed out waiting for {uri} from this attempt (run {self.run_id})")
-            time.sleep(POLL_S)
-
-    def _commit(self, job: _Job) -> None:
-        step_uri = join(self.root, step_dirname(job.step))
-        nodes_uri = join(step_uri, NODES_DIR)
-        deadline = time.monotonic() + 3600
-        manifests = {}
-        for node in range(self.topo.nodes):
-            manifests[node] = self._wait_json(join(nodes_uri, f"node-{node}.json"), deadline)["files"]
-        marker = commit_marker(job.step, self.run_id, self.topo.nodes, self.topo.world_size, manifests)
-        self.storage.write_json(join(step_uri, COMMITTED), marker)
-        log.info("committed %s (%d files)", step_uri, len(marker["files"]))
-        self._event({"event": "checkpoint", "step": job.step, "uri": step_uri, "time": marker["time"]})
-        busy = {s for s, j in list(self._by_step.items()) if s != job.step and not j.committed.is_set()}
-        try:
-            apply_retention(self.storage, self.root, self.keep_last, busy)
-        except (StorageError, PermanentError) as e:  # the commit stands; old checkpoints are retried next time
-            log.warning("retention after %s failed: %s", step_dirname(job.step), e)
-        job.committed.set()
 
     # ------------------------------------------------ resume download
     def _download_checkpoint(self, uri: str, manifest: dict) -> Path:

@@ -35,7 +35,7 @@ A subclass implements the primitives (``check_access``, ``head``,
 ``read_bytes``, ``write_bytes``, ``list``, ``list_dirs``, ``delete``,
 ``_delete_tree``, ``upload_file``, ``download_file``); the composites
 (``exists``, JSON, ``delete_prefix``, many-file transfers) live once in the base.
-Instances are thread-safe: the checkpoint uploader and the training thread share one.
+Instances are thread-safe, and picklable: the checkpoint uploader process gets a copy (see uploader.py).
 """
 from __future__ import annotations
 
@@ -437,6 +437,17 @@ class S3Storage(Storage):
         self.read_timeout = read_timeout
         self.files_in_parallel = max(1, min(_FILES_IN_PARALLEL, self.concurrency))
         self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Picklable, for the checkpoint uploader process: the settings travel, the client is rebuilt there."""
+        state = dict(self.__dict__)
+        state["_client"] = None
+        del state["_client_lock"]
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._client_lock = threading.Lock()
 
     @classmethod

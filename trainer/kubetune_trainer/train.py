@@ -540,6 +540,7 @@ def run(config_path: str) -> None:
     finally:
         if ckpt is not None:
             ckpt.restore_signal_handlers()
+            ckpt.close()  # no uploader process outlives the trainer, whatever ended the run
         reporters.close()
 
 
