@@ -1,31 +1,44 @@
 """Checkpoint stall: mean step time with checkpoints every few steps ÷ without, in one run.
 
-    .venv/bin/python bench/checkpoint_stall.py [--steps 40] [--every 5] [--hidden 256] [--layers 4]
+    .venv/bin/python bench/checkpoint_stall.py [--steps 40] [--every 5] [--rounds 2] [--modes none,background,sync]
 
 Runs the real trainer (2 processes under torchrun, DeepSpeed ZeRO-2, full
-fine-tuning of a small Llama built on the fly) three times against moto S3 on
-127.0.0.1, same data and seed:
+fine-tuning of a small Llama built on the fly) against moto S3 on
+127.0.0.1, same data and seed, in these arms:
 
 - ``none``: no checkpoint during the run;
-- ``background``: a checkpoint every ``--every`` steps, uploaded by the
-  background thread while training continues (what kubetune does);
+- ``background``: a checkpoint every ``--every`` steps, saved locally and
+  uploaded by the node's uploader process while training continues (what
+  kubetune does);
 - ``sync``: the same, but the training thread waits for each upload and
   commit (what a naive implementation does), for comparison.
+
+The arms take turns ``--rounds`` times (none, background, sync, none, ...),
+so a change in the machine's load falls on each about alike; each arm's
+step intervals are pooled over its rounds and the per-round ratios printed.
 
 Step time = interval between consecutive optimizer-step ends on rank 0
 (the Trainer saves between them, so a save's stall is inside the interval);
 the first ``--warmup`` steps are left out. Goal: background/none <= 1.05
 (the last line printed).
 
-On this kind of CPU-only machine the training, the upload thread and the
-moto server share 2 cores, so the upload competes with training for CPU; on
-a GPU node it competes with nothing but the PCIe copy.
+The breakdown shows where rank 0's training thread spends each checkpoint
+(DeepSpeed's save and its parts, RNG and trainer state, kubetune's hand-off),
+steps with and without a save, the training thread's CPU time per step, the
+CPU seconds of the trainer processes (uploader included) and of the S3 server.
+
+On this kind of CPU-only machine the training, the uploader and the moto
+server share 2 cores (with whatever else runs), so the upload competes with
+training for CPU; on a GPU node it competes with nothing but the PCIe copy.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
+import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -39,24 +52,56 @@ sys.path[:0] = [str(ROOT / "api"), str(ROOT / "trainer")]
 
 # ------------------------------------------------------------------ worker (under torchrun)
 def worker(config: str, mode: str, times_path: str) -> int:
-    from transformers import TrainerCallback
+    import functools
+
+    from transformers import Trainer, TrainerCallback, TrainerState
 
     from kubetune_trainer import train
+
+    phases: dict[str, float] = {}  # where rank 0's training thread spends its checkpoint time, summed
+
+    def timed(owner: type, name: str, label: str) -> None:
+        fn = getattr(owner, name)
+
+        @functools.wraps(fn)
+        def wrapper(*a, **kw):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **kw)
+            finally:
+                phases[label] = phases.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(owner, name, wrapper)
+
+    from deepspeed.runtime.engine import DeepSpeedEngine
+
+    timed(Trainer, "_save_checkpoint", "trainer save (total)")
+    timed(DeepSpeedEngine, "save_checkpoint", "deepspeed save_checkpoint")
+    timed(DeepSpeedEngine, "_save_checkpoint", "  model states (rank 0)")
+    timed(DeepSpeedEngine, "_save_zero_checkpoint", "  optimizer shard")
+    timed(Trainer, "_save_rng_state", "rng state")
+    timed(TrainerState, "save_to_json", "trainer_state.json")
 
     class StepTimer(TrainerCallback):
         def __init__(self):
             self.t: list[float] = []
+            self.cpu: list[float] = []  # training thread CPU time at each step end
+            self.saved_at: list[int] = []  # index into t of the step whose interval holds a save
             self.saves: list[float] = []
 
         def on_step_end(self, args, state, control, **kw):
             self.t.append(time.perf_counter())
+            self.cpu.append(time.thread_time())
 
         def on_save(self, args, state, control, **kw):
             self.saves.append(time.perf_counter() - self.t[-1])  # local save time of this rank
+            self.saved_at.append(len(self.t))
 
         def on_train_end(self, args, state, control, **kw):
             if state.is_world_process_zero:
-                Path(times_path).write_text(json.dumps({"ends": self.t, "save_seconds": self.saves}))
+                Path(times_path).write_text(json.dumps({
+                    "ends": self.t, "cpu": self.cpu, "saved_at": self.saved_at, "save_seconds": self.saves,
+                    "phases": phases, "process_cpu": time.process_time()}))
 
     original = train.checkpoint_manager
 
@@ -65,14 +110,17 @@ def worker(config: str, mode: str, times_path: str) -> int:
         timer = StepTimer()
         callbacks = mgr.callbacks
         mgr.callbacks = lambda: [*callbacks(), timer]
-        if mode == "sync":
-            on_saved = mgr.on_saved
+        on_saved = mgr.on_saved
 
-            def saved_then_wait(step):
-                on_saved(step)
+        def on_saved_timed(step):
+            t0 = time.perf_counter()
+            on_saved(step)
+            if mode == "sync":
                 mgr.drain()
+            label = "kubetune on_saved" + (" + wait for upload" if mode == "sync" else "")
+            phases[label] = phases.get(label, 0.0) + time.perf_counter() - t0
 
-            mgr.on_saved = saved_then_wait
+        mgr.on_saved = on_saved_timed
         return mgr
 
     train.checkpoint_manager = instrumented
@@ -80,6 +128,14 @@ def worker(config: str, mode: str, times_path: str) -> int:
 
 
 # ------------------------------------------------------------------ driver
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:  # other engineers' runs share this machine: no fixed port
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=40)
@@ -88,6 +144,7 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=256)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--modes", default="none,background,sync")
+    ap.add_argument("--rounds", type=int, default=2, help="run the arms this many times, in turn")
     ap.add_argument("--worker", nargs=3, metavar=("CONFIG", "MODE", "TIMES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -96,7 +153,6 @@ def main() -> int:
     import logging
 
     import boto3
-    import yaml
     from moto.server import ThreadedMotoServer
 
     from kubetune_trainer import tiny
@@ -105,6 +161,10 @@ def main() -> int:
     env = dict(os.environ, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                OMP_NUM_THREADS="1", DS_ACCELERATOR="cpu", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1",
                PYTHONPATH=str(ROOT / "trainer"))
+    # DeepSpeed's CPU op is built per source path under a lock; as in scripts/test.sh, one cache per checkout,
+    # so a run from another checkout (or a killed build's stale lock) cannot leave this one waiting.
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" /
+                                               f"checkout-{hashlib.md5(str(ROOT).encode()).hexdigest()[:12]}"))
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
@@ -112,56 +172,113 @@ def main() -> int:
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                  aws_secret_access_key="bench").create_bucket(Bucket="bench")
 
-    results = {}
+    runs: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tiny.save_tiny_model(tmp / "model", hidden=args.hidden, layers=args.layers)
         tiny.write_instruction_dataset(tmp / "train.jsonl", n=512)
         n_params = sum(os.path.getsize(p) for p in (tmp / "model").glob("*.safetensors")) / 4
-        for mode in args.modes.split(","):
-            manifest = {
-                "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"stall-{mode}"},
-                "spec": {
-                    "model": {"source": str(tmp / "model")},
-                    "dataset": {"train": str(tmp / "train.jsonl"), "evalFraction": 0.0, "packing": False, "maxSeqLength": 64},
-                    "method": {"type": "full"},
-                    "training": {"maxSteps": args.steps, "globalBatchSize": 8, "microBatchSize": 2, "learningRate": 1e-4,
-                                 "seed": 1, "precision": "fp32", "gradientCheckpointing": False},
-                    "distributed": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": 2, "zeroStage": 2},
-                    "output": {"uri": f"s3://bench/{mode}", "checkpointEvery": args.every if mode != "none" else 10**8,
-                               "keepLast": 2, "export": "merged"},
-                    "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
-                },
-            }
-            cfg = tmp / f"{mode}.yaml"
-            cfg.write_text(yaml.safe_dump(manifest))
-            times = tmp / f"{mode}.times.json"
-            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
-                   f"--master-port={29400 + len(results) * 7}", str(Path(__file__).resolve()), "--worker", str(cfg), mode, str(times)]
-            t0 = time.monotonic()
-            p = subprocess.run(cmd, cwd=ROOT, env=dict(env, KUBETUNE_SCRATCH=str(tmp / f"scratch-{mode}")),
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-            if p.returncode != 0:
-                print(p.stdout[-4000:])
-                raise SystemExit(f"{mode} run failed with {p.returncode}")
-            data = json.loads(times.read_text())
-            ends = data["ends"]
-            steps = [b - a for a, b in zip(ends[args.warmup:], ends[args.warmup + 1:])]
-            results[mode] = {"mean": statistics.mean(steps), "median": statistics.median(steps),
-                             "save": statistics.mean(data["save_seconds"]) if data["save_seconds"] else 0.0,
-                             "wall": time.monotonic() - t0}
+        for rnd in range(args.rounds):  # arms take turns, so a change in the machine's load hits each about alike
+            for mode in args.modes.split(","):
+                runs.setdefault(mode, []).append(run_arm(args, tmp, env, endpoint, mode, rnd))
     server.stop()
 
     ckpt_mb = n_params * 4 * 4 / 1e6  # fp32 weights + fp32 master + Adam m, v (ZeRO-2, over both ranks)
     print(f"model ~{n_params / 1e6:.1f}M params (checkpoint ~{ckpt_mb:.0f} MB), {args.steps} steps, "
-          f"checkpoint every {args.every}, 2 ranks ZeRO-2 fp32, moto S3 on 127.0.0.1")
+          f"checkpoint every {args.every}, 2 ranks ZeRO-2 fp32, moto S3 on 127.0.0.1, {args.rounds} round(s)")
+    results = {mode: pool(rs) for mode, rs in runs.items()}
     for mode, r in results.items():
         print(f"  {mode:<10}: mean step {r['mean'] * 1e3:7.1f} ms, median {r['median'] * 1e3:7.1f} ms, "
-              f"local save {r['save'] * 1e3:6.1f} ms, run {r['wall']:.0f}s")
+              f"local save {r['save'] * 1e3:6.1f} ms, runs {'+'.join(f'{w:.0f}' for w in r['walls'])}s")
+    print("breakdown (rank 0; per-checkpoint times are means over its checkpoints):")
+    for mode, r in results.items():
+        save_iv = f"{r['save_iv'] * 1e3:7.1f} ms" if r["save_iv"] is not None else "      -   "
+        print(f"  {mode:<10}: step with a save {save_iv}, step without {r['plain_iv'] * 1e3:7.1f} ms, "
+              f"training-thread CPU/step {r['cpu_step'] * 1e3:6.1f} ms; CPU s per run: trainer processes "
+              f"{r['trainer_cpu']:.1f}, S3 server {r['server_cpu']:.1f}; {r['saves']} checkpoints"
+              + (f", upload {statistics.mean(r['uploads']):.2f}s each (node 0)" if r["uploads"] else ""))
+        for label, seconds in r["phases"].items():
+            print(f"      {label:<34} {seconds * 1e3:7.1f} ms")
+        if "none" in results and mode != "none" and r["saves"]:
+            per_step = (r["phases"].get("trainer save (total)", 0.0) + r["phases"].get("kubetune on_saved", 0.0)) / args.every
+            print(f"      training thread in checkpoint code: {per_step * 1e3:.1f} ms per step "
+                  f"= {per_step / results['none']['mean']:.1%} of a step without checkpoints")
     if "none" in results:  # kubetune's own mode last: the last line is the ratio the goal is about
-        for mode in sorted((m for m in results if m != "none"), key=lambda m: m == "background"):
+        others = sorted((m for m in results if m != "none"), key=lambda m: m == "background")
+        if args.rounds > 1:
+            for mode in others:
+                each = [b["mean"] / a["mean"] for a, b in zip(runs["none"], runs[mode])]
+                print(f"per round: ratio {mode}/none = {', '.join(f'{x:.3f}' for x in each)}")
+        for mode in others:
             print(f"ratio {mode}/none = {results[mode]['mean'] / results['none']['mean']:.3f}")
     return 0
+
+
+def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode: str, rnd: int) -> dict:
+    """One training run under torchrun; its step intervals, save phases and CPU use."""
+    import yaml
+
+    name = f"{mode}-{rnd}"
+    manifest = {
+        "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": f"stall-{mode}"},
+        "spec": {
+            "model": {"source": str(tmp / "model")},
+            "dataset": {"train": str(tmp / "train.jsonl"), "evalFraction": 0.0, "packing": False, "maxSeqLength": 64},
+            "method": {"type": "full"},
+            "training": {"maxSteps": args.steps, "globalBatchSize": 8, "microBatchSize": 2, "learningRate": 1e-4,
+                         "seed": 1, "precision": "fp32", "gradientCheckpointing": False},
+            "distributed": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": 2, "zeroStage": 2},
+            "output": {"uri": f"s3://bench/{name}", "checkpointEvery": args.every if mode != "none" else 10**8,
+                       "keepLast": 2, "export": "merged"},
+            "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
+        },
+    }
+    cfg = tmp / f"{name}.yaml"
+    cfg.write_text(yaml.safe_dump(manifest))
+    times = tmp / f"{name}.times.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+           f"--master-port={free_port()}", str(Path(__file__).resolve()), "--worker", str(cfg), mode, str(times)]
+    t0 = time.monotonic()
+    own0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    p = subprocess.run(cmd, cwd=ROOT, env=dict(env, KUBETUNE_SCRATCH=str(tmp / f"scratch-{name}")),
+                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    own1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    if p.returncode != 0:
+        print(p.stdout[-4000:])
+        raise SystemExit(f"{name} run failed with {p.returncode}")
+    data = json.loads(times.read_text())
+    ends, cpu, w = data["ends"], data["cpu"], args.warmup
+    with_save = set(data["saved_at"])  # interval i (ends[i-1] -> ends[i]) holds the save made after step end i-1
+    return {"steps": [b - a for a, b in zip(ends[w:], ends[w + 1:])],
+            "save_iv": [ends[i] - ends[i - 1] for i in range(w + 1, len(ends)) if i in with_save],
+            "plain_iv": [ends[i] - ends[i - 1] for i in range(w + 1, len(ends)) if i not in with_save],
+            "cpu_steps": [b - a for a, b in zip(cpu[w:], cpu[w + 1:])],
+            "save_seconds": data["save_seconds"], "phases": data["phases"], "saves": len(data["saved_at"]),
+            "server_cpu": (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime),
+            "trainer_cpu": (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime),
+            "uploads": [float(x) for x in re.findall(r"uploaded step-\d+ \(.*?\) in ([0-9.]+)s", p.stdout)],
+            "wall": time.monotonic() - t0,
+            "mean": statistics.mean([b - a for a, b in zip(ends[w:], ends[w + 1:])])}
+
+
+def pool(rs: list[dict]) -> dict:
+    """One arm's rounds together: means over all their step intervals."""
+    steps = [x for r in rs for x in r["steps"]]
+    save_iv = [x for r in rs for x in r["save_iv"]]
+    saves = sum(r["saves"] for r in rs)
+    phases: dict[str, float] = {}
+    for r in rs:
+        for k, v in r["phases"].items():
+            phases[k] = phases.get(k, 0.0) + v
+    return {"mean": statistics.mean(steps), "median": statistics.median(steps),
+            "save": statistics.mean([x for r in rs for x in r["save_seconds"]] or [0.0]),
+            "save_iv": statistics.mean(save_iv) if save_iv else None,
+            "plain_iv": statistics.mean([x for r in rs for x in r["plain_iv"]]),
+            "cpu_step": statistics.mean([x for r in rs for x in r["cpu_steps"]]),
+            "phases": {k: v / max(1, saves) for k, v in phases.items()}, "saves": saves,
+            "server_cpu": statistics.mean(r["server_cpu"] for r in rs),
+            "trainer_cpu": statistics.mean(r["trainer_cpu"] for r in rs),
+            "uploads": [x for r in rs for x in r["uploads"]], "walls": [r["wall"] for r in rs]}
 
 
 if __name__ == "__main__":
