@@ -27,7 +27,7 @@ from kmock._internal import enums
 
 from support import kubelet
 from support.cluster import TEST_AGENT, EmulatedCluster, wait_for
-from support.emulator import ApiCall, KubeEmulator, _error
+from support.emulator import ApiCall, KubeEmulator, Semantics, _error
 from support.manifests import job_manifest
 
 _ACTION_VERBS = {
@@ -119,11 +119,12 @@ class AuthorizingCluster(EmulatedCluster):
     """EmulatedCluster serving an AuthorizingEmulator."""
 
     def __init__(self, authorize: Callable[[ApiCall], bool]):
-        super().__init__(keep_history=True)
+        # RBAC off in the emulator only: its AuthorizingEmulator enforces the value set's own rendered RBAC instead.
+        super().__init__(keep_history=True, semantics=Semantics(rbac=False))
         self.authorize = authorize
 
     def _make_emulator(self) -> AuthorizingEmulator:
-        return AuthorizingEmulator(keep_history=True, authorize=self.authorize)
+        return AuthorizingEmulator(keep_history=True, semantics=self.semantics, authorize=self.authorize)
 
     @property
     def denied(self) -> list[ApiCall]:

@@ -99,8 +99,10 @@ def s3_inputs(s3, tiny_files):
 @pytest.fixture(scope="module")
 def cluster():
     from support.cluster import EmulatedCluster
+    from support.emulator import Semantics
 
-    with EmulatedCluster() as c:
+    # The pod executor plays the Job controller (with real processes as pods), so the emulator's is off.
+    with EmulatedCluster(semantics=Semantics(job_controller=False)) as c:
         c.ensure_namespace(NAMESPACE)
         c.create({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NAMESPACE},
@@ -126,7 +128,7 @@ def executor(cluster, tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("pods")
     env = dict(POD_ENV)
-    with PodExecutor(cluster.url, workdir, extra_env=env) as ex:
+    with PodExecutor(cluster.url, workdir, extra_env=env, token=cluster.control_plane_token) as ex:
         yield ex
     assert not [e for e in ex.errors if "Connection" not in e], ex.errors[-5:]
 

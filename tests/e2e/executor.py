@@ -195,6 +195,7 @@ class PodExecutor:
         bin_dir: Path | None = None,
         interval: float = 0.1,
         grace_cap: float = 60.0,
+        token: str | None = None,
     ):
         self.api_url = api_url.rstrip("/")
         self.workdir = Path(workdir)
@@ -204,6 +205,8 @@ class PodExecutor:
         self.grace_cap = grace_cap
         self.session = requests.Session()
         self.session.headers["User-Agent"] = AGENT
+        if token:  # the emulated cluster's control-plane identity (EmulatedCluster.control_plane_token)
+            self.session.headers["Authorization"] = f"Bearer {token}"
         self.jobs: dict[str, JobRun] = {}  # uid -> run
         self.pods: list[PodProcess] = []  # every pod ever started (for tests: kill, inspect logs)
         self.errors: list[str] = []

@@ -34,6 +34,7 @@ class StatusRecorder:
 
     def _run(self) -> None:
         session = requests.Session()
+        session.headers.update(self.cluster.session.headers)  # the test client's identity (RBAC refuses none)
         url = self.cluster.url + self.cluster.path("FineTuneJob", NAMESPACE, self.name)
         while not self._stop.is_set():
             r = session.get(url, timeout=10)

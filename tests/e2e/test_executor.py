@@ -64,13 +64,15 @@ sys.exit(3 if os.environ["IDX"] == "1" and "{fail}" == "yes" else 0)
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     from support.cluster import EmulatedCluster, wait_for
+    from support.emulator import Semantics
 
-    with EmulatedCluster() as cluster:
+    with EmulatedCluster(semantics=Semantics(job_controller=False)) as cluster:  # the executor under test is the Job controller
         cluster.ensure_namespace(NS)
         cluster.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cfg", "namespace": NS}, "data": {"conf.txt": "hello"}})
         cluster.create({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "creds", "namespace": NS},
                         "data": {"KEY": base64.b64encode(b"s3cr3t").decode()}})
-        with PodExecutor(cluster.url, tmp_path_factory.mktemp("pods"), bin_dir=None, interval=0.05) as ex:
+        with PodExecutor(cluster.url, tmp_path_factory.mktemp("pods"), bin_dir=None, interval=0.05,
+                         token=cluster.control_plane_token) as ex:
             yield cluster, ex, wait_for
 
 

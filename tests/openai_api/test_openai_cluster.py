@@ -21,7 +21,7 @@ from openai_helpers import kubetune_api
 
 from kubetune_api import spec as api
 from support.cluster import TEST_AGENT, EmulatedCluster
-from support.emulator import KubeEmulator, _error
+from support.emulator import KubeEmulator, Semantics, _error
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -80,8 +80,12 @@ class AuthenticatingEmulator(KubeEmulator):
 
 
 class AuthenticatingCluster(EmulatedCluster):
+    def __init__(self) -> None:
+        # The emulator's RBAC off: AuthenticatingEmulator authenticates these tokens and enforces GRANTS itself.
+        super().__init__(semantics=Semantics(rbac=False))
+
     def _make_emulator(self) -> AuthenticatingEmulator:
-        return AuthenticatingEmulator(keep_history=True)
+        return AuthenticatingEmulator(keep_history=True, semantics=self.semantics)
 
 
 @pytest.fixture(scope="module")

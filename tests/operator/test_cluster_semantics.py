@@ -18,7 +18,7 @@ NS = "sem"
 
 @pytest.fixture(scope="module")
 def real():
-    with EmulatedCluster(semantics=Semantics.faithful(max_grace_seconds=1.0)) as c:
+    with EmulatedCluster(semantics=Semantics(max_grace_seconds=1.0)) as c:
         c.ensure_namespace(NS)
         yield c
 
@@ -260,6 +260,26 @@ def test_suspend_deletes_active_pods_and_resume_recreates_them(real, api):
     assert {p["metadata"]["name"] for p in new}.isdisjoint(p["metadata"]["name"] for p in pods)
 
 
+def test_pods_of_a_job_deleted_before_the_controller_accounted_them_lose_their_finalizer(real, api):
+    """A pod deleted (finalizer held) and its Job deleted in the background before the Job controller looked
+    again: the controller releases the orphan, as upstream's does on seeing the Job deleted. Before, the pod
+    stayed Terminating for ever (and an operator waiting for its gang to be gone waited with it)."""
+    _, batch, _ = api
+    batch.create_namespaced_job(NS, indexed_job("gone", completions=2))
+    pods = wait_for(lambda: (lambda p: p if len(p) == 2 else None)(job_pods(real, "gone")))
+    emu = real.emulator
+
+    async def delete_pod_then_job() -> None:  # one step of the API server: no controller pass in between
+        async with emu._lock:
+            pod_key = (emu.res("v1/pods"), NS, pods[0]["metadata"]["name"])
+            await emu.delete_object(pod_key, emu._live(pod_key))
+            job_key = (emu.res("batch/v1/jobs"), NS, "gone")
+            await emu.delete_object(job_key, emu._live(job_key), "Background")
+
+    real.run(delete_pod_then_job())
+    wait_for(lambda: not job_pods(real, "gone"), message=f"orphans released and collected (left: {job_pods(real, 'gone')})")
+
+
 # ------------------------------------------------------------ watch and re-list
 def test_watch_from_a_compacted_resource_version_gets_410(real, api):
     core, _, _ = api
@@ -447,7 +467,7 @@ def test_token_request_and_token_review(real):
 
 
 def test_a_token_for_another_audience_is_refused_by_the_api_server():
-    with EmulatedCluster(semantics=Semantics(rbac=True)) as c:
+    with EmulatedCluster() as c:
         c.ensure_namespace("aud")
         c.grant("system:serviceaccount:aud:default", [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}], namespace="aud")
         assert c.as_token(c.service_account_token("aud", "default")).list("ConfigMap", "aud") == []

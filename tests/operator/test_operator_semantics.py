@@ -173,6 +173,8 @@ def test_a_missing_peering_object_is_reported_with_what_to_do(cluster, caplog):
 
     settings = OperatorSettings(standalone=False, peering_name="nobody-created-this", peering_required=True, peering_priority=10,
                                 metrics_port=0, health_port=0)
+    # A peered operator of one namespace: the chart's RBAC for that (HA, namespaced: KopfPeering rules).
+    cluster.install_operator_rbac({"replicaCount": 2, "watch": {"scope": "namespaced", "namespaces": [NS]}})
     with caplog.at_level(logging.ERROR, logger="kubetune.operator"), cluster.operator(settings=settings, namespaces=(NS,)):
         wait_for(lambda: [r for r in caplog.records if "does not exist" in r.getMessage()], message="the peering error")
     message = next(r.getMessage() for r in caplog.records if "does not exist" in r.getMessage())

@@ -17,7 +17,7 @@ import pytest
 from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 from support import kubelet
-from support.cluster import OPERATOR_USER, ApiError, EmulatedCluster, reporting_settings, wait_for
+from support.cluster import ApiError, EmulatedCluster, reporting_settings, wait_for
 from support.emulator import Semantics
 from support.manifests import job_manifest
 
@@ -30,8 +30,8 @@ def xfail(what):
 
 @pytest.fixture(scope="module")
 def real():
-    # Everything a real cluster does, but RBAC (tests that need it start their own cluster).
-    with EmulatedCluster(semantics=Semantics.faithful(rbac=False, max_grace_seconds=3.0)) as c:
+    # Everything a real cluster does (the operator with the chart's RBAC); grace periods up to 3 s.
+    with EmulatedCluster(semantics=Semantics(max_grace_seconds=3.0)) as c:
         c.ensure_namespace(NS)
         yield c
 
@@ -308,7 +308,7 @@ def test_observed_generation_follows_a_run_policy_edit(real, operator):
 # ------------------------------------------------------------------ finalizer
 def test_deleting_a_job_with_the_operator_stopped_completes():
     ns = "nofinalizer"
-    with EmulatedCluster(semantics=Semantics.faithful(rbac=False)) as c:
+    with EmulatedCluster() as c:
         c.ensure_namespace(ns)
         with c.operator(namespaces=(ns,)):
             c.create(job_manifest("orphaned", ns))
@@ -320,7 +320,8 @@ def test_deleting_a_job_with_the_operator_stopped_completes():
 # -------------------------------------------------------------------- peering
 def test_operator_without_its_peering_object_says_so_or_works(tmp_path):
     ns = "nopeering"
-    with EmulatedCluster() as c:
+    # A peered operator of one namespace: the chart's RBAC for that (HA, namespaced: KopfPeering rules).
+    with EmulatedCluster(chart_values={"replicaCount": 2, "watch": {"scope": "namespaced", "namespaces": [ns]}}) as c:
         c.ensure_namespace(ns)
         env = dict(os.environ, KUBECONFIG=c.write_kubeconfig(str(tmp_path / "kubeconfig")), KUBETUNE_LOG_FORMAT="plain")
         env.pop("KUBETUNE_STANDALONE", None)
@@ -350,9 +351,8 @@ def test_a_pods_credential_cannot_change_phase_restarts_or_attempt():
     import requests
 
     ns, name = "channel", "steer"
-    with EmulatedCluster(semantics=Semantics(rbac=True)) as c:
+    with EmulatedCluster() as c:  # RBAC for every token; the operator has the chart's
         c.ensure_namespace(ns)
-        c.grant(OPERATOR_USER, [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}], name="operator-all")
         settings = reporting_settings()
         with c.operator(settings, namespaces=(ns,)):
             c.create(job_manifest(name, ns))
@@ -411,7 +411,7 @@ def test_per_job_network_policy_admits_only_the_jobs_own_pods_and_goes_with_the_
 
     ns = "netpol"
     settings = OperatorSettings(standalone=True, metrics_port=0, health_port=0, network_policy=True)
-    with EmulatedCluster(semantics=Semantics.faithful(rbac=False)) as c:
+    with EmulatedCluster(chart_values={"networkPolicy": {"enabled": True}}) as c:  # the chart's RBAC for the policies
         c.ensure_namespace(ns)
         notebook = c.create({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "notebook", "namespace": ns,
                              "labels": {"app": "jupyter"}}, "spec": {"containers": [{"name": "nb", "image": "jupyter"}]}})

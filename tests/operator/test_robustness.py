@@ -9,7 +9,6 @@ from kubetune_operator import builders
 from kubetune_operator.settings import OperatorSettings
 from support import kubelet
 from support.cluster import EmulatedCluster, wait_for
-from support.emulator import Semantics
 from support.manifests import job_manifest
 
 
@@ -164,15 +163,13 @@ def test_kubetune_operator_command_runs_from_a_kubeconfig(cluster, tmp_path):
 
 
 @pytest.fixture
-def lenient_cluster():
-    # On the faithful cluster (all switches but rbac) this test timed out waiting for the standby's attempt 2 in 3 of 8 runs of this
-    # module on the loaded 2-core box (0 of 3 on the lenient one, and it passed alone); the cause is not found
-    # yet, so it keeps the lenient cluster it was written for until someone finds it.
-    with EmulatedCluster(semantics=Semantics()) as c:
+def peered_cluster():
+    # Its own cluster: the chart's RBAC for two peered replicas of one namespace (KopfPeering rules).
+    with EmulatedCluster(chart_values={"replicaCount": 2, "watch": {"scope": "namespaced", "namespaces": ["peer"]}}) as c:
         yield c
 
 
-def test_two_peered_replicas_one_acts_and_the_other_takes_over(lenient_cluster):
+def test_two_peered_replicas_one_acts_and_the_other_takes_over(peered_cluster):
     """Kopf peering: the highest-priority replica works, the other stands by and takes over when it leaves.
 
     The active replica starts first, so the standby meets it in its first look at the peering
@@ -180,7 +177,7 @@ def test_two_peered_replicas_one_acts_and_the_other_takes_over(lenient_cluster):
     is not a lock, see docs/operator.md)."""
     from kubetune_operator.runner import OperatorThread
 
-    cluster = lenient_cluster
+    cluster = peered_cluster
 
     ns, name = "peer", "ha"
     cluster.ensure_namespace(ns)

@@ -4,8 +4,8 @@ The test plays each trial's trainer: it reports intermediate eval losses in the
 trial FineTuneJob's status.progress and, at the end, phase Succeeded with
 status.output (what rank 0's reporter writes). The operator's FineTuneJob side
 runs too (the trials' batch Jobs are created; nothing runs their pods). The
-sweep's results Job is created and then completed by the test, as the Job
-controller would.
+sweep's results Job is created by the operator; the test runs and completes its
+pod as the kubelet would (the Job controller, the emulator's or the test's, marks it Complete).
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import json
 
 import pytest
 
+from support import kubelet
 from support.cluster import wait_for
 from support.manifests import spec as job_spec
 
@@ -155,11 +156,13 @@ def test_sweep_runs_prunes_survives_a_restart_and_picks_the_best(cluster, namesp
         assert {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container["env"] if "valueFrom" in e} == {
             "AWS_ACCESS_KEY_ID": secret, "AWS_SECRET_ACCESS_KEY": secret, "AWS_SESSION_TOKEN": secret}
         assert not sweep_status(cluster).get("results")  # not before the files exist
-        cluster.patch_status("Job", NS, "lr-results", {"succeeded": 1, "conditions": [{"type": "Complete", "status": "True"}]})
+        pods = [kubelet.run(cluster, p) for p in kubelet.create_pods(cluster, job)]
+        kubelet.complete_job(cluster, job, pods)
         linked = wait_for(lambda: sweep_status(cluster).get("results"), timeout=20, message="status.results linked")
         assert linked == {"summaryUri": "s3://out/run/sweep.json",
                           "plotUris": ["s3://out/run/plots/objective.png", "s3://out/run/plots/eval-curves.png"]}
-        assert "ResultsWritten" in [e["reason"] for e in cluster.events(NS, NAME)]
+        # The Event follows the status write (Kopf posts Events from a queue of its own).
+        wait_for(lambda: "ResultsWritten" in [e["reason"] for e in cluster.events(NS, NAME)], message="ResultsWritten Event")
 
         # Deleting the sweep deletes its trials (garbage collection by owner reference).
         cluster.delete("FineTuneSweep", NS, NAME)

@@ -21,9 +21,12 @@ from typing import Any
 import kmock
 import requests
 
+from support.chart_rbac import OPERATOR_USER
 from support.emulator import TEST_AGENT, ApiCall, Fault, KubeEmulator, Semantics
 
-OPERATOR_USER = "system:serviceaccount:kubetune-system:kubetune-operator"
+# The identity of the control-plane components tests play (the Job controller and kubelet of the e2e
+# executor): not the subject of any test, so a cluster admin like the real ones' broad system roles.
+CONTROL_PLANE_USER = "system:kube-controller-manager"
 
 # kind -> (API prefix, plural, namespaced)
 KINDS: dict[str, tuple[str, str, bool]] = {
@@ -59,10 +62,17 @@ class ApiError(Exception):
 class EmulatedCluster:
     """A KubeEmulator served on a free port from a background thread with its own event loop."""
 
-    def __init__(self, keep_history: bool = True, semantics: Semantics | None = None):
+    def __init__(self, keep_history: bool = True, semantics: Semantics | None = None,
+                 chart_values: dict[str, Any] | None = None, operator_rbac: bool = True):
+        """``semantics``: default all on (``Semantics.default()``). With ``semantics.rbac`` the operator's
+        ServiceAccount gets the RBAC the Helm chart renders with ``chart_values`` (``operator_rbac=False``:
+        none, for a test that grants its own)."""
         self.keep_history = keep_history
         self.semantics = semantics or Semantics.default()
-        self.operator_token: str | None = None  # with semantics.rbac: the operator's bearer token
+        self.chart_values = chart_values
+        self.operator_rbac = operator_rbac
+        self.operator_token: str | None = None  # the operator's bearer token (user OPERATOR_USER)
+        self.control_plane_token: str | None = None  # for the Job controller/kubelet a test plays in a process
         self.emulator: KubeEmulator | None = None
         self.url = ""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -100,7 +110,22 @@ class EmulatedCluster:
         self.session.headers["Authorization"] = f"Bearer {admin}"
         self.operator_token = self.emulator.issue_token(
             OPERATOR_USER, ("system:serviceaccounts", "system:serviceaccounts:kubetune-system", "system:authenticated"))
+        self.control_plane_token = self.emulator.issue_token(CONTROL_PLANE_USER, ("system:masters", "system:authenticated"))
+        if self.semantics.rbac and self.operator_rbac:
+            self.install_operator_rbac(self.chart_values)
         return self
+
+    def install_operator_rbac(self, chart_values: dict[str, Any] | None = None) -> None:
+        """Store the chart's RBAC for the operator's ServiceAccount, as `helm install` (or `helm upgrade`, on a
+        cluster that has it already) with ``chart_values`` would."""
+        from support.chart_rbac import operator_rbac
+
+        for obj in operator_rbac(chart_values):
+            meta = obj["metadata"]
+            if self.get(obj["kind"], meta.get("namespace"), meta["name"]) is None:
+                self.create(obj)
+            else:
+                self.request("PUT", self.path(obj["kind"], meta.get("namespace"), meta["name"]), obj)
 
     def stop(self) -> None:
         if self._loop and self._stop:

@@ -39,10 +39,10 @@ Always on:
 - a record of every API request: ``calls`` holds ``ApiCall(verb, group,
   resource, subresource, namespace, name, user_agent, status, query, user)``.
 
-Switchable (``Semantics``): graceful pod deletion, the job-tracking
-finalizer, asynchronous garbage collection, the Job controller, server-side
-validation of built-in objects and of FineTuneJobs (defaulting, pruning,
-schema, CEL), RBAC for every bearer token.
+On by default, switchable (``Semantics``): graceful pod deletion, the
+job-tracking finalizer, asynchronous garbage collection, the Job controller,
+server-side validation of built-in objects and of FineTuneJobs (defaulting,
+pruning, schema, CEL), RBAC for every bearer token.
 """
 from __future__ import annotations
 
@@ -103,31 +103,34 @@ API_AUDIENCES = ("https://kubernetes.default.svc", "https://kubernetes.default.s
 
 @dataclasses.dataclass
 class Semantics:
-    """Real-cluster behaviours that can be switched (README.md: which are on by default, and why).
+    """Real-cluster behaviours that can be switched (README.md: the upstream document each follows).
 
-    ``Semantics.faithful()`` turns all of them on.
+    Every switch is on by default: the emulated cluster is never kinder than a real one.
+    A test whose subject truly needs one off says so, e.g. ``Semantics(job_controller=False)``
+    with a one-line reason; ``Semantics.lenient()`` turns all of them off.
     """
 
     # A deleted pod that runs keeps running with deletionTimestamp and deletionGracePeriodSeconds
     # until the kubelet reports it terminated (a test: kubelet.terminate) or its grace period ends
     # (then it is killed: phase Failed, exit code 137). Pods never scheduled go at once.
-    graceful_pod_deletion: bool = False
+    graceful_pod_deletion: bool = True
     # Pods owned by a Job carry batch.kubernetes.io/job-tracking until the Job controller has
     # accounted them (terminal phase) or their Job is gone.
-    job_tracking_finalizer: bool = False
+    job_tracking_finalizer: bool = True
     # Garbage collection runs in the background, gc_delay after the owner went, not inside the
     # owner's DELETE; pause_gc() holds it (a namesake's leftovers still there).
-    async_gc: bool = False
+    async_gc: bool = True
     gc_delay: float = 0.05
     # The emulator runs the Job controller: pods for Indexed Jobs, podFailurePolicy, backoffLimit,
     # activeDeadlineSeconds, suspend, FailureTarget/SuccessCriteriaMet before Failed/Complete.
-    job_controller: bool = False
+    job_controller: bool = True
     # Built-in objects are validated as the API server does (422 Invalid with causes).
-    validate_builtins: bool = False
+    validate_builtins: bool = True
     # FineTuneJob writes are pruned, defaulted, schema- and CEL-validated (the CRD's rules).
-    validate_custom_resources: bool = False
-    # Every request needs a bearer token (401 otherwise) and is authorized by RBAC objects (403).
-    rbac: bool = False
+    validate_custom_resources: bool = True
+    # Every request needs a bearer token (401 otherwise) and is authorized by RBAC objects (403);
+    # EmulatedCluster stores the Helm chart's RBAC for the operator's ServiceAccount.
+    rbac: bool = True
     # A grace period of N seconds lasts min(N, max_grace_seconds) here, so tests stay fast.
     max_grace_seconds: float = 2.0
 
@@ -140,18 +143,31 @@ class Semantics:
         return cls(**{**dict.fromkeys(cls.switches(), True), **overrides})
 
     @classmethod
+    def lenient(cls, **overrides: Any) -> Semantics:
+        """Every switch off (kmock plus the always-on behaviours): for comparisons, never as a test's default."""
+        return cls(**{**dict.fromkeys(cls.switches(), False), **overrides})
+
+    @classmethod
     def default(cls) -> Semantics:
-        """The defaults, with the switches named in $KUBETUNE_TEST_SEMANTICS turned on
-        (comma-separated names, or 'faithful' for all): run any suite against a stricter cluster."""
+        """What a cluster gets when a test names no semantics: all switches on, unless
+        $KUBETUNE_TEST_SEMANTICS says otherwise: 'faithful' (all on), 'lenient' (all off), a comma-separated
+        list of switch names (exactly those on), or of '-name' entries (all on but those)."""
         import os
 
         names = [n.strip() for n in os.environ.get("KUBETUNE_TEST_SEMANTICS", "").split(",") if n.strip()]
-        if "faithful" in names:
-            names = cls.switches()
-        unknown = set(names) - set(cls.switches())
-        if unknown:
-            raise ValueError(f"KUBETUNE_TEST_SEMANTICS: unknown switch(es) {sorted(unknown)}; known: {cls.switches()}")
-        return cls(**dict.fromkeys(names, True))
+        if not names or names == ["faithful"]:
+            return cls()
+        if names == ["lenient"]:
+            return cls.lenient()
+        off = {n[1:] for n in names if n.startswith("-")}
+        on = {n for n in names if not n.startswith("-")}
+        unknown = (on | off) - set(cls.switches())
+        if unknown or (on and off):
+            raise ValueError(f"KUBETUNE_TEST_SEMANTICS={os.environ['KUBETUNE_TEST_SEMANTICS']!r}: 'faithful', 'lenient', "
+                             f"switch names to turn on, or '-name' to turn off (not both); known: {cls.switches()}")
+        if off:
+            return cls.faithful(**dict.fromkeys(off, False))
+        return cls.lenient(**dict.fromkeys(on, True))
 
 
 @dataclasses.dataclass(frozen=True)

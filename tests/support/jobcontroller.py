@@ -24,7 +24,8 @@ https://kubernetes.io/docs/tasks/job/pod-failure-policy/ (Kubernetes 1.31+):
 - ``spec.suspend: true`` deletes the active pods, sets ``Suspended``; false
   recreates them (condition ``Suspended`` False, reason ``JobResumed``);
 - the job-tracking finalizer is removed from a pod once it is accounted
-  (terminal, or deleted and no longer running), or when its Job is gone.
+  (terminal, or deleted and no longer running), or when its Job is gone
+  (also for pods whose Job went before the controller looked at them again).
 """
 from __future__ import annotations
 
@@ -150,6 +151,12 @@ async def sync(emu: KubeEmulator, item: tuple[str, str, str]) -> None:
     jkey = (emu.res("batch/v1/jobs"), ns, name)
     job = emu._live(jkey)
     if job is None:
+        # The Job is gone: its pods are orphans, and their finalizer goes now (the real controller enqueues
+        # them when it sees the Job deleted). A pod deleted meanwhile gets no further event to release it by.
+        for k, o in list(emu._objects.items()):
+            ref = _controller_ref(o.raw) if k[0] == pods_res and k[1] == ns and not o.deleted else None
+            if ref and ref.get("kind") == "Job" and ref.get("name") == name and ref.get("uid") not in emu._uids:
+                await _release(emu, k, o.raw)
         return
     uid = job["metadata"]["uid"]
     pods = [(k, o.raw) for k, o in list(emu._objects.items())

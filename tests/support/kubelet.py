@@ -34,13 +34,13 @@ def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str,
         def made() -> list[dict[str, Any]] | None:
             pods = [p for p in cluster.list("Pod", meta["namespace"], label_selector=f"batch.kubernetes.io/controller-uid={meta['uid']}")
                     if not p["metadata"].get("deletionTimestamp")]
-            return pods if len(pods) >= int(job["spec"]["completions"]) else None
+            return pods if len(pods) >= int(job["spec"].get("completions") or 1) else None
         pods = wait_for(made, message=f"the Job controller's pods of {meta['name']}")
         return sorted(pods, key=lambda p: int(p["metadata"]["annotations"][INDEX_ANNOTATION]))
     ns = meta["namespace"]
     template = job["spec"]["template"]
     pods = []
-    for index in range(int(job["spec"]["completions"])):
+    for index in range(int(job["spec"].get("completions") or 1)):
         labels = dict((template.get("metadata") or {}).get("labels") or {})
         labels.update({"job-name": meta["name"], "batch.kubernetes.io/job-name": meta["name"], INDEX_ANNOTATION: str(index)})
         spec = copy.deepcopy(template["spec"])
@@ -114,9 +114,14 @@ def terminate(cluster: EmulatedCluster, pod: dict[str, Any], exit_code: int, rea
 
 
 def complete_job(cluster: EmulatedCluster, job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
-    """All indexes succeeded: pods exit 0, the Job controller marks the Job Complete."""
+    """All indexes succeeded: pods exit 0, the Job controller marks the Job Complete.
+
+    With ``Semantics.job_controller`` the emulator's controller writes the Job's status: this returns the Job
+    once its verdict is in (``Complete``; ``Failed`` if another of its pods failed it, e.g. by a FailJob rule)."""
     for p in pods:
         terminate(cluster, p, 0)
+    if cluster.semantics.job_controller:
+        return _wait_job_condition(cluster, job, "Complete", "Failed")
     n = len(pods)
     return cluster.patch_status("Job", job["metadata"]["namespace"], job["metadata"]["name"], {
         "active": 0, "succeeded": n, "completedIndexes": f"0-{n - 1}" if n > 1 else "0", "completionTime": _now(),
@@ -138,15 +143,42 @@ def fail_job(cluster: EmulatedCluster, job: dict[str, Any], reason: str = "Backo
     })
 
 
-def suspend_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> None:
-    """The Job controller on spec.suspend=true: delete the active pods."""
+def suspend_pods(cluster: EmulatedCluster, job: dict[str, Any], exit_code: int = 75) -> None:
+    """The Job controller on spec.suspend=true: delete the active pods.
+
+    With ``Semantics.job_controller`` the emulator's controller deletes them (uncounted) and sets ``Suspended``;
+    this plays the kubelet then: the deleted pods' trainers got SIGTERM, checkpoint and exit (``exit_code``)."""
     ns = job["metadata"]["namespace"]
+    if cluster.semantics.job_controller:
+        _wait_job_condition(cluster, job, "Suspended")
+        for p in cluster.list("Pod", ns, label_selector=f"batch.kubernetes.io/controller-uid={job['metadata']['uid']}"):
+            if (p.get("status") or {}).get("phase") == "Running":
+                terminate(cluster, p, exit_code)
+        return
     for p in cluster.list("Pod", ns, label_selector=f"job-name={job['metadata']['name']}"):
         cluster.delete("Pod", ns, p["metadata"]["name"])
     cluster.patch_status("Job", ns, job["metadata"]["name"], {
         "active": 0,
         "conditions": [{"type": "Suspended", "status": "True", "reason": "JobSuspended", "message": "Job suspended", "lastTransitionTime": _now()}],
     })
+
+
+def _terminal(pod: dict[str, Any]) -> bool:
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
+def _wait_job_condition(cluster: EmulatedCluster, job: dict[str, Any], *ctypes: str) -> dict[str, Any]:
+    from support.cluster import wait_for
+
+    ns, name, uid = job["metadata"]["namespace"], job["metadata"]["name"], job["metadata"]["uid"]
+
+    def verdict() -> dict[str, Any] | None:
+        live = cluster.get("Job", ns, name)
+        if live is None or live["metadata"]["uid"] != uid:
+            raise AssertionError(f"Job {ns}/{name} ({uid}) is gone while waiting for its {' or '.join(ctypes)} condition")
+        ok = any(c.get("type") in ctypes and c.get("status") == "True" for c in (live.get("status") or {}).get("conditions") or [])
+        return live if ok else None
+    return wait_for(verdict, message=f"the Job controller's {' or '.join(ctypes)} condition on {ns}/{name}")
 
 
 def _disrupt(cluster: EmulatedCluster, pod: dict[str, Any], reason: str, message: str, grace_seconds: int | None = None) -> dict[str, Any] | None:
