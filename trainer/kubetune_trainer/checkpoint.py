@@ -17,7 +17,9 @@ How a checkpoint is made, without blocking the training loop on the network:
    scratch on every rank (DeepSpeed with ``use_node_local_storage``; PEFT
    models without their frozen base weights: transformers passes
    ``exclude_frozen_parameters=True`` to DeepSpeed's ``save_checkpoint``).
-   Each rank then drops a tiny "saved" marker file next to it.
+   DeepSpeed's files are snapshotted in memory and written by a background
+   thread (:class:`~kubetune_trainer.local_save.LocalWriter`); each rank's
+   tiny "saved" marker file is written after its files.
 3. Upload (each node's uploader process, uploader.py, started by local rank
    0 at a lower CPU priority and with its own interpreter lock; a thread of
    the trainer only hands it each checkpoint and relays its answers). It
@@ -70,6 +72,7 @@ if TYPE_CHECKING:
 
     from .uploader import UploaderProcess
 
+from .local_save import LocalWriter
 from .storage import ObjectNotFound, Storage, StorageError, join, sha256_file, storage_for
 
 log = logging.getLogger("kubetune.checkpoint")
@@ -302,6 +305,7 @@ class CheckpointManager:
         self._error: BaseException | None = None
         self._worker: threading.Thread | None = None
         self._uploader: UploaderProcess | None = None
+        self.writer = LocalWriter()  # DeepSpeed's files are written off the training thread (local_save.py)
         self._synced = False
         # Fail before any model is loaded if the output bucket is missing or the credentials are wrong.
         self.storage.check_access(self.output, write=self.topo.rank == 0)
@@ -369,7 +373,8 @@ class CheckpointManager:
         return {key: join(final_uri, name) for key, name in names.items() if name in present}
 
     def drain(self) -> None:
-        """Wait for queued uploads (and, on rank 0, their commits); re-raise a background failure."""
+        """Wait for this rank's file writes, queued uploads (and, on rank 0, their commits); re-raise a background failure."""
+        self.writer.wait()
         for job in list(self._by_step.values()):
             job.done.wait()
             if self.topo.rank == 0:
@@ -412,7 +417,8 @@ class CheckpointManager:
     def step_flags(self, step: int, device: Any = None) -> tuple[bool, bool, bool]:
         """(save now, preempt, failed), identical on all ranks."""
         time_due = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
-        local = [1.0 if self._sigterm_at is not None else 0.0, 1.0 if time_due else 0.0, 1.0 if self._error else 0.0]
+        failed = self._error is not None or self.writer.error is not None
+        local = [1.0 if self._sigterm_at is not None else 0.0, 1.0 if time_due else 0.0, 1.0 if failed else 0.0]
         dist = _dist()
         if dist is not None and self.topo.world_size > 1:
             import torch
@@ -428,7 +434,8 @@ class CheckpointManager:
         """Called on every rank after the Trainer saved ``checkpoint-<step>`` locally."""
         self._last_save = time.monotonic()
         local_dir = self.local_root / f"checkpoint-{step}"
-        (local_dir / f"{LOCAL_MARKER}{self.topo.local_rank}").write_text(self.run_id)
+        marker, run_id = local_dir / f"{LOCAL_MARKER}{self.topo.local_rank}", self.run_id
+        self.writer.then(lambda: marker.write_text(run_id))  # once this rank's files are written
         if self.topo.local_rank == 0:
             job = _Job(step, local_dir)
             self._by_step[step] = job
@@ -466,8 +473,8 @@ class CheckpointManager:
             return job.committed.is_set() and job.error is None
         marker = join(self.root, step_dirname(step), COMMITTED)
         while time.monotonic() < deadline:
-            if self._error is not None:
-                log.error("checkpoint upload failed: %s", self._error)
+            if self._error is not None or self.writer.error is not None:
+                log.error("checkpoint failed: %s", self._error or f"writing the local checkpoint failed: {self.writer.error}")
                 return False
             try:
                 if self.storage.read_json(marker).get("run") == self.run_id:
@@ -480,6 +487,8 @@ class CheckpointManager:
         return False
 
     def _raise_if_failed(self) -> None:
+        if self.writer.error is not None:
+            raise StorageError(f"writing the local checkpoint failed: {self.writer.error}") from self.writer.error
         if self._error is not None:
             raise self._error
 

@@ -309,7 +309,7 @@ def training_arguments(spec: FineTuneJobSpec, plan: TrainingPlan, ckpt: Checkpoi
 
 
 def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, args: TrainingArguments,
-                  data: PreparedData, callbacks: list[TrainerCallback]) -> Trainer:
+                  data: PreparedData, callbacks: list[TrainerCallback], ckpt: CheckpointManager | None = None) -> Trainer:
     from transformers import PrinterCallback, Trainer
 
     from . import data as data_mod
@@ -341,6 +341,14 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
             if _internal_call and self.is_deepspeed_enabled:
                 return
             super().save_model(output_dir, _internal_call)
+
+        def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+            # DeepSpeed's files are snapshotted here and written while training goes on (local_save.py).
+            if ckpt is not None and self.is_deepspeed_enabled:
+                with ckpt.writer.overlapped(self.model_wrapped):
+                    super()._save_optimizer_and_scheduler(output_dir)
+            else:
+                super()._save_optimizer_and_scheduler(output_dir)
 
     if causal:
         collator: Any = data_mod.Collator(tokenizer.pad_token_id, flatten_packed=data_mod.flattens_packed_batches(_attention(net)))
@@ -516,7 +524,7 @@ def run(config_path: str) -> None:
         callbacks = [progress.make_progress_callback(reporters), *ckpt.callbacks()]
         if final_eval is not None:
             callbacks += final_eval.callbacks(synced=plan.zero_stage == 3, device=args.device)
-        trainer = build_trainer(spec, net, tokenizer, args, data, callbacks)
+        trainer = build_trainer(spec, net, tokenizer, args, data, callbacks, ckpt)
 
         resume_dir = ckpt.prepare_resume()
         reporters.event({"event": "phase", "phase": "Running"})
