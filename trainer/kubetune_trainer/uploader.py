@@ -37,7 +37,7 @@ import time
 from collections.abc import Iterator
 from multiprocessing.connection import Connection, Pipe
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PermanentError
 
@@ -75,7 +75,7 @@ class UploaderProcess:
         parent.send({"publisher": publisher, "rank": rank, "level": logging.getLogger().getEffectiveLevel()})
         return cls(proc, parent)
 
-    def publish(self, step: int, local_dir: Path, run_id: str, *, commit: bool, busy: set[int]) -> Iterator[dict]:
+    def publish(self, step: int, local_dir: Path, run_id: str, *, commit: bool, busy: set[int]) -> Iterator[dict[str, Any]]:
         """Hand over one saved checkpoint; yields the child's answers until it is done (raises if it failed or died)."""
         with self._lock:
             try:
@@ -114,11 +114,14 @@ class UploaderProcess:
         return f"exited with code {code}"
 
 
-def _rebuild(answer: dict) -> BaseException:
+def _rebuild(answer: dict[str, Any]) -> BaseException:
     message = f"{answer['message']} (in the checkpoint uploader)"
     if answer.get("reason"):
-        return PermanentError(message, answer["reason"])
-    return _ERRORS.get(answer["type"], StorageError)(message if answer["type"] in _ERRORS else f"{answer['type']}: {message}")
+        return PermanentError(message, str(answer["reason"]))
+    kind = str(answer["type"])
+    if kind in _ERRORS:
+        return _ERRORS[kind](message)
+    return StorageError(f"{kind}: {message}")
 
 
 # ------------------------------------------------------------------ the child
