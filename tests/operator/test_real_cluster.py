@@ -351,7 +351,7 @@ def test_a_pods_credential_cannot_change_phase_restarts_or_attempt():
     import requests
 
     ns, name = "channel", "steer"
-    with EmulatedCluster() as c:  # RBAC for every token; the operator has the chart's
+    with EmulatedCluster(semantics=Semantics()) as c:  # RBAC (all on, whatever KUBETUNE_TEST_SEMANTICS says); the operator has the chart's
         c.ensure_namespace(ns)
         settings = reporting_settings()
         with c.operator(settings, namespaces=(ns,)):
