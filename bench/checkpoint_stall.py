@@ -7,9 +7,9 @@ fine-tuning of a small Llama built on the fly) against moto S3 on
 127.0.0.1, same data and seed, in these arms:
 
 - ``none``: no checkpoint during the run;
-- ``background``: a checkpoint every ``--every`` steps, saved locally and
-  uploaded by the node's uploader process while training continues (what
-  kubetune does);
+- ``background``: a checkpoint every ``--every`` steps, saved locally (the
+  files written off the training thread, local_save.py) and uploaded by the
+  node's uploader process while training continues (what kubetune does);
 - ``sync``: the same, but the training thread waits for each upload and
   commit (what a naive implementation does), for comparison.
 
