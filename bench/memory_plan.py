@@ -26,6 +26,12 @@ settings, world size 1, fp32, without the runtime margin.
 
     python bench/memory_plan.py            # the full table (~25 cases, several minutes on 2 cores)
     python bench/memory_plan.py --quick    # 4 cases
+    python bench/memory_plan.py --only 'small lora 2 on 8' --only 'medium full'   # just these
+    python bench/memory_plan.py --jobs 2   # two cases at once (bytes are the same, the wall time halves)
+
+Column ``unrec.``: the part of the allocator's total at its peak that no recorded
+allocation explains (the live blocks rebuilt from the allocation records, by
+address, at that moment); normally 0.
 
 Last line: ``max error: X%`` (|estimate - measured| / measured, worst case).
 """
@@ -156,9 +162,23 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
             yield from walk(node.children)
 
     # each allocation record carries the allocator's live total at that moment
-    totals = [n.typed[1].total_allocated for n in walk(prof.profiler.kineto_results.experimental_event_tree())
-              if n.typed[0] == _EventType.Allocation]
-    return {"peak": max(totals), "allocations": len(totals), "seconds": elapsed}
+    records = sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
+                      if n.typed[0] == _EventType.Allocation), key=lambda n: n.start_time_ns)
+    totals = [n.typed[1].total_allocated for n in records]
+    peak_at = max(range(len(totals)), key=totals.__getitem__)
+    # The same moment rebuilt from the records themselves (live blocks by address): what the
+    # recorded allocations explain of the allocator's total at its peak
+    live: dict[int, int] = {}
+    explained = 0
+    for n in records[:peak_at + 1]:
+        a = n.typed[1]
+        if a.alloc_size > 0:
+            explained += a.alloc_size - live.get(a.ptr, 0)
+            live[a.ptr] = a.alloc_size
+        else:
+            explained -= live.pop(a.ptr, 0)
+    return {"peak": totals[peak_at], "unexplained": totals[peak_at] - explained, "allocations": len(totals),
+            "seconds": elapsed}
 
 
 def matches(case, selector: str) -> bool:
@@ -186,6 +206,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="CASE",
                     help="run only the cases matching CASE, written as in the table: 'small lora 2 on 8'; "
                          "fewer words match more cases ('medium full', 'small lora 2'); repeatable")
+    ap.add_argument("--jobs", type=int, default=1,
+                    help="cases measured at once (each its own process; bytes do not depend on it, wall time does)")
     ap.add_argument("--measure", help=argparse.SUPPRESS)
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args(argv)
@@ -193,25 +215,30 @@ def main(argv=None) -> int:
         print(json.dumps(measure(*json.loads(args.measure))), flush=True)
         return 0
     rows = []
-    print(f"{'model':<8}{'params':>8} {'method':<6}{'ZeRO':>5}{'ckpt':>6}{'mb':>4}{'estimate':>11}{'measured':>11}{'error':>8}  estimate terms (MiB)")
+    print(f"{'model':<8}{'params':>8} {'method':<6}{'ZeRO':>5}{'ckpt':>6}{'mb':>4}{'estimate':>11}{'measured':>11}{'error':>8}"
+          f"{'unrec.':>9}  estimate terms (MiB)")
     cases = QUICK if args.quick else CASES
     if args.only:
         cases = [c for c in cases if any(matches(c, sel) for sel in args.only)]
         if not cases:
             ap.error(f"--only {args.only}: no case matches; cases look like 'small lora 2 on 8' "
                      "(size method ZeRO checkpointing micro-batch)")
-    for case in cases:
-        size, method, stage, gc, mb = case
-        from kubetune_api import memory
+    from concurrent.futures import ThreadPoolExecutor
 
-        n = memory.shape_from_config(config_dict(size)).parameters()
-        est, terms = estimate_bytes(*case)
-        m = run_case(case)
-        err = (est - m["peak"]) / m["peak"]
-        rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,
-                     "seconds": m["seconds"]})
-        print(f"{size:<8}{n / 1e6:>7.1f}M {method:<6}{stage:>5}{'on' if gc else 'off':>6}{mb:>4}"
-              f"{est / 2**20:>9.1f}Mi{m['peak'] / 2**20:>9.1f}Mi{err * 100:>+7.1f}%  {terms}", flush=True)
+    from kubetune_api import memory
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        measured = pool.map(run_case, cases)  # in case order
+        for case, m in zip(cases, measured):
+            size, method, stage, gc, mb = case
+            n = memory.shape_from_config(config_dict(size)).parameters()
+            est, terms = estimate_bytes(*case)
+            err = (est - m["peak"]) / m["peak"]
+            rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,
+                         "unrecorded": m["unexplained"], "seconds": m["seconds"]})
+            print(f"{size:<8}{n / 1e6:>7.1f}M {method:<6}{stage:>5}{'on' if gc else 'off':>6}{mb:>4}"
+                  f"{est / 2**20:>9.1f}Mi{m['peak'] / 2**20:>9.1f}Mi{err * 100:>+7.1f}%{m['unexplained'] / 2**20:>8.1f}Mi  {terms}",
+                  flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     worst = max(abs(r["error"]) for r in rows)
