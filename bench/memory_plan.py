@@ -12,14 +12,26 @@ model, as the trainer computes it).
 How the peak is measured: the PyTorch profiler with ``profile_memory=True``
 records every allocation and free of the CPU tensor allocator (c10's
 ``DefaultCPUAllocator``, which every CPU tensor of torch, transformers, peft
-and DeepSpeed goes through), each with the allocator's total of live bytes
-allocated since profiling began. The largest total over model build + three
-steps is the measurement, the CPU twin of
-``torch.cuda.max_memory_allocated``. Not counted (by either side): Python
-objects, the interpreter, library code, the allocator's own fragmentation --
-the planner's runtime margin stands for those. (Process RSS was not used: the
-high-water mark of RSS includes imports and glibc's cached free memory, and
-cannot be reset between phases.)
+and DeepSpeed goes through) made by the profiled (main) thread, with its
+address and size. The measurement is the largest total of live bytes over model
+build + three steps, rebuilt from those records: a block is live from its
+allocation until its free, or until its address is allocated again. The
+second rule matters: a block freed by a thread the profiler does not watch
+(e.g. gloo's worker thread dropping the last reference to a tensor it
+reduced or gathered) has no free record, and the allocator's own running
+total, which each record also carries, never subtracts it (shown directly: a
+100 MB tensor freed by a Python thread, then allocated again at the same
+address, reads 200 MB; in ZeRO-3 runs the total keeps 24 MiB blocks whose
+addresses the all-gathers hand out again). That total once read 789.3 MiB for
+`small lora ZeRO-2 ckpt mb 8`, exactly one 5e7-element bucket (190.7 MiB)
+above the 598.5 MiB its records explain, and 598.5 MiB in five other runs.
+The ``total`` column shows that running total's peak for comparison. This is
+the CPU twin of ``torch.cuda.max_memory_allocated`` (the CUDA caching
+allocator counts frees from every thread). Not counted (by either side):
+Python objects, the interpreter, library code, the allocator's own
+fragmentation -- the planner's runtime margin stands for those. (Process RSS
+was not used: the high-water mark of RSS includes imports and glibc's cached
+free memory, and cannot be reset between phases.)
 
 The estimate is ``kubetune_api.memory.estimate`` for the same shape, method and
 settings, world size 1, fp32, without the runtime margin.
@@ -29,9 +41,8 @@ settings, world size 1, fp32, without the runtime margin.
     python bench/memory_plan.py --only 'small lora 2 on 8' --only 'medium full'   # just these
     python bench/memory_plan.py --jobs 2   # two cases at once (bytes are the same, the wall time halves)
 
-Column ``unrec.``: the part of the allocator's total at its peak that no recorded
-allocation explains (the live blocks rebuilt from the allocation records, by
-address, at that moment); normally 0.
+Column ``total``: the peak of the allocator's own running total (an upper bound
+that keeps blocks freed by other threads; see above).
 
 Last line: ``max error: X%`` (|estimate - measured| / measured, worst case).
 """
@@ -161,24 +172,31 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
             yield node
             yield from walk(node.children)
 
-    # each allocation record carries the allocator's live total at that moment
     records = sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
                       if n.typed[0] == _EventType.Allocation), key=lambda n: n.start_time_ns)
-    totals = [n.typed[1].total_allocated for n in records]
-    peak_at = max(range(len(totals)), key=totals.__getitem__)
-    # The same moment rebuilt from the records themselves (live blocks by address): what the
-    # recorded allocations explain of the allocator's total at its peak
+    allocator_total = max(n.typed[1].total_allocated for n in records)
+    peak = live_peak((n.typed[1].ptr, n.typed[1].alloc_size) for n in records)
+    return {"peak": peak, "allocator_total": allocator_total, "allocations": len(records), "seconds": elapsed}
+
+
+def live_peak(records) -> int:
+    """Largest total of live bytes over allocation records ``(address, size)`` in time order (size < 0: a free).
+
+    A block is live from its allocation to its free, or until its address is handed out again.
+    A block freed by another thread (gloo's worker dropping the last reference to a tensor it
+    reduced or gathered) has no free record, and the allocator's own running total
+    (``total_allocated``) never subtracts it either; the reused address proves it was freed.
+    """
     live: dict[int, int] = {}
-    explained = 0
-    for n in records[:peak_at + 1]:
-        a = n.typed[1]
-        if a.alloc_size > 0:
-            explained += a.alloc_size - live.get(a.ptr, 0)
-            live[a.ptr] = a.alloc_size
+    now = peak = 0
+    for ptr, size in records:
+        if size > 0:
+            now += size - live.get(ptr, 0)
+            live[ptr] = size
         else:
-            explained -= live.pop(a.ptr, 0)
-    return {"peak": totals[peak_at], "unexplained": totals[peak_at] - explained, "allocations": len(totals),
-            "seconds": elapsed}
+            now -= live.pop(ptr, 0)
+        peak = max(peak, now)
+    return peak
 
 
 def matches(case, selector: str) -> bool:
@@ -216,7 +234,7 @@ def main(argv=None) -> int:
         return 0
     rows = []
     print(f"{'model':<8}{'params':>8} {'method':<6}{'ZeRO':>5}{'ckpt':>6}{'mb':>4}{'estimate':>11}{'measured':>11}{'error':>8}"
-          f"{'unrec.':>9}  estimate terms (MiB)")
+          f"{'total':>10}  estimate terms (MiB)")
     cases = QUICK if args.quick else CASES
     if args.only:
         cases = [c for c in cases if any(matches(c, sel) for sel in args.only)]
@@ -235,9 +253,9 @@ def main(argv=None) -> int:
             est, terms = estimate_bytes(*case)
             err = (est - m["peak"]) / m["peak"]
             rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,
-                         "unrecorded": m["unexplained"], "seconds": m["seconds"]})
+                         "allocator_total": m["allocator_total"], "seconds": m["seconds"]})
             print(f"{size:<8}{n / 1e6:>7.1f}M {method:<6}{stage:>5}{'on' if gc else 'off':>6}{mb:>4}"
-                  f"{est / 2**20:>9.1f}Mi{m['peak'] / 2**20:>9.1f}Mi{err * 100:>+7.1f}%{m['unexplained'] / 2**20:>8.1f}Mi  {terms}",
+                  f"{est / 2**20:>9.1f}Mi{m['peak'] / 2**20:>9.1f}Mi{err * 100:>+7.1f}%{m['allocator_total'] / 2**20:>8.1f}Mi  {terms}",
                   flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
