@@ -6,7 +6,13 @@ such a copy, so the job would wait on a ghost until the next resync re-list (60 
 """
 from __future__ import annotations
 
+from typing import Any
+
 from kubetune_operator.handlers import GONE_UIDS_KEPT, JobState
+from support import kubelet
+from support.cluster import EmulatedCluster, wait_for
+from support.emulator import KubeEmulator
+from support.manifests import job_manifest
 
 
 def job(name: str, uid: str, rv: int) -> dict:
@@ -44,84 +50,9 @@ def test_the_memory_of_deleted_uids_is_bounded():
 
 
 # ---------------------------------------------------------------- the race through the real operator
-import asyncio  # noqa: E402
-import threading  # noqa: E402
-from typing import Any  # noqa: E402
-
-import pytest  # noqa: E402
-
-from support import kubelet  # noqa: E402
-from support.cluster import EmulatedCluster, wait_for  # noqa: E402
-from support.emulator import TEST_AGENT, KubeEmulator  # noqa: E402
-from support.manifests import job_manifest  # noqa: E402
-
-NS = "stale-list"
 
 
-class SlowListEmulator(KubeEmulator):
-    """Answers the operator's lists of Jobs late, from the state when the request came in
-    (what a slow API server or a slow network does): armed for a few lists at a time."""
-
-    delays: list[float] = []  # one per list to slow down, in order
-    answered_from_snapshot = threading.Semaphore(0)
-
-    async def _handle(self, request: Any) -> Any:
-        res = request.resource
-        slow = (res is not None and res.plural == "jobs" and request.params.get("watch") != "true" and not request.name
-                and str(request.method).upper().endswith("GET") and bool(self.delays)
-                and not request.headers.get("User-Agent", "").startswith(TEST_AGENT))
-        delay = self.delays.pop(0) if slow else 0.0
-        response = await super()._handle(request)
-        if slow:
-            self.answered_from_snapshot.release()
-            await asyncio.sleep(delay)
-        return response
-
-
-class SlowListCluster(EmulatedCluster):
-    def _make_emulator(self) -> KubeEmulator:
-        return SlowListEmulator(keep_history=self.keep_history)
-
-
-@pytest.fixture
-def slow_cluster():
-    with SlowListCluster() as c:
-        c.ensure_namespace(NS)
-        yield c
-
-
-def test_a_namesake_is_not_held_up_by_a_list_older_than_the_leftovers_deletion(slow_cluster):
-    from kubetune_operator import builders
-    from kubetune_operator.settings import OperatorSettings
-
-    cluster, name = slow_cluster, "ghost"
-    cluster.pause_gc()
-    gone = job_manifest(name, NS)
-    gone["metadata"]["uid"] = "uid-of-the-deleted-namesake"
-    old = cluster.create(builders.build_batch_job(gone, OperatorSettings(), 1))
-    kubelet.complete_job(cluster, old, kubelet.create_pods(cluster, old))
-    settings = OperatorSettings(standalone=True, metrics_port=0, health_port=0, resync_seconds=120)
-    with cluster.operator(settings=settings, namespaces=(NS,)):
-        cluster.create(job_manifest(name, NS))
-        wait_for(lambda: any(c["type"] == "AttemptBlocked" and c["status"] == "True"
-                             for c in ((cluster.get("FineTuneJob", NS, name) or {}).get("status") or {}).get("conditions") or []),
-                 message="AttemptBlocked")
-        emulator = cluster.emulator
-        assert isinstance(emulator, SlowListEmulator)
-        # Kopf's re-list after the 410 (its watch then sees the deletion), then the operator's own
-        # re-list, answered from before the deletion after the DELETED event has come.
-        emulator.delays = [0.2, 3.0]
-        cluster.expire_watches()
-        for _ in range(2):
-            assert emulator.answered_from_snapshot.acquire(timeout=20), "the re-lists of Jobs"
-        # Both lists hold the leftover; it is deleted before their answers arrive.
-        cluster.resume_gc()
-        for pod in cluster.list("Pod", NS):
-            cluster.delete("Pod", NS, pod["metadata"]["name"])
-        cluster.delete("Job", NS, f"{name}-a1")
-        new = wait_for(lambda: (lambda j: j if j and j["metadata"]["uid"] != old["metadata"]["uid"] else None)(
-            cluster.get("Job", NS, f"{name}-a1")), timeout=30, message="the new job's own attempt (not held up until the resync)")
-        assert new["metadata"]["ownerReferences"][0]["uid"] == cluster.get("FineTuneJob", NS, name)["metadata"]["uid"]
+NS = "lost-delete"
 
 
 class LostDeleteEmulator(KubeEmulator):
