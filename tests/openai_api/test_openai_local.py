@@ -23,7 +23,7 @@ def _client(url: str) -> openai.OpenAI:
 
 
 def _messages(client: openai.OpenAI, job_id: str) -> list[str]:
-    return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100).data]
+    return [e.message for e in client.fine_tuning.jobs.list_events(job_id, limit=100)]  # every page, newest first
 
 
 @pytest.mark.slow
@@ -37,9 +37,10 @@ def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny
     assert client.files.retrieve(train.id).id == train.id
     assert {train.id, val.id} <= {f.id for f in client.files.list(purpose="fine-tune")}
 
-    # 96 rows, batch 4, 2 epochs: 48 steps, a checkpoint every 4.
+    # 96 rows, batch 1, 2 epochs: 192 steps, a checkpoint every 4. (With batch 4, 48 steps took ~2 s on a quiet
+    # machine, so the pause below could land after the last step and the job simply finished.)
     job = client.fine_tuning.jobs.create(model="tiny", training_file=train.id, validation_file=val.id, suffix="demo",
-                                         hyperparameters={"n_epochs": 2, "batch_size": 4, "learning_rate_multiplier": 25},
+                                         hyperparameters={"n_epochs": 2, "batch_size": 1, "learning_rate_multiplier": 25},
                                          metadata={"team": "nlp"})
     assert job.status == "queued" and job.model == "tiny" and job.hyperparameters.n_epochs == 2 and job.metadata == {"team": "nlp"}
     second = client.fine_tuning.jobs.create(model="tiny", training_file=train.id, method={
@@ -57,7 +58,7 @@ def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny
     metrics = wait_for(lambda: [e for e in client.fine_tuning.jobs.list_events(job.id, limit=100).data if e.type == "metrics"
                                 and (e.data or {}).get("train_loss") is not None], what="a metrics event")
     assert client.fine_tuning.jobs.retrieve(job.id).status == "running"
-    assert metrics[0].message.startswith("Step ") and metrics[0].data["total_steps"] == 48
+    assert metrics[0].message.startswith("Step ") and metrics[0].data["total_steps"] == 192
     wait_for(lambda: client.fine_tuning.jobs.checkpoints.list(job.id).data, what="a checkpoint")
 
     # Pause: the trainer commits a checkpoint and stops; the queued second job gets the slot.
@@ -66,7 +67,7 @@ def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny
     wait_for(lambda: any(m.startswith("Job paused at the checkpoint of step") for m in _messages(client, job.id)), what="pause done")
     ckpts = client.fine_tuning.jobs.checkpoints.list(job.id).data
     paused_at = ckpts[0].step_number
-    assert 0 < paused_at < 48 and ckpts[0].fine_tuned_model_checkpoint.endswith(f"step-{paused_at:06d}")
+    assert 0 < paused_at < 192 and ckpts[0].fine_tuned_model_checkpoint.endswith(f"step-{paused_at:06d}")
     assert Path(ckpts[0].fine_tuned_model_checkpoint, "COMMITTED").exists() and ckpts[0].metrics.train_loss is not None
     assert [c.step_number for c in ckpts] == sorted((c.step_number for c in ckpts), reverse=True) and len(ckpts) <= 2  # keepLast 2
 
@@ -92,9 +93,9 @@ def test_whole_flow_with_pause_resume_and_a_cancelled_second_job(local_api, tiny
     # The result file: per-step losses, from before and after the pause.
     rows = list(csv.DictReader(io.StringIO(client.files.content(done.result_files[0]).text)))
     steps = [int(r["step"]) for r in rows]
-    assert steps[0] == 0 and steps[-1] == 48 and paused_at in steps
+    assert steps[0] == 0 and steps[-1] == 192 and paused_at in steps
     evaluated = [int(r["step"]) for r in rows if r["valid_loss"]]  # evalEvery 8, and the final evaluation
-    assert evaluated[0] == 0 and set(range(8, 48, 8)) <= set(evaluated) and evaluated[-1] == 48, evaluated
+    assert evaluated[0] == 0 and set(range(8, 192, 8)) <= set(evaluated) and evaluated[-1] == 192, evaluated
     assert float(rows[-1]["valid_loss"]) < float(rows[0]["valid_loss"])
 
     # Events page newest first with `after`.
