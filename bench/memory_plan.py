@@ -165,6 +165,14 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
             engine.backward(loss)
             engine.step()
     elapsed = time.time() - t0
+    records = allocation_records(prof)
+    allocator_total = max(n.typed[1].total_allocated for n in records)
+    peak = live_peak((n.typed[1].ptr, n.typed[1].alloc_size) for n in records)
+    return {"peak": peak, "allocator_total": allocator_total, "allocations": len(records), "seconds": elapsed}
+
+
+def allocation_records(prof) -> list:
+    """The profiler's memory allocation events (frees have a negative size), in time order."""
     from torch._C._profiler import _EventType
 
     def walk(nodes):
@@ -172,11 +180,8 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
             yield node
             yield from walk(node.children)
 
-    records = sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
-                      if n.typed[0] == _EventType.Allocation), key=lambda n: n.start_time_ns)
-    allocator_total = max(n.typed[1].total_allocated for n in records)
-    peak = live_peak((n.typed[1].ptr, n.typed[1].alloc_size) for n in records)
-    return {"peak": peak, "allocator_total": allocator_total, "allocations": len(records), "seconds": elapsed}
+    return sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
+                   if n.typed[0] == _EventType.Allocation), key=lambda n: n.start_time_ns)
 
 
 def live_peak(records) -> int:

@@ -27,7 +27,6 @@ def test_a_block_is_live_until_its_free_or_until_its_address_is_reused():
 
 def test_a_tensor_freed_by_another_thread_is_not_counted_twice():
     import torch
-    from torch._C._profiler import _EventType
     from torch.profiler import ProfilerActivity, profile
 
     held = []
@@ -39,13 +38,7 @@ def test_a_tensor_freed_by_another_thread_is_not_counted_twice():
         again = torch.empty(100 * MB // 4)
         del again
 
-    def walk(nodes):
-        for n in nodes:
-            yield n
-            yield from walk(n.children)
-
-    records = sorted((n for n in walk(prof.profiler.kineto_results.experimental_event_tree())
-                      if n.typed[0] == _EventType.Allocation), key=lambda n: n.start_time_ns)
+    records = memory_plan.allocation_records(prof)
     allocs = [(n.typed[1].ptr, n.typed[1].alloc_size) for n in records]
     # The running total never subtracts the first tensor: 200 MB, though at most 100 MB were live at once.
     assert max(n.typed[1].total_allocated for n in records) == 200 * MB
