@@ -378,9 +378,12 @@ class PodExecutor:
                 if pod.poll() is None:
                     pod.stop(self._grace_of(job))
                     stopped_any = True
-                elif pod.reported:
-                    self._req("DELETE", self._pod_path(run.namespace, pod.name), ok404=True)
-                    del run.pods[index]
+                    continue
+                if not pod.reported:  # it ended after step 1 polled it: report it before its Pod goes
+                    pod.reported = True
+                    self._report_pod_terminated(run, pod, job)
+                self._req("DELETE", self._pod_path(run.namespace, pod.name), ok404=True)
+                del run.pods[index]
             if not stopped_any and not any(p.poll() is None for p in run.pods.values()):
                 self._write_job_status(run, job, extra_conditions=[self._cond("Suspended", "JobSuspended", "Job suspended")])
             return

@@ -129,7 +129,9 @@ def test_suspend_and_delete_stop_the_processes(setup):
     cluster.patch("Job", NS, "sleepy", {"spec": {"suspend": True}})
     wait_for(lambda: "Suspended" in _job_status(cluster, "sleepy")[0], timeout=30, message="Suspended")
     assert all(p.poll() is not None for p in procs)  # SIGTERM ended them
-    assert not cluster.list("Pod", NS, label_selector="job-name=sleepy")
+    # The Job controller deletes the pods and reports Suspended at once; each Pod object goes when its
+    # job-tracking finalizer is released, an instant later (as on a real cluster).
+    wait_for(lambda: not cluster.list("Pod", NS, label_selector="job-name=sleepy"), timeout=10, message="pods deleted on suspend")
     cluster.patch("Job", NS, "sleepy", {"spec": {"suspend": False}})
     wait_for(lambda: len(ex.running_pods("sleepy")) == 2, timeout=30, message="pods again after resume")
     again = list(ex.running_pods("sleepy"))
