@@ -16,7 +16,9 @@ anywhere in between, never makes a second Job.
 Cost per new job (bench/operator_scale.py): one parse of its spec per
 generation, the ConfigMap and Service created together, then the Job, then one
 status write and its Event; watch events that only echo the loop's own writes
-do not wake it.
+do not wake it. New jobs first: while a new job waits for its first Job, other
+loops hold their status writes and Events (at most NEW_JOBS_FIRST_MAX_WAIT), so
+a burst of new jobs reaches the scheduler before the reports about it.
 
 What the operator writes on a FineTuneJob: its status (progress, lastCheckpoint
 and output copied from rank 0's checked reports, which the report endpoint,
@@ -56,6 +58,9 @@ FINALIZER = "kubetune.io/finalizer"
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
 GONE_UIDS_KEPT = 1024  # per job name: deleted children remembered, see JobState.see
+# New jobs first: while some new job's first Job is not created yet, other loops hold their
+# status writes and Events this long at most (a steady stream of new jobs must not starve them).
+NEW_JOBS_FIRST_MAX_WAIT = 5.0
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -209,6 +214,12 @@ class Reconciler:
         self._relist_task: asyncio.Task[None] | None = None
         self._relist_again = False  # a Kopf re-list came while ours was pending or in flight
         self.report_server = ReportServer(self)
+        # New jobs whose first attempt is not created yet. A burst of new jobs gets its Jobs (so
+        # its pods to the scheduler) before any loop spends the API server and this process on
+        # status writes and Events, which only report; see new_jobs_first.
+        self.unstarted: set[tuple[str, str]] = set()
+        self.all_started = asyncio.Event()
+        self.all_started.set()
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -315,6 +326,8 @@ class Reconciler:
         st.see_ftj(body)
         uid = (body.get("metadata") or {}).get("uid")
         stop_task = asyncio.ensure_future(stopped.wait())
+        if not (body.get("status") or {}).get("phase"):
+            self._unstarted((namespace, name), True)
         try:
             await self.ensure_synced(logger)
             st.loop_active = True
@@ -346,6 +359,7 @@ class Reconciler:
                 finally:
                     wake_task.cancel()
         finally:
+            self._unstarted((namespace, name), False)
             st.loop_active = False
             stop_task.cancel()
             if self.states.get((namespace, name)) is st and st.ftj is not None and (st.ftj.get("metadata") or {}).get("deletionTimestamp"):
@@ -353,6 +367,7 @@ class Reconciler:
 
     async def reconcile(self, st: JobState, logger: Logger) -> float | None:
         """Decide and act until nothing is left to do now. -> seconds to the next pass (None: on events)."""
+        yielded = False
         for _ in range(10):  # every step changes what decide sees; a longer chain would be a bug
             ftj = st.ftj
             if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
@@ -361,12 +376,39 @@ class Reconciler:
             decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings, earlier))
             if decision.confirm_gone and await self.confirm_gone(st, ftj, decision.confirm_gone, logger):
                 continue  # the cache held something already gone: decide again on the corrected view
+            if not decision.status_after_create:
+                # Past its first create, or unable to make it now (leftovers, a refusal): nobody waits on it.
+                self._unstarted((ftj["metadata"]["namespace"], ftj["metadata"]["name"]), False)
             if decision.empty:
                 return decision.requeue_after
+            if not yielded and not decision.status_after_create and await self.new_jobs_first(ftj):
+                yielded = True
+                continue  # it waited: decide again on what is known now
             if not await self.act(st, ftj, decision, logger):
                 return None
         logger.warning("reconcile did not settle after 10 steps; retrying shortly")
         return 1.0
+
+    def _unstarted(self, key: tuple[str, str], waiting: bool) -> None:
+        if waiting:
+            self.unstarted.add(key)
+            self.all_started.clear()
+        else:
+            self.unstarted.discard(key)
+            if not self.unstarted:
+                self.all_started.set()
+
+    async def new_jobs_first(self, ftj: dict[str, Any]) -> bool:
+        """Wait (at most NEW_JOBS_FIRST_MAX_WAIT) while other new jobs wait for their first Job.
+        -> whether it waited. Only reporting waits: a new job's own first create never does."""
+        meta = ftj.get("metadata") or {}
+        if not self.unstarted - {(meta.get("namespace"), meta.get("name"))}:
+            return False
+        try:
+            await asyncio.wait_for(self.all_started.wait(), NEW_JOBS_FIRST_MAX_WAIT)
+        except TimeoutError:
+            pass
+        return True
 
     async def confirm_gone(self, st: JobState, ftj: dict[str, Any], objects: list[tuple[str, str]], logger: Logger) -> bool:
         """Read back the cached leftovers an attempt has waited on; drop those the API no longer has
@@ -408,7 +450,10 @@ class Reconciler:
         if plan.status_after_create:
             # A new job's first attempt: nothing to record before its Job (a fixed name, claimed
             # by UID), so the objects go first and the next decision writes what came of it.
-            await self.create_attempt(st, ftj, 1, logger, plan.resolution)
+            try:
+                await self.create_attempt(st, ftj, 1, logger, plan.resolution)
+            finally:
+                self._unstarted((ns, name), False)  # created, adopted or refused: it had its turn
             return True
         # The decision goes to status first: if the operator stops right after, the next
         # one resumes from it (an attempt number already bumped, a restart already counted).
