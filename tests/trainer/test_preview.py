@@ -74,3 +74,68 @@ def test_preview_json_equals_the_trainers_collator(quickstart_dir, tmp_path, mon
     segments = [row["labels"][i:i + len(first)] for row in packed for i, p in enumerate(row["position_ids"]) if p == 0]
     assert first in segments
     assert shown["stats"]["train"]["packed_rows"] == len(packed)
+
+
+def _task_job(tmp_path: Path, name: str, model_dir: Path, train: Path, task: str) -> Path:
+    import yaml
+
+    manifest = {"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": name}, "spec": {
+        "model": {"source": str(model_dir), "task": task},
+        "dataset": {"train": str(train), "evalFraction": 0.25, "maxSeqLength": 64},
+        "method": {"type": "full"}, "training": {"maxSteps": 1},
+        "output": {"uri": f"file://{tmp_path}/out"}}}
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+def test_preview_of_a_seq2seq_job_shows_input_and_target(tiny_t5_dir, tmp_path, monkeypatch, capsys):
+    """model.task auto resolves to seq2seq from the T5 config; {input, target} rows are previewed (it used to
+    refuse them as 'no known format'), the JSON equals the trainer's encoder and TaskCollator."""
+    from kubetune_trainer import tiny
+
+    monkeypatch.setenv("KUBETUNE_SCRATCH", str(tmp_path / "scratch"))
+    train = tiny.write_seq2seq_dataset(tmp_path / "s2s.jsonl", n=16)
+    job = _task_job(tmp_path, "s2s", tiny_t5_dir, train, "auto")
+    assert cli.main(["data", "preview", str(job), "--rows", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "task seq2seq, format seq2seq" in out
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    first = re.search(r"--- train s2s.jsonl line (\d+): (\d+) input tokens, (\d+) target tokens\ninput:  (.*)\ntarget: \[\[(.*)\]\]\n", out)
+    assert first, out
+    row = rows[int(first.group(1)) - 1]
+    assert first.group(4).strip() == row["input"] and first.group(5).startswith(row["target"])
+
+    assert cli.main(["data", "preview", str(job), "--rows", "2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["task"] == "seq2seq" and shown["format"] == "seq2seq"
+    spec = load_job_file(str(job)).spec
+    tok = model.load_tokenizer(str(tiny_t5_dir), spec, task="seq2seq")
+    prepared = data.prepare(spec.dataset, tok, str(train), None, spec.training.seed, packing=False, task="seq2seq")
+    collate = data.TaskCollator(tok, "seq2seq")
+    for got, sample in zip(shown["rows"], prepared.train[:2] + prepared.eval[:2]):
+        batch = collate([sample])
+        assert got["input_ids"] == batch["input_ids"][0].tolist() and got["labels"] == batch["labels"][0].tolist()
+
+
+def test_preview_of_a_classification_job_shows_text_and_class(minilm_dir, tmp_path, monkeypatch, capsys):
+    from kubetune_trainer import tiny
+
+    monkeypatch.setenv("KUBETUNE_SCRATCH", str(tmp_path / "scratch"))
+    train = tiny.write_classification_dataset(tmp_path / "cls.jsonl", n=24)
+    job = _task_job(tmp_path, "cls", minilm_dir, train, "sequence-classification")
+    assert cli.main(["data", "preview", str(job), "--rows", "2", "--json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["task"] == "sequence-classification" and shown["format"] == "classification"
+    rows = [json.loads(line) for line in train.read_text().splitlines()]
+    assert shown["classes"] == sorted({r["label"] for r in rows})
+    for got in shown["rows"]:
+        row = rows[int(got["row"].rsplit(" ", 1)[1]) - 1]
+        assert shown["classes"][got["labels"]] == row["label"]
+
+    assert cli.main(["data", "preview", str(job), "--rows", "1"]) == 0
+    out = capsys.readouterr().out
+    m = re.search(r"--- train cls.jsonl line (\d+): \d+ tokens\ntext:  (.*)\nclass: \[\[(\S+) \(class (\d+)\)\]\]\n", out)
+    assert m, out
+    row = rows[int(m.group(1)) - 1]
+    assert m.group(3) == row["label"] and row["text"].lower() in m.group(2).lower()
