@@ -15,6 +15,7 @@ Each arm trains once (memoized per module); the resume test reuses its arm's run
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -216,3 +217,63 @@ def test_kill9_then_resume_matches_the_uninterrupted_losses(arm, arm_runs, tmp_p
 def _data_of(spec: dict) -> dict:
     ds = spec["dataset"]
     return {"cls-train": ds["train"], "cls-eval": ds.get("eval"), "s2s-train": ds["train"]}
+
+
+# ------------------------------------------------------------ the other PEFT methods, per task
+PEFT_ARMS = {  # one process, ZeRO-0, a few steps: the method's wiring for the task, and its export reloaded
+    "s2s-ia3": ("seq2seq", "tiny_t5_dir", {"type": "ia3"}, "IA3"),
+    "s2s-prefix": ("seq2seq", "tiny_t5_dir", {"type": "prefix-tuning"}, "PREFIX_TUNING"),
+    "cls-ia3": ("sequence-classification", "minilm_dir", {"type": "ia3"}, "IA3"),
+    "cls-dora": ("sequence-classification", "minilm_dir", {"type": "lora", "lora": {"r": 4, "useDora": True}}, "LORA"),
+}
+
+
+@pytest.mark.parametrize("arm", list(PEFT_ARMS))
+def test_other_peft_methods_train_and_export_for_the_new_tasks(arm, task_data, tmp_path, request):
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification
+
+    task, model_fixture, method, peft_type = PEFT_ARMS[arm]
+    model_dir = request.getfixturevalue(model_fixture)
+    cls = task == "sequence-classification"
+    out = tmp_path / "out"
+    spec = {
+        "model": {"source": str(model_dir), "task": task},
+        "dataset": ({"train": task_data["cls-train"], "eval": task_data["cls-eval"], "maxSeqLength": 32} if cls
+                    else {"train": task_data["s2s-train"], "evalFraction": 0.125, "maxSeqLength": 32}),
+        "method": method,
+        "training": {"maxSteps": 4, "globalBatchSize": 16, "microBatchSize": 8, "precision": "fp32",
+                     "gradientCheckpointing": False, "warmupRatio": 0.0, "seed": 3, "learningRate": 5e-3},
+        "distributed": {"gpusPerNode": 0, "processesPerNode": 1, "zeroStage": "0"},
+        "output": {"uri": str(out), "export": "adapter", "checkpointEvery": 1000},
+    }
+    run = run_trainer(tmp_path, spec, nproc=1)
+    assert run.rc == 0, run.log[-4000:]
+    s = run.summary
+    assert s["task"] == task and s["evalLoss"] < s["initialEvalLoss"], (s["initialEvalLoss"], s["evalLoss"])
+    config = json.loads((out / "final" / "adapter" / "adapter_config.json").read_text())
+    assert config["peft_type"] == peft_type and config["task_type"] == ("SEQ_CLS" if cls else "SEQ_2_SEQ_LM")
+    assert config.get("use_dora", False) is bool((method.get("lora") or {}).get("useDora"))
+    if cls:  # the adapter (with the trained head in modules_to_save) on the base model, with PEFT alone
+        base = AutoModelForSequenceClassification.from_pretrained(
+            str(model_dir), num_labels=len(s["labels"]), id2label=dict(enumerate(s["labels"])))
+        tuned = PeftModel.from_pretrained(base, str(out / "final" / "adapter")).eval()
+        rows = _eval_rows(spec)
+        tok = model_tokenizer(model_dir)
+        with torch.no_grad():
+            pred = [tuned(**tok([r["text"] for r in rows[i:i + 16]], padding=True, return_tensors="pt")).logits.argmax(-1).tolist()
+                    for i in range(0, len(rows), 16)]
+        accuracy = sum(s["labels"][p] == r["label"] for p, r in zip([p for chunk in pred for p in chunk], rows)) / len(rows)
+        print(f"{arm}: accuracy {s['initialAccuracy']:.3f} -> {s['accuracy']:.3f}, reloaded {accuracy:.3f}; "
+              f"eval loss {s['initialEvalLoss']:.4f} -> {s['evalLoss']:.4f}; run {run.seconds:.1f}s")
+        assert accuracy == s["accuracy"]
+    else:
+        reloaded = reload_seq2seq_loss(spec, model_dir, out, "adapter")
+        print(f"{arm}: eval loss {s['initialEvalLoss']:.4f} -> {s['evalLoss']:.6f}, reloaded {reloaded:.6f}; run {run.seconds:.1f}s")
+        assert abs(reloaded - s["evalLoss"]) < RELOAD_TOL, (reloaded, s["evalLoss"])
+
+
+def model_tokenizer(model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(model_dir))
