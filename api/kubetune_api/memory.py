@@ -39,7 +39,10 @@ import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .memory_arch import Architecture
 
 GIB = 1024**3
 MIB = 1024**2
@@ -207,12 +210,20 @@ class ModelShape:
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite")
 
 
-def shape_from_config(config: Mapping[str, Any]) -> ModelShape:
-    """A ModelShape from a parsed config.json; PlanError for other architectures."""
+def shape_from_config(config: Mapping[str, Any], task: str | None = None,
+                      num_labels: int | None = None) -> ModelShape | Architecture:
+    """The shape of a parsed config.json: a Llama-style decoder (ModelShape), or a BERT or T5 model
+    (``memory_arch``) built for ``task`` (None/'auto': the model's first fitting task) with
+    ``num_labels`` classes (None: the config's); PlanError for other architectures."""
     mt = str(config.get("model_type", ""))
     if mt not in LLAMA_LIKE:
+        from .memory_arch import shape_for
+
+        other = shape_for(config, task, num_labels)
+        if other is not None:
+            return other
         raise PlanError(
-            f"the memory planner knows Llama-style decoders ({', '.join(LLAMA_LIKE)}), "
+            f"the memory planner knows Llama-style decoders ({', '.join(LLAMA_LIKE)}), BERT (bert) and T5 (t5), "
             f"not model_type {mt!r}"
         )
     try:
@@ -319,8 +330,10 @@ def _lora_targets(shape: ModelShape, targets: Iterable[str]) -> dict[str, tuple[
     return chosen
 
 
-def count_parameters(shape: ModelShape, job: Job) -> ParameterCount:
+def count_parameters(shape: ModelShape | Architecture, job: Job) -> ParameterCount:
     """Base and trainable parameters of the model with the job's method applied, without building it."""
+    if not isinstance(shape, ModelShape):
+        return shape.count(job)
     total = shape.parameters()
     if job.method == "full":
         return ParameterCount(total, total, 0)
@@ -421,7 +434,7 @@ class Estimate:
         return ok and (self.host_bytes is None or self.host_total <= self.host_bytes)
 
 
-def estimate(shape: ModelShape, job: Job, settings: Settings) -> Estimate:
+def estimate(shape: ModelShape | Architecture, job: Job, settings: Settings) -> Estimate:
     """Bytes per process for ``job`` under ``settings`` (the runtime margin is kept by plan())."""
     p = count_parameters(shape, job)
     n = job.world_size
@@ -467,15 +480,23 @@ def estimate(shape: ModelShape, job: Job, settings: Settings) -> Estimate:
         host["weights"], weights = weights, 0.0
 
     # activations kept for backward (by architecture), and one layer's transient backward temporaries
-    tokens = settings.micro_batch * (job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0))
-    per_layer = _layer_activation_elements(shape, job) * wb * tokens
-    kept = shape.num_layers * (shape.hidden_size * wb * tokens if settings.gradient_checkpointing else per_layer)
-    kept += 2 * shape.hidden_size * wb * tokens  # embedding output and final norm
-    recomputed = per_layer if settings.gradient_checkpointing else 0.0  # one layer at a time, in backward
+    if isinstance(shape, ModelShape):
+        tokens = settings.micro_batch * (job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0))
+        per_layer = _layer_activation_elements(shape, job) * wb * tokens
+        kept = shape.num_layers * (shape.hidden_size * wb * tokens if settings.gradient_checkpointing else per_layer)
+        kept += 2 * shape.hidden_size * wb * tokens  # embedding output and final norm
+        recomputed = per_layer if settings.gradient_checkpointing else 0.0  # one layer at a time, in backward
+        v = float(tokens * shape.vocab_size)
+        largest_linear = max(a * b for a, b in shape.linear_layers().values())
+        lm_head_trainable = job.method == "full" or "lm_head" in job.modules_to_save
+    else:  # BERT, T5: by architecture (memory_arch)
+        kept, recomputed = shape.activation_bytes(job, settings.micro_batch, wb, settings.gradient_checkpointing)
+        v = shape.logit_elements(job, settings.micro_batch)
+        largest_linear = shape.largest_linear()
+        lm_head_trainable = shape.lm_head_trainable(job)
     activations = kept + recomputed
     # logits [tokens x vocabulary]: forward holds the logits (upcast to fp32 under mixed precision) and the
     # loss's log-softmax; backward starts with log-softmax, its gradient and the logits' gradient
-    v = tokens * shape.vocab_size
     logits_fwd = v * ((wb + 4 + 4) if mixed else 8)
     logits_bwd = v * ((4 + 4 + 4 + wb) if mixed else 12)
     # DeepSpeed's buffers: ZeRO-1/2 reduce buckets (whole buckets, however small the model; two with
@@ -491,13 +512,12 @@ def estimate(shape: ModelShape, job: Job, settings: Settings) -> Estimate:
     # temporaries, measured), on each parameter at ZeRO-0
     if stage == 0:
         largest = max(shape.embedding_parameters() if job.method == "full" else 0,
-                      max((a * b for a, b in shape.linear_layers().values()), default=0) if job.method == "full" else t)
+                      largest_linear if job.method == "full" else t)
         step_temp = 2 * largest * 4
     else:
         step_temp = (3 if stage >= 3 else 2) * t * 4 / n
     if offload != "none":
         step_temp = 0.0  # the step runs on the host
-    lm_head_trainable = job.method == "full" or "lm_head" in job.modules_to_save
     persistent = weights + optim + gathered + ((grads + buckets) if stage >= 3 else 0.0)
     phases = {
         "forward": persistent + kept + logits_fwd,
@@ -525,7 +545,7 @@ class Plan:
     """The settings chosen for a job and the numbers behind the choice."""
 
     job: Job
-    shape: ModelShape
+    shape: ModelShape | Architecture
     chosen: Estimate | None  # None: nothing fits
     candidates: list[Estimate] = field(default_factory=list)
     device_bytes: int | None = None  # GPU memory (or host memory for CPU jobs) per process
@@ -667,7 +687,7 @@ def _candidates(job: Job, c: Choices) -> list[Settings]:
     return out
 
 
-def plan(shape: ModelShape, job: Job, choices: Choices, device_bytes: int | None, host_bytes: int | None = None,
+def plan(shape: ModelShape | Architecture, job: Job, choices: Choices, device_bytes: int | None, host_bytes: int | None = None,
          device_name: str = "", gpu: bool = True, host_source: str = "host memory") -> Plan:
     """The fastest allowed setting that fits in ``device_bytes`` per process (None: no limit known).
 
@@ -879,7 +899,8 @@ def plan_for_spec(spec: Any, config: Mapping[str, Any], gpu: str | None = None, 
 
     A CPU job (gpusPerNode 0) plans against the host memory per process when known.
     """
-    shape = shape_from_config(config)
+    labels = getattr(spec.dataset, "labels", None)
+    shape = shape_from_config(config, spec.model.task, len(labels) if labels else None)
     job = job_from_spec(spec, precision)
     choices = choices_from_spec(spec)
     on_gpu = spec.distributed.gpus_per_node > 0
@@ -910,8 +931,10 @@ def format_plan(p: Plan, source: str = "") -> str:
     s = e.settings
     sh = p.shape
     lines = [f"model config: {source}"] if source else []
-    lines.append(f"model: {sh.model_type}, {e.params.total / 1e9:.3f}B parameters ({sh.num_layers} layers, hidden {sh.hidden_size}, "
-                 f"vocabulary {sh.vocab_size}); method {p.job.method}: {e.params.trainable:,} trainable")
+    described = (f"{sh.num_layers} layers, hidden {sh.hidden_size}, vocabulary {sh.vocab_size}"
+                 if isinstance(sh, ModelShape) else f"{sh.task}; {sh.describe()}")
+    lines.append(f"model: {sh.model_type}, {e.params.total / 1e9:.3f}B parameters ({described}); "
+                 f"method {p.job.method}: {e.params.trainable:,} trainable")
     lines.append(f"job: {p.job.precision}, sequence {p.job.seq_length}, world size {p.job.world_size}")
     how = "chosen" if p.fits else ("smallest, does not fit" if p.device_bytes is not None else "fastest allowed")
     lines.append(f"settings ({how}): ZeRO-{s.zero_stage}, offload {s.offload}, "

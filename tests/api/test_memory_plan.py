@@ -132,8 +132,8 @@ def test_method_parameter_counts():
 
 
 def test_unknown_architecture_and_gpu():
-    with pytest.raises(memory.PlanError, match="model_type 'bert'"):
-        memory.shape_from_config({"model_type": "bert"})
+    with pytest.raises(memory.PlanError, match="model_type 'gpt2'"):
+        memory.shape_from_config({"model_type": "gpt2"})
     with pytest.raises(memory.PlanError, match="unknown GPU 'Z80'"):
         memory.gpu_memory_bytes("Z80")
 

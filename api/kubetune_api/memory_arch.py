@@ -1,0 +1,430 @@
+"""Encoder (BERT) and encoder-decoder (T5) shapes for the memory planner (``kubetune_api.memory``).
+
+The Llama-style decoder lives in ``memory.ModelShape``; the two families here
+answer the same questions (parameters by method, activations per token, the
+logits) for the model class the trainer builds for the task:
+``BertForSequenceClassification`` for BERT, ``T5ForConditionalGeneration``
+(seq2seq) or ``T5ForSequenceClassification`` for T5. Module names are
+transformers', so PEFT's ``target_modules`` match them the way PEFT does (a
+listed name equals a module's path or ends it after a dot).
+
+Counts are checked against the models transformers builds and PEFT's own
+trainable counts (tests/api/test_memory_plan_arch.py); activations against
+measured peaks (bench/memory_plan.py).
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .memory import Job, ParameterCount, PlanError
+
+# PEFT's defaults for these families (peft.utils.constants): IA3 targets and feed-forward modules,
+# and the modules a SEQ_CLS model always trains and saves with the adapter.
+IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"bert": (("key", "value", "output.dense"), ("output.dense",)),
+                "t5": (("k", "v", "wo"), ("wo",))}
+SEQ_CLS_SAVED = ("classifier", "score")
+
+TASKS = ("causal-lm", "seq2seq", "sequence-classification")
+
+
+@dataclass(frozen=True)
+class Linear:
+    """One kind of linear layer: its path (inside its block, or in the model), features, how many the model has."""
+
+    path: str
+    fin: int
+    fout: int
+    count: int
+    bias: bool = False
+    output: bool = False  # the output layer (lm_head): never in PEFT's all-linear
+
+    @property
+    def parameters(self) -> int:
+        return self.count * (self.fin * self.fout + (self.fout if self.bias else 0))
+
+
+def _matches(path: str, target: str) -> bool:
+    return path == target or path.endswith("." + target)
+
+
+class Architecture:
+    """What the planner needs from a model that is not a Llama-style decoder."""
+
+    model_type: str
+    task: str
+    hidden_size: int
+    vocab_size: int
+    num_labels: int
+
+    @property
+    def num_layers(self) -> int:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def linears(self) -> list[Linear]:
+        raise NotImplementedError
+
+    def parameters(self) -> int:
+        raise NotImplementedError
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.hidden_size
+
+    def largest_layer_parameters(self) -> int:
+        raise NotImplementedError
+
+    def largest_linear(self) -> int:
+        return max(lin.fin * lin.fout for lin in self.linears())
+
+    def saved_modules(self) -> dict[str, int]:
+        """Modules PEFT trains whole for this task (name -> parameters), with any method."""
+        return {}
+
+    def module_parameters(self, name: str) -> int | None:
+        """Parameters of a module named in modules_to_save, None when the model has none by that name."""
+        return None
+
+    def prompt_parameters(self, job: Job) -> int:
+        return job.num_virtual_tokens * self.hidden_size
+
+    def prefix_layers(self) -> int:
+        return self.num_layers
+
+    def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
+        """(bytes kept for backward through the step, bytes of the one layer recomputed at a time)."""
+        raise NotImplementedError
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        raise NotImplementedError
+
+    def lm_head_trainable(self, job: Job) -> bool:
+        return False
+
+    # ------------------------------------------------------------ by method
+    def lora_layers(self, targets: Iterable[str]) -> list[Linear]:
+        targets = list(targets)
+        lin = [x for x in self.linears() if not x.output]
+        if targets == ["all-linear"]:
+            return [x for x in lin if x.path.split(".")[-1] not in self.saved_modules()]
+        unknown = [t for t in targets if not any(_matches(x.path, t) for x in self.linears())]
+        if unknown:
+            names = sorted({x.path.split(".")[-1] for x in self.linears()})
+            raise PlanError(f"method.lora.targetModules {unknown} are not linear layers of a {self.model_type} model "
+                            f"(its layers: {', '.join(names)}); use those names or [all-linear]")
+        return [x for x in self.linears() if any(_matches(x.path, t) for t in targets)]
+
+    def count(self, job: Job) -> ParameterCount:
+        total = self.parameters()
+        if job.method == "full":
+            return ParameterCount(total, total, 0)
+        saved = sum(self.saved_modules().values())
+        adapter = 0
+        if job.method in ("lora", "qlora"):
+            for x in self.lora_layers(job.lora_targets):
+                adapter += x.count * (job.lora_r * (x.fin + x.fout) + (x.fout if job.use_dora else 0))
+            for name in job.modules_to_save:
+                n = self.module_parameters(name)
+                if n is not None and name not in self.saved_modules():
+                    saved += n
+        elif job.method == "prompt-tuning":
+            adapter = self.prompt_parameters(job)
+        elif job.method == "prefix-tuning":
+            kv = self.prefix_layers() * 2 * self.hidden_size
+            if job.prefix_projection:
+                h = self.hidden_size
+                adapter = job.num_virtual_tokens * h + (h * h + h) + (h * kv + kv)
+            else:
+                adapter = job.num_virtual_tokens * kv
+        elif job.method == "ia3":
+            targets, feedforward = IA3_DEFAULTS[self.model_type]
+            if job.ia3_targets is not None:
+                targets = tuple(job.ia3_targets)
+            for t in targets:
+                hit = [x for x in self.linears() if _matches(x.path, t)]
+                if not hit:
+                    names = sorted({x.path.split(".")[-1] for x in self.linears()})
+                    raise PlanError(f"method.ia3.targetModules: {t!r} is not a linear layer of a {self.model_type} "
+                                    f"model (its layers: {', '.join(names)})")
+            for x in self.linears():
+                if any(_matches(x.path, t) for t in targets):
+                    ff = any(_matches(x.path, f) for f in feedforward)
+                    adapter += x.count * (x.fin if ff else x.fout)
+        else:
+            raise PlanError(f"unknown method.type {job.method!r}")
+        return ParameterCount(total, adapter + saved, adapter, saved_copies=saved)
+
+    def _lora_extra(self, job: Job, paths: Iterable[str]) -> float:
+        """Elements per token a LoRA adapter adds in one block: dropout output and rank-r intermediate per module."""
+        if job.method not in ("lora", "qlora"):
+            return 0.0
+        chosen = {x.path: x for x in self.lora_layers(job.lora_targets)}
+        n = 0.0
+        for p in paths:
+            if p in chosen:
+                n += job.lora_r + (chosen[p].fin if job.lora_dropout > 0 else 0)
+        return n
+
+
+def _num_labels(config: Mapping[str, Any], num_labels: int | None) -> int:
+    if num_labels is not None:
+        return num_labels
+    if config.get("id2label"):
+        return len(config["id2label"])
+    return int(config.get("num_labels", 2))
+
+
+# ------------------------------------------------------------------ BERT
+@dataclass(frozen=True)
+class BertShape(Architecture):
+    """``BertForSequenceClassification``: embeddings (word, position, token type, LayerNorm), post-LN layers
+    (query/key/value/output dense with biases, GELU MLP with biases), the pooler and the classifier."""
+
+    model_type: str
+    task: str
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    num_heads: int
+    intermediate_size: int
+    max_positions: int
+    type_vocab_size: int
+    num_labels: int
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers
+
+    def describe(self) -> str:
+        return f"{self.layers} layers, hidden {self.hidden_size}, vocabulary {self.vocab_size}, {self.num_labels} classes"
+
+    def linears(self) -> list[Linear]:
+        h, i, n = self.hidden_size, self.intermediate_size, self.layers
+        return [
+            Linear("attention.self.query", h, h, n, True), Linear("attention.self.key", h, h, n, True),
+            Linear("attention.self.value", h, h, n, True), Linear("attention.output.dense", h, h, n, True),
+            Linear("intermediate.dense", h, i, n, True), Linear("output.dense", i, h, n, True),
+            Linear("pooler.dense", h, h, 1, True), Linear("classifier", h, self.num_labels, 1, True),
+        ]
+
+    def layer_parameters(self) -> int:
+        return sum(x.parameters for x in self.linears() if x.count == self.layers) // self.layers + 4 * self.hidden_size
+
+    def parameters(self) -> int:
+        h = self.hidden_size
+        embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) * h + 2 * h
+        heads = sum(x.parameters for x in self.linears() if x.count == 1)
+        return embeddings + self.layers * self.layer_parameters() + heads
+
+    def largest_layer_parameters(self) -> int:
+        return max(self.embedding_parameters(), self.layer_parameters())
+
+    def saved_modules(self) -> dict[str, int]:
+        return {"classifier": self.hidden_size * self.num_labels + self.num_labels}
+
+    def module_parameters(self, name: str) -> int | None:
+        h = self.hidden_size
+        return {"classifier": h * self.num_labels + self.num_labels, "pooler": h * h + h,
+                "word_embeddings": self.vocab_size * h}.get(name)
+
+    def _layer_elements(self, job: Job, seq: int) -> float:
+        """Elements kept per token by one layer without checkpointing (see activation_bytes)."""
+        h, i = self.hidden_size, self.intermediate_size
+        n = 8.0 * h + 2 * i
+        if self.hidden_dropout > 0:
+            n += 2 * h / 4  # two dropout masks (1 byte per element)
+        paths = [x.path for x in self.linears() if x.count == self.layers]
+        return n + self._lora_extra(job, paths)
+
+    def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
+        """Post-LN BERT layer with SDPA attention, per token: the input (h), q, k, v (3h), the attention output
+        (h), the first LayerNorm's input and output (2h), the MLP's dense and GELU outputs (2i), the second
+        LayerNorm's input (h); its output is the next layer's input. Dropout keeps a 1-byte mask per element.
+        Embeddings: their sum and LayerNorm (2h). The pooler and classifier see one token per sequence."""
+        seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
+        tokens = micro_batch * seq
+        per_layer = self._layer_elements(job, seq) * wb * tokens
+        h = self.hidden_size
+        kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + 2 * h * wb * tokens
+        return kept, per_layer if checkpointing else 0.0
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        return float(micro_batch * self.num_labels)
+
+
+# ------------------------------------------------------------------ T5
+@dataclass(frozen=True)
+class T5Shape(Architecture):
+    """``T5ForConditionalGeneration`` (seq2seq) or ``T5ForSequenceClassification``: a shared embedding,
+    encoder and decoder stacks (self-attention without biases, the decoder's cross-attention, a relative
+    attention bias in each stack's first block, RMS layer norms, a ReLU or gated-GELU MLP), and the
+    lm_head (seq2seq; transformers 5's T5Config always ties it to the shared embedding, also for configs
+    that say ``tie_word_embeddings: false`` such as t5-v1_1) or a dense + out_proj classification head."""
+
+    model_type: str
+    task: str
+    vocab_size: int
+    hidden_size: int  # d_model
+    encoder_layers: int
+    decoder_layers: int
+    num_heads: int
+    d_kv: int
+    d_ff: int
+    gated: bool
+    buckets: int
+    num_labels: int
+    dropout: float = 0.1
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder_layers + self.decoder_layers
+
+    @property
+    def inner(self) -> int:
+        return self.num_heads * self.d_kv
+
+    def describe(self) -> str:
+        head = f"{self.num_labels} classes" if self.task == "sequence-classification" else f"vocabulary {self.vocab_size}"
+        return (f"{self.encoder_layers}+{self.decoder_layers} encoder+decoder layers, hidden {self.hidden_size}, "
+                f"{head}")
+
+    def _mlp(self, prefix: str, n: int) -> list[Linear]:
+        d, f = self.hidden_size, self.d_ff
+        wi = [Linear(f"{prefix}.DenseReluDense.wi_0", d, f, n), Linear(f"{prefix}.DenseReluDense.wi_1", d, f, n)] \
+            if self.gated else [Linear(f"{prefix}.DenseReluDense.wi", d, f, n)]
+        return [*wi, Linear(f"{prefix}.DenseReluDense.wo", f, d, n)]
+
+    def _attention(self, prefix: str, n: int) -> list[Linear]:
+        d, inner = self.hidden_size, self.inner
+        return [Linear(f"{prefix}.{p}", d, inner, n) for p in ("q", "k", "v")] + [Linear(f"{prefix}.o", inner, d, n)]
+
+    def encoder_linears(self) -> list[Linear]:
+        n = self.encoder_layers
+        return self._attention("encoder.layer.0.SelfAttention", n) + self._mlp("encoder.layer.1", n)
+
+    def decoder_linears(self) -> list[Linear]:
+        n = self.decoder_layers
+        return (self._attention("decoder.layer.0.SelfAttention", n) + self._attention("decoder.layer.1.EncDecAttention", n)
+                + self._mlp("decoder.layer.2", n))
+
+    def head_linears(self) -> list[Linear]:
+        d = self.hidden_size
+        if self.task == "sequence-classification":
+            return [Linear("classification_head.dense", d, d, 1, True),
+                    Linear("classification_head.out_proj", d, self.num_labels, 1, True)]
+        return [Linear("lm_head", d, self.vocab_size, 1, output=True)]
+
+    def linears(self) -> list[Linear]:
+        return self.encoder_linears() + self.decoder_linears() + self.head_linears()
+
+    def _block(self, linears: list[Linear], norms: int) -> int:
+        return sum(x.fin * x.fout for x in linears) + norms * self.hidden_size
+
+    def parameters(self) -> int:
+        d = self.hidden_size
+        n = self.embedding_parameters()
+        n += self.encoder_layers * self._block(self.encoder_linears(), 2) + d  # + final layer norm
+        n += self.decoder_layers * self._block(self.decoder_linears(), 3) + d
+        n += 2 * self.buckets * self.num_heads  # relative attention bias, first block of each stack
+        if self.task == "sequence-classification":
+            n += sum(x.parameters for x in self.head_linears())
+        return n  # the lm_head is the shared embedding: transformers 5 ties it whatever tie_word_embeddings says
+
+    def largest_layer_parameters(self) -> int:
+        return max(self.embedding_parameters(), self._block(self.decoder_linears(), 3))
+
+    def module_parameters(self, name: str) -> int | None:
+        d = self.hidden_size
+        return {"lm_head": self.vocab_size * d, "shared": self.vocab_size * d,
+                "classification_head": d * d + d + d * self.num_labels + self.num_labels}.get(name)
+
+    def prompt_parameters(self, job: Job) -> int:
+        # PEFT prompts both the encoder and the decoder of a SEQ_2_SEQ_LM model
+        return job.num_virtual_tokens * self.hidden_size * (2 if self.task == "seq2seq" else 1)
+
+    def prefix_layers(self) -> int:
+        return self.encoder_layers  # PEFT reads config.num_layers
+
+    def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
+        """Per token, both the input and the target at dataset.maxSeqLength (the trainer cuts each to it).
+
+        Encoder block: each RMS norm's input and normalised output (2 x 2d), q, k, v and the attention
+        output (4 inner), the attention probabilities (heads x keys: T5's relative position bias goes into
+        attention as an additive mask, which the fused kernels do not take with a gradient), the MLP's
+        input projections and activation (2 d_ff, 3 gated), dropout masks (1 byte each). Decoder block:
+        the same plus cross-attention (q, k, v, output, probabilities over the encoder tokens, a norm).
+        Each stack also keeps its position bias (heads x keys per token), embeddings and final norm."""
+        seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
+        tokens = micro_batch * seq
+        d, inner, f, heads = self.hidden_size, self.inner, self.d_ff, self.num_heads
+        mask = 0.25 if self.dropout > 0 else 0.0
+        mlp = (3 if self.gated else 2) * f + f * mask
+        attn = 4 * inner + 2 * heads * seq + heads * seq * mask + d * mask
+        enc = 4 * d + attn + mlp + d * mask + self._lora_extra(job, [x.path for x in self.encoder_linears()])
+        dec = 6 * d + 2 * attn + mlp + d * mask + self._lora_extra(job, [x.path for x in self.decoder_linears()])
+        stacks = 2.0 * (2 * d + heads * seq)  # embedding output, final norm; the position bias
+        kept: float
+        if checkpointing:
+            kept = (self.encoder_layers + self.decoder_layers) * d + stacks
+            recomputed = max(enc, dec)
+        else:
+            kept = self.encoder_layers * enc + self.decoder_layers * dec + stacks
+            recomputed = 0.0
+        return kept * wb * tokens, recomputed * wb * tokens
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        if self.task == "sequence-classification":
+            return float(micro_batch * self.num_labels)
+        return float(micro_batch * job.seq_length * self.vocab_size)
+
+    def lm_head_trainable(self, job: Job) -> bool:
+        return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
+
+
+def _task(config: Mapping[str, Any], task: str | None) -> str:
+    from . import tasks
+
+    if config.get("model_type") == "t5" and "is_encoder_decoder" not in config:
+        config = {**config, "is_encoder_decoder": True}  # T5Config's default
+    fits = tasks.fitting_tasks(dict(config))
+    if task in (None, "auto"):
+        return fits[0]
+    if task not in fits:
+        raise PlanError(f"model.task {tasks.task_problem(str(task), dict(config))}")
+    return str(task)
+
+
+def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: int | None = None) -> Architecture | None:
+    """The shape of a BERT or T5 config.json for ``task`` ('auto'/None: the model's first fitting task), else None."""
+    mt = str(config.get("model_type", ""))
+    if mt not in ("bert", "t5"):
+        return None
+    t = _task(config, task)
+    try:
+        if mt == "bert":
+            return BertShape(
+                model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config["hidden_size"]),
+                layers=int(config["num_hidden_layers"]), num_heads=int(config["num_attention_heads"]),
+                intermediate_size=int(config["intermediate_size"]),
+                max_positions=int(config.get("max_position_embeddings", 512)),
+                type_vocab_size=int(config.get("type_vocab_size", 2)), num_labels=_num_labels(config, num_labels),
+                hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
+                attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+            )
+        proj = str(config.get("feed_forward_proj", "relu"))
+        layers = int(config.get("num_layers", 6))
+        return T5Shape(
+            model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config["d_model"]),
+            encoder_layers=layers, decoder_layers=int(config.get("num_decoder_layers") or layers),
+            num_heads=int(config.get("num_heads", 8)), d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 2048)),
+            gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
+            num_labels=_num_labels(config, num_labels),
+            dropout=float(config.get("dropout_rate", 0.1)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e
