@@ -30,6 +30,9 @@ CPU seconds of the trainer processes (uploader included) and of the S3 server.
 On this kind of CPU-only machine the training, the uploader and the moto
 server share 2 cores (with whatever else runs), so the upload competes with
 training for CPU; on a GPU node it competes with nothing but the PCIe copy.
+``--ranks 1`` leaves one core to the writer, the uploader and moto (closer to
+a GPU node's idle host cores); the training thread still shares the memory
+bus and caches with them.
 """
 from __future__ import annotations
 
@@ -145,6 +148,7 @@ def main() -> int:
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--modes", default="none,background,sync")
     ap.add_argument("--rounds", type=int, default=2, help="run the arms this many times, in turn")
+    ap.add_argument("--ranks", type=int, default=2, help="training processes (torchrun --nproc-per-node)")
     ap.add_argument("--worker", nargs=3, metavar=("CONFIG", "MODE", "TIMES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -185,7 +189,7 @@ def main() -> int:
 
     ckpt_mb = n_params * 4 * 4 / 1e6  # fp32 weights + fp32 master + Adam m, v (ZeRO-2, over both ranks)
     print(f"model ~{n_params / 1e6:.1f}M params (checkpoint ~{ckpt_mb:.0f} MB), {args.steps} steps, "
-          f"checkpoint every {args.every}, 2 ranks ZeRO-2 fp32, moto S3 on 127.0.0.1, {args.rounds} round(s)")
+          f"checkpoint every {args.every}, {args.ranks} rank(s) ZeRO-2 fp32, moto S3 on 127.0.0.1, {args.rounds} round(s)")
     results = {mode: pool(rs) for mode, rs in runs.items()}
     for mode, r in results.items():
         print(f"  {mode:<10}: mean step {r['mean'] * 1e3:7.1f} ms, median {r['median'] * 1e3:7.1f} ms, "
@@ -227,7 +231,7 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode:
             "method": {"type": "full"},
             "training": {"maxSteps": args.steps, "globalBatchSize": 8, "microBatchSize": 2, "learningRate": 1e-4,
                          "seed": 1, "precision": "fp32", "gradientCheckpointing": False},
-            "distributed": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": 2, "zeroStage": 2},
+            "distributed": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": args.ranks, "zeroStage": 2},
             "output": {"uri": f"s3://bench/{name}", "checkpointEvery": args.every if mode != "none" else 10**8,
                        "keepLast": 2, "export": "merged"},
             "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
@@ -236,7 +240,7 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode:
     cfg = tmp / f"{name}.yaml"
     cfg.write_text(yaml.safe_dump(manifest))
     times = tmp / f"{name}.times.json"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", "--master-addr=127.0.0.1",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.ranks}", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", str(Path(__file__).resolve()), "--worker", str(cfg), mode, str(times)]
     t0 = time.monotonic()
     own0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
