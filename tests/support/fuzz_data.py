@@ -70,12 +70,12 @@ def _serialize(fmt: str, data: list[dict[str, Any]]) -> bytes:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    try:
-        table = pa.Table.from_pylist(data)
-    except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types: as strings
-        table = pa.Table.from_pylist([{k: json.dumps(v) for k, v in r.items()} for r in data])
     sink = io.BytesIO()
-    pq.write_table(table, sink)
+    try:
+        pq.write_table(pa.Table.from_pylist(data), sink)
+    except (pa.ArrowException, TypeError, ValueError, OverflowError):  # mixed types, or a struct Parquet cannot hold: as strings
+        sink = io.BytesIO()
+        pq.write_table(pa.Table.from_pylist([{k: json.dumps(v) for k, v in r.items()} for r in data]), sink)
     return sink.getvalue()
 
 

@@ -28,3 +28,25 @@ def test_csv_with_a_nul_column_is_one_error_line(tmp_path, tokenizer):
     assert e.value.reason == "InvalidDataset"
     assert "\n" not in str(e.value) and str(e.value).startswith(f"{path}: cannot read dataset: ")
     assert parse_error_line(f"kubetune: error: {e.value.reason}: {e.value}") == (e.value.reason, str(e.value))
+
+
+def test_parquet_string_that_is_not_utf8_is_one_error_line(tmp_path, tokenizer):
+    """Found by bench/fuzz.py (seed 20261130): a Parquet string column holding a byte that is not UTF-8
+    (0x80) is read without complaint, and failed only as the rows became Python strings: a traceback
+    (UnicodeDecodeError) instead of the InvalidDataset line."""
+    import io
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    sink = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist([{"text": "AAAA the cat sat on the mat"}] * 3), sink, compression="none")
+    raw = sink.getvalue()
+    at = raw.index(b"AAAA")
+    path = tmp_path / "train.parquet"
+    path.write_bytes(raw[:at] + b"\x80" + raw[at + 1:])
+    with pytest.raises(PermanentError) as e:
+        data.prepare(DatasetSpec(train=str(path), eval_fraction=0), tokenizer, str(path), None, seed=0, packing=False,
+                     cache_dir=str(tmp_path / "cache"))
+    assert e.value.reason == "InvalidDataset"
+    assert str(e.value).startswith(f"{path}: cannot read dataset: UnicodeDecodeError: ") and "\n" not in str(e.value)

@@ -125,12 +125,14 @@ def load_rows(path: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
             if all(os.path.getsize(f) == 0 for f in files):
                 return []  # datasets cannot even open an empty file; the caller reports "empty"
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, keep_in_memory=True)
+        # Inside the try: Parquet does not check that string columns hold UTF-8, so a damaged file
+        # fails only here, as the strings become Python's.
+        return list(ds.to_list())
     except PermanentError:
         raise
     except Exception as e:  # malformed JSON/CSV/Parquet: a retry will not fix it
         detail = " ".join(str(e).split())  # the error line is one line; datasets' messages span paragraphs
         raise PermanentError(f"{path}: cannot read dataset: {type(e).__name__}: {detail[:1000]}", "InvalidDataset") from e
-    return ds.to_list()
 
 
 # ------------------------------------------------------------ format detection
