@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """The memory planner's estimate against the measured peak, on CPU.
 
-For several Llama-style configs (a few M to ~100M parameters), full fine-tuning
-and LoRA, ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
+For several Llama-style configs (a few M to ~100M parameters), BERT
+(sequence-classification) and T5 (seq2seq, input and target both SEQ tokens)
+configs, full fine-tuning and LoRA, ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
 each case runs in its own subprocess: the model is built from its config in
 fp32, the method applied (peft), ``deepspeed.initialize`` with the trainer's own
 DeepSpeed config (``kubetune_trainer.dsconfig.build_ds_config``) and torch
@@ -39,6 +40,7 @@ settings, world size 1, fp32, without the runtime margin.
     python bench/memory_plan.py            # the full table (~25 cases, several minutes on 2 cores)
     python bench/memory_plan.py --quick    # 4 cases
     python bench/memory_plan.py --only 'small lora 2 on 8' --only 'medium full'   # just these
+    python bench/memory_plan.py --only bert --only t5      # one family: every size of it
     python bench/memory_plan.py --jobs 2   # two cases at once (bytes are the same, the wall time halves)
 
 Column ``total``: the peak of the allocator's own running total (an upper bound
@@ -64,10 +66,38 @@ SIZES = {
     "small": (384, 6, 6, 2, 1024, 16384),
     "medium": (640, 10, 10, 5, 1728, 32000),
 }
+# BERT (sequence-classification, 2 classes): (hidden, layers, heads, intermediate, vocabulary);
+# bert-m is all-MiniLM-L6-v2's shape (22.7M)
+BERT_SIZES = {
+    "bert-s": (128, 2, 4, 512, 8192),
+    "bert-m": (384, 6, 12, 1536, 30522),
+}
+# T5 (seq2seq): (d_model, encoder = decoder layers, heads, d_kv, d_ff, vocabulary, feed_forward_proj)
+T5_SIZES = {
+    "t5-s": (128, 2, 4, 32, 512, 8192, "relu"),
+    "t5-m": (256, 4, 4, 64, 1024, 16384, "gated-gelu"),
+}
 SEQ = 256
 
 
+def family(size: str) -> str:
+    return size.split("-")[0] if "-" in size else "llama"
+
+
 def config_dict(size: str) -> dict:
+    """config.json of the bench model ``size`` (dropout at the families' defaults, 0.1, as the real models)."""
+    if size in BERT_SIZES:
+        h, n_layers, heads, inter, vocab = BERT_SIZES[size]
+        return dict(model_type="bert", architectures=["BertForMaskedLM"], vocab_size=vocab, hidden_size=h,
+                    num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=inter,
+                    max_position_embeddings=512, type_vocab_size=2, num_labels=2, hidden_act="gelu",
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    if size in T5_SIZES:
+        d, n_layers, heads, d_kv, d_ff, vocab, proj = T5_SIZES[size]
+        return dict(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
+                    vocab_size=vocab, d_model=d, d_kv=d_kv, d_ff=d_ff, num_layers=n_layers, num_decoder_layers=n_layers,
+                    num_heads=heads, feed_forward_proj=proj, dropout_rate=0.1, decoder_start_token_id=0,
+                    pad_token_id=0, eos_token_id=1)
     h, n_layers, heads, kv, inter, vocab = SIZES[size]
     return dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=h,
                 num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
@@ -85,7 +115,19 @@ CASES = [
     ("medium", "lora", 0, False, 4), ("medium", "lora", 2, False, 8), ("medium", "lora", 3, True, 1),
     ("medium", "lora", 0, True, 8), ("medium", "full", 0, True, 4),
 ]
+# BERT (sequence-classification) and T5 (seq2seq); T5's input and target are both SEQ tokens long
+CASES += [
+    ("bert-s", "full", 0, False, 1), ("bert-s", "lora", 2, True, 8), ("bert-s", "full", 3, False, 4),
+    ("bert-m", "full", 0, False, 8), ("bert-m", "full", 0, True, 2), ("bert-m", "full", 2, False, 4),
+    ("bert-m", "full", 3, True, 8), ("bert-m", "lora", 0, False, 4), ("bert-m", "lora", 2, True, 1),
+    ("bert-m", "lora", 3, False, 8), ("bert-m", "lora", 0, True, 8),
+    ("t5-s", "full", 0, False, 1), ("t5-s", "lora", 2, True, 8), ("t5-s", "full", 3, False, 4),
+    ("t5-m", "full", 0, False, 8), ("t5-m", "full", 0, True, 2), ("t5-m", "full", 2, False, 4),
+    ("t5-m", "full", 3, True, 8), ("t5-m", "lora", 0, False, 4), ("t5-m", "lora", 2, True, 1),
+    ("t5-m", "lora", 3, False, 8), ("t5-m", "lora", 0, True, 8),
+]
 QUICK = [CASES[0], CASES[3], CASES[6], CASES[13]]
+PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM"}
 
 
 def job_manifest(method: str, stage: int, gc: bool, mb: int) -> dict:
@@ -138,30 +180,40 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     spec = load_job(job_manifest(method, stage, gc, mb)).spec
     plan = dsconfig.batch_plan(spec, 1)
     ds_config = dsconfig.build_ds_config(spec, plan, stage, "fp32")
-    cfg = transformers.LlamaConfig(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
+    fam = family(size)
+    config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
+                             "bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
+                             "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration)}[fam]
+    cfg = config_cls(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
     cfg.use_cache = False
+    if fam == "bert":  # zero.Init: transformers' init of the padding row indexes the (empty) partitioned embedding
+        cfg.pad_token_id = None
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(1)
     batch = torch.randint(0, cfg.vocab_size, (mb, SEQ), generator=g)
+    # labels as the trainer's collators give them: the sequence itself (causal LM), a class per sequence,
+    # a target sequence (seq2seq, SEQ tokens; the model shifts it into the decoder's input)
+    labels = {"llama": batch, "bert": torch.randint(0, 2, (mb,), generator=g),
+              "t5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g)}[fam]
     t0 = time.time()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         if stage == 3:
             with deepspeed.zero.Init(config_dict_or_path=ds_config):
-                model = transformers.LlamaForCausalLM(cfg)
+                model = model_cls(cfg)
         else:
-            model = transformers.LlamaForCausalLM(cfg)
+            model = model_cls(cfg)
         if gc:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if method == "lora":
             import peft
 
-            model = peft.get_peft_model(model, peft.LoraConfig(task_type=peft.TaskType.CAUSAL_LM, r=16, lora_alpha=32,
+            model = peft.get_peft_model(model, peft.LoraConfig(task_type=PEFT_TASK[fam], r=16, lora_alpha=32,
                                                                lora_dropout=0.05, target_modules="all-linear"))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
         for _ in range(3):
-            loss = engine(input_ids=batch, labels=batch).loss
+            loss = engine(input_ids=batch, labels=labels).loss
             engine.backward(loss)
             engine.step()
     elapsed = time.time() - t0
@@ -209,6 +261,8 @@ def matches(case, selector: str) -> bool:
     size, method, stage, gc, mb = case
     words = [size, method, str(stage), "on" if gc else "off", str(mb)]
     want = selector.split()
+    if want and want[0] == family(size):  # 'bert', 't5': every size of that family
+        want[0] = size
     return len(want) <= len(words) and words[:len(want)] == want
 
 

@@ -276,6 +276,7 @@ class Job:
     num_virtual_tokens: int = 0
     prefix_projection: bool = False
     ia3_targets: tuple[str, ...] | None = None
+    device: str = "gpu"  # where the job trains: gpu | cpu (BERT/T5 attention kernels differ; see memory_arch)
     reduce_bucket_size: int = int(5e7)
     prefetch_bucket_size: int = int(5e7)
     overlap_comm: bool = True
@@ -298,7 +299,8 @@ def job_from_spec(spec: Any, precision: str | None = None) -> Job:
     if m.type == "ia3" and m.ia3_options().target_modules:
         kw["ia3_targets"] = tuple(m.ia3_options().target_modules)
     return Job(method=m.type, precision=precision, seq_length=spec.dataset.max_seq_length,
-               world_size=d.world_size(), num_virtual_tokens=m.num_virtual_tokens(), **kw)
+               world_size=d.world_size(), num_virtual_tokens=m.num_virtual_tokens(),
+               device="gpu" if d.gpus_per_node else "cpu", **kw)
 
 
 # ------------------------------------------------------------------ parameters

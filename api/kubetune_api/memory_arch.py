@@ -237,20 +237,26 @@ class BertShape(Architecture):
         h, i = self.hidden_size, self.intermediate_size
         n = 8.0 * h + 2 * i
         if self.hidden_dropout > 0:
-            n += 2 * h / 4  # two dropout masks (1 byte per element)
+            n += 2 * h  # two dropouts: mask and output
+        if job.device == "cpu" and self.attention_dropout > 0:
+            n += 3 * self.num_heads * seq  # the math attention: probabilities, dropout mask and output
         paths = [x.path for x in self.linears() if x.count == self.layers]
         return n + self._lora_extra(job, paths)
 
     def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
-        """Post-LN BERT layer with SDPA attention, per token: the input (h), q, k, v (3h), the attention output
-        (h), the first LayerNorm's input and output (2h), the MLP's dense and GELU outputs (2i), the second
-        LayerNorm's input (h); its output is the next layer's input. Dropout keeps a 1-byte mask per element.
-        Embeddings: their sum and LayerNorm (2h). The pooler and classifier see one token per sequence."""
+        """Post-LN BERT layer, per token: the input (h), q, k, v (3h), the attention output (h), the first
+        LayerNorm's input and output (2h), the MLP's dense and GELU outputs (2i), the second LayerNorm's input
+        (h); its output is the next layer's input; each hidden dropout keeps about one element per element
+        (mask and output). Attention: on a GPU, SDPA's fused kernels (dropout inside, no score matrix); on a
+        CPU with attention dropout, PyTorch falls back to the math kernel, which keeps heads x sequence
+        probabilities, dropout mask and dropped probabilities. Embeddings: their sum, LayerNorm and dropout
+        (3h). The pooler and classifier see one token per sequence. Measured with saved-tensor hooks and
+        bench/memory_plan.py."""
         seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
         tokens = micro_batch * seq
         per_layer = self._layer_elements(job, seq) * wb * tokens
         h = self.hidden_size
-        kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + 2 * h * wb * tokens
+        kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + 3 * h * wb * tokens
         return kept, per_layer if checkpointing else 0.0
 
     def logit_elements(self, job: Job, micro_batch: int) -> float:
@@ -279,6 +285,7 @@ class T5Shape(Architecture):
     buckets: int
     num_labels: int
     dropout: float = 0.1
+    act: str = "relu"  # of the MLP: relu, gelu (gelu_new when gated)
 
     @property
     def num_layers(self) -> int:
@@ -350,24 +357,36 @@ class T5Shape(Architecture):
     def prefix_layers(self) -> int:
         return self.encoder_layers  # PEFT reads config.num_layers
 
+    def _mlp_elements(self) -> float:
+        f = self.d_ff
+        if self.gated:  # gated-gelu's gelu_new is written in Python: x^3, tanh, sums and products each kept
+            return 7.0 * f if self.act.startswith("gelu") else 3.0 * f
+        return 1.0 * f if self.act == "relu" else 2.0 * f  # ReLU keeps its output, which wo reads
+
     def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
         """Per token, both the input and the target at dataset.maxSeqLength (the trainer cuts each to it).
 
-        Encoder block: each RMS norm's input and normalised output (2 x 2d), q, k, v and the attention
-        output (4 inner), the attention probabilities (heads x keys: T5's relative position bias goes into
-        attention as an additive mask, which the fused kernels do not take with a gradient), the MLP's
-        input projections and activation (2 d_ff, 3 gated), dropout masks (1 byte each). Decoder block:
-        the same plus cross-attention (q, k, v, output, probabilities over the encoder tokens, a norm).
-        Each stack also keeps its position bias (heads x keys per token), embeddings and final norm."""
+        Counted from the tensors autograd saves (torch.autograd.graph.saved_tensors_hooks on T5 in
+        transformers 5, d_model = heads x d_kv): an encoder block keeps about 10 d_model-sized vectors
+        (RMS norms' inputs and outputs, q, k, v, the attention output, residual sums), a decoder block 18
+        (with cross-attention); the MLP 1 d_ff (ReLU) or 7 (gated-gelu: gelu_new is written in Python);
+        dropout about one element per element. Attention: the relative position bias goes in as an additive
+        mask that needs a gradient; on a CPU, PyTorch then runs the math kernel for self-attention and keeps
+        the heads x keys probabilities (and, with dropout, the mask and dropped probabilities, also in
+        cross-attention); on a GPU the fused kernels keep none (not measured here)."""
         seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
         tokens = micro_batch * seq
-        d, inner, f, heads = self.hidden_size, self.inner, self.d_ff, self.num_heads
-        mask = 0.25 if self.dropout > 0 else 0.0
-        mlp = (3 if self.gated else 2) * f + f * mask
-        attn = 4 * inner + 2 * heads * seq + heads * seq * mask + d * mask
-        enc = 4 * d + attn + mlp + d * mask + self._lora_extra(job, [x.path for x in self.encoder_linears()])
-        dec = 6 * d + 2 * attn + mlp + d * mask + self._lora_extra(job, [x.path for x in self.decoder_linears()])
-        stacks = 2.0 * (2 * d + heads * seq)  # embedding output, final norm; the position bias
+        d, inner, heads = self.hidden_size, self.inner, self.num_heads
+        drop = self.dropout > 0
+        mlp = self._mlp_elements() + (self.d_ff if drop else 0)
+        cpu = job.device == "cpu"
+        self_scores = (3 if drop else 1) * heads * seq if cpu else 0
+        cross_scores = 3 * heads * seq if cpu and drop else 0
+        enc = 4 * d + 6 * inner + mlp + self_scores + (2 * d if drop else 0)
+        dec = 6 * d + 12 * inner + mlp + self_scores + cross_scores + (3 * d if drop else 0)
+        enc += self._lora_extra(job, [x.path for x in self.encoder_linears()])
+        dec += self._lora_extra(job, [x.path for x in self.decoder_linears()])
+        stacks = 2.0 * (2 * d + (d if drop else 0))  # embedding output and final norm of each stack, dropout
         kept: float
         if checkpointing:
             kept = (self.encoder_layers + self.decoder_layers) * d + stacks
@@ -424,7 +443,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
             num_heads=int(config.get("num_heads", 8)), d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 2048)),
             gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
             num_labels=_num_labels(config, num_labels),
-            dropout=float(config.get("dropout_rate", 0.1)),
+            dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e

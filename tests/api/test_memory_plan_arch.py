@@ -213,3 +213,62 @@ def test_plan_prints_the_table_for_bert_and_t5(tmp_path):
     for word in ("model: t5, 0.061B parameters (seq2seq; 6+6 encoder+decoder layers, hidden 512, vocabulary 32128)",
                  "method lora: 2,162,688 trainable", "logits", "fit: yes"):
         assert word in res.stdout, (word, res.stdout)
+
+
+def _saved_bytes(model, **batch) -> int:
+    """Bytes of the tensors autograd saves for backward in one forward pass (parameters excluded, storages once)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            seen[s.data_ptr()] = s.nbytes()
+        return t
+
+    model.train()
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(**batch)
+    return sum(seen.values())
+
+
+SMALL_BERT = dict(model_type="bert", vocab_size=1000, hidden_size=96, num_hidden_layers=2, num_attention_heads=4,
+                  intermediate_size=384, max_position_embeddings=256, num_labels=2)
+SMALL_T5 = dict(model_type="t5", is_encoder_decoder=True, vocab_size=1000, d_model=96, d_kv=24, d_ff=256, num_layers=2,
+                num_heads=4, feed_forward_proj="relu", decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+
+
+@pytest.mark.parametrize("config, dropout, method", [
+    (SMALL_BERT, 0.1, "full"), (SMALL_BERT, 0.0, "lora"),
+    (SMALL_T5, 0.1, "full"), (SMALL_T5, 0.0, "full"), ({**SMALL_T5, "feed_forward_proj": "gated-gelu"}, 0.1, "lora"),
+])
+def test_activations_match_the_tensors_autograd_saves(config, dropout, method):
+    """The activation term (CPU, no checkpointing) against the bytes autograd really keeps, T5's log-softmax over
+    the vocabulary added (the logits term counts it); within 10%."""
+    import peft
+    import torch
+    import transformers
+
+    key = {"bert": ("hidden_dropout_prob", "attention_probs_dropout_prob"), "t5": ("dropout_rate",)}[config["model_type"]]
+    config = {**config, **{k: dropout for k in key}}
+    shape = memory.shape_from_config(config)
+    mb, seq = 2, 128
+    torch.manual_seed(0)
+    cfg = {k: v for k, v in config.items() if k != "model_type"}
+    if shape.task == "seq2seq":
+        model = transformers.T5ForConditionalGeneration(transformers.T5Config(**cfg))
+        labels = torch.randint(2, 1000, (mb, seq))
+    else:
+        model = transformers.BertForSequenceClassification(transformers.BertConfig(**cfg))
+        labels = torch.randint(0, 2, (mb,))
+    if method == "lora":
+        task_type = "SEQ_2_SEQ_LM" if shape.task == "seq2seq" else "SEQ_CLS"
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type=task_type, r=16, lora_dropout=0.05,
+                                                           target_modules="all-linear"))
+    measured = _saved_bytes(model, input_ids=torch.randint(2, 1000, (mb, seq)), labels=labels)
+    job = memory.Job(method=method, precision="fp32", seq_length=seq, device="cpu")
+    kept, _ = shape.activation_bytes(job, mb, 4, False)
+    logits = mb * seq * shape.vocab_size * 4 if shape.task == "seq2seq" else 0
+    assert kept + logits == pytest.approx(measured, rel=0.10)

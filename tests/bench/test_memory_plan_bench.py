@@ -47,3 +47,11 @@ def test_a_tensor_freed_by_another_thread_is_not_counted_twice():
     # alone could not prove the free.
     same_address = allocs[0][0] == allocs[1][0]
     assert memory_plan.live_peak(allocs) == (100 * MB if same_address else 200 * MB)
+
+
+def test_only_selects_cases_by_their_first_words_or_family():
+    bert = ("bert-m", "lora", 3, False, 8)
+    assert memory_plan.matches(bert, "bert") and memory_plan.matches(bert, "bert-m lora 3 off")
+    assert not memory_plan.matches(bert, "t5") and not memory_plan.matches(bert, "bert-s")
+    assert memory_plan.matches(("small", "full", 0, True, 8), "small full") and not memory_plan.matches(bert, "small")
+    assert {memory_plan.family(c[0]) for c in memory_plan.CASES} == {"llama", "bert", "t5"}

@@ -44,6 +44,22 @@ def test_checkpointing_auto_is_off_when_the_job_fits(tiny_model_dir):
     assert summary["gradientCheckpointing"] is False and summary["estimatedBytes"] > 0 and summary["device"] == "cpu"
 
 
+@pytest.mark.parametrize("fixture, task, params", [
+    ("tiny_t5_dir", "seq2seq", None), ("minilm_dir", "sequence-classification", 22_713_986),
+])
+def test_bert_and_t5_jobs_get_a_plan(fixture, task, params, request):
+    """The trainer plans encoder (all-MiniLM-L6-v2, 2 classes from dataset.labels) and encoder-decoder jobs
+    from config.json, with the model.task's head, and decides the 'auto' settings from it."""
+    model_dir = request.getfixturevalue(fixture)
+    extra = {"labels": ["neg", "pos"]} if task == "sequence-classification" else {}
+    spec = parsed(spec_for(model_dir, model={"task": "auto"}, dataset=extra, training={"microBatchSize": "auto"}))
+    plan = memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0)
+    assert plan is not None and plan.fits and plan.shape.task == task
+    assert memplan.gradient_checkpointing(spec, plan) is False and memplan.micro_batch(spec, plan) == 1
+    if params is not None:
+        assert plan.summary()["parameters"] == params  # 22,713,216 (BertModel with pooler) + a 2-class classifier (384 x 2 + 2)
+
+
 def test_spec_values_win_and_no_plan_keeps_the_safe_defaults(tiny_model_dir, tmp_path):
     spec = parsed(spec_for(tiny_model_dir, training={"gradientCheckpointing": True}))
     plan = memplan.plan_memory(spec, "fp32", cuda=False, local_rank=0)
