@@ -733,6 +733,16 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
     "HuggingFaceTB/SmolLM2-135M": dict(model_type="llama", vocab_size=49152, hidden_size=576, num_hidden_layers=30,
                                        num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536,
                                        tie_word_embeddings=True),
+    "google-t5/t5-small": dict(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
+                               vocab_size=32128, d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8,
+                               relative_attention_num_buckets=32, dropout_rate=0.1),
+    "google-bert/bert-base-uncased": dict(model_type="bert", architectures=["BertForMaskedLM"], vocab_size=30522,
+                                          hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                          intermediate_size=3072, max_position_embeddings=512, type_vocab_size=2),
+    "sentence-transformers/all-MiniLM-L6-v2": dict(model_type="bert", architectures=["BertModel"], vocab_size=30522,
+                                                   hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
+                                                   intermediate_size=1536, max_position_embeddings=512,
+                                                   type_vocab_size=2),
 }
 # Fine-tuned variants share their base model's architecture.
 _KNOWN_ALIASES = {
@@ -747,6 +757,8 @@ _KNOWN_ALIASES = {
     "Qwen/Qwen2.5-0.5B-Instruct": "Qwen/Qwen2.5-0.5B",
     "mistralai/Mistral-7B-Instruct-v0.3": "mistralai/Mistral-7B-v0.3",
     "HuggingFaceTB/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M",
+    "t5-small": "google-t5/t5-small",  # the Hub's old name for the same repository
+    "bert-base-uncased": "google-bert/bert-base-uncased",
 }
 
 

@@ -272,3 +272,22 @@ def test_activations_match_the_tensors_autograd_saves(config, dropout, method):
     kept, _ = shape.activation_bytes(job, mb, 4, False)
     logits = mb * seq * shape.vocab_size * 4 if shape.task == "seq2seq" else 0
     assert kept + logits == pytest.approx(measured, rel=0.10)
+
+
+@pytest.mark.parametrize("repo, config", [("google-t5/t5-small", T5_SMALL), ("t5-small", T5_SMALL),
+                                          ("google-bert/bert-base-uncased", BERT_BASE_UNCASED)])
+def test_built_in_configs_give_the_published_shapes(repo, config):
+    """Offline, hf:// sources of these models plan from built-in copies of their config.json: same counts."""
+    known = memory.known_config(repo)
+    assert known is not None
+    assert memory.shape_from_config(known).parameters() == memory.shape_from_config(config).parameters()
+
+
+def test_plan_on_the_t5_example_offline(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    res = _kubetune("plan", "examples/t5-seq2seq.yaml", "--gpu", "L4")
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "built-in copy of google-t5/t5-small's config.json" in res.stdout
+    # LoRA r16 on q and v of every attention block: encoder self (6), decoder self and cross (12)
+    assert f"method lora: {18 * 16 * (512 + 512) * 2:,} trainable" in res.stdout
+    assert "fit: yes" in res.stdout
