@@ -30,6 +30,8 @@ Per process (one per GPU) the plan adds up, in bytes:
   margin (``MARGIN_FRACTION`` of the GPU plus ``CUDA_CONTEXT_BYTES``), not a
   guess folded into the other terms.
 
+Llama-style decoders are ``ModelShape`` here; BERT and T5 (their parameters,
+PEFT counts and activations, built for ``model.task``) are in ``memory_arch``.
 ``bench/memory_plan.py`` measures these terms against real peaks on CPU.
 """
 from __future__ import annotations
