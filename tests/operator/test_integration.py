@@ -254,7 +254,19 @@ def test_permanent_exit_code_fails_at_once_with_the_trainers_reason(cluster, ope
     st = wait_phase(cluster, name, "Failed", "DatasetNotFound")
     assert "s3://data/train.jsonl does not exist" in st["message"] and st["restarts"] == 0
     wait_events(cluster, name, ("Warning", "DatasetNotFound"))
-    wait_for(lambda: cluster.get("Job", NS, f"{name}-a1") is None, message="the failed gang is stopped")
+
+    def gang_stopped() -> bool:
+        # The operator deletes the attempt's Job; or the Job controller failed the Job first (podFailurePolicy
+        # FailJob on exit 3), stops its pods itself, and the operator keeps the finished Job (CI saw both orders).
+        job = cluster.get("Job", NS, f"{name}-a1")
+        if job is not None and not any(c.get("type") == "Failed" and c.get("status") == "True"
+                                       for c in (job.get("status") or {}).get("conditions") or []):
+            return False
+        pods = cluster.list("Pod", NS, label_selector=f"kubetune.io/job={name}")
+        return all((p.get("status") or {}).get("phase") in ("Succeeded", "Failed") or p["metadata"].get("deletionTimestamp")
+                   for p in pods)
+
+    wait_for(gang_stopped, message="the failed gang is stopped")
     time.sleep(0.3)
     assert cluster.get("Job", NS, f"{name}-a2") is None
 
