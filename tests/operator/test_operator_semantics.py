@@ -109,7 +109,9 @@ def test_a_deleted_namesakes_leftovers_are_waited_for_then_it_runs(cluster):
         cluster.resume_gc()
         for pod in old_pods:
             cluster.delete("Pod", NS, pod["metadata"]["name"])
-        cluster.delete("Job", NS, f"{name}-a1")
+        # The old Job only (a UID precondition): the collector may have removed it already and the operator
+        # created the new job's own namesake-a1, which a delete by name would take (CI saw that: attempt 2).
+        cluster.delete("Job", NS, f"{name}-a1", uid=old_job["metadata"]["uid"])
         new_job = wait_for(lambda: (lambda j: j if j and j["metadata"]["uid"] != old_uid else None)(cluster.get("Job", NS, f"{name}-a1")),
                            timeout=45, message="the new job's own attempt")
         new_uid = cluster.get("FineTuneJob", NS, name)["metadata"]["uid"]

@@ -181,14 +181,18 @@ class EmulatedCluster:
         return self.patch(kind, namespace, name, {"status": status}, subresource="status")
 
     def delete(self, kind: str, namespace: str | None, name: str, propagation: str = "Background",
-               grace_seconds: int | None = None) -> dict[str, Any] | None:
+               grace_seconds: int | None = None, uid: str | None = None) -> dict[str, Any] | None:
+        """DELETE; None when it is not there. ``uid``: only that object (a precondition), None when
+        the name now belongs to another one."""
         options: dict[str, Any] = {"propagationPolicy": propagation}
         if grace_seconds is not None:
             options["gracePeriodSeconds"] = grace_seconds
+        if uid is not None:
+            options["preconditions"] = {"uid": uid}
         try:
             return self.request("DELETE", self.path(kind, namespace, name), options)
         except ApiError as e:
-            if e.status == 404:
+            if e.status == 404 or (e.status == 409 and uid is not None):
                 return None
             raise
 
