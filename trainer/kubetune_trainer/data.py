@@ -127,7 +127,7 @@ def load_rows(path: str, cache_dir: str | None = None) -> list[dict[str, Any]]:
             ds = datasets.load_dataset(builder, data_files=files, split="train", cache_dir=cache_dir, keep_in_memory=True)
         # Inside the try: Parquet does not check that string columns hold UTF-8, so a damaged file
         # fails only here, as the strings become Python's.
-        return list(ds.to_list())
+        return ds.to_list()
     except PermanentError:
         raise
     except Exception as e:  # malformed JSON/CSV/Parquet: a retry will not fix it

@@ -144,8 +144,8 @@ def preview(config: str, rows: int = 3, as_json: bool = False, scratch: str | No
         out.write("\n")
         return contract.OK
     color = out.isatty() if color is None else color
-    legend = f"{_LOSS_ON}like this{_LOSS_OFF}" if color else f"{_MARK_ON}like this{_MARK_OFF}"
     on, off = (_LOSS_ON, _LOSS_OFF) if color else (_MARK_ON, _MARK_OFF)
+    legend = f"{on}like this{off}"
     if prepared.format == "classification":
         assert prepared.labels is not None
         what = f"classes {list(prepared.labels.names)} ({prepared.labels.source})"
