@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The memory planner's estimate against the measured peak, on CPU.
 
-For several Llama-style configs (a few M to ~100M parameters), BERT
+For several Llama-style configs (a few M to ~100M parameters; causal LM, and
+``lcls-*``: the same decoders with a 2-class sequence-classification head), BERT
 (sequence-classification) and T5 (seq2seq, input and target both SEQ tokens)
 configs, full fine-tuning and LoRA, ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
 each case runs in its own subprocess: the model is built from its config in
@@ -40,7 +41,7 @@ settings, world size 1, fp32, without the runtime margin.
     python bench/memory_plan.py            # the full table (~25 cases, several minutes on 2 cores)
     python bench/memory_plan.py --quick    # 4 cases
     python bench/memory_plan.py --only 'small lora 2 on 8' --only 'medium full'   # just these
-    python bench/memory_plan.py --only bert --only t5      # one family: every size of it
+    python bench/memory_plan.py --only bert --only t5      # one family: every size of it (bert, t5, lcls)
     python bench/memory_plan.py --jobs 2   # two cases at once (bytes are the same, the wall time halves)
 
 Column ``total``: the peak of the allocator's own running total (an upper bound
@@ -77,7 +78,10 @@ T5_SIZES = {
     "t5-s": (128, 2, 4, 32, 512, 8192, "relu"),
     "t5-m": (256, 4, 4, 64, 1024, 16384, "gated-gelu"),
 }
+# Llama with model.task sequence-classification (LlamaForSequenceClassification, 2 classes): the shapes of SIZES
+LLAMA_CLS_SIZES = {"lcls-s": "small", "lcls-m": "medium"}
 SEQ = 256
+TASKS = {"lcls": "sequence-classification"}  # families planned for another task than their first fitting one
 
 
 def family(size: str) -> str:
@@ -98,10 +102,12 @@ def config_dict(size: str) -> dict:
                     vocab_size=vocab, d_model=d, d_kv=d_kv, d_ff=d_ff, num_layers=n_layers, num_decoder_layers=n_layers,
                     num_heads=heads, feed_forward_proj=proj, dropout_rate=0.1, decoder_start_token_id=0,
                     pad_token_id=0, eos_token_id=1)
-    h, n_layers, heads, kv, inter, vocab = SIZES[size]
+    h, n_layers, heads, kv, inter, vocab = SIZES[LLAMA_CLS_SIZES.get(size, size)]
+    cls = size in LLAMA_CLS_SIZES
     return dict(model_type="llama", architectures=["LlamaForCausalLM"], vocab_size=vocab, hidden_size=h,
                 num_hidden_layers=n_layers, num_attention_heads=heads, num_key_value_heads=kv, intermediate_size=inter,
-                max_position_embeddings=4096, tie_word_embeddings=False, rms_norm_eps=1e-5, hidden_act="silu")
+                max_position_embeddings=4096, tie_word_embeddings=False, rms_norm_eps=1e-5, hidden_act="silu",
+                **(dict(num_labels=2, pad_token_id=0) if cls else {}))
 
 
 # (size, method, zero stage, gradient checkpointing, micro-batch)
@@ -126,8 +132,14 @@ CASES += [
     ("t5-m", "full", 3, True, 8), ("t5-m", "lora", 0, False, 4), ("t5-m", "lora", 2, True, 1),
     ("t5-m", "lora", 3, False, 8), ("t5-m", "lora", 0, True, 8),
 ]
+# Llama-style decoders with a classification head (model.task sequence-classification)
+CASES += [
+    ("lcls-s", "full", 0, False, 1), ("lcls-s", "full", 0, True, 4), ("lcls-s", "lora", 0, False, 4),
+    ("lcls-s", "lora", 0, True, 1), ("lcls-m", "full", 0, False, 4), ("lcls-m", "lora", 0, True, 4),
+    ("lcls-m", "lora", 2, False, 1),
+]
 QUICK = [CASES[0], CASES[3], CASES[6], CASES[13]]
-PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM"}
+PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM", "lcls": "SEQ_CLS"}
 
 
 def job_manifest(method: str, stage: int, gc: bool, mb: int) -> dict:
@@ -151,7 +163,7 @@ def estimate_bytes(size: str, method: str, stage: int, gc: bool, mb: int) -> tup
     from kubetune_api.spec import load_job
 
     spec = load_job(job_manifest(method, stage, gc, mb)).spec
-    shape = memory.shape_from_config(config_dict(size))
+    shape = memory.shape_from_config(config_dict(size), TASKS.get(family(size)))
     job = memory.job_from_spec(spec, precision="fp32")
     e = memory.estimate(shape, job, memory.Settings(stage, "none", gc, mb))
     return e.total, {k: round(v / 2**20, 1) for k, v in e.terms.items()}
@@ -183,7 +195,8 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     fam = family(size)
     config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                              "bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
-                             "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration)}[fam]
+                             "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration),
+                             "lcls": (transformers.LlamaConfig, transformers.LlamaForSequenceClassification)}[fam]
     cfg = config_cls(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
     cfg.use_cache = False
     if fam == "bert":  # zero.Init: transformers' init of the padding row indexes the (empty) partitioned embedding
@@ -194,7 +207,10 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     # labels as the trainer's collators give them: the sequence itself (causal LM), a class per sequence,
     # a target sequence (seq2seq, SEQ tokens; the model shifts it into the decoder's input)
     labels = {"llama": batch, "bert": torch.randint(0, 2, (mb,), generator=g),
-              "t5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g)}[fam]
+              "t5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g),
+              "lcls": torch.randint(0, 2, (mb,), generator=g)}[fam]
+    if fam == "lcls":  # no padding token in the batch: the head pools the last position, full-length as the others
+        batch = torch.randint(1, cfg.vocab_size, (mb, SEQ), generator=g)
     t0 = time.time()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         if stage == 3:
@@ -308,7 +324,7 @@ def main(argv=None) -> int:
         measured = pool.map(run_case, cases)  # in case order
         for case, m in zip(cases, measured):
             size, method, stage, gc, mb = case
-            n = memory.shape_from_config(config_dict(size)).parameters()
+            n = memory.shape_from_config(config_dict(size), TASKS.get(family(size))).parameters()
             est, terms = estimate_bytes(*case)
             err = (est - m["peak"]) / m["peak"]
             rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,

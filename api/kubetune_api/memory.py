@@ -143,7 +143,12 @@ def parse_quantity(q: int | str) -> int:
 # ------------------------------------------------------------------ model shape
 @dataclass(frozen=True)
 class ModelShape:
-    """What the planner needs from config.json (decoder-only transformers of the Llama family)."""
+    """What the planner needs from config.json (decoder-only transformers of the Llama family).
+
+    ``task`` causal-lm: ``*ForCausalLM`` (the lm_head, tied or not); sequence-classification:
+    ``*ForSequenceClassification``, whose ``score`` head (hidden x num_labels, no bias) replaces the
+    lm_head and whose logits are num_labels wide at every position (the last non-padding one is pooled).
+    """
 
     model_type: str
     vocab_size: int
@@ -157,6 +162,22 @@ class ModelShape:
     attention_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False
+    task: str = "causal-lm"
+    num_labels: int = 2
+
+    @property
+    def classifier(self) -> bool:
+        return self.task == "sequence-classification"
+
+    def head_parameters(self) -> int:
+        """The output layer: the score head (classification), else an untied lm_head (0 when tied)."""
+        if self.classifier:
+            return self.hidden_size * self.num_labels
+        return 0 if self.tie_word_embeddings else self.embedding_parameters()
+
+    def output_width(self) -> int:
+        """Logits per token: the vocabulary, or the classes."""
+        return self.num_labels if self.classifier else self.vocab_size
 
     @property
     def q_dim(self) -> int:
@@ -196,8 +217,8 @@ class ModelShape:
 
     def parameters(self) -> int:
         """Every parameter, counted once when input and output embeddings are tied."""
-        head = 0 if self.tie_word_embeddings else self.embedding_parameters()
-        return self.embedding_parameters() + self.num_layers * self.layer_parameters() + self.hidden_size + head
+        return (self.embedding_parameters() + self.num_layers * self.layer_parameters() + self.hidden_size
+                + self.head_parameters())
 
     def linear_parameters(self) -> int:
         """Parameters in the decoder layers' linear weights (what QLoRA quantises)."""
@@ -214,9 +235,11 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "
 
 def shape_from_config(config: Mapping[str, Any], task: str | None = None,
                       num_labels: int | None = None) -> ModelShape | Architecture:
-    """The shape of a parsed config.json: a Llama-style decoder (ModelShape), or a BERT or T5 model
-    (``memory_arch``) built for ``task`` (None/'auto': the model's first fitting task) with
-    ``num_labels`` classes (None: the config's); PlanError for other architectures."""
+    """The shape of a parsed config.json for ``task`` (None/'auto': the model's first fitting task) with
+    ``num_labels`` classes (None: the config's): a Llama-style decoder (ModelShape: causal-lm or
+    sequence-classification), or another family of ``memory_arch``; PlanError for other architectures."""
+    from .memory_arch import num_labels_of, resolve_task
+
     mt = str(config.get("model_type", ""))
     if mt not in LLAMA_LIKE:
         from .memory_arch import shape_for
@@ -245,6 +268,8 @@ def shape_from_config(config: Mapping[str, Any], task: str | None = None,
             attention_bias=bool(config.get("attention_bias", mt == "qwen2")),
             mlp_bias=bool(config.get("mlp_bias", False)),
             qk_norm=mt == "qwen3",
+            task=resolve_task(config, task),
+            num_labels=num_labels_of(config, num_labels),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e
@@ -315,8 +340,10 @@ class ParameterCount:
     saved_copies: int = 0  # modules_to_save: trained copies of base modules
 
 
-# PEFT's default IA3 targets for Llama-style models
+# PEFT's default IA3 targets for Llama-style models (peft.utils.constants): k_proj for llama and mistral,
+# q_proj for qwen2/qwen3 and gemma
 IA3_DEFAULT_TARGETS = ("k_proj", "v_proj", "down_proj")
+IA3_Q_DEFAULT_TYPES = ("qwen2", "qwen3", "gemma", "gemma2")
 IA3_FEEDFORWARD = ("down_proj",)
 
 
@@ -349,7 +376,7 @@ def count_parameters(shape: ModelShape | Architecture, job: Job) -> ParameterCou
             adapter += job.lora_r * (fin + fout) + (fout if job.use_dora else 0)
         adapter *= shape.num_layers
         for name in job.modules_to_save:
-            if name in ("embed_tokens", "lm_head"):
+            if name == "embed_tokens" or name == "lm_head" and not shape.classifier:
                 saved += shape.embedding_parameters()
         if job.method == "qlora":
             quantized = shape.linear_parameters()
@@ -357,14 +384,15 @@ def count_parameters(shape: ModelShape | Architecture, job: Job) -> ParameterCou
         adapter = job.num_virtual_tokens * shape.hidden_size
     elif job.method == "prefix-tuning":
         kv = shape.num_layers * 2 * shape.kv_dim
-        if job.prefix_projection:  # Embedding(n, h) -> Linear(h, h) -> tanh -> Linear(h, layers*2*kv)
-            h = shape.hidden_size
-            adapter = job.num_virtual_tokens * h + (h * h + h) + (h * kv + kv)
+        if job.prefix_projection:  # Embedding(n, d) -> Linear(d, d) -> tanh -> Linear(d, layers*2*d)
+            d = shape.kv_dim  # PEFT's token_dim for a config with num_key_value_heads (grouped-query attention)
+            adapter = job.num_virtual_tokens * d + (d * d + d) + (d * kv + kv)
         else:
             adapter = job.num_virtual_tokens * kv
     elif job.method == "ia3":
         lin = shape.linear_layers()
-        targets = job.ia3_targets or IA3_DEFAULT_TARGETS
+        targets = job.ia3_targets or (("q_proj", "v_proj", "down_proj") if shape.model_type in IA3_Q_DEFAULT_TYPES
+                                      else IA3_DEFAULT_TARGETS)
         for name in targets:
             if name not in lin:
                 raise PlanError(f"method.ia3.targetModules: {name!r} is not a linear layer of a {shape.model_type} model "
@@ -374,6 +402,8 @@ def count_parameters(shape: ModelShape | Architecture, job: Job) -> ParameterCou
         adapter *= shape.num_layers
     else:
         raise PlanError(f"unknown method.type {job.method!r}")
+    if shape.classifier:  # PEFT's SEQ_CLS trains the score head whole with any method (modules_to_save)
+        saved += shape.head_parameters()
     return ParameterCount(total, adapter + saved, adapter, quantized=quantized, saved_copies=saved)
 
 
@@ -490,9 +520,9 @@ def estimate(shape: ModelShape | Architecture, job: Job, settings: Settings) -> 
         kept = shape.num_layers * (shape.hidden_size * wb * tokens if settings.gradient_checkpointing else per_layer)
         kept += 2 * shape.hidden_size * wb * tokens  # embedding output and final norm
         recomputed = per_layer if settings.gradient_checkpointing else 0.0  # one layer at a time, in backward
-        v = float(tokens * shape.vocab_size)
+        v = float(tokens * shape.output_width())
         largest_linear = max(a * b for a, b in shape.linear_layers().values())
-        lm_head_trainable = job.method == "full" or "lm_head" in job.modules_to_save
+        lm_head_trainable = not shape.classifier and (job.method == "full" or "lm_head" in job.modules_to_save)
     else:  # BERT, T5: by architecture (memory_arch)
         kept, recomputed = shape.activation_bytes(job, settings.micro_batch, wb, settings.gradient_checkpointing)
         v = shape.logit_elements(job, settings.micro_batch)
@@ -947,8 +977,12 @@ def format_plan(p: Plan, source: str = "") -> str:
     s = e.settings
     sh = p.shape
     lines = [f"model config: {source}"] if source else []
-    described = (f"{sh.num_layers} layers, hidden {sh.hidden_size}, vocabulary {sh.vocab_size}"
-                 if isinstance(sh, ModelShape) else f"{sh.task}; {sh.describe()}")
+    if isinstance(sh, ModelShape):
+        described = f"{sh.num_layers} layers, hidden {sh.hidden_size}, vocabulary {sh.vocab_size}"
+        if sh.classifier:
+            described = f"{sh.task}; {described}, {sh.num_labels} classes"
+    else:
+        described = f"{sh.task}; {sh.describe()}"
     lines.append(f"model: {sh.model_type}, {e.params.total / 1e9:.3f}B parameters ({described}); "
                  f"method {p.job.method}: {e.params.trainable:,} trainable")
     lines.append(f"job: {p.job.precision}, sequence {p.job.seq_length}, world size {p.job.world_size}")

@@ -169,7 +169,9 @@ class Architecture:
         return n
 
 
-def _num_labels(config: Mapping[str, Any], num_labels: int | None) -> int:
+def num_labels_of(config: Mapping[str, Any], num_labels: int | None) -> int:
+    """The classes of a classification head: the job's labels, else the config's id2label, else num_labels, else 2
+    (transformers' PretrainedConfig default)."""
     if num_labels is not None:
         return num_labels
     if config.get("id2label"):
@@ -405,7 +407,8 @@ class T5Shape(Architecture):
         return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
 
 
-def _task(config: Mapping[str, Any], task: str | None) -> str:
+def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
+    """model.task for this config (None/'auto': its first fitting task); PlanError naming the field when it does not fit."""
     from . import tasks
 
     if config.get("model_type") == "t5" and "is_encoder_decoder" not in config:
@@ -423,7 +426,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
     mt = str(config.get("model_type", ""))
     if mt not in ("bert", "t5"):
         return None
-    t = _task(config, task)
+    t = resolve_task(config, task)
     try:
         if mt == "bert":
             return BertShape(
@@ -431,7 +434,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
                 layers=int(config["num_hidden_layers"]), num_heads=int(config["num_attention_heads"]),
                 intermediate_size=int(config["intermediate_size"]),
                 max_positions=int(config.get("max_position_embeddings", 512)),
-                type_vocab_size=int(config.get("type_vocab_size", 2)), num_labels=_num_labels(config, num_labels),
+                type_vocab_size=int(config.get("type_vocab_size", 2)), num_labels=num_labels_of(config, num_labels),
                 hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
                 attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
             )
@@ -442,7 +445,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
             encoder_layers=layers, decoder_layers=int(config.get("num_decoder_layers") or layers),
             num_heads=int(config.get("num_heads", 8)), d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 2048)),
             gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
-            num_labels=_num_labels(config, num_labels),
+            num_labels=num_labels_of(config, num_labels),
             dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
         )
     except (KeyError, TypeError, ValueError) as e:
