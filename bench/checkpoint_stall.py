@@ -1,6 +1,7 @@
 """Checkpoint stall: mean step time with checkpoints every few steps ÷ without, in one run.
 
     .venv/bin/python bench/checkpoint_stall.py [--steps 40] [--every 5] [--rounds 2] [--modes none,background,sync]
+                                               [--ranks 2] [--s3-nice 0]
 
 Runs the real trainer (2 processes under torchrun, DeepSpeed ZeRO-2, full
 fine-tuning of a small Llama built on the fly) against moto S3 on
@@ -26,6 +27,12 @@ The breakdown shows where rank 0's training thread spends each checkpoint
 (DeepSpeed's save and its parts, RNG and trainer state, kubetune's hand-off),
 steps with and without a save, the training thread's CPU time per step, the
 CPU seconds of the trainer processes (uploader included) and of the S3 server.
+
+The S3 server (moto) runs as a process of its own, so its CPU time is
+reported apart from the trainer's; ``--s3-nice 19`` lowers its priority, so
+it takes only the CPU the training leaves (an object store on a cluster runs
+on other machines and takes none). The uploader's own CPU time per checkpoint
+comes from the trainer's log line ("uploaded ... uploader CPU Xs").
 
 On this kind of CPU-only machine the training, the uploader and the moto
 server share 2 cores (with whatever else runs), so the upload competes with
@@ -149,6 +156,9 @@ def main() -> int:
     ap.add_argument("--modes", default="none,background,sync")
     ap.add_argument("--rounds", type=int, default=2, help="run the arms this many times, in turn")
     ap.add_argument("--ranks", type=int, default=2, help="training processes (torchrun --nproc-per-node)")
+    ap.add_argument("--s3-nice", type=int, default=0,
+                    help="nice value of the S3 server process (19: it gets only what the training leaves, as a server "
+                         "on another machine would take nothing from this one)")
     ap.add_argument("--worker", nargs=3, metavar=("CONFIG", "MODE", "TIMES"), help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker:
@@ -157,7 +167,6 @@ def main() -> int:
     import logging
 
     import boto3
-    from moto.server import ThreadedMotoServer
 
     from kubetune_trainer import tiny
 
@@ -169,10 +178,8 @@ def main() -> int:
     # so a run from another checkout (or a killed build's stale lock) cannot leave this one waiting.
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "torch_extensions" /
                                                f"checkout-{hashlib.md5(str(ROOT).encode()).hexdigest()[:12]}"))
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+    server = start_s3_server(args.s3_nice)
+    endpoint = server.endpoint
     boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
                  aws_secret_access_key="bench").create_bucket(Bucket="bench")
 
@@ -184,12 +191,13 @@ def main() -> int:
         n_params = sum(os.path.getsize(p) for p in (tmp / "model").glob("*.safetensors")) / 4
         for rnd in range(args.rounds):  # arms take turns, so a change in the machine's load hits each about alike
             for mode in args.modes.split(","):
-                runs.setdefault(mode, []).append(run_arm(args, tmp, env, endpoint, mode, rnd))
+                runs.setdefault(mode, []).append(run_arm(args, tmp, env, server, mode, rnd))
     server.stop()
 
     ckpt_mb = n_params * 4 * 4 / 1e6  # fp32 weights + fp32 master + Adam m, v (ZeRO-2, over both ranks)
     print(f"model ~{n_params / 1e6:.1f}M params (checkpoint ~{ckpt_mb:.0f} MB), {args.steps} steps, "
-          f"checkpoint every {args.every}, {args.ranks} rank(s) ZeRO-2 fp32, moto S3 on 127.0.0.1, {args.rounds} round(s)")
+          f"checkpoint every {args.every}, {args.ranks} rank(s) ZeRO-2 fp32, moto S3 on 127.0.0.1 (own process, nice "
+          f"{args.s3_nice}), {args.rounds} round(s)")
     results = {mode: pool(rs) for mode, rs in runs.items()}
     for mode, r in results.items():
         print(f"  {mode:<10}: mean step {r['mean'] * 1e3:7.1f} ms, median {r['median'] * 1e3:7.1f} ms, "
@@ -200,7 +208,8 @@ def main() -> int:
         print(f"  {mode:<10}: step with a save {save_iv}, step without {r['plain_iv'] * 1e3:7.1f} ms, "
               f"training-thread CPU/step {r['cpu_step'] * 1e3:6.1f} ms; CPU s per run: trainer processes "
               f"{r['trainer_cpu']:.1f}, S3 server {r['server_cpu']:.1f}; {r['saves']} checkpoints"
-              + (f", upload {statistics.mean(r['uploads']):.2f}s each (node 0)" if r["uploads"] else ""))
+              + (f", upload {statistics.mean(r['uploads']):.2f}s each (node 0)" if r["uploads"] else "")
+              + (f", uploader CPU {statistics.mean(r['upload_cpu']):.2f}s each" if r["upload_cpu"] else ""))
         for label, seconds in r["phases"].items():
             print(f"      {label:<34} {seconds * 1e3:7.1f} ms")
         if "none" in results and mode != "none" and r["saves"]:
@@ -218,7 +227,47 @@ def main() -> int:
     return 0
 
 
-def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode: str, rnd: int) -> dict:
+class S3Server:
+    """moto's S3 server as a process of its own, so its CPU time is its own (not the bench's) and its
+    priority can be lowered: on a cluster the object store runs elsewhere and takes no training CPU."""
+
+    def __init__(self, proc: subprocess.Popen, endpoint: str):
+        import psutil
+
+        self.proc, self.endpoint, self.ps = proc, endpoint, psutil.Process(proc.pid)
+
+    def cpu(self) -> float:
+        t = self.ps.cpu_times()
+        return t.user + t.system
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def start_s3_server(nice: int) -> S3Server:
+    import socket
+
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=lambda: os.nice(nice))
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return S3Server(proc, f"http://127.0.0.1:{port}")
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise SystemExit(f"the moto S3 server did not start (exit {proc.poll()})") from None
+            time.sleep(0.1)
+
+
+def run_arm(args: argparse.Namespace, tmp: Path, env: dict, server: S3Server, mode: str, rnd: int) -> dict:
     """One training run under torchrun; its step intervals, save phases and CPU use."""
     import yaml
 
@@ -234,7 +283,7 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode:
             "distributed": {"nodes": 1, "gpusPerNode": 0, "processesPerNode": args.ranks, "zeroStage": 2},
             "output": {"uri": f"s3://bench/{name}", "checkpointEvery": args.every if mode != "none" else 10**8,
                        "keepLast": 2, "export": "merged"},
-            "storage": {"endpoint": endpoint, "region": "us-east-1", "addressingStyle": "path"},
+            "storage": {"endpoint": server.endpoint, "region": "us-east-1", "addressingStyle": "path"},
         },
     }
     cfg = tmp / f"{name}.yaml"
@@ -243,10 +292,10 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={args.ranks}", "--master-addr=127.0.0.1",
            f"--master-port={free_port()}", str(Path(__file__).resolve()), "--worker", str(cfg), mode, str(times)]
     t0 = time.monotonic()
-    own0, kids0 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    kids0, server0 = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu()
     p = subprocess.run(cmd, cwd=ROOT, env=dict(env, KUBETUNE_SCRATCH=str(tmp / f"scratch-{name}")),
                        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    own1, kids1 = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    kids1, server1 = resource.getrusage(resource.RUSAGE_CHILDREN), server.cpu()
     if p.returncode != 0:
         print(p.stdout[-4000:])
         raise SystemExit(f"{name} run failed with {p.returncode}")
@@ -258,9 +307,11 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, endpoint: str, mode:
             "plain_iv": [ends[i] - ends[i - 1] for i in range(w + 1, len(ends)) if i not in with_save],
             "cpu_steps": [b - a for a, b in zip(cpu[w:], cpu[w + 1:])],
             "save_seconds": data["save_seconds"], "phases": data["phases"], "saves": len(data["saved_at"]),
-            "server_cpu": (own1.ru_utime + own1.ru_stime) - (own0.ru_utime + own0.ru_stime),
+            "server_cpu": server1 - server0,
             "trainer_cpu": (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime),
             "uploads": [float(x) for x in re.findall(r"uploaded step-\d+ \(.*?\) in ([0-9.]+)s", p.stdout)],
+            "upload_cpu": [float(x) for x in re.findall(r"uploaded step-\d+ \(.*?\) in [0-9.]+s, uploader CPU ([0-9.]+)s",
+                                                        p.stdout)],
             "wall": time.monotonic() - t0,
             "mean": statistics.mean([b - a for a, b in zip(ends[w:], ends[w + 1:])])}
 
@@ -282,7 +333,8 @@ def pool(rs: list[dict]) -> dict:
             "phases": {k: v / max(1, saves) for k, v in phases.items()}, "saves": saves,
             "server_cpu": statistics.mean(r["server_cpu"] for r in rs),
             "trainer_cpu": statistics.mean(r["trainer_cpu"] for r in rs),
-            "uploads": [x for r in rs for x in r["uploads"]], "walls": [r["wall"] for r in rs]}
+            "uploads": [x for r in rs for x in r["uploads"]], "upload_cpu": [x for r in rs for x in r["upload_cpu"]],
+            "walls": [r["wall"] for r in rs]}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,8 @@ Runs against moto S3 and a local folder alike.
 """
 from __future__ import annotations
 
+import logging
+import re
 import time
 import types
 
@@ -113,7 +115,7 @@ def _spec(output: str, endpoint=None, every="30m", keep_last=2):
     )
 
 
-def test_manager_upload_commit_and_resume_download(s3, tmp_path):
+def test_manager_upload_commit_and_resume_download(s3, tmp_path, caplog):
     """One node, one process: save -> background upload -> COMMITTED with sha256s -> resume downloads and verifies."""
     out = f"s3://{s3.bucket}/mgr-{time.monotonic_ns()}"
     events = []
@@ -125,8 +127,11 @@ def test_manager_upload_commit_and_resume_download(s3, tmp_path):
     (local / "global_step2").mkdir(parents=True)
     (local / "global_step2" / "mp_rank_00_model_states.pt").write_bytes(b"weights" * 1000)
     (local / "trainer_state.json").write_text('{"global_step": 2}')
-    mgr.on_saved(2)
-    mgr.drain()
+    with caplog.at_level(logging.INFO, logger="kubetune.checkpoint"):
+        mgr.on_saved(2)
+        mgr.drain()
+    # The uploader's own CPU time per checkpoint is logged (bench/checkpoint_stall.py reads this line).
+    assert re.search(r"uploaded step-000002 \(2 files, [0-9.]+ MB\) in [0-9.]+s, uploader CPU [0-9.]+s", caplog.text), caplog.text
     assert events == [{"event": "checkpoint", "step": 2, "uri": f"{out}/checkpoints/step-000002", "time": events[0]["time"]}]
     marker = mgr.storage.read_json(f"{out}/checkpoints/step-000002/COMMITTED")
     assert set(marker["files"]) == {"global_step2/mp_rank_00_model_states.pt", "trainer_state.json"}

@@ -515,8 +515,10 @@ class CheckpointManager:
                 busy = {s for s, j in list(self._by_step.items()) if s != job.step and not j.committed.is_set()}
                 for answer in self._uploader.publish(job.step, job.local_dir, self.run_id, commit=commit, busy=busy):
                     if answer["state"] == "uploaded":
-                        log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs", self.topo.node, step_dirname(job.step),
-                                 answer["files"], answer["bytes"] / 1e6, answer["seconds"])
+                        # The uploader's CPU time (hashing, boto3) is what the upload takes from the node's cores.
+                        log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs, uploader CPU %.2fs", self.topo.node,
+                                 step_dirname(job.step), answer["files"], answer["bytes"] / 1e6, answer["seconds"],
+                                 answer.get("cpu_seconds", 0.0))
                         job.done.set()
                     elif answer["state"] == "committed":
                         self._event({"event": "checkpoint", "step": job.step, "uri": answer["uri"], "time": answer["time"]})

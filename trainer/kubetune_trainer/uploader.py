@@ -157,10 +157,10 @@ def serve(conn: Connection) -> int:
             return 0
         step = job["step"]
         try:
-            t0 = time.monotonic()
+            t0, cpu0 = time.monotonic(), time.process_time()
             manifest = publisher.upload(step, Path(job["dir"]), job["run"])
             conn.send({"state": "uploaded", "files": len(manifest), "bytes": sum(m["size"] for m in manifest.values()),
-                       "seconds": time.monotonic() - t0})
+                       "seconds": time.monotonic() - t0, "cpu_seconds": time.process_time() - cpu0})
             if job["commit"]:
                 marker = publisher.commit(step, job["run"], set(job["busy"]))
                 conn.send({"state": "committed", "uri": join(publisher.root, step_dirname(step)), "time": marker["time"]})
