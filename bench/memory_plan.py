@@ -73,6 +73,26 @@ BERT_SIZES = {
     "bert-s": (128, 2, 4, 512, 8192),
     "bert-m": (384, 6, 12, 1536, 30522),
 }
+# RoBERTa (RobertaForSequenceClassification, 2 classes): (hidden, layers, heads, intermediate, vocabulary);
+# roberta-m has roberta-base's vocabulary
+ROBERTA_SIZES = {
+    "roberta-s": (128, 2, 4, 512, 8192),
+    "roberta-m": (384, 6, 12, 1536, 50265),
+}
+# DeBERTa-v3 (DebertaV2ForSequenceClassification, 2 classes; relative attention c2p|p2c, shared keys, 256 position
+# buckets, as the v3 configs): (hidden, layers, heads, intermediate, vocabulary); deberta-m is deberta-v3-xsmall's
+# width and vocabulary with 6 of its 12 layers
+DEBERTA_SIZES = {
+    "deberta-s": (128, 2, 4, 512, 8192),
+    "deberta-m": (384, 6, 6, 1536, 128100),
+}
+# BART (d_model, encoder = decoder layers, heads, ffn, vocabulary), bart-base's dropouts (0.1 hidden, attention and
+# activation); bart-* plan seq2seq (BartForConditionalGeneration), bartcls-* sequence-classification (2 classes)
+BART_SIZES = {
+    "bart-s": (128, 2, 4, 512, 8192),
+    "bart-m": (256, 4, 4, 1024, 16384),
+    "bartcls-m": (256, 4, 4, 1024, 16384),
+}
 # T5 (seq2seq): (d_model, encoder = decoder layers, heads, d_kv, d_ff, vocabulary, feed_forward_proj)
 T5_SIZES = {
     "t5-s": (128, 2, 4, 32, 512, 8192, "relu"),
@@ -81,7 +101,7 @@ T5_SIZES = {
 # Llama with model.task sequence-classification (LlamaForSequenceClassification, 2 classes): the shapes of SIZES
 LLAMA_CLS_SIZES = {"lcls-s": "small", "lcls-m": "medium"}
 SEQ = 256
-TASKS = {"lcls": "sequence-classification"}  # families planned for another task than their first fitting one
+TASKS = {"lcls": "sequence-classification", "bartcls": "sequence-classification"}  # families planned for another task than their first fitting one
 
 
 def family(size: str) -> str:
@@ -96,6 +116,27 @@ def config_dict(size: str) -> dict:
                     num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=inter,
                     max_position_embeddings=512, type_vocab_size=2, num_labels=2, hidden_act="gelu",
                     hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    if size in ROBERTA_SIZES:
+        h, n_layers, heads, inter, vocab = ROBERTA_SIZES[size]
+        return dict(model_type="roberta", architectures=["RobertaForMaskedLM"], vocab_size=vocab, hidden_size=h,
+                    num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=inter,
+                    max_position_embeddings=514, type_vocab_size=1, pad_token_id=1, num_labels=2, hidden_act="gelu",
+                    hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
+    if size in DEBERTA_SIZES:
+        h, n_layers, heads, inter, vocab = DEBERTA_SIZES[size]
+        return dict(model_type="deberta-v2", architectures=["DebertaV2ForMaskedLM"], vocab_size=vocab, hidden_size=h,
+                    num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=inter,
+                    max_position_embeddings=512, relative_attention=True, position_buckets=256,
+                    norm_rel_ebd="layer_norm", share_att_key=True, pos_att_type="p2c|c2p", max_relative_positions=-1,
+                    position_biased_input=False, type_vocab_size=0, hidden_act="gelu", hidden_dropout_prob=0.1,
+                    attention_probs_dropout_prob=0.1, num_labels=2, pad_token_id=0)
+    if size in BART_SIZES:
+        d, n_layers, heads, ffn, vocab = BART_SIZES[size]
+        return dict(model_type="bart", architectures=["BartModel"], is_encoder_decoder=True, vocab_size=vocab, d_model=d,
+                    encoder_layers=n_layers, decoder_layers=n_layers, encoder_attention_heads=heads,
+                    decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_position_embeddings=512,
+                    dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, num_labels=2, pad_token_id=1,
+                    bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
     if size in T5_SIZES:
         d, n_layers, heads, d_kv, d_ff, vocab, proj = T5_SIZES[size]
         return dict(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
@@ -138,8 +179,25 @@ CASES += [
     ("lcls-s", "lora", 0, True, 1), ("lcls-m", "full", 0, False, 4), ("lcls-m", "lora", 0, True, 4),
     ("lcls-m", "lora", 2, False, 1),
 ]
+# RoBERTa (sequence-classification)
+CASES += [
+    ("roberta-s", "full", 0, False, 1), ("roberta-s", "lora", 0, True, 4), ("roberta-m", "full", 0, False, 4),
+    ("roberta-m", "full", 0, True, 1), ("roberta-m", "lora", 0, False, 4), ("roberta-m", "lora", 2, True, 1),
+]
+# DeBERTa-v3 (sequence-classification)
+CASES += [
+    ("deberta-s", "full", 0, False, 1), ("deberta-s", "lora", 0, True, 4), ("deberta-m", "full", 0, False, 4),
+    ("deberta-m", "full", 0, True, 1), ("deberta-m", "lora", 0, False, 4), ("deberta-m", "lora", 2, True, 1),
+]
+# BART: seq2seq (input and target SEQ tokens) and classification (the decoder reads the input shifted right)
+CASES += [
+    ("bart-s", "full", 0, False, 1), ("bart-s", "lora", 0, True, 4), ("bart-m", "full", 0, False, 4),
+    ("bart-m", "full", 0, True, 1), ("bart-m", "lora", 0, False, 4), ("bart-m", "lora", 2, True, 1),
+    ("bartcls-m", "full", 0, False, 4), ("bartcls-m", "lora", 0, True, 1),
+]
 QUICK = [CASES[0], CASES[3], CASES[6], CASES[13]]
-PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM", "lcls": "SEQ_CLS"}
+PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM", "lcls": "SEQ_CLS", "roberta": "SEQ_CLS",
+             "bart": "SEQ_2_SEQ_LM", "bartcls": "SEQ_CLS", "deberta": "SEQ_CLS"}
 
 
 def job_manifest(method: str, stage: int, gc: bool, mb: int) -> dict:
@@ -196,7 +254,11 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     config_cls, model_cls = {"llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
                              "bert": (transformers.BertConfig, transformers.BertForSequenceClassification),
                              "t5": (transformers.T5Config, transformers.T5ForConditionalGeneration),
-                             "lcls": (transformers.LlamaConfig, transformers.LlamaForSequenceClassification)}[fam]
+                             "lcls": (transformers.LlamaConfig, transformers.LlamaForSequenceClassification),
+                             "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification),
+                             "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration),
+                             "bartcls": (transformers.BartConfig, transformers.BartForSequenceClassification),
+                             "deberta": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification)}[fam]
     cfg = config_cls(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
     cfg.use_cache = False
     if fam == "bert":  # zero.Init: transformers' init of the padding row indexes the (empty) partitioned embedding
@@ -208,9 +270,13 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     # a target sequence (seq2seq, SEQ tokens; the model shifts it into the decoder's input)
     labels = {"llama": batch, "bert": torch.randint(0, 2, (mb,), generator=g),
               "t5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g),
-              "lcls": torch.randint(0, 2, (mb,), generator=g)}[fam]
-    if fam == "lcls":  # no padding token in the batch: the head pools the last position, full-length as the others
-        batch = torch.randint(1, cfg.vocab_size, (mb, SEQ), generator=g)
+              "lcls": torch.randint(0, 2, (mb,), generator=g), "roberta": torch.randint(0, 2, (mb,), generator=g),
+              "bart": torch.randint(3, cfg.vocab_size, (mb, SEQ), generator=g),
+              "bartcls": torch.randint(0, 2, (mb,), generator=g), "deberta": torch.randint(0, 2, (mb,), generator=g)}[fam]
+    if fam in ("lcls", "roberta", "bart", "bartcls", "deberta"):  # no padding token (llama's 0, roberta's 1): full-length rows
+        batch = torch.randint(3, cfg.vocab_size, (mb, SEQ), generator=g)
+    if fam == "bartcls":  # one EOS per row, last: BART's classifier pools the decoder state there
+        batch[:, -1] = cfg.eos_token_id
     t0 = time.time()
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True, record_shapes=False) as prof:
         if stage == 3:

@@ -30,7 +30,8 @@ Per process (one per GPU) the plan adds up, in bytes:
   margin (``MARGIN_FRACTION`` of the GPU plus ``CUDA_CONTEXT_BYTES``), not a
   guess folded into the other terms.
 
-Llama-style decoders are ``ModelShape`` here; BERT and T5 (their parameters,
+Llama-style decoders are ``ModelShape`` here (causal LM or sequence
+classification); BERT, RoBERTa, DeBERTa-v2/v3, T5 and BART (their parameters,
 PEFT counts and activations, built for ``model.task``) are in ``memory_arch``.
 ``bench/memory_plan.py`` measures these terms against real peaks on CPU.
 """
@@ -233,6 +234,10 @@ class ModelShape:
 LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "olmo2", "granite")
 
 
+# the families of memory_arch, for the refusal of an unknown model_type
+KNOWN_FAMILIES = "BERT (bert), RoBERTa (roberta, xlm-roberta), DeBERTa-v2/v3 (deberta-v2), T5 (t5) and BART (bart)"
+
+
 def shape_from_config(config: Mapping[str, Any], task: str | None = None,
                       num_labels: int | None = None) -> ModelShape | Architecture:
     """The shape of a parsed config.json for ``task`` (None/'auto': the model's first fitting task) with
@@ -248,7 +253,7 @@ def shape_from_config(config: Mapping[str, Any], task: str | None = None,
         if other is not None:
             return other
         raise PlanError(
-            f"the memory planner knows Llama-style decoders ({', '.join(LLAMA_LIKE)}), BERT (bert) and T5 (t5), "
+            f"the memory planner knows Llama-style decoders ({', '.join(LLAMA_LIKE)}) and {KNOWN_FAMILIES}, "
             f"not model_type {mt!r}"
         )
     try:
@@ -523,7 +528,7 @@ def estimate(shape: ModelShape | Architecture, job: Job, settings: Settings) -> 
         v = float(tokens * shape.output_width())
         largest_linear = max(a * b for a, b in shape.linear_layers().values())
         lm_head_trainable = not shape.classifier and (job.method == "full" or "lm_head" in job.modules_to_save)
-    else:  # BERT, T5: by architecture (memory_arch)
+    else:  # the families of memory_arch: by architecture
         kept, recomputed = shape.activation_bytes(job, settings.micro_batch, wb, settings.gradient_checkpointing)
         v = shape.logit_elements(job, settings.micro_batch)
         largest_linear = shape.largest_linear()

@@ -1,15 +1,19 @@
-"""Encoder (BERT) and encoder-decoder (T5) shapes for the memory planner (``kubetune_api.memory``).
+"""Encoder (BERT, RoBERTa, DeBERTa-v2/v3) and encoder-decoder (T5, BART) shapes for the memory planner
+(``kubetune_api.memory``).
 
-The Llama-style decoder lives in ``memory.ModelShape``; the two families here
+The Llama-style decoder lives in ``memory.ModelShape``; the families here
 answer the same questions (parameters by method, activations per token, the
-logits) for the model class the trainer builds for the task:
-``BertForSequenceClassification`` for BERT, ``T5ForConditionalGeneration``
-(seq2seq) or ``T5ForSequenceClassification`` for T5. Module names are
+logits) for the model class the trainer builds for the task (``tasks.fitting_tasks``:
+the encoders are sequence-classification only, the encoder-decoders seq2seq or
+sequence-classification): ``BertForSequenceClassification``,
+``RobertaForSequenceClassification`` (and XLM-R's), ``DebertaV2ForSequenceClassification``,
+``T5ForConditionalGeneration`` / ``T5ForSequenceClassification``, ``BartForConditionalGeneration`` /
+``BartForSequenceClassification``. Module names are
 transformers', so PEFT's ``target_modules`` match them the way PEFT does (a
 listed name equals a module's path or ends it after a dot).
 
 Counts are checked against the models transformers builds and PEFT's own
-trainable counts (tests/api/test_memory_plan_arch.py); activations against
+trainable counts (tests/api/test_memory_plan_arch.py, test_memory_plan_families.py); activations against
 measured peaks (bench/memory_plan.py).
 """
 from __future__ import annotations
@@ -22,8 +26,14 @@ from .memory import Job, ParameterCount, PlanError
 
 # PEFT's defaults for these families (peft.utils.constants): IA3 targets and feed-forward modules,
 # and the modules a SEQ_CLS model always trains and saves with the adapter.
-IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {"bert": (("key", "value", "output.dense"), ("output.dense",)),
-                "t5": (("k", "v", "wo"), ("wo",))}
+# (xlm-roberta has none there: PEFT asks for target_modules)
+IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "bert": (("key", "value", "output.dense"), ("output.dense",)),
+    "roberta": (("key", "value", "output.dense"), ("output.dense",)),
+    "t5": (("k", "v", "wo"), ("wo",)),
+    "bart": (("q_proj", "v_proj", "fc2"), ("fc2",)),
+    "deberta-v2": (("key_proj", "value_proj", "output.dense"), ("output.dense",)),
+}
 SEQ_CLS_SAVED = ("classifier", "score")
 
 TASKS = ("causal-lm", "seq2seq", "sequence-classification")
@@ -107,15 +117,19 @@ class Architecture:
     # ------------------------------------------------------------ by method
     def lora_layers(self, targets: Iterable[str]) -> list[Linear]:
         targets = list(targets)
-        lin = [x for x in self.linears() if not x.output]
+        saved = set(self.saved_modules())  # trained whole: PEFT adapts nothing inside them
+
+        def outside(x: Linear) -> bool:
+            return not set(x.path.split(".")) & saved
+
         if targets == ["all-linear"]:
-            return [x for x in lin if x.path.split(".")[-1] not in self.saved_modules()]
+            return [x for x in self.linears() if not x.output and outside(x)]
         unknown = [t for t in targets if not any(_matches(x.path, t) for x in self.linears())]
         if unknown:
             names = sorted({x.path.split(".")[-1] for x in self.linears()})
             raise PlanError(f"method.lora.targetModules {unknown} are not linear layers of a {self.model_type} model "
                             f"(its layers: {', '.join(names)}); use those names or [all-linear]")
-        return [x for x in self.linears() if any(_matches(x.path, t) for t in targets)]
+        return [x for x in self.linears() if outside(x) and any(_matches(x.path, t) for t in targets)]
 
     def count(self, job: Job) -> ParameterCount:
         total = self.parameters()
@@ -140,7 +154,10 @@ class Architecture:
             else:
                 adapter = job.num_virtual_tokens * kv
         elif job.method == "ia3":
-            targets, feedforward = IA3_DEFAULTS[self.model_type]
+            if self.model_type not in IA3_DEFAULTS and job.ia3_targets is None:
+                raise PlanError(f"method.ia3.targetModules: PEFT has no default IA3 modules for {self.model_type}; "
+                                "list them (and method.ia3.feedforwardModules)")
+            targets, feedforward = IA3_DEFAULTS.get(self.model_type, ((), ()))
             if job.ia3_targets is not None:
                 targets = tuple(job.ia3_targets)
             for t in targets:
@@ -170,13 +187,13 @@ class Architecture:
 
 
 def num_labels_of(config: Mapping[str, Any], num_labels: int | None) -> int:
-    """The classes of a classification head: the job's labels, else the config's id2label, else num_labels, else 2
-    (transformers' PretrainedConfig default)."""
+    """The classes of a classification head: the job's labels, else the config's id2label, else num_labels, else
+    transformers' default (2; BartConfig's 3)."""
     if num_labels is not None:
         return num_labels
     if config.get("id2label"):
         return len(config["id2label"])
-    return int(config.get("num_labels", 2))
+    return int(config.get("num_labels", 3 if config.get("model_type") == "bart" else 2))
 
 
 # ------------------------------------------------------------------ BERT
@@ -260,6 +277,173 @@ class BertShape(Architecture):
         h = self.hidden_size
         kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + 3 * h * wb * tokens
         return kept, per_layer if checkpointing else 0.0
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        return float(micro_batch * self.num_labels)
+
+
+# ------------------------------------------------------------------ RoBERTa
+@dataclass(frozen=True)
+class RobertaShape(BertShape):
+    """``RobertaForSequenceClassification`` (and ``XLMRobertaForSequenceClassification``, the same modules): BERT's
+    embeddings (positions counted from padding_idx + 1, hence max_position_embeddings 514 in the published
+    configs; one token type) and layers, no pooler, and the ``classifier`` head: ``classifier.dense`` (hidden x
+    hidden, tanh) and ``classifier.out_proj`` (hidden x classes), both with biases, on the first token. PEFT's
+    SEQ_CLS saves ``classifier`` whole, and ``all-linear`` adapts nothing inside it."""
+
+    def linears(self) -> list[Linear]:
+        h = self.hidden_size
+        layers = [x for x in super().linears() if x.count == self.layers]
+        return layers + [Linear("classifier.dense", h, h, 1, True), Linear("classifier.out_proj", h, self.num_labels, 1, True)]
+
+    def _head(self) -> int:
+        h = self.hidden_size
+        return h * h + h + h * self.num_labels + self.num_labels
+
+    def saved_modules(self) -> dict[str, int]:
+        return {"classifier": self._head()}
+
+    def module_parameters(self, name: str) -> int | None:
+        return {"classifier": self._head(), "word_embeddings": self.vocab_size * self.hidden_size}.get(name)
+
+
+# ------------------------------------------------------------------ DeBERTa-v2/v3
+@dataclass(frozen=True)
+class DebertaV2Shape(Architecture):
+    """``DebertaV2ForSequenceClassification`` (DeBERTa-v2 and v3, model_type deberta-v2): word embeddings of
+    ``embedding_size`` (projected to hidden by ``embed_proj`` when they differ), absolute positions only with
+    ``position_biased_input``, token types only when ``type_vocab_size`` > 0, a LayerNorm; post-LN layers with
+    biased query_proj/key_proj/value_proj (plus pos_key_proj/pos_query_proj for c2p/p2c unless
+    ``share_att_key``), ``attention.output.dense``, ``intermediate.dense``, ``output.dense``; the encoder's
+    relative position embeddings (2 x position_buckets rows, or 2 x max_relative_positions without buckets) with
+    their LayerNorm (``norm_rel_ebd: layer_norm``), an optional convolution after the first layer
+    (``conv_kernel_size``); the ContextPooler (``pooler.dense``) and the ``classifier`` (hidden x classes), which
+    PEFT saves whole."""
+
+    model_type: str
+    task: str
+    vocab_size: int
+    hidden_size: int
+    layers: int
+    num_heads: int
+    head_size: int
+    intermediate_size: int
+    embedding_size: int
+    max_positions: int
+    position_biased_input: bool
+    type_vocab_size: int
+    relative_attention: bool
+    position_span: int  # att_span: position_buckets, else max_relative_positions (else max_position_embeddings)
+    pos_att_type: tuple[str, ...]
+    share_att_key: bool
+    norm_rel_ebd: bool
+    conv_kernel_size: int
+    conv_groups: int
+    pooler_hidden_size: int
+    num_labels: int
+    hidden_dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+    @property
+    def num_layers(self) -> int:
+        return self.layers
+
+    @property
+    def all_head(self) -> int:
+        return self.num_heads * self.head_size
+
+    def describe(self) -> str:
+        rel = (f", relative attention {'|'.join(self.pos_att_type) or 'none'} over {2 * self.position_span} positions"
+               if self.relative_attention else "")
+        return (f"{self.layers} layers, hidden {self.hidden_size}, vocabulary {self.vocab_size}{rel}, "
+                f"{self.num_labels} classes")
+
+    def _pos_projections(self) -> tuple[str, ...]:
+        if not self.relative_attention or self.share_att_key:
+            return ()
+        return tuple(name for kind, name in (("c2p", "pos_key_proj"), ("p2c", "pos_query_proj"))
+                     if kind in self.pos_att_type)
+
+    def linears(self) -> list[Linear]:
+        h, a, i, n = self.hidden_size, self.all_head, self.intermediate_size, self.layers
+        out = [Linear(f"attention.self.{p}", h, a, n, True) for p in ("query_proj", "key_proj", "value_proj")]
+        out += [Linear(f"attention.self.{p}", h, a, n, True) for p in self._pos_projections()]
+        out += [Linear("attention.output.dense", a, h, n, True), Linear("intermediate.dense", h, i, n, True),
+                Linear("output.dense", i, h, n, True)]
+        if self.embedding_size != h:
+            out.append(Linear("embeddings.embed_proj", self.embedding_size, h, 1))
+        p = self.pooler_hidden_size
+        return out + [Linear("pooler.dense", p, p, 1, True), Linear("classifier", h, self.num_labels, 1, True)]
+
+    def layer_parameters(self) -> int:
+        return sum(x.parameters // x.count for x in self.linears() if x.path.startswith(("attention", "intermediate",
+                                                                                          "output"))) + 4 * self.hidden_size
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.embedding_size
+
+    def parameters(self) -> int:
+        h, e = self.hidden_size, self.embedding_size
+        n = self.embedding_parameters() + 2 * h  # + the embeddings' LayerNorm
+        n += (self.max_positions * e if self.position_biased_input else 0) + self.type_vocab_size * e
+        n += self.layers * self.layer_parameters()
+        if self.relative_attention:
+            n += 2 * self.position_span * h + (2 * h if self.norm_rel_ebd else 0)
+        if self.conv_kernel_size > 0:
+            n += h * (h // self.conv_groups) * self.conv_kernel_size + h + 2 * h
+        return n + sum(x.parameters for x in self.linears() if not x.path.startswith(("attention", "intermediate",
+                                                                                        "output")))
+
+    def largest_layer_parameters(self) -> int:
+        return max(self.embedding_parameters(), self.layer_parameters())
+
+    def saved_modules(self) -> dict[str, int]:
+        return {"classifier": self.hidden_size * self.num_labels + self.num_labels}
+
+    def module_parameters(self, name: str) -> int | None:
+        h, p = self.hidden_size, self.pooler_hidden_size
+        return {"classifier": h * self.num_labels + self.num_labels, "pooler": p * p + p,
+                "word_embeddings": self.embedding_parameters()}.get(name)
+
+    def _layer_bytes(self, job: Job, micro_batch: int, seq: int, wb: int) -> float:
+        """Bytes one layer keeps for backward without checkpointing (see activation_bytes)."""
+        h, i, heads = self.hidden_size, self.intermediate_size, self.num_heads
+        tokens = micro_batch * seq
+        drop = 1.0 if self.hidden_dropout > 0 else 0.0
+        p2c = self.relative_attention and "p2c" in self.pos_att_type
+        c2p = self.relative_attention and "c2p" in self.pos_att_type
+        per_token = 9.0 * h + 2 * i + 2 * drop * h + (h if p2c else 0)
+        per_token += self._lora_extra(job, [x.path for x in self.linears() if x.count == self.layers])
+        scores = (3.0 if self.attention_dropout > 0 else 1.0) * heads * seq  # softmax output, dropout noise, dropped
+        n = (per_token + scores) * wb * tokens + micro_batch * seq * seq  # + the boolean attention mask
+        if self.relative_attention:
+            span = 2 * self.position_span
+            n += (int(c2p) + int(p2c)) * micro_batch * span * h * wb  # position keys/queries, repeated per sequence
+            # the c2p / p2c scores before their gather (torch.gather keeps its input): heads x query x 2 att_span
+            n += (int(c2p) + int(p2c)) * micro_batch * heads * seq * span * wb
+            n += (1 + drop) * span * h * wb  # the relative embeddings after their dropout (and its noise)
+            n += (int(c2p) + int(p2c)) * seq * seq * 8  # gather indices (int64) of c2p and p2c
+        return n
+
+    def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
+        """Per token per layer, from DisentangledSelfAttention in transformers 5 (no SDPA: DeBERTa always runs its own
+        attention, on a GPU too) and saved-tensor hooks: BERT's 8 x hidden + 2 x intermediate (layer input, q, k, v,
+        the context, the LayerNorms' inputs and output), the scaled key (and the key itself, which p2c multiplies),
+        one element per element of each hidden dropout; per query the heads x keys softmax output, dropout noise and
+        dropped probabilities, and the c2p and p2c scores against every relative position (heads x 2 att_span, kept
+        whole by the gather that picks each pair's bucket); per layer the boolean mask (sequence x sequence per row),
+        the position keys and queries (c2p, p2c: 2 x att_span rows x hidden, repeated for each sequence), the dropped relative
+        embeddings and two int64 gather indices (sequence x sequence). Embeddings: LayerNorm input and dropout."""
+        seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
+        tokens = micro_batch * seq
+        h = self.hidden_size
+        per_layer = self._layer_bytes(job, micro_batch, seq, wb)
+        embeddings = (h + (h if self.hidden_dropout > 0 else 0)) * wb * tokens
+        if self.relative_attention:
+            embeddings += 2 * self.position_span * h * wb  # the relative embeddings' LayerNorm output, shared
+        if checkpointing:
+            return self.layers * h * wb * tokens + embeddings, per_layer
+        return self.layers * per_layer + embeddings, 0.0
 
     def logit_elements(self, job: Job, micro_batch: int) -> float:
         return float(micro_batch * self.num_labels)
@@ -407,6 +591,136 @@ class T5Shape(Architecture):
         return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
 
 
+# ------------------------------------------------------------------ BART
+@dataclass(frozen=True)
+class BartShape(Architecture):
+    """``BartForConditionalGeneration`` (seq2seq) or ``BartForSequenceClassification``: the shared embedding (also
+    the encoder's and decoder's embed_tokens and the lm_head; ``tie_word_embeddings: false`` unties all three), learned positions
+    per stack (max_position_embeddings + 2: BART offsets position ids by 2), a LayerNorm on each stack's embedding,
+    post-LN layers with biased q/k/v/out_proj, the decoder's ``encoder_attn`` and ``fc1``/``fc2``; seq2seq adds
+    ``final_logits_bias`` (a buffer, not a parameter, one value per token of the vocabulary), classification a
+    ``classification_head`` (dense d x d + out_proj d x classes, biased) on the last EOS token's decoder state,
+    which PEFT adapts rather than saving whole (its name is neither classifier nor score)."""
+
+    model_type: str
+    task: str
+    vocab_size: int
+    hidden_size: int  # d_model
+    encoder_layers: int
+    decoder_layers: int
+    encoder_heads: int
+    decoder_heads: int
+    encoder_ffn: int
+    decoder_ffn: int
+    max_positions: int
+    num_labels: int
+    tied: bool = True
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder_layers + self.decoder_layers
+
+    def describe(self) -> str:
+        head = f"{self.num_labels} classes" if self.task == "sequence-classification" else f"vocabulary {self.vocab_size}"
+        return (f"{self.encoder_layers}+{self.decoder_layers} encoder+decoder layers, hidden {self.hidden_size}, "
+                f"{head}")
+
+    def _attention(self, prefix: str, n: int) -> list[Linear]:
+        d = self.hidden_size
+        return [Linear(f"{prefix}.{p}", d, d, n, True) for p in ("k_proj", "v_proj", "q_proj", "out_proj")]
+
+    def encoder_linears(self) -> list[Linear]:
+        d, f, n = self.hidden_size, self.encoder_ffn, self.encoder_layers
+        return self._attention("encoder.layers.self_attn", n) + [Linear("encoder.layers.fc1", d, f, n, True),
+                                                                Linear("encoder.layers.fc2", f, d, n, True)]
+
+    def decoder_linears(self) -> list[Linear]:
+        d, f, n = self.hidden_size, self.decoder_ffn, self.decoder_layers
+        return (self._attention("decoder.layers.self_attn", n) + self._attention("decoder.layers.encoder_attn", n)
+                + [Linear("decoder.layers.fc1", d, f, n, True), Linear("decoder.layers.fc2", f, d, n, True)])
+
+    def head_linears(self) -> list[Linear]:
+        d = self.hidden_size
+        if self.task == "sequence-classification":
+            return [Linear("classification_head.dense", d, d, 1, True),
+                    Linear("classification_head.out_proj", d, self.num_labels, 1, True)]
+        return [Linear("lm_head", d, self.vocab_size, 1, output=True)]
+
+    def linears(self) -> list[Linear]:
+        return self.encoder_linears() + self.decoder_linears() + self.head_linears()
+
+    def _block(self, linears: list[Linear], norms: int) -> int:
+        return sum(x.parameters // x.count for x in linears) + norms * 2 * self.hidden_size
+
+    def parameters(self) -> int:
+        d = self.hidden_size
+        n = self.embedding_parameters()
+        n += 2 * ((self.max_positions + 2) * d + 2 * d)  # each stack's positions (offset 2) and embedding LayerNorm
+        n += self.encoder_layers * self._block(self.encoder_linears(), 2)
+        n += self.decoder_layers * self._block(self.decoder_linears(), 3)
+        if self.task == "sequence-classification":
+            n += sum(x.parameters for x in self.head_linears())
+        if not self.tied:  # transformers 5 then unties the encoder's and decoder's embed_tokens too
+            n += (3 if self.task == "seq2seq" else 2) * self.embedding_parameters()
+        return n
+
+    def largest_layer_parameters(self) -> int:
+        return max(self.embedding_parameters(), self._block(self.decoder_linears(), 3))
+
+    def module_parameters(self, name: str) -> int | None:
+        d = self.hidden_size
+        return {"lm_head": self.vocab_size * d, "shared": self.vocab_size * d,
+                "classification_head": d * d + d + d * self.num_labels + self.num_labels}.get(name)
+
+    def prompt_parameters(self, job: Job) -> int:
+        # PEFT prompts both the encoder and the decoder of a SEQ_2_SEQ_LM model
+        return job.num_virtual_tokens * self.hidden_size * (2 if self.task == "seq2seq" else 1)
+
+    def prefix_layers(self) -> int:
+        return self.encoder_layers  # PEFT reads config.num_hidden_layers, which BartConfig sets to encoder_layers
+
+    def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
+        """Per token, the input and the decoder's sequence both at dataset.maxSeqLength (seq2seq: the target, cut
+        to it; classification: the input shifted right). Counted from what autograd saves (saved-tensor hooks on
+        BART in transformers 5): per attention block the q/k/v projections, SDPA's output and its contiguous copy,
+        the residual LayerNorm's input and output (cross-attention: keys and values over the encoder's tokens);
+        per MLP fc1's output and GELU's output (with activation dropout, its noise and the dropped output instead of
+        GELU's); a dropout keeps about one element per element (CPU: its float noise). Attention: SDPA; on a CPU
+        with attention dropout PyTorch runs the math kernel, which keeps heads x keys probabilities, noise and
+        dropped probabilities per query; on a GPU the fused kernels keep none (not measured here)."""
+        seq = job.seq_length + (job.num_virtual_tokens if job.method == "prompt-tuning" else 0)
+        tokens = micro_batch * seq
+        d = self.hidden_size
+        drop = 1.0 if self.dropout > 0 else 0.0
+        cpu_scores = job.device == "cpu" and self.attention_dropout > 0
+
+        def attention(heads: int) -> float:
+            return 6 * d + drop * d + (3 * heads * seq if cpu_scores else 0)
+
+        def mlp(f: int) -> float:
+            return (3 * f if self.activation_dropout > 0 else 2 * f) + drop * d + d
+
+        enc = d + attention(self.encoder_heads) + mlp(self.encoder_ffn)
+        dec = d + 2 * attention(self.decoder_heads) + mlp(self.decoder_ffn)
+        enc += self._lora_extra(job, [x.path for x in self.encoder_linears()])
+        dec += self._lora_extra(job, [x.path for x in self.decoder_linears()])
+        stacks = 2.0 * (2 * d + drop * d)  # each stack's embedding sum and LayerNorm output, dropout
+        if checkpointing:
+            return ((self.num_layers * d + stacks) * wb * tokens, max(enc, dec) * wb * tokens)
+        return (self.encoder_layers * enc + self.decoder_layers * dec + stacks) * wb * tokens, 0.0
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        if self.task == "sequence-classification":
+            return float(micro_batch * self.num_labels)
+        return float(micro_batch * job.seq_length * self.vocab_size)
+
+    def lm_head_trainable(self, job: Job) -> bool:
+        return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
+
+
 def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
     """model.task for this config (None/'auto': its first fitting task); PlanError naming the field when it does not fit."""
     from . import tasks
@@ -421,15 +735,19 @@ def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
     return str(task)
 
 
+# model_type -> the family's shape (xlm-roberta is RoBERTa's modules with another vocabulary)
+FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "t5", "bart")
+
+
 def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: int | None = None) -> Architecture | None:
     """The shape of a BERT or T5 config.json for ``task`` ('auto'/None: the model's first fitting task), else None."""
     mt = str(config.get("model_type", ""))
-    if mt not in ("bert", "t5"):
+    if mt not in FAMILIES:
         return None
     t = resolve_task(config, task)
     try:
-        if mt == "bert":
-            return BertShape(
+        if mt in ("bert", "roberta", "xlm-roberta"):
+            return (BertShape if mt == "bert" else RobertaShape)(
                 model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config["hidden_size"]),
                 layers=int(config["num_hidden_layers"]), num_heads=int(config["num_attention_heads"]),
                 intermediate_size=int(config["intermediate_size"]),
@@ -437,6 +755,21 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
                 type_vocab_size=int(config.get("type_vocab_size", 2)), num_labels=num_labels_of(config, num_labels),
                 hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
                 attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+            )
+        if mt == "deberta-v2":
+            return _deberta_v2(config, t, num_labels_of(config, num_labels))
+        if mt == "bart":
+            enc = int(config.get("encoder_layers", 12))
+            return BartShape(
+                model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config.get("d_model", 1024)),
+                encoder_layers=enc, decoder_layers=int(config.get("decoder_layers", 12)),
+                encoder_heads=int(config.get("encoder_attention_heads", 16)),
+                decoder_heads=int(config.get("decoder_attention_heads", 16)),
+                encoder_ffn=int(config.get("encoder_ffn_dim", 4096)), decoder_ffn=int(config.get("decoder_ffn_dim", 4096)),
+                max_positions=int(config.get("max_position_embeddings", 1024)), num_labels=num_labels_of(config, num_labels),
+                tied=bool(config.get("tie_word_embeddings", True)), dropout=float(config.get("dropout", 0.1)),
+                attention_dropout=float(config.get("attention_dropout", 0.0)),
+                activation_dropout=float(config.get("activation_dropout", 0.0)),
             )
         proj = str(config.get("feed_forward_proj", "relu"))
         layers = int(config.get("num_layers", 6))
@@ -450,3 +783,31 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e
+
+
+def _deberta_v2(config: Mapping[str, Any], task: str, num_labels: int) -> DebertaV2Shape:
+    """DebertaV2Config's reading of config.json (its defaults where a field is missing)."""
+    hidden, heads = int(config.get("hidden_size", 1536)), int(config.get("num_attention_heads", 24))
+    max_positions = int(config.get("max_position_embeddings", 512))
+    relative = bool(config.get("relative_attention", False))
+    buckets = int(config.get("position_buckets", -1))
+    max_rel = int(config.get("max_relative_positions", -1))
+    span = buckets if buckets > 0 else (max_rel if max_rel >= 1 else max_positions)
+    kinds = config.get("pos_att_type") or []
+    if isinstance(kinds, str):
+        kinds = kinds.lower().split("|")
+    return DebertaV2Shape(
+        model_type="deberta-v2", task=task, vocab_size=int(config.get("vocab_size", 128100)), hidden_size=hidden,
+        layers=int(config.get("num_hidden_layers", 24)), num_heads=heads,
+        head_size=int(config.get("attention_head_size") or hidden // heads),
+        intermediate_size=int(config.get("intermediate_size", 6144)),
+        embedding_size=int(config.get("embedding_size") or hidden), max_positions=max_positions,
+        position_biased_input=bool(config.get("position_biased_input", True)),
+        type_vocab_size=int(config.get("type_vocab_size", 0)), relative_attention=relative, position_span=span,
+        pos_att_type=tuple(str(k).strip() for k in kinds), share_att_key=bool(config.get("share_att_key", False)),
+        norm_rel_ebd="layer_norm" in str(config.get("norm_rel_ebd", "none")).lower(),
+        conv_kernel_size=int(config.get("conv_kernel_size", 0)), conv_groups=int(config.get("conv_groups", 1)),
+        pooler_hidden_size=int(config.get("pooler_hidden_size") or hidden), num_labels=num_labels,
+        hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+    )
