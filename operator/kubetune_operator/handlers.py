@@ -2,9 +2,10 @@
 
 One daemon per FineTuneJob runs its reconcile loop: read the freshest known
 state, ask ``phases.decide`` what to do, do it, sleep until an event, a due
-time or the resync interval. Event handlers on batch Jobs and pods labelled
-``kubetune.io/job`` keep an in-memory view of what each FineTuneJob owns and
-wake its loop, so a reconcile costs no API reads.
+time or the resync interval. Watches on batch Jobs and pods labelled
+``kubetune.io/job`` (Reconciler.watch_children: Kopf's watch stream, without its
+per-object handler machinery) keep an in-memory view of what each FineTuneJob
+owns and wake its loop, so a reconcile costs no API reads.
 
 Idempotence: every attempt's Job has a deterministic name (``<job>-a<k>``);
 the number of a restart's attempt is written to status before its Job is
@@ -40,6 +41,8 @@ from collections.abc import Callable, Coroutine
 from typing import Any, cast
 
 import kopf
+from kopf._cogs.clients import watching as kopf_watching
+from kopf._cogs.structs import references as kopf_references
 from kopf._core.intents.handlers import DaemonHandler
 
 from kubetune_api import spec as api
@@ -57,6 +60,9 @@ from kubetune_operator.status_writer import rfc3339
 FINALIZER = "kubetune.io/finalizer"
 FTJ = (api.GROUP, api.VERSION, api.PLURAL)
 CHILD_RESOURCES = (("batch", "v1", "jobs"), ("", "v1", "pods"))
+CHILD_KINDS = {"jobs": "Job", "pods": "Pod"}
+# A child watch that failed for good (403 after an RBAC change, an ERROR event) is restarted after this long.
+CHILD_WATCH_RETRY_S = 5.0
 GONE_UIDS_KEPT = 1024  # per job name: deleted children remembered, see JobState.see
 # New jobs first: while some new job's first Job is not created yet, other loops hold their
 # status writes and Events this long at most (a steady stream of new jobs must not starve them).
@@ -602,6 +608,41 @@ class Reconciler:
             st.wake.set()  # not the echo of an object the loop created or patched itself
         self._relist_after_kopf_relist(event_type)
 
+    async def watch_children(self, settings: kopf.OperatorSettings) -> None:
+        """Stream the jobs' Jobs and pods into the child caches, one watch per kind and scope.
+
+        Kopf's own watch stream (list, then watch from its resourceVersion; 410 Gone starts
+        over with a list; reconnects; the label selector from ``settings.watching``) feeds
+        ``on_child_event`` directly, without Kopf's per-object workers and handler machinery:
+        a child event only updates a cache and wakes a loop, and that machinery cost about
+        1 ms of operator CPU per event (bench/operator_scale.py), on the most numerous
+        events a cluster sends. The scopes are those of ``relist``.
+        """
+        scopes: list[str | None] = list(self.namespaces) if self.namespaces and not _has_glob(self.namespaces) else [None]
+        await asyncio.gather(*(self._watch_child(settings, resource, scope)
+                               for resource in CHILD_RESOURCES for scope in scopes))
+
+    async def _watch_child(self, settings: kopf.OperatorSettings, resource: tuple[str, str, str], namespace: str | None) -> None:
+        group, version, plural = resource
+        ref = kopf_references.Resource(group=group, version=version, plural=plural, kind=CHILD_KINDS[plural], namespaced=True)
+        while True:
+            try:
+                async for raw in kopf_watching.infinite_watch(
+                        settings=settings, resource=ref, namespace=cast(kopf_references.NamespaceName | None, namespace)):
+                    if not isinstance(raw, dict) or raw.get("type") == "BOOKMARK":
+                        continue  # Kopf's end-of-list marker; a bookmark only carries a resourceVersion
+                    body = cast(dict[str, Any], raw["object"])
+                    if not self._watched(str((body.get("metadata") or {}).get("namespace") or "")):
+                        continue  # a cluster-wide watch for namespace globs: only the matching ones
+                    self.on_child_event(CHILD_KINDS[plural], raw.get("type"), body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a refused watch (403) or an ERROR event: said, and tried again
+                self.metrics.api_errors.labels("watch").inc()
+                where = f"in {namespace}" if namespace else "cluster-wide"
+                log.warning(f"watching {plural} {where} failed, retrying in {CHILD_WATCH_RETRY_S:.0f}s: {e!r}")
+                await asyncio.sleep(CHILD_WATCH_RETRY_S)
+
     def _relist_after_kopf_relist(self, event_type: str | None) -> None:
         """Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no DELETED
         event, so list the children once ourselves (debounced: one re-list per burst). FineTuneJob
@@ -653,6 +694,7 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
             # access: do not list namespaces or watch CRDs (which would be refused and retried).
             settings.scanning.disabled = True
         rt.kube = Kube(settings, logging.getLogger("kubetune.kube"))
+        rt.background(rt.watch_children(settings))  # the jobs' Jobs and pods (not through Kopf's handlers)
         if not rt.settings.standalone and not rt.settings.peering_required:
             settings.peering.name = rt.settings.peering_name  # auto-detected, as Kopf does with its default
         if not rt.settings.standalone:
@@ -690,14 +732,6 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
     @kopf.on.event(*FTJ, registry=registry)
     async def finetunejob_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         rt.on_ftj_event(event.get("type"), dict(body))
-
-    @kopf.on.event("batch", "v1", "jobs", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def job_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        rt.on_child_event("Job", event.get("type"), dict(body))
-
-    @kopf.on.event("", "v1", "pods", labels={builders.LABEL_JOB: kopf.PRESENT}, registry=registry)
-    async def pod_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        rt.on_child_event("Pod", event.get("type"), dict(body))
 
     @kopf.daemon(*FTJ, registry=registry, when=needs_a_loop,
                  cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
