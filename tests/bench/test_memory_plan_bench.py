@@ -54,4 +54,4 @@ def test_only_selects_cases_by_their_first_words_or_family():
     assert memory_plan.matches(bert, "bert") and memory_plan.matches(bert, "bert-m lora 3 off")
     assert not memory_plan.matches(bert, "t5") and not memory_plan.matches(bert, "bert-s")
     assert memory_plan.matches(("small", "full", 0, True, 8), "small full") and not memory_plan.matches(bert, "small")
-    assert {memory_plan.family(c[0]) for c in memory_plan.CASES} == {"llama", "bert", "t5"}
+    assert {memory_plan.family(c[0]) for c in memory_plan.CASES} == {"llama", "lcls", "bert", "roberta", "deberta", "t5", "bart", "bartcls"}
