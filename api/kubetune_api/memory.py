@@ -357,6 +357,8 @@ def _lora_targets(shape: ModelShape, targets: Iterable[str]) -> dict[str, tuple[
     targets = list(targets)
     if targets == ["all-linear"]:
         return lin
+    if shape.classifier:  # PEFT's SEQ_CLS trains score whole and adapts nothing inside it, named or not
+        targets = [t for t in targets if t != "score"]
     # PEFT matches a listed name against the end of each module's path
     chosen = {name: lin[name] for name in lin if any(name == t or name.endswith("." + t) or t.endswith("." + name) for t in targets)}
     unknown = [t for t in targets if not any(t == n or t.endswith("." + n) for n in lin)]

@@ -86,7 +86,7 @@ def test_decoder_classifier_counts_match_transformers_and_peft(config):
     assert shape.parameters() == _numel(_built(config, "sequence-classification", 3))
     causal = memory.shape_from_config(config, "causal-lm")
     assert causal.parameters() == _numel(_built(config, "causal-lm"))
-    for what, (pc, job) in _method_pairs("SEQ_CLS", [("q_proj", "v_proj"), ("down_proj",)]).items():
+    for what, (pc, job) in _method_pairs("SEQ_CLS", [("q_proj", "v_proj"), ("down_proj",), ("q_proj", "score")]).items():
         want = _peft_trainable(_built(config, "sequence-classification", 3), pc)
         assert memory.count_parameters(shape, job).trainable == want, what
 
