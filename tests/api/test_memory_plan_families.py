@@ -229,43 +229,6 @@ def test_bart_published_sizes():
     assert cls.parameters() == _numel(_built(BART_BASE, "sequence-classification", 3, meta=True))
 
 
-SMALL_BART = dict(model_type="bart", vocab_size=1000, d_model=96, encoder_layers=2, decoder_layers=2,
-                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
-                  max_position_embeddings=256, is_encoder_decoder=True, pad_token_id=1, bos_token_id=0, eos_token_id=2,
-                  decoder_start_token_id=2)
-
-
-@pytest.mark.parametrize("config, task, method", [
-    pytest.param(dict(SMALL_BART, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0), "seq2seq", "full",
-                 id="bart seq2seq, no dropout"),
-    pytest.param(dict(SMALL_BART, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1), "seq2seq", "lora",
-                 id="bart seq2seq lora, bart-base dropouts"),
-    pytest.param(dict(SMALL_BART, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0),
-                 "sequence-classification", "full", id="bart classifier, BartConfig defaults"),
-])
-def test_activations_match_the_tensors_autograd_saves(config, task, method):
-    """The activation term (CPU, no checkpointing) against the bytes autograd keeps (saved-tensor hooks), the
-    seq2seq log-softmax over the vocabulary added (the logits term counts it); within 10%."""
-    import peft
-    import torch
-    from test_memory_plan_arch import _saved_bytes
-
-    mb, seq, vocab = 2, 128, config["vocab_size"]
-    model = _built(config, task, 2)
-    g = torch.Generator().manual_seed(1)
-    ids = torch.randint(3, vocab, (mb, seq), generator=g)
-    ids[:, -1] = config.get("eos_token_id", 2)  # one EOS per row: BART's classifier pools it
-    labels = torch.randint(3, vocab, (mb, seq), generator=g) if task == "seq2seq" else torch.randint(0, 2, (mb,))
-    if method == "lora":
-        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_2_SEQ_LM" if task == "seq2seq" else "SEQ_CLS",
-                                                           r=16, lora_dropout=0.05, target_modules="all-linear"))
-    measured = _saved_bytes(model, input_ids=ids, labels=labels)
-    shape = memory.shape_from_config(config, task, 2)
-    kept, _ = shape.activation_bytes(memory.Job(method=method, precision="fp32", seq_length=seq, device="cpu"), mb, 4, False)
-    logits = mb * seq * vocab * 4 if task == "seq2seq" else 0
-    assert kept + logits == pytest.approx(measured, rel=0.10)
-
-
 # ------------------------------------------------------------------ DeBERTa-v2/v3
 # microsoft/deberta-v3-base config.json (Hub). Published: "86M backbone parameters with a vocabulary containing 128K
 # tokens which introduces 98M parameters in the Embedding layer" (the model card), 184M in all.
@@ -323,6 +286,51 @@ def test_deberta_published_sizes():
     xl = memory.shape_from_config(DEBERTA_V2_XLARGE, "sequence-classification", 2)
     assert xl.parameters() == _numel(_built(DEBERTA_V2_XLARGE, "sequence-classification", 2, meta=True))
     assert xl.parameters() == 886_957_058 and abs(xl.parameters() - 900e6) / 900e6 < 0.03
+
+
+# ------------------------------------------------------------------ activations against autograd
+SMALL_BART = dict(model_type="bart", vocab_size=1000, d_model=96, encoder_layers=2, decoder_layers=2,
+                  encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=256, decoder_ffn_dim=256,
+                  max_position_embeddings=256, is_encoder_decoder=True, pad_token_id=1, bos_token_id=0, eos_token_id=2,
+                  decoder_start_token_id=2)
+
+
+@pytest.mark.parametrize("config, task, method", [
+    pytest.param(dict(SMALL_BART, dropout=0.0, attention_dropout=0.0, activation_dropout=0.0), "seq2seq", "full",
+                 id="bart seq2seq, no dropout"),
+    pytest.param(dict(SMALL_BART, dropout=0.1, attention_dropout=0.1, activation_dropout=0.1), "seq2seq", "lora",
+                 id="bart seq2seq lora, bart-base dropouts"),
+    pytest.param(dict(SMALL_BART, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0),
+                 "sequence-classification", "full", id="bart classifier, BartConfig defaults"),
+    # DeBERTa's own attention (no SDPA): the c2p and p2c scores against all 2 x att_span relative positions, which
+    # torch.gather keeps whole, are 13-17% of what autograd saves here
+    pytest.param(TINY_DEBERTA_V3, "sequence-classification", "full", id="deberta-v3 classifier, c2p|p2c shared keys"),
+    pytest.param(TINY_DEBERTA_V3, "sequence-classification", "lora", id="deberta-v3 classifier lora"),
+    pytest.param(TINY_DEBERTA_V2, "sequence-classification", "full",
+                 id="deberta-v2 classifier, unshared keys, absolute positions, conv"),
+])
+def test_activations_match_the_tensors_autograd_saves(config, task, method):
+    """The activation term (CPU, no checkpointing) against the bytes autograd keeps (saved-tensor hooks), the
+    seq2seq log-softmax over the vocabulary added (the logits term counts it); within 10% (DeBERTa 5%)."""
+    import peft
+    import torch
+    from test_memory_plan_arch import _saved_bytes
+
+    mb, seq, vocab = 2, 128, config["vocab_size"]
+    model = _built(config, task, 2)
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, vocab, (mb, seq), generator=g)
+    ids[:, -1] = config.get("eos_token_id", 2)  # one EOS per row: BART's classifier pools it
+    labels = torch.randint(3, vocab, (mb, seq), generator=g) if task == "seq2seq" else torch.randint(0, 2, (mb,))
+    if method == "lora":
+        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_2_SEQ_LM" if task == "seq2seq" else "SEQ_CLS",
+                                                           r=16, lora_dropout=0.05, target_modules="all-linear"))
+    measured = _saved_bytes(model, input_ids=ids, labels=labels)
+    shape = memory.shape_from_config(config, task, 2)
+    kept, _ = shape.activation_bytes(memory.Job(method=method, precision="fp32", seq_length=seq, device="cpu"), mb, 4, False)
+    logits = mb * seq * vocab * 4 if task == "seq2seq" else 0
+    # DeBERTa is within 3% (transformers 5); 5% keeps dropping those scores (13-17%) well outside it
+    assert kept + logits == pytest.approx(measured, rel=0.05 if config["model_type"] == "deberta-v2" else 0.10)
 
 
 def test_plan_prints_the_table_for_the_new_families(tmp_path):
