@@ -449,9 +449,71 @@ class DebertaV2Shape(Architecture):
         return float(micro_batch * self.num_labels)
 
 
+# ------------------------------------------------------------------ encoder-decoder (T5, BART)
+class EncoderDecoderShape(Architecture):
+    """What T5 and BART share: a shared embedding, encoder and decoder stacks, and for seq2seq the lm_head
+    (the shared embedding, tied) or for sequence classification a dense + out_proj ``classification_head``."""
+
+    encoder_layers: int
+    decoder_layers: int
+
+    @property
+    def num_layers(self) -> int:
+        return self.encoder_layers + self.decoder_layers
+
+    def describe(self) -> str:
+        head = f"{self.num_labels} classes" if self.task == "sequence-classification" else f"vocabulary {self.vocab_size}"
+        return (f"{self.encoder_layers}+{self.decoder_layers} encoder+decoder layers, hidden {self.hidden_size}, "
+                f"{head}")
+
+    def encoder_linears(self) -> list[Linear]:
+        raise NotImplementedError
+
+    def decoder_linears(self) -> list[Linear]:
+        raise NotImplementedError
+
+    def _block(self, linears: list[Linear], norms: int) -> int:
+        """Parameters of one layer with these linears and ``norms`` layer norms."""
+        raise NotImplementedError
+
+    def head_linears(self) -> list[Linear]:
+        d = self.hidden_size
+        if self.task == "sequence-classification":
+            return [Linear("classification_head.dense", d, d, 1, True),
+                    Linear("classification_head.out_proj", d, self.num_labels, 1, True)]
+        return [Linear("lm_head", d, self.vocab_size, 1, output=True)]
+
+    def linears(self) -> list[Linear]:
+        return self.encoder_linears() + self.decoder_linears() + self.head_linears()
+
+    def largest_layer_parameters(self) -> int:
+        return max(self.embedding_parameters(), self._block(self.decoder_linears(), 3))
+
+    def module_parameters(self, name: str) -> int | None:
+        d = self.hidden_size
+        return {"lm_head": self.vocab_size * d, "shared": self.vocab_size * d,
+                "classification_head": d * d + d + d * self.num_labels + self.num_labels}.get(name)
+
+    def prompt_parameters(self, job: Job) -> int:
+        # PEFT prompts both the encoder and the decoder of a SEQ_2_SEQ_LM model
+        return job.num_virtual_tokens * self.hidden_size * (2 if self.task == "seq2seq" else 1)
+
+    def prefix_layers(self) -> int:
+        # PEFT reads config.num_layers (T5) or config.num_hidden_layers (BartConfig sets it to encoder_layers)
+        return self.encoder_layers
+
+    def logit_elements(self, job: Job, micro_batch: int) -> float:
+        if self.task == "sequence-classification":
+            return float(micro_batch * self.num_labels)
+        return float(micro_batch * job.seq_length * self.vocab_size)
+
+    def lm_head_trainable(self, job: Job) -> bool:
+        return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
+
+
 # ------------------------------------------------------------------ T5
 @dataclass(frozen=True)
-class T5Shape(Architecture):
+class T5Shape(EncoderDecoderShape):
     """``T5ForConditionalGeneration`` (seq2seq) or ``T5ForSequenceClassification``: a shared embedding,
     encoder and decoder stacks (self-attention without biases, the decoder's cross-attention, a relative
     attention bias in each stack's first block, RMS layer norms, a ReLU or gated-GELU MLP), and the
@@ -474,17 +536,8 @@ class T5Shape(Architecture):
     act: str = "relu"  # of the MLP: relu, gelu (gelu_new when gated)
 
     @property
-    def num_layers(self) -> int:
-        return self.encoder_layers + self.decoder_layers
-
-    @property
     def inner(self) -> int:
         return self.num_heads * self.d_kv
-
-    def describe(self) -> str:
-        head = f"{self.num_labels} classes" if self.task == "sequence-classification" else f"vocabulary {self.vocab_size}"
-        return (f"{self.encoder_layers}+{self.decoder_layers} encoder+decoder layers, hidden {self.hidden_size}, "
-                f"{head}")
 
     def _mlp(self, prefix: str, n: int) -> list[Linear]:
         d, f = self.hidden_size, self.d_ff
@@ -505,16 +558,6 @@ class T5Shape(Architecture):
         return (self._attention("decoder.layer.0.SelfAttention", n) + self._attention("decoder.layer.1.EncDecAttention", n)
                 + self._mlp("decoder.layer.2", n))
 
-    def head_linears(self) -> list[Linear]:
-        d = self.hidden_size
-        if self.task == "sequence-classification":
-            return [Linear("classification_head.dense", d, d, 1, True),
-                    Linear("classification_head.out_proj", d, self.num_labels, 1, True)]
-        return [Linear("lm_head", d, self.vocab_size, 1, output=True)]
-
-    def linears(self) -> list[Linear]:
-        return self.encoder_linears() + self.decoder_linears() + self.head_linears()
-
     def _block(self, linears: list[Linear], norms: int) -> int:
         return sum(x.fin * x.fout for x in linears) + norms * self.hidden_size
 
@@ -527,21 +570,6 @@ class T5Shape(Architecture):
         if self.task == "sequence-classification":
             n += sum(x.parameters for x in self.head_linears())
         return n  # the lm_head is the shared embedding: transformers 5 ties it whatever tie_word_embeddings says
-
-    def largest_layer_parameters(self) -> int:
-        return max(self.embedding_parameters(), self._block(self.decoder_linears(), 3))
-
-    def module_parameters(self, name: str) -> int | None:
-        d = self.hidden_size
-        return {"lm_head": self.vocab_size * d, "shared": self.vocab_size * d,
-                "classification_head": d * d + d + d * self.num_labels + self.num_labels}.get(name)
-
-    def prompt_parameters(self, job: Job) -> int:
-        # PEFT prompts both the encoder and the decoder of a SEQ_2_SEQ_LM model
-        return job.num_virtual_tokens * self.hidden_size * (2 if self.task == "seq2seq" else 1)
-
-    def prefix_layers(self) -> int:
-        return self.encoder_layers  # PEFT reads config.num_layers
 
     def _mlp_elements(self) -> float:
         f = self.d_ff
@@ -582,18 +610,10 @@ class T5Shape(Architecture):
             recomputed = 0.0
         return kept * wb * tokens, recomputed * wb * tokens
 
-    def logit_elements(self, job: Job, micro_batch: int) -> float:
-        if self.task == "sequence-classification":
-            return float(micro_batch * self.num_labels)
-        return float(micro_batch * job.seq_length * self.vocab_size)
-
-    def lm_head_trainable(self, job: Job) -> bool:
-        return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
-
 
 # ------------------------------------------------------------------ BART
 @dataclass(frozen=True)
-class BartShape(Architecture):
+class BartShape(EncoderDecoderShape):
     """``BartForConditionalGeneration`` (seq2seq) or ``BartForSequenceClassification``: the shared embedding (also
     the encoder's and decoder's embed_tokens and the lm_head; ``tie_word_embeddings: false`` unties all three), learned positions
     per stack (max_position_embeddings + 2: BART offsets position ids by 2), a LayerNorm on each stack's embedding,
@@ -619,15 +639,6 @@ class BartShape(Architecture):
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
 
-    @property
-    def num_layers(self) -> int:
-        return self.encoder_layers + self.decoder_layers
-
-    def describe(self) -> str:
-        head = f"{self.num_labels} classes" if self.task == "sequence-classification" else f"vocabulary {self.vocab_size}"
-        return (f"{self.encoder_layers}+{self.decoder_layers} encoder+decoder layers, hidden {self.hidden_size}, "
-                f"{head}")
-
     def _attention(self, prefix: str, n: int) -> list[Linear]:
         d = self.hidden_size
         return [Linear(f"{prefix}.{p}", d, d, n, True) for p in ("k_proj", "v_proj", "q_proj", "out_proj")]
@@ -641,16 +652,6 @@ class BartShape(Architecture):
         d, f, n = self.hidden_size, self.decoder_ffn, self.decoder_layers
         return (self._attention("decoder.layers.self_attn", n) + self._attention("decoder.layers.encoder_attn", n)
                 + [Linear("decoder.layers.fc1", d, f, n, True), Linear("decoder.layers.fc2", f, d, n, True)])
-
-    def head_linears(self) -> list[Linear]:
-        d = self.hidden_size
-        if self.task == "sequence-classification":
-            return [Linear("classification_head.dense", d, d, 1, True),
-                    Linear("classification_head.out_proj", d, self.num_labels, 1, True)]
-        return [Linear("lm_head", d, self.vocab_size, 1, output=True)]
-
-    def linears(self) -> list[Linear]:
-        return self.encoder_linears() + self.decoder_linears() + self.head_linears()
 
     def _block(self, linears: list[Linear], norms: int) -> int:
         return sum(x.parameters // x.count for x in linears) + norms * 2 * self.hidden_size
@@ -666,21 +667,6 @@ class BartShape(Architecture):
         if not self.tied:  # transformers 5 then unties the encoder's and decoder's embed_tokens too
             n += (3 if self.task == "seq2seq" else 2) * self.embedding_parameters()
         return n
-
-    def largest_layer_parameters(self) -> int:
-        return max(self.embedding_parameters(), self._block(self.decoder_linears(), 3))
-
-    def module_parameters(self, name: str) -> int | None:
-        d = self.hidden_size
-        return {"lm_head": self.vocab_size * d, "shared": self.vocab_size * d,
-                "classification_head": d * d + d + d * self.num_labels + self.num_labels}.get(name)
-
-    def prompt_parameters(self, job: Job) -> int:
-        # PEFT prompts both the encoder and the decoder of a SEQ_2_SEQ_LM model
-        return job.num_virtual_tokens * self.hidden_size * (2 if self.task == "seq2seq" else 1)
-
-    def prefix_layers(self) -> int:
-        return self.encoder_layers  # PEFT reads config.num_hidden_layers, which BartConfig sets to encoder_layers
 
     def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
         """Per token, the input and the decoder's sequence both at dataset.maxSeqLength (seq2seq: the target, cut
@@ -712,13 +698,6 @@ class BartShape(Architecture):
             return ((self.num_layers * d + stacks) * wb * tokens, max(enc, dec) * wb * tokens)
         return (self.encoder_layers * enc + self.decoder_layers * dec + stacks) * wb * tokens, 0.0
 
-    def logit_elements(self, job: Job, micro_batch: int) -> float:
-        if self.task == "sequence-classification":
-            return float(micro_batch * self.num_labels)
-        return float(micro_batch * job.seq_length * self.vocab_size)
-
-    def lm_head_trainable(self, job: Job) -> bool:
-        return self.task == "seq2seq" and (job.method == "full" or "lm_head" in job.modules_to_save)
 
 
 def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
