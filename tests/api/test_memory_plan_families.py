@@ -5,6 +5,7 @@ published configs on the meta device) and the sizes their authors publish; train
 from __future__ import annotations
 
 import pytest
+from test_memory_plan_arch import _peft_configs
 
 from kubetune_api import memory
 
@@ -57,19 +58,7 @@ def _method_pairs(task_type: str, lora_targets: list[tuple[str, ...]]):
     """(PEFT config, planner Job) pairs: LoRA/DoRA all-linear and named modules, IA3, prompt and prefix tuning."""
     import peft
 
-    pairs = {
-        "lora all-linear r8": (peft.LoraConfig(task_type=task_type, r=8, target_modules="all-linear"),
-                               memory.Job(method="lora", lora_r=8)),
-        "dora all-linear r4": (peft.LoraConfig(task_type=task_type, r=4, target_modules="all-linear", use_dora=True),
-                               memory.Job(method="lora", lora_r=4, use_dora=True)),
-        "ia3 default": (peft.IA3Config(task_type=task_type), memory.Job(method="ia3")),
-        "prompt 10": (peft.PromptTuningConfig(task_type=task_type, num_virtual_tokens=10),
-                      memory.Job(method="prompt-tuning", num_virtual_tokens=10)),
-        "prefix 10": (peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=10),
-                      memory.Job(method="prefix-tuning", num_virtual_tokens=10)),
-        "prefix 10 projected": (peft.PrefixTuningConfig(task_type=task_type, num_virtual_tokens=10, prefix_projection=True),
-                                memory.Job(method="prefix-tuning", num_virtual_tokens=10, prefix_projection=True)),
-    }
+    pairs = _peft_configs(task_type)
     for t in lora_targets:
         pairs[f"lora {','.join(t)}"] = (peft.LoraConfig(task_type=task_type, r=16, target_modules=list(t)),
                                        memory.Job(method="lora", lora_r=16, lora_targets=t))
