@@ -256,11 +256,10 @@ class Reconciler:
     async def relist(self) -> None:
         """Replace the child caches with a fresh server-side-selected list (drops what vanished)."""
         assert self.kube is not None
-        scopes: list[str | None] = list(self.namespaces) if self.namespaces and not _has_glob(self.namespaces) else [None]
         for kind in ("Job", "Pod"):
             listed: dict[tuple[str, str], set[str]] = {}
             list_rvs: list[int] = []
-            for scope in scopes:
+            for scope in self._child_scopes():
                 items, list_rv = await self.kube.list_with_version(kind, scope, builders.LABEL_JOB)
                 list_rvs.append(list_rv)
                 for obj in items:
@@ -273,6 +272,11 @@ class Reconciler:
                     listed.setdefault((ns, owner), set()).add(meta["name"])
             for key, st in list(self.states.items()):
                 st.forget_vanished(st.jobs if kind == "Job" else st.pods, listed.get(key, set()), min(list_rvs, default=0))
+
+    def _child_scopes(self) -> list[str | None]:
+        """Where Jobs and pods are listed and watched: each namespace of an exact list, else cluster-wide
+        (None; with namespace globs, what does not match is dropped by ``_watched``)."""
+        return list(self.namespaces) if self.namespaces and not _has_glob(self.namespaces) else [None]
 
     def _watched(self, namespace: str) -> bool:
         return not self.namespaces or any(fnmatch.fnmatchcase(namespace, pattern) for pattern in self.namespaces)
@@ -618,9 +622,8 @@ class Reconciler:
         1 ms of operator CPU per event (bench/operator_scale.py), on the most numerous
         events a cluster sends. The scopes are those of ``relist``.
         """
-        scopes: list[str | None] = list(self.namespaces) if self.namespaces and not _has_glob(self.namespaces) else [None]
         await asyncio.gather(*(self._watch_child(settings, resource, scope)
-                               for resource in CHILD_RESOURCES for scope in scopes))
+                               for resource in CHILD_RESOURCES for scope in self._child_scopes()))
 
     async def _watch_child(self, settings: kopf.OperatorSettings, resource: tuple[str, str, str], namespace: str | None) -> None:
         group, version, plural = resource
