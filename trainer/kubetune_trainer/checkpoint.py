@@ -518,7 +518,7 @@ class CheckpointManager:
                         # The uploader's CPU time (hashing, boto3) is what the upload takes from the node's cores.
                         log.info("node %d uploaded %s (%d files, %.1f MB) in %.1fs, uploader CPU %.2fs", self.topo.node,
                                  step_dirname(job.step), answer["files"], answer["bytes"] / 1e6, answer["seconds"],
-                                 answer.get("cpu_seconds", 0.0))
+                                 answer["cpu_seconds"])
                         job.done.set()
                     elif answer["state"] == "committed":
                         self._event({"event": "checkpoint", "step": job.step, "uri": answer["uri"], "time": answer["time"]})
