@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -162,6 +163,28 @@ class OperatorThread:
         self.stop()
 
 
+# Young objects the cyclic GC lets pile up before it looks at them (Python's default is 700).
+GC_GEN0_THRESHOLD = 20_000
+
+
+def tune_gc(gen0: int = GC_GEN0_THRESHOLD) -> None:
+    """Make the cyclic garbage collector cheap for a long-running operator process.
+
+    What start-up loaded (modules, Kopf's registry, the pydantic models and their schemas)
+    lives as long as the process, yet every full collection walked all of it again, and with
+    the default threshold of 700 a burst of FineTuneJobs ran hundreds of collections: in
+    bench/operator_scale.py's 500-job burst the collector took 0.6-0.7 s of the operator's
+    CPU (gc.callbacks). ``gc.freeze`` moves what exists now out of every later collection
+    (the Python docs' advice for long-running processes), and a higher first threshold makes
+    the young-generation passes rarer: 0.11 s in the same burst. Reference counting still frees
+    almost everything at once; only reference cycles wait a little longer.
+    """
+    gc.collect()
+    gc.freeze()
+    _, gen1, gen2 = gc.get_threshold()
+    gc.set_threshold(gen0, gen1, gen2)
+
+
 def main(args: Any) -> int:
     """`kubetune operator`: settings from the environment, overridden by flags."""
     import dataclasses
@@ -191,5 +214,6 @@ def main(args: Any) -> int:
         f"{'standalone' if settings.standalone else 'peering ' + settings.peering_name}, "
         f"metrics :{settings.metrics_port or '-'}, health :{settings.health_port or '-'}"
     )
+    tune_gc()
     run_operator(settings, namespaces=namespaces, clusterwide=not namespaces)
     return 0

@@ -5,7 +5,7 @@ import time
 import pytest
 import requests
 
-from kubetune_operator import builders
+from kubetune_operator import builders, runner
 from kubetune_operator.settings import OperatorSettings
 from support import kubelet
 from support.cluster import EmulatedCluster, wait_for
@@ -160,6 +160,21 @@ def test_kubetune_operator_command_runs_from_a_kubeconfig(cluster, tmp_path):
     lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
     assert any(line["message"].startswith("starting: namespaces cli, standalone") for line in lines), out
     assert any("from-cli -> Initializing" in line["message"] for line in lines), out
+
+
+
+def test_the_operator_process_keeps_the_garbage_collector_off_its_start_up_objects():
+    """`kubetune operator` freezes what start-up loaded and raises the first GC threshold (runner.tune_gc);
+    run in a child process, as the command does, so this test process keeps its own GC settings."""
+    import subprocess
+    import sys
+
+    code = ("import gc; from kubetune_operator import runner; before = (gc.get_freeze_count(), *gc.get_threshold()); "
+            "runner.tune_gc(); print(*before, gc.get_freeze_count(), *gc.get_threshold())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    frozen_before, _, gen1_before, gen2_before, frozen, gen0, gen1, gen2 = map(int, out)
+    assert frozen_before == 0 and frozen > 10_000  # the imported modules, Kopf and the API models: out of every collection
+    assert (gen0, gen1, gen2) == (runner.GC_GEN0_THRESHOLD, gen1_before, gen2_before)
 
 
 @pytest.fixture
