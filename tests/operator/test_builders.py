@@ -294,3 +294,22 @@ def test_network_policy_model_is_not_blind():
     assert not ingress_allowed([allow_clients_80], pod("client", ns="other", role="client"), web, 80)
     assert selects({"matchExpressions": [{"key": "a", "operator": "NotIn", "values": ["x"]}]}, {})
     assert not selects({"matchExpressions": [{"key": "a", "operator": "In", "values": ["x"]}]}, {})
+
+
+def test_resolved_manifest_fills_operator_defaults_without_touching_the_parsed_job():
+    """The operator passes the job it parsed once per generation; the ConfigMap's manifest gets the
+    operator's defaults, the parsed job keeps none of them (the next attempt resolves it again)."""
+    settings = OperatorSettings(default_storage_endpoint="http://s3.example:9000", default_storage_region="eu-1",
+                                default_storage_secret="s3-creds", trainer_image="registry.example/trainer:1")
+    manifest = job_manifest("defaults", "ns")
+    del manifest["spec"]["storage"]["secretRef"]
+    parsed = builders.parse_runnable_job(manifest)
+    before = parsed.model_dump()
+    out = builders.resolved_manifest(manifest, settings, parsed)
+    assert parsed.model_dump() == before
+    assert out == builders.resolved_manifest(manifest, settings)
+    storage, spec = out["spec"]["storage"], out["spec"]
+    assert (storage["endpoint"], storage["region"], storage["secretRef"]) == ("http://s3.example:9000", "eu-1", {"name": "s3-creds"})
+    assert spec["image"] == "registry.example/trainer:1" and spec["imagePullPolicy"] == settings.image_pull_policy
+    assert spec["training"]["learningRate"] == parsed.spec.training.resolved_learning_rate(parsed.spec.method.type)
+    assert spec["distributed"]["processesPerNode"] == parsed.spec.distributed.procs_per_node()
