@@ -9,6 +9,7 @@ kubernetes_asyncio) changes nothing else.
 """
 from __future__ import annotations
 
+import asyncio
 import builtins
 import logging
 import urllib.parse
@@ -54,32 +55,47 @@ def url(kind: str, namespace: str | None, name: str | None = None, subresource: 
     return path
 
 
-class Kube:
-    """create / get / merge-patch / delete on the operator's objects (dict in, dict out)."""
+# Requests the operator has in flight at once (watches aside). Kopf's connection pool has no
+# limit, and every job's loop sends its creates as soon as it runs: 500 new FineTuneJobs opened
+# about 500 connections to the API server (bench/operator_scale.py), each a TCP handshake and a
+# new handler on both sides. A bounded number of requests reuses a bounded number of kept-alive
+# connections; 32 at ~10 ms per write is still thousands of requests per second.
+MAX_REQUESTS_IN_FLIGHT = 32
 
-    def __init__(self, settings: kopf.OperatorSettings, logger: logging.Logger | None = None):
+
+class Kube:
+    """create / get / merge-patch / delete on the operator's objects (dict in, dict out).
+
+    At most ``max_in_flight`` requests at once; the others wait their turn in order.
+    """
+
+    def __init__(self, settings: kopf.OperatorSettings, logger: logging.Logger | None = None,
+                 max_in_flight: int = MAX_REQUESTS_IN_FLIGHT):
         self.settings = settings
         self.logger = logger or logging.getLogger("kubetune.kube")
+        self._in_flight = asyncio.Semaphore(max_in_flight)
+
+    async def _get(self, path: str) -> Any:
+        async with self._in_flight:
+            return await _kopf_api.get(path, settings=self.settings, logger=self.logger)
 
     async def get_path(self, path: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = await _kopf_api.get(path, settings=self.settings, logger=self.logger)
+            found: dict[str, Any] = await self._get(path)
         except NotFound:
             return None
         return found
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            found: dict[str, Any] = await _kopf_api.get(url(kind, namespace, name), settings=self.settings, logger=self.logger)
+            found: dict[str, Any] = await self._get(url(kind, namespace, name))
         except NotFound:
             return None
         return found
 
     async def list(self, kind: str, namespace: str, label_selector: str) -> list[dict[str, Any]]:
         """The objects of ``kind`` in ``namespace`` matching a label selector."""
-        found: dict[str, Any] = await _kopf_api.get(
-            url(kind, namespace, labelSelector=label_selector), settings=self.settings, logger=self.logger
-        )
+        found: dict[str, Any] = await self._get(url(kind, namespace, labelSelector=label_selector))
         items: list[dict[str, Any]] = found.get("items") or []
         return items
 
@@ -92,7 +108,7 @@ class Kube:
             query = {"labelSelector": label_selector, "limit": "500"}
             if token:
                 query["continue"] = token
-            page: dict[str, Any] = await _kopf_api.get(url(kind, namespace, **query), settings=self.settings, logger=self.logger)
+            page: dict[str, Any] = await self._get(url(kind, namespace, **query))
             items += page.get("items") or []
             meta = page.get("metadata") or {}
             try:
@@ -109,8 +125,9 @@ class Kube:
         try:
             # No client-side retries (Kopf retries even 403): a refusal must reach the decision at once;
             # the reconcile loop retries what is transient.
-            created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings, logger=self.logger,
-                                           backoffs=[])
+            async with self._in_flight:
+                created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings,
+                                               logger=self.logger, backoffs=[])
             return created, True
         except Conflict:
             existing = await self.get(obj["kind"], meta["namespace"], meta["name"])
@@ -120,13 +137,14 @@ class Kube:
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
         try:
-            patched: dict[str, Any] = await _kopf_api.patch(
-                url(kind, namespace, name, subresource),
-                payload=patch,
-                headers={"Content-Type": "application/merge-patch+json"},
-                settings=self.settings,
-                logger=self.logger,
-            )
+            async with self._in_flight:
+                patched: dict[str, Any] = await _kopf_api.patch(
+                    url(kind, namespace, name, subresource),
+                    payload=patch,
+                    headers={"Content-Type": "application/merge-patch+json"},
+                    settings=self.settings,
+                    logger=self.logger,
+                )
         except NotFound:
             return None
         return patched
@@ -135,8 +153,9 @@ class Kube:
         """TokenReview: who the API server says a bearer token belongs to. -> the review's status."""
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                   "spec": {"token": token, "audiences": [audience]}}
-        answer: dict[str, Any] = await _kopf_api.post("/apis/authentication.k8s.io/v1/tokenreviews", payload=review,
-                                                      settings=self.settings, logger=self.logger)
+        async with self._in_flight:
+            answer: dict[str, Any] = await _kopf_api.post("/apis/authentication.k8s.io/v1/tokenreviews", payload=review,
+                                                          settings=self.settings, logger=self.logger)
         return dict(answer.get("status") or {})
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background", uid: str | None = None) -> bool:
@@ -145,12 +164,8 @@ class Kube:
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            await _kopf_api.delete(
-                url(kind, namespace, name),
-                payload=options,
-                settings=self.settings,
-                logger=self.logger,
-            )
+            async with self._in_flight:
+                await _kopf_api.delete(url(kind, namespace, name), payload=options, settings=self.settings, logger=self.logger)
             return True
         except (NotFound, Conflict):  # gone, or the name now belongs to another object
             return False
