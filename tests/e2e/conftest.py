@@ -1,8 +1,8 @@
 """End-to-end fixtures: S3 on moto, the API emulator, the real operator, and the pod executor.
 
     manifest --kubectl--> emulator --watch--> operator --creates--> Indexed Job
-    --executor--> 2 torchrun "pods" (local processes) --> trainer --> S3 (moto)
-                                                     \\--> status reporter --> emulator
+    --Job controller--> 2 Pods --executor (kubelet)--> torchrun processes --> trainer --> S3 (moto)
+                                                                                  \\--> status reporter --> emulator
 
 One emulated cluster, operator, executor and S3 server per module; tiny model
 and data built once per session and uploaded to S3, so the pods fetch them
@@ -101,8 +101,9 @@ def cluster():
     from support.cluster import EmulatedCluster
     from support.emulator import Semantics
 
-    # The pod executor plays the Job controller (with real processes as pods), so the emulator's is off.
-    with EmulatedCluster(semantics=Semantics(job_controller=False)) as c:
+    # Faithful (every switch on, whatever KUBETUNE_TEST_SEMANTICS says): the emulator's Job controller makes
+    # and accounts the pods, the pod executor is only their kubelet.
+    with EmulatedCluster(semantics=Semantics()) as c:
         c.ensure_namespace(NAMESPACE)
         c.create({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NAMESPACE},
@@ -128,7 +129,7 @@ def executor(cluster, tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("pods")
     env = dict(POD_ENV)
-    with PodExecutor(cluster.url, workdir, extra_env=env, token=cluster.control_plane_token) as ex:
+    with PodExecutor(cluster, workdir, extra_env=env) as ex:
         yield ex
     assert not [e for e in ex.errors if "Connection" not in e], ex.errors[-5:]
 

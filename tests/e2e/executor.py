@@ -1,55 +1,59 @@
-"""A test-only kubelet + Job controller: runs the emulator's batch/v1 Jobs as local processes.
+"""A test-only kubelet: runs the pods of the emulator's batch/v1 Jobs as local processes.
 
-The operator under test creates Indexed Jobs in the API emulator; nothing
-there runs them. ``PodExecutor`` plays the missing parts, through the same
-HTTP API any controller uses:
+The operator under test creates Indexed Jobs in the API emulator, and the
+emulator's own Job controller (``tests/support/jobcontroller.py``, on as in
+every faithful cluster) makes their pods, counts their outcomes, evaluates
+``podFailurePolicy``, sets ``FailureTarget``/``Failed``/``Complete``, handles
+``suspend``, replaces pods and releases the job-tracking finalizer. Nothing
+there runs the pods. ``PodExecutor`` is the missing node: it polls the Pods
+owned by Jobs, through the same HTTP API a kubelet uses, and
 
-- Job controller: for every unsuspended Job it creates one Pod object per
-  completion index (labels and annotations from the template plus
-  ``batch.kubernetes.io/job-completion-index``, ``job-name``, an owner
-  reference to the Job), counts active/succeeded/failed pods and
-  ``completedIndexes`` in the Job's status, marks it ``Complete`` (with
-  ``SuccessCriteriaMet``) when every index succeeded, or ``Failed`` (with
-  ``FailureTarget``; reason ``PodFailurePolicy`` when a ``FailJob`` rule
-  matched the exit code, else ``BackoffLimitExceeded``) when failures exceed
-  ``backoffLimit``, and then stops the remaining pods. ``spec.suspend`` stops
-  the pods (condition ``Suspended``); unsuspending starts them again.
-  Deleting a Job stops its processes. ``podFailurePolicy`` rules are
-  evaluated in order, ``onExitCodes`` and ``onPodConditions`` (e.g.
-  ``DisruptionTarget``), with the actions ``FailJob``, ``Ignore`` (the index
-  gets a new pod, not counted) and ``Count``.
-- a Pod object deleted by someone else (an eviction, a preemption, a drain:
-  ``DisruptionTarget`` then a graceful delete) stops its process as the
-  kubelet does: SIGTERM, SIGKILL after the grace period; the terminated
-  status keeps the pod's other conditions (``DisruptionTarget``).
-- kubelet: each Pod runs its first container as a local process built from
-  the pod template: ``command``/``args`` with ``$(VAR)`` expansion, ``env``
-  with ``value``, ``fieldRef`` (metadata.name/namespace/labels/annotations),
-  ``secretKeyRef`` and ``configMapKeyRef`` (read from the emulator),
-  ``envFrom``; volumes materialised as real folders under the pod's temp
-  dir (``configMap`` and ``secret`` as files, ``emptyDir`` empty,
-  ``projected`` service-account token + CA) with every mount path in args
-  and env rewritten to its folder. The rendezvous host names
-  ``<pod>.<subdomain>[.<ns>.svc[.cluster.local]]`` map to 127.0.0.1 and each
-  declared container port to a free local port (one per Job, as all pods of a
-  gang use the same port). Pod status goes Pending -> Running (container
-  running) -> Succeeded/Failed with the container's terminated state (exit
-  code, reason, and for ``FallbackToLogsOnError`` the log's last lines as
-  message). Stopping a pod is SIGTERM to its process group, then SIGKILL
-  after the grace period.
-- projected service-account tokens come from a TokenRequest bound to the pod
-  (audience and expiry from the volume source), as the kubelet gets them; pods
+- runs each Pending pod bound to it (no ``spec.nodeName``, as there is no
+  scheduler, or its own ``node_name``) as a local process built from the pod
+  spec: the first container's ``command``/``args`` with ``$(VAR)`` expansion,
+  ``env`` with ``value``, ``fieldRef`` (metadata.name/namespace/uid/labels/
+  annotations, spec.nodeName...), ``secretKeyRef`` and ``configMapKeyRef``
+  (read from the emulator), ``envFrom``; volumes materialised as real folders
+  under the pod's temp dir (``configMap`` and ``secret`` as files,
+  ``emptyDir`` empty, ``projected`` service-account token + CA) with every
+  mount path in args and env rewritten to its folder. The rendezvous host
+  names ``<pod>.<subdomain>[.<ns>.svc[.cluster.local]]`` map to 127.0.0.1 and
+  each declared container port to a free local port (one per Job, as all
+  pods of a gang use the same port). A missing Secret/ConfigMap key leaves the
+  pod Pending with ``CreateContainerConfigError`` (retried, as the kubelet does);
+- reports the pod's status as a kubelet does, with ``support.kubelet``'s
+  ``run``/``terminate``/``waiting`` (a status manager that writes over the
+  version it read, so the eviction API's ``DisruptionTarget`` is never lost):
+  Running (scheduled, ready, container running), then Succeeded/Failed with
+  the container's terminated state (exit code, reason, and for
+  ``FallbackToLogsOnError`` the log's last 80 lines, at most 2 KiB, as
+  message), Ready False, the pod's other conditions kept;
+- stops a pod whose Pod object is deleted (an eviction, a preemption, a drain,
+  the Job controller on suspend or on the Job's verdict, the garbage
+  collector after its Job went) as the kubelet does: SIGTERM to the
+  container's main process, SIGKILL to every process of it once
+  ``deletionGracePeriodSeconds`` (capped by ``grace_cap``) is over; the pod
+  stays (terminating) until that terminated state is reported;
+- gets projected service-account tokens from a TokenRequest bound to the pod
+  (audience and expiry from the volume source), as the kubelet does; pods
   also get ``KUBERNETES_SERVICE_HOST``/``PORT`` and ``KUBETUNE_API_SERVER``
   (the URL with its scheme: the emulator speaks plain HTTP).
 
+A grace period lasts at most ``grace_cap`` seconds, by default the cluster's
+``max_grace_seconds``, after which the emulator ends a graceful deletion by
+itself (the pod Failed, exit code 137: the fallback for pods no kubelet
+runs). The executor sees a deletion up to one poll late, so it kills
+``KILL_EARLY`` seconds before that: its SIGKILL and report come first, and no
+process outlives its Pod object.
+
 Ignored, as a machine without containers cannot honour them: the image,
-security contexts, resources, node selection. Processes run as the test user
-with the test's Python (``python``/``torchrun`` resolve to the virtualenv).
+security contexts, resources, probes, node selection. Processes run as the
+test user with the test's Python (``python``/``torchrun`` resolve to the
+virtualenv).
 """
 from __future__ import annotations
 
 import base64
-import copy
 import datetime as dt
 import os
 import re
@@ -64,11 +68,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import requests
+from support import kubelet
+from support.cluster import ApiError, EmulatedCluster
 
 AGENT = "kubetune-tests/executor"
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-INDEX_LABEL = "batch.kubernetes.io/job-completion-index"
+CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
+JOB_NAME = "batch.kubernetes.io/job-name"
+CONFIG_RETRY_SECONDS = 1.0  # a pod Pending on CreateContainerConfigError is tried again after this
+KILL_EARLY = 0.3  # seconds before the emulator's own end of a grace period (module docstring)
 
 
 def _now() -> str:
@@ -87,26 +95,30 @@ class ConfigError(Exception):
 
 # --------------------------------------------------------------- pod process
 class PodProcess:
-    """One pod: its Pod object's name, its local folder and process."""
+    """One pod this node runs: its Pod object's identity, its local folder and process."""
 
-    def __init__(self, job_key: tuple[str, str], index: int, name: str, workdir: Path):
-        self.job_key = job_key
-        self.index = index
-        self.name = name
+    def __init__(self, pod: dict[str, Any], workdir: Path):
+        meta = pod["metadata"]
+        self.pod = pod  # the Pod object as it was when the executor started it
+        self.uid: str = meta["uid"]
+        self.name: str = meta["name"]
+        self.namespace: str = meta["namespace"]
+        labels = meta.get("labels") or {}
+        self.job_key = (self.namespace, labels.get(JOB_NAME) or labels.get("job-name") or "")
+        self.job_uid = labels.get(CONTROLLER_UID) or ""
+        index = (meta.get("annotations") or {}).get(INDEX_ANNOTATION) or labels.get(INDEX_ANNOTATION)
+        self.index = int(index) if index is not None else -1
         self.workdir = workdir
         self.log_path = workdir / "container.log"
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self.started_at: str | None = None
         self.finished_at: str | None = None
-        self.reported = False  # terminal status written to the API
+        self.reported = False  # its terminated state was written to the API (or there was no Pod object left)
         self.stopping_since: float | None = None
-        self.deleted_by_api = False  # its Pod object was deleted (eviction, preemption): not stopped by the Job controller
-        self.conditions: list[dict[str, Any]] = []  # the Pod object's conditions when it terminated
         self.grace = 30.0
         self.argv: list[str] = []
         self.env: dict[str, str] = {}
-        self._tree_killed = False
 
     @property
     def pid(self) -> int | None:
@@ -143,14 +155,12 @@ class PodProcess:
                 os.kill(pid, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        self._tree_killed = True
 
-    def stop(self, grace: float | None = None) -> None:
+    def stop(self, grace: float) -> None:
         """SIGTERM now; ``tick`` kills everything once the grace period is over."""
         if self.stopping_since is None:
             self.stopping_since = time.monotonic()
-            if grace is not None:
-                self.grace = grace
+            self.grace = grace
             self.signal(signal.SIGTERM)
 
     def tick(self) -> None:
@@ -167,78 +177,41 @@ class PodProcess:
         return tail[-limit:]
 
 
-class JobRun:
-    """What the executor tracks of one batch Job."""
-
-    def __init__(self, job: dict[str, Any]):
-        self.uid = job["metadata"]["uid"]
-        self.namespace = job["metadata"]["namespace"]
-        self.name = job["metadata"]["name"]
-        self.pods: dict[int, PodProcess] = {}  # index -> current pod
-        self.succeeded: set[int] = set()
-        self.failed = 0
-        self.finished: str | None = None  # Complete | Failed
-        self.ports: dict[int, int] = {}  # container port -> local port
-        self.start_time: str | None = None
-        self.pod_seq = 0
-
-
 # ------------------------------------------------------------------ executor
 class PodExecutor:
-    """Runs the Jobs of an emulated cluster as local processes; see the module docstring."""
+    """The kubelet of one node that runs the Job pods of an emulated cluster as local processes; see the module docstring."""
 
     def __init__(
         self,
-        api_url: str,
+        cluster: EmulatedCluster,
         workdir: Path,
         extra_env: dict[str, str] | None = None,
         bin_dir: Path | None = None,
         interval: float = 0.1,
-        grace_cap: float = 60.0,
-        token: str | None = None,
+        grace_cap: float | None = None,
+        node_name: str = "local-executor",
     ):
-        self.api_url = api_url.rstrip("/")
+        # The kubelet's identity: the cluster's control-plane token (EmulatedCluster.control_plane_token).
+        assert cluster.control_plane_token, "start the cluster first"
+        self.api = cluster.as_token(cluster.control_plane_token)
+        self.api.session.headers["User-Agent"] = AGENT
+        self.api_url = cluster.url.rstrip("/")
         self.workdir = Path(workdir)
         self.extra_env = dict(extra_env or {})
         self.bin_dir = Path(bin_dir or Path(sys.executable).parent)
         self.interval = interval
-        self.grace_cap = grace_cap
-        self.session = requests.Session()
-        self.session.headers["User-Agent"] = AGENT
-        if token:  # the emulated cluster's control-plane identity (EmulatedCluster.control_plane_token)
-            self.session.headers["Authorization"] = f"Bearer {token}"
-        self.jobs: dict[str, JobRun] = {}  # uid -> run
+        self.grace_cap = grace_cap if grace_cap is not None else cluster.semantics.max_grace_seconds
+        self.node_name = node_name
         self.pods: list[PodProcess] = []  # every pod ever started (for tests: kill, inspect logs)
         self.errors: list[str] = []
-        self._orphans: list[PodProcess] = []  # pods of deleted Jobs still shutting down
+        self._live: dict[str, PodProcess] = {}  # uid -> a pod whose process runs or whose end is not reported yet
+        self._started: set[str] = set()  # uids of the pods this node ran (a pod's container runs once: restartPolicy Never)
+        self._ports: dict[str, dict[int, int]] = {}  # Job uid -> container port -> local port
+        self._config_retry: dict[str, float] = {}  # uid -> when to try a CreateContainerConfigError pod again
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="pod-executor", daemon=True)
         self._lock = threading.RLock()
         self.on_pod_started: list[Callable[[PodProcess], None]] = []
-
-    # ------------------------------------------------------------ API calls
-    def _req(self, method: str, path: str, body: Any = None, ctype: str | None = None, ok404: bool = False) -> Any:
-        headers = {"Content-Type": ctype} if ctype else {}
-        r = self.session.request(method, self.api_url + path, json=body, headers=headers, timeout=30)
-        if ok404 and r.status_code == 404:
-            return None
-        if r.status_code >= 400:
-            raise RuntimeError(f"{method} {path}: HTTP {r.status_code}: {r.text[:300]}")
-        return r.json() if r.content else None
-
-    def _get(self, kind_path: str, ok404: bool = True) -> Any:
-        return self._req("GET", kind_path, ok404=ok404)
-
-    def _patch_status(self, path: str, status: dict[str, Any]) -> None:
-        self._req("PATCH", path + "/status", {"status": status}, "application/merge-patch+json", ok404=True)
-
-    @staticmethod
-    def _job_path(ns: str, name: str) -> str:
-        return f"/apis/batch/v1/namespaces/{ns}/jobs/{name}"
-
-    @staticmethod
-    def _pod_path(ns: str, name: str = "") -> str:
-        return f"/api/v1/namespaces/{ns}/pods" + (f"/{name}" if name else "")
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> PodExecutor:
@@ -258,7 +231,7 @@ class PodExecutor:
                         pod.proc.wait(10)
                     except subprocess.TimeoutExpired:
                         pass
-        self.session.close()
+        self.api.session.close()
 
     def __enter__(self) -> PodExecutor:
         return self.start()
@@ -288,226 +261,75 @@ class PodExecutor:
 
     # ------------------------------------------------------------------ sync
     def sync(self) -> None:
-        jobs = self._req("GET", "/apis/batch/v1/jobs")["items"]
-        live = {j["metadata"]["uid"]: j for j in jobs if not j["metadata"].get("deletionTimestamp")}
-        for uid in list(self.jobs):
-            if uid not in live:  # deleted: its pods go (the emulator GCs the Pod objects)
-                run = self.jobs.pop(uid)
-                for pod in run.pods.values():
-                    pod.stop(self._grace_of(None))
-                    self._orphans.append(pod)
-        for pod in list(self._orphans):
-            pod.tick()
-            if pod.poll() is not None:
-                self._orphans.remove(pod)
-        for uid, job in live.items():
-            run = self.jobs.get(uid)
-            if run is None:
-                run = self.jobs[uid] = JobRun(job)
-            self._sync_job(run, job)
-
-    def _grace_of(self, job: dict[str, Any] | None) -> float:
-        if job is None:
-            return 10.0
-        g = ((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("terminationGracePeriodSeconds", 30)
-        return min(float(g), self.grace_cap)
-
-    def _sync_job(self, run: JobRun, job: dict[str, Any]) -> None:
-        spec = job.get("spec") or {}
-        completions = int(spec.get("completions") or 1)
-        suspended = bool(spec.get("suspend"))
-        for pod in run.pods.values():
-            pod.tick()
-
-        # 0. the kubelet: a running pod whose Pod object was deleted (eviction, preemption) gets SIGTERM
-        if any(p.poll() is None for p in run.pods.values()):
-            objects = {o["metadata"]["name"]: o for o in self._req(
-                "GET", self._pod_path(run.namespace) + f"?labelSelector=batch.kubernetes.io/controller-uid={run.uid}")["items"]}
-            for pod in run.pods.values():
-                obj = objects.get(pod.name)
-                if pod.poll() is None and pod.stopping_since is None and pod.proc is not None and (
-                        obj is None or obj["metadata"].get("deletionTimestamp")):
-                    pod.deleted_by_api = True
-                    grace = (obj or {}).get("metadata", {}).get("deletionGracePeriodSeconds")
-                    pod.stop(min(float(grace), self.grace_cap) if grace is not None else self._grace_of(job))
-
-        # 1. observe finished processes
-        for index, pod in list(run.pods.items()):
-            code = pod.poll()
-            if code is None or pod.reported:
+        """One pass of the kubelet's loop over the Job pods in the API."""
+        objects = {p["metadata"]["uid"]: p for p in self.api.list("Pod", None, label_selector=CONTROLLER_UID)
+                   if (_controller_ref(p) or {}).get("kind") == "Job"}
+        for uid, pod in list(self._live.items()):
+            self._sync_running(pod, objects.get(uid))
+        for uid, obj in objects.items():
+            if uid in self._started:
                 continue
+            spec, status, meta = obj.get("spec") or {}, obj.get("status") or {}, obj["metadata"]
+            if meta.get("deletionTimestamp") or status.get("phase", "Pending") != "Pending":
+                continue
+            if spec.get("nodeName") not in (None, "", self.node_name):
+                continue  # another node's pod
+            if time.monotonic() < self._config_retry.get(uid, 0.0):
+                continue
+            self._start_pod(obj)
+
+    def _grace(self, obj: dict[str, Any] | None, pod: PodProcess) -> float:
+        """The deletion's grace period (DeleteOptions), else the pod's terminationGracePeriodSeconds; capped."""
+        grace = ((obj or {}).get("metadata") or {}).get("deletionGracePeriodSeconds")
+        if grace is None:
+            grace = (pod.pod.get("spec") or {}).get("terminationGracePeriodSeconds", 30)
+        return max(0.0, min(float(grace), self.grace_cap) - KILL_EARLY)
+
+    def _sync_running(self, pod: PodProcess, obj: dict[str, Any] | None) -> None:
+        pod.tick()
+        if pod.poll() is None and pod.stopping_since is None and (obj is None or obj["metadata"].get("deletionTimestamp")):
+            pod.stop(self._grace(obj, pod))  # deleted (eviction, preemption, Job controller, GC): SIGTERM
+        if pod.poll() is None:
+            return
+        if not pod.reported:
             pod.reported = True
-            self._report_pod_terminated(run, pod, job)
-            if pod.stopping_since is not None and not pod.deleted_by_api and (suspended or run.finished):
-                continue  # we stopped it: not a failure of the Job (the pod is deleted)
-            if code == 0:
-                run.succeeded.add(index)
-                continue
-            action = self._policy_action(job, pod)[0]
-            if action == "Ignore":
-                del run.pods[index]  # not counted; the index gets a new pod
-            elif action != "FailJob":
-                run.failed += 1
+            if obj is not None and (obj.get("status") or {}).get("phase") not in ("Succeeded", "Failed"):
+                self._report_terminated(pod)
+        if not _descendants(pod.proc.pid if pod.proc else -1) or pod.stopping_since is None:
+            self._live.pop(pod.uid, None)
 
-        # 2. Job-level verdicts
-        if run.finished is None:
-            failure = self._failure_verdict(run, job)
-            if failure:
-                reason, message = failure
-                run.finished = "Failed"
-                for pod in run.pods.values():
-                    if pod.poll() is None:
-                        pod.stop(self._grace_of(job))
-                self._write_job_status(run, job, extra_conditions=[
-                    self._cond("FailureTarget", reason, message), self._cond("Failed", reason, message)])
-                return
-            if len(run.succeeded) >= completions:
-                run.finished = "Complete"
-                self._write_job_status(run, job, extra_conditions=[
-                    self._cond("SuccessCriteriaMet", "CompletionsReached", "Reached expected number of succeeded pods"),
-                    self._cond("Complete", "CompletionsReached", "Reached expected number of succeeded pods")],
-                    completion=True)
-                return
-        else:
-            return
-
-        # 3. suspend / resume
-        if suspended:
-            stopped_any = False
-            for index, pod in list(run.pods.items()):
-                if pod.poll() is None:
-                    pod.stop(self._grace_of(job))
-                    stopped_any = True
-                    continue
-                if not pod.reported:  # it ended after step 1 polled it: report it before its Pod goes
-                    pod.reported = True
-                    self._report_pod_terminated(run, pod, job)
-                self._req("DELETE", self._pod_path(run.namespace, pod.name), ok404=True)
-                del run.pods[index]
-            if not stopped_any and not any(p.poll() is None for p in run.pods.values()):
-                self._write_job_status(run, job, extra_conditions=[self._cond("Suspended", "JobSuspended", "Job suspended")])
-            return
-
-        # 4. start missing pods
-        started = False
-        for index in range(completions):
-            if index in run.succeeded:
-                continue
-            pod = run.pods.get(index)
-            if pod is not None and (pod.poll() is None or not pod.reported or pod.exit_code == 0):
-                continue
-            if pod is not None and pod.reported and pod.exit_code not in (None, 0):
-                continue  # a failed pod of a Job that has not failed yet (backoffLimit > 0 is not emulated)
-            self._start_pod(run, job, index)
-            started = True
-        if started or run.start_time is None:
-            run.start_time = run.start_time or _now()
-        self._write_job_status(run, job, extra_conditions=[self._cond("Suspended", "JobResumed", "Job resumed", status="False")]
-                               if any(c.get("type") == "Suspended" for c in (job.get("status") or {}).get("conditions") or []) else [])
-
-    @staticmethod
-    def _policy_action(job: dict[str, Any], pod: PodProcess) -> tuple[str, int]:
-        """The first podFailurePolicy rule the failed pod matches: (action, index); no match: Count."""
-        for i, rule in enumerate(((job.get("spec") or {}).get("podFailurePolicy") or {}).get("rules") or []):
-            on = rule.get("onExitCodes") or {}
-            if on:
-                values = set(on.get("values") or [])
-                if pod.exit_code in values if on.get("operator", "In") == "In" else pod.exit_code not in values:
-                    return rule.get("action", "Count"), i
-            for pattern in rule.get("onPodConditions") or []:
-                if any(c.get("type") == pattern.get("type") and c.get("status") == pattern.get("status", "True") for c in pod.conditions):
-                    return rule.get("action", "Count"), i
-        return "Count", -1
-
-    def _failure_verdict(self, run: JobRun, job: dict[str, Any]) -> tuple[str, str] | None:
-        spec = job.get("spec") or {}
-        for pod in run.pods.values():
-            if not pod.reported or pod.exit_code in (None, 0) or (pod.stopping_since is not None and not pod.deleted_by_api):
-                continue
-            action, i = self._policy_action(job, pod)
-            if action == "FailJob":
-                return "PodFailurePolicy", (f"Container {(spec.get('template') or {}).get('spec', {}).get('containers', [{}])[0].get('name', 'trainer')} "
-                                            f"for pod {run.namespace}/{pod.name} failed with exit code {pod.exit_code} matching FailJob rule at index {i}")
-        backoff = int(spec.get("backoffLimit", 6))
-        if run.failed > backoff:
-            return "BackoffLimitExceeded", "Job has reached the specified backoff limit"
-        return None
-
-    @staticmethod
-    def _cond(ctype: str, reason: str, message: str, status: str = "True") -> dict[str, Any]:
-        now = _now()
-        return {"type": ctype, "status": status, "reason": reason, "message": message, "lastProbeTime": now, "lastTransitionTime": now}
-
-    def _write_job_status(self, run: JobRun, job: dict[str, Any], extra_conditions: list[dict[str, Any]], completion: bool = False) -> None:
-        active = sum(1 for p in run.pods.values() if p.proc is not None and p.poll() is None)
-        status: dict[str, Any] = {
-            "active": active,
-            "succeeded": len(run.succeeded),
-            "failed": run.failed,
-            "ready": active,
-            "completedIndexes": _ranges(sorted(run.succeeded)) if run.succeeded else None,
-        }
-        if run.start_time:
-            status["startTime"] = run.start_time
-        if completion:
-            status["completionTime"] = _now()
-        old = job.get("status") or {}
-        conds = [c for c in old.get("conditions") or [] if c.get("type") not in {c2["type"] for c2 in extra_conditions}]
-        conds += extra_conditions
-        if conds or old.get("conditions"):
-            status["conditions"] = conds or None
-        comparable = {k: v for k, v in status.items() if k != "conditions"}
-        unchanged = all(old.get(k) == v for k, v in comparable.items()) and not extra_conditions
-        same_conds = [{k: c.get(k) for k in ("type", "status", "reason")} for c in old.get("conditions") or []] == \
-                     [{k: c.get(k) for k in ("type", "status", "reason")} for c in conds]
-        if unchanged or (same_conds and all(old.get(k) == v for k, v in comparable.items())):
-            return
-        self._patch_status(self._job_path(run.namespace, run.name), status)
+    def _report_terminated(self, pod: PodProcess) -> None:
+        code = pod.exit_code if pod.exit_code is not None else 128
+        container = ((pod.pod.get("spec") or {}).get("containers") or [{}])[0]
+        message = ""
+        if code != 0 and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
+            message = pod.log_tail()
+        try:
+            kubelet.terminate(self.api, pod.pod, code, message=message, finished_at=pod.finished_at)
+        except ApiError as e:
+            if e.status != 404:
+                raise  # 404: the Pod object is gone (force-deleted), nothing left to report to
 
     # ------------------------------------------------------------------ pods
-    def _start_pod(self, run: JobRun, job: dict[str, Any], index: int) -> None:
-        template = copy.deepcopy((job.get("spec") or {}).get("template") or {})
-        tmeta = template.get("metadata") or {}
-        pspec = template.get("spec") or {}
-        run.pod_seq += 1
-        name = f"{run.name}-{index}-{run.pod_seq:05d}"
-        hostname = f"{run.name}-{index}"
-        labels = dict(tmeta.get("labels") or {})
-        labels.update({"job-name": run.name, "batch.kubernetes.io/job-name": run.name, INDEX_LABEL: str(index),
-                       "controller-uid": run.uid, "batch.kubernetes.io/controller-uid": run.uid})
-        annotations = dict(tmeta.get("annotations") or {})
-        annotations[INDEX_ANNOTATION] = str(index)
-        pod_obj = {
-            "apiVersion": "v1",
-            "kind": "Pod",
-            "metadata": {
-                "name": name,
-                "namespace": run.namespace,
-                "labels": labels,
-                "annotations": annotations,
-                "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job", "name": run.name, "uid": run.uid,
-                                     "controller": True, "blockOwnerDeletion": True}],
-            },
-            "spec": {**pspec, "hostname": hostname, "nodeName": "local-executor"},
-        }
-        created = self._req("POST", self._pod_path(run.namespace), pod_obj, "application/json")
-        workdir = self.workdir / run.namespace / name
+    def _start_pod(self, obj: dict[str, Any]) -> None:
+        meta = obj["metadata"]
+        workdir = self.workdir / meta["namespace"] / meta["name"]
         workdir.mkdir(parents=True, exist_ok=True)
-        pod = PodProcess((run.namespace, run.name), index, name, workdir)
-        pod.grace = self._grace_of(job)
-        run.pods[index] = pod
-        self.pods.append(pod)
-        container = (pspec.get("containers") or [{}])[0]
+        pod = PodProcess(obj, workdir)
+        ports = self._ports.setdefault(pod.job_uid or pod.uid, {})
         try:
-            argv, env = self._materialise(run, created, pspec, container, hostname, workdir)
+            argv, env = self._materialise(obj, ports, workdir)
         except ConfigError as e:
-            self._patch_status(self._pod_path(run.namespace, name), {
-                "phase": "Pending",
-                "containerStatuses": [{"name": container.get("name", "c"), "ready": False, "restartCount": 0,
-                                       "image": container.get("image", ""), "imageID": "",
-                                       "state": {"waiting": {"reason": "CreateContainerConfigError", "message": str(e)}}}],
-            })
+            self._config_retry[pod.uid] = time.monotonic() + CONFIG_RETRY_SECONDS
+            current = ((obj.get("status") or {}).get("containerStatuses") or [{}])[0].get("state", {}).get("waiting") or {}
+            if current.get("message") != str(e):
+                try:
+                    kubelet.waiting(self.api, obj, "CreateContainerConfigError", str(e))
+                except ApiError as err:
+                    if err.status != 404:
+                        raise
             return
+        self._config_retry.pop(pod.uid, None)
         pod.argv, pod.env = argv, env
         (workdir / "command.sh").write_text(shlex.join(argv) + "\n")
         log = open(pod.log_path, "ab")
@@ -516,51 +338,26 @@ class PodExecutor:
                                         stdin=subprocess.DEVNULL, start_new_session=True)
         except OSError as e:
             pod.exit_code = 128
+            pod.finished_at = _now()
             log.write(f"executor: cannot start {argv[0]}: {e}\n".encode())
         finally:
             log.close()
         pod.started_at = _now()
-        self._patch_status(self._pod_path(run.namespace, name), {
-            "phase": "Running",
-            "startTime": pod.started_at,
-            "podIP": "127.0.0.1",
-            "hostIP": "127.0.0.1",
-            "conditions": [{"type": t, "status": "True", "lastTransitionTime": pod.started_at}
-                           for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")],
-            "containerStatuses": [{"name": container.get("name", "c"), "ready": True, "started": True, "restartCount": 0,
-                                   "image": container.get("image", ""), "imageID": "",
-                                   "state": {"running": {"startedAt": pod.started_at}}}],
-        })
+        self.pods.append(pod)
+        self._started.add(pod.uid)
+        self._live[pod.uid] = pod
+        try:
+            kubelet.run(self.api, obj, started_at=pod.started_at, pod_ip="127.0.0.1")
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            pod.stop(0.0)  # deleted before it was reported running: nothing may keep running for it
         for hook in self.on_pod_started:
             hook(pod)
 
-    def _report_pod_terminated(self, run: JobRun, pod: PodProcess, job: dict[str, Any]) -> None:
-        code = pod.exit_code
-        container = (((job.get("spec") or {}).get("template") or {}).get("spec", {}).get("containers") or [{}])[0]
-        terminated: dict[str, Any] = {
-            "exitCode": code,
-            "reason": "Completed" if code == 0 else "Error",
-            "startedAt": pod.started_at or _now(),
-            "finishedAt": pod.finished_at or _now(),
-        }
-        if code not in (None, 0) and container.get("terminationMessagePolicy") == "FallbackToLogsOnError":
-            terminated["message"] = pod.log_tail()
-        if code == 137 or code == 143:
-            terminated["signal"] = code - 128
-        obj = self._get(self._pod_path(run.namespace, pod.name)) or {}
-        kept = [c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") not in ("Ready", "ContainersReady")]
-        pod.conditions = kept
-        self._patch_status(self._pod_path(run.namespace, pod.name), {
-            "phase": "Succeeded" if code == 0 else "Failed",
-            "conditions": kept + [{"type": t, "status": "False", "reason": "PodCompleted", "lastTransitionTime": _now()}
-                                  for t in ("Ready", "ContainersReady")],
-            "containerStatuses": [{"name": container.get("name", "c"), "ready": False, "started": False, "restartCount": 0,
-                                   "image": container.get("image", ""), "imageID": "", "state": {"terminated": terminated}}],
-        })
-
-    def _pod_token(self, ns: str, pod: dict[str, Any], pspec: dict[str, Any], source: dict[str, Any]) -> str:
+    def _pod_token(self, ns: str, pod: dict[str, Any], source: dict[str, Any]) -> str:
         """A projected service-account token, as the kubelet gets it: a TokenRequest bound to the pod."""
-        sa = pspec.get("serviceAccountName") or "default"
+        sa = (pod.get("spec") or {}).get("serviceAccountName") or "default"
         spec: dict[str, Any] = {
             "expirationSeconds": int(source.get("expirationSeconds") or 3600),
             "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": pod["metadata"]["name"], "uid": pod["metadata"].get("uid")},
@@ -568,16 +365,18 @@ class PodExecutor:
         if source.get("audience"):
             spec["audiences"] = [source["audience"]]
         try:
-            answer = self._req("POST", f"/api/v1/namespaces/{ns}/serviceaccounts/{sa}/token",
-                               {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
-        except RuntimeError as e:
+            answer = self.api.request("POST", self.api.path("ServiceAccount", ns, sa, "token"),
+                                      {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec})
+        except ApiError as e:
             raise ConfigError(f"serviceaccount token for {sa}: {e}") from None
         return str(answer["status"]["token"])
 
     # -------------------------------------------------- template -> process
-    def _materialise(self, run: JobRun, pod: dict[str, Any], pspec: dict[str, Any], container: dict[str, Any],
-                     hostname: str, workdir: Path) -> tuple[list[str], dict[str, str]]:
-        ns = run.namespace
+    def _materialise(self, pod: dict[str, Any], ports: dict[int, int], workdir: Path) -> tuple[list[str], dict[str, str]]:
+        ns = pod["metadata"]["namespace"]
+        pspec = pod.get("spec") or {}
+        container = (pspec.get("containers") or [{}])[0]
+        hostname = pspec.get("hostname") or pod["metadata"]["name"]
         # volumes -> folders
         volume_dirs: dict[str, Path] = {}
         for vol in pspec.get("volumes") or []:
@@ -593,7 +392,7 @@ class PodExecutor:
                 for src in vol["projected"].get("sources") or []:
                     if "serviceAccountToken" in src:
                         sat = src["serviceAccountToken"]
-                        (d / sat.get("path", "token")).write_text(self._pod_token(ns, pod, pspec, sat))
+                        (d / sat.get("path", "token")).write_text(self._pod_token(ns, pod, sat))
                     elif "configMap" in src:
                         data = self._configmap_data(ns, {**src["configMap"], "optional": True})
                         self._write_items(d, data, src["configMap"].get("items"))
@@ -609,8 +408,8 @@ class PodExecutor:
         # ports -> one free local port per Job and container port
         for p in container.get("ports") or []:
             cp = int(p["containerPort"])
-            if cp not in run.ports:
-                run.ports[cp] = _free_port()
+            if cp not in ports:
+                ports[cp] = _free_port()
         subdomain = pspec.get("subdomain")
 
         # One pass over all mount paths (longest first), so a rewritten path is
@@ -626,13 +425,11 @@ class PodExecutor:
             if subdomain:
                 value = re.sub(r"\b[a-z0-9]([a-z0-9\-]*[a-z0-9])?\." + re.escape(subdomain)
                                + r"(\." + re.escape(ns) + r"(\.svc(\.cluster\.local)?)?)?\b", "127.0.0.1", value)
-            for cp, local in run.ports.items():
+            for cp, local in ports.items():
                 value = re.sub(r"(?:(?<=[=:])|^)" + str(cp) + r"\b", str(local), value)
             return value
 
-        env: dict[str, str] = {}
-        index = pod["metadata"]["annotations"][INDEX_ANNOTATION]
-        env["JOB_COMPLETION_INDEX"] = index  # the Job controller sets it for Indexed Jobs
+        env: dict[str, str] = {}  # JOB_COMPLETION_INDEX is in the container's env: the Job controller put it there
         for src in container.get("envFrom") or []:
             prefix = src.get("prefix", "")
             if "configMapRef" in src:
@@ -682,7 +479,7 @@ class PodExecutor:
         return argv, full_env
 
     def _configmap_data(self, ns: str, ref: dict[str, Any]) -> dict[str, str]:
-        cm = self._get(f"/api/v1/namespaces/{ns}/configmaps/{ref['name']}")
+        cm = self.api.get("ConfigMap", ns, ref["name"])
         if cm is None:
             if ref.get("optional"):
                 return {}
@@ -690,7 +487,7 @@ class PodExecutor:
         return dict(cm.get("data") or {})
 
     def _secret_data(self, ns: str, name: str, optional: bool | None) -> dict[str, str]:
-        secret = self._get(f"/api/v1/namespaces/{ns}/secrets/{name}")
+        secret = self.api.get("Secret", ns, name)
         if secret is None:
             if optional:
                 return {}
@@ -707,13 +504,13 @@ class PodExecutor:
             if m:
                 return (meta.get(m.group(1)) or {}).get(m.group(2), "")
             return {"metadata.name": meta["name"], "metadata.namespace": meta["namespace"], "metadata.uid": meta.get("uid", ""),
-                    "spec.nodeName": "local-executor", "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
+                    "spec.nodeName": self.node_name, "spec.serviceAccountName": pod["spec"].get("serviceAccountName", ""),
                     "status.podIP": "127.0.0.1", "status.hostIP": "127.0.0.1"}.get(path, "")
         for key, loader in (("secretKeyRef", "secret"), ("configMapKeyRef", "configmap")):
             if key in src:
                 ref = src[key]
-                data = (self._secret_data(ns, ref["name"], True) if loader == "secret"
-                        else self._configmap_data(ns, {"name": ref["name"], "optional": True}))
+                data = (self._secret_data(ns, ref["name"], ref.get("optional")) if loader == "secret"
+                        else self._configmap_data(ns, {"name": ref["name"], "optional": ref.get("optional")}))
                 if ref["key"] in data:
                     return data[ref["key"]]
                 if ref.get("optional"):
@@ -750,23 +547,28 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
+def _descendants(pid: int) -> list[int]:
+    """All live descendants of ``pid`` (Linux /proc)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+        except (OSError, IndexError, ValueError):
+            continue
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes $(VAR) expansion: defined variables expand, $$(VAR) escapes, unknown ones stay."""
     return re.sub(r"\$\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
                   lambda m: m.group(0)[1:] if m.group(0).startswith("$$") else env.get(m.group(2), m.group(0)), value)
 
 
-def _ranges(indexes: list[int]) -> str:
-    """[0, 1, 2, 5] -> '0-2,5' (the Job's completedIndexes format)."""
-    out, start, prev = [], None, None
-    for i in indexes:
-        if start is None:
-            start = prev = i
-        elif i == prev + 1:
-            prev = i
-        else:
-            out.append(f"{start}-{prev}" if prev != start else str(start))
-            start = prev = i
-    if start is not None:
-        out.append(f"{start}-{prev}" if prev != start else str(start))
-    return ",".join(out)
+def _controller_ref(obj: dict[str, Any]) -> dict[str, Any] | None:
+    return next((r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")), None)

@@ -23,8 +23,9 @@ def cluster():
     from support.cluster import EmulatedCluster
 
     # A pod deleted (evicted, preempted) keeps running for its grace period (up to 30 s here); the garbage
-    # collector is asynchronous. The pod executor plays the Job controller and the kubelet (tests/e2e/executor.py).
-    with EmulatedCluster(semantics=Semantics(job_controller=False, max_grace_seconds=30)) as c:
+    # collector is asynchronous; the emulator's Job controller makes and accounts the pods, and the pod
+    # executor is their kubelet (tests/e2e/executor.py).
+    with EmulatedCluster(semantics=Semantics(max_grace_seconds=30)) as c:
         c.ensure_namespace(NAMESPACE)
         c.create({
             "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s3-creds", "namespace": NAMESPACE},

@@ -1,16 +1,18 @@
-"""Play the Job controller, the scheduler and the kubelet against the emulated cluster.
+"""Play the scheduler and the kubelet (and the Job controller, where the emulator's is off) against the emulated cluster.
 
-The emulator runs no controllers. These helpers change objects the way those
-controllers would, through the API, so the operator sees ordinary watch
-events: pods of an Indexed Job appear (named, labelled and owned as the Job
-controller makes them), get scheduled or not, run, and terminate with an exit
-code, a reason and a termination message.
+The emulator runs the Job controller (``Semantics.job_controller``) but no
+scheduler or kubelet. These helpers change objects the way those components
+would, through the API, so the operator sees ordinary watch events: pods get
+scheduled or not, run, and terminate with an exit code, a reason and a
+termination message. The e2e pod executor (``tests/e2e/executor.py``) writes
+its pods' status with ``run``/``terminate``/``waiting`` too.
 """
 from __future__ import annotations
 
 import copy
 import datetime as dt
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from support.cluster import EmulatedCluster
@@ -66,11 +68,60 @@ def create_pods(cluster: EmulatedCluster, job: dict[str, Any]) -> list[dict[str,
     return pods
 
 
-def _container(state: dict[str, Any], name: str = "trainer", last: dict[str, Any] | None = None) -> dict[str, Any]:
-    cs = {"name": name, "image": "trainer", "imageID": "", "ready": "running" in state, "restartCount": 0, "state": state}
+def _container(pod: dict[str, Any], state: dict[str, Any], last: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The status of the pod's (first) container, named and imaged as its spec says."""
+    spec = ((pod.get("spec") or {}).get("containers") or [{}])[0]
+    running = "running" in state
+    cs = {"name": spec.get("name", "trainer"), "image": spec.get("image", "trainer"), "imageID": "", "ready": running,
+          "started": running, "restartCount": 0, "state": state}
     if last:
         cs["lastState"] = last
     return cs
+
+
+def _with_conditions(conditions: list[dict[str, Any]], status: str, reason: str | None, *types: str) -> list[dict[str, Any]]:
+    """``conditions`` with each of ``types`` set to ``status`` (its lastTransitionTime kept when it does not change)."""
+    old = {c.get("type"): c for c in conditions}
+    out = [c for c in conditions if c.get("type") not in types]
+    for t in types:
+        prev = old.get(t)
+        if prev is not None and prev.get("status") == status and prev.get("reason") == reason:
+            out.append(prev)
+            continue
+        c = {"type": t, "status": status, "lastTransitionTime": _now()}
+        if reason:
+            c["reason"] = reason
+        out.append(c)
+    return out
+
+
+def write_status(cluster: EmulatedCluster, pod: dict[str, Any], build: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    """The kubelet's status manager: the new status is built from the pod as it is now and written only over that
+    version (a merge patch carrying its resourceVersion; 409 Conflict: read it again), so a condition another
+    component added meanwhile (the eviction API's ``DisruptionTarget``) is never lost. 404 when the pod is gone."""
+    from support.cluster import ApiError
+
+    ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
+    for _ in range(20):
+        live = cluster.get("Pod", ns, name)
+        if live is None or (pod["metadata"].get("uid") and live["metadata"].get("uid") != pod["metadata"]["uid"]):
+            raise ApiError(404, {"reason": "NotFound", "message": f'pods "{name}" not found'})
+        body = {"metadata": {"resourceVersion": live["metadata"]["resourceVersion"]}, "status": build(live)}
+        try:
+            return cluster.patch("Pod", ns, name, body, subresource="status")
+        except ApiError as e:
+            if e.status != 409:
+                raise
+    raise ApiError(409, {"reason": "Conflict", "message": f"pod {ns}/{name}: status kept changing under the kubelet"})
+
+
+def waiting(cluster: EmulatedCluster, pod: dict[str, Any], reason: str, message: str) -> dict[str, Any]:
+    """The kubelet cannot start the container (``ImagePullBackOff``, ``CreateContainerConfigError``...): Pending."""
+    def build(live: dict[str, Any]) -> dict[str, Any]:
+        conds = _with_conditions((live.get("status") or {}).get("conditions") or [], "True", None, "PodScheduled")
+        return {"phase": "Pending", "conditions": conds,
+                "containerStatuses": [_container(live, {"waiting": {"reason": reason, "message": message}})]}
+    return write_status(cluster, pod, build)
 
 
 def unschedulable(cluster: EmulatedCluster, pod: dict[str, Any], message: str = "0/4 nodes are available: 4 Insufficient nvidia.com/gpu.") -> dict[str, Any]:
@@ -82,35 +133,42 @@ def unschedulable(cluster: EmulatedCluster, pod: dict[str, Any], message: str = 
 
 def image_pull_error(cluster: EmulatedCluster, pod: dict[str, Any], reason: str = "ImagePullBackOff",
                      message: str = "Back-off pulling image") -> dict[str, Any]:
-    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
-        "phase": "Pending",
-        "conditions": [{"type": "PodScheduled", "status": "True", "lastTransitionTime": _now()}],
-        "containerStatuses": [_container({"waiting": {"reason": reason, "message": message}})],
-    })
+    return waiting(cluster, pod, reason, message)
 
 
-def run(cluster: EmulatedCluster, pod: dict[str, Any]) -> dict[str, Any]:
-    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], {
-        "phase": "Running",
-        "startTime": _now(),
-        "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True"}],
-        "containerStatuses": [_container({"running": {"startedAt": _now()}})],
-    })
+def run(cluster: EmulatedCluster, pod: dict[str, Any], started_at: str | None = None, pod_ip: str | None = None) -> dict[str, Any]:
+    """The kubelet: the pod's container runs (scheduled, initialized, ready); its other conditions stay."""
+    started_at = started_at or _now()
+
+    def build(live: dict[str, Any]) -> dict[str, Any]:
+        old = live.get("status") or {}
+        conds = _with_conditions(old.get("conditions") or [], "True", None, "PodScheduled", "Initialized", "ContainersReady", "Ready")
+        status = {"phase": "Running", "startTime": old.get("startTime") or started_at, "conditions": conds,
+                  "containerStatuses": [_container(live, {"running": {"startedAt": started_at}})]}
+        if pod_ip:
+            status.update({"podIP": pod_ip, "podIPs": [{"ip": pod_ip}], "hostIP": pod_ip, "hostIPs": [{"ip": pod_ip}]})
+        return status
+    return write_status(cluster, pod, build)
 
 
 def terminate(cluster: EmulatedCluster, pod: dict[str, Any], exit_code: int, reason: str | None = None, message: str = "",
-              pod_conditions: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The kubelet: the trainer container exited; the pod is Succeeded (0) or Failed."""
+              pod_conditions: list[dict[str, Any]] | None = None, finished_at: str | None = None) -> dict[str, Any]:
+    """The kubelet: the container exited; the pod is Succeeded (0) or Failed, with the container's terminated state
+    (exit code, reason, message; startedAt from its running state) and Ready/ContainersReady False, reason
+    PodCompleted or PodFailed (as kubelet/status/generate.go has them). Its other conditions stay
+    (``DisruptionTarget``); ``pod_conditions`` replaces them."""
     reason = reason or ("Completed" if exit_code == 0 else "Error")
-    status: dict[str, Any] = {
-        "phase": "Succeeded" if exit_code == 0 else "Failed",
-        "containerStatuses": [_container({"terminated": {
-            "exitCode": exit_code, "reason": reason, "message": message, "startedAt": _now(), "finishedAt": _now(),
-        }})],
-    }
-    if pod_conditions:
-        status["conditions"] = pod_conditions
-    return cluster.patch_status("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"], status)
+
+    def build(live: dict[str, Any]) -> dict[str, Any]:
+        old = live.get("status") or {}
+        running = (((old.get("containerStatuses") or [{}])[0].get("state")) or {}).get("running") or {}
+        terminated = {"exitCode": exit_code, "reason": reason, "message": message,
+                      "startedAt": running.get("startedAt") or old.get("startTime") or _now(), "finishedAt": finished_at or _now()}
+        conds = (old.get("conditions") or []) if pod_conditions is None else pod_conditions
+        return {"phase": "Succeeded" if exit_code == 0 else "Failed",
+                "conditions": _with_conditions(conds, "False", "PodCompleted" if exit_code == 0 else "PodFailed", "ContainersReady", "Ready"),
+                "containerStatuses": [_container(live, {"terminated": terminated})]}
+    return write_status(cluster, pod, build)
 
 
 def complete_job(cluster: EmulatedCluster, job: dict[str, Any], pods: list[dict[str, Any]]) -> dict[str, Any]:
