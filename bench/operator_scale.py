@@ -12,7 +12,9 @@
    request it makes during a few resync intervals, per interval (goal 0);
 4. the operator's peak RSS with M jobs (start-up and resyncs; goal < 200 MiB).
 
-Latency is measured inside the emulator (FineTuneJob stored -> Job stored).
+Latency is measured inside the emulator (FineTuneJob stored -> Job stored); the
+emulator runs in this process with Python's garbage collector off during each
+latency arm (its pauses stalled the emulated API server for both controllers).
 Both controllers run as their own processes (`kubetune operator`, `kopf run`),
 logged in by kubeconfig, so their memory is their own. The numbers are printed
 whether the goals are met or not. On a busy 2-core machine the absolute
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import gc
 import os
 import signal
 import subprocess
@@ -138,11 +141,20 @@ def latency_arm(kind: str, cluster: EmulatedCluster, n: int, workdir: str) -> di
     ctl = Controller(kind, cluster, ns, workdir)
     try:
         ctl.wait_watching()
-        names = burst(cluster, ns, n)
-        at = cluster.emulator.created_at
-        wait_for(lambda: all(("jobs", ns, f"{name}-a1") in at for name in names), timeout=1800, interval=0.5,
-                 message=f"{n} Jobs ({kind})")
-        time.sleep(1.0)  # trailing requests (Kopf posts events in the background)
+        # The emulated API server lives in this process. Python's collector paused it whole during a
+        # burst (full collections over every stored object: up to 0.14 s, longer in the second arm,
+        # whose store holds the first arm's objects too), stalling both controllers' requests and
+        # watch events alike, which a real API server does not do. Off while an arm runs, for both arms.
+        gc.collect()
+        gc.disable()
+        try:
+            names = burst(cluster, ns, n)
+            at = cluster.emulator.created_at
+            wait_for(lambda: all(("jobs", ns, f"{name}-a1") in at for name in names), timeout=1800, interval=0.5,
+                     message=f"{n} Jobs ({kind})")
+            time.sleep(1.0)  # trailing requests (Kopf posts events in the background)
+        finally:
+            gc.enable()
     finally:
         peak = ctl.stop()
     latencies = [at[("jobs", ns, f"{name}-a1")] - at[("finetunejobs", ns, name)] for name in names]
