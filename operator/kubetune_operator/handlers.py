@@ -18,8 +18,10 @@ Cost per new job (bench/operator_scale.py): one parse of its spec per
 generation, the ConfigMap and Service created together, then the Job, then one
 status write and its Event; watch events that only echo the loop's own writes
 do not wake it. New jobs first: while a new job waits for its first Job, other
-loops hold their status writes and Events (at most NEW_JOBS_FIRST_MAX_WAIT), so
-a burst of new jobs reaches the scheduler before the reports about it.
+loops hold their status writes and Events (at most NEW_JOBS_FIRST_MAX_WAIT per
+pass), and only REPORTING_LANES of them act at once, each checking for new
+jobs again when its turn comes, so a burst of new jobs reaches the scheduler
+before the reports about it.
 
 What the operator writes on a FineTuneJob: its status (progress, lastCheckpoint
 and output copied from rank 0's checked reports, which the report endpoint,
@@ -67,6 +69,12 @@ GONE_UIDS_KEPT = 1024  # per job name: deleted children remembered, see JobState
 # New jobs first: while some new job's first Job is not created yet, other loops hold their
 # status writes and Events this long at most (a steady stream of new jobs must not starve them).
 NEW_JOBS_FIRST_MAX_WAIT = 5.0
+# Loops past their first create that act at once (status writes, Events, restarts, deletions).
+# The others queue, and each checks again for waiting new jobs when its turn comes: the moment
+# the last new job of a burst got its Job, hundreds of held reports must not all go out at once,
+# ahead of the next new jobs (bench/operator_scale.py: such a wave of 206 status writes and Events
+# in the middle of a burst made every later job wait behind it).
+REPORTING_LANES = 4
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -226,6 +234,7 @@ class Reconciler:
         self.unstarted: set[tuple[str, str]] = set()
         self.all_started = asyncio.Event()
         self.all_started.set()
+        self.reporting = asyncio.Semaphore(REPORTING_LANES)
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -377,27 +386,38 @@ class Reconciler:
 
     async def reconcile(self, st: JobState, logger: Logger) -> float | None:
         """Decide and act until nothing is left to do now. -> seconds to the next pass (None: on events)."""
-        yielded = False
-        for _ in range(10):  # every step changes what decide sees; a longer chain would be a bug
-            ftj = st.ftj
-            if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
-                return None
-            earlier = await self.earlier_job(ftj, st.earlier_job_name(ftj))
-            decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings, earlier))
-            if decision.confirm_gone and await self.confirm_gone(st, ftj, decision.confirm_gone, logger):
-                continue  # the cache held something already gone: decide again on the corrected view
-            if not decision.status_after_create:
-                # Past its first create, or unable to make it now (leftovers, a refusal): nobody waits on it.
-                self._unstarted((ftj["metadata"]["namespace"], ftj["metadata"]["name"]), False)
-            if decision.empty:
-                return decision.requeue_after
-            if not yielded and not decision.status_after_create and await self.new_jobs_first(ftj):
-                yielded = True
-                continue  # it waited: decide again on what is known now
-            if not await self.act(st, ftj, decision, logger):
-                return None
-        logger.warning("reconcile did not settle after 10 steps; retrying shortly")
-        return 1.0
+        hold_until = asyncio.get_running_loop().time() + NEW_JOBS_FIRST_MAX_WAIT
+        lane = False  # holding one of the reporting lanes
+        steps = 0
+        try:
+            while steps < 10:  # every step changes what decide sees; a longer chain would be a bug
+                steps += 1
+                ftj = st.ftj
+                if ftj is None or (ftj.get("metadata") or {}).get("deletionTimestamp"):
+                    return None
+                earlier = await self.earlier_job(ftj, st.earlier_job_name(ftj))
+                decision = phases.decide(st.observation(ftj, dt.datetime.now(dt.UTC), self.settings, earlier))
+                if decision.confirm_gone and await self.confirm_gone(st, ftj, decision.confirm_gone, logger):
+                    continue  # the cache held something already gone: decide again on the corrected view
+                if not decision.status_after_create:
+                    # Past its first create, or unable to make it now (leftovers, a refusal): nobody waits on it.
+                    self._unstarted((ftj["metadata"]["namespace"], ftj["metadata"]["name"]), False)
+                if decision.empty:
+                    return decision.requeue_after
+                if not decision.status_after_create:
+                    if not lane:
+                        await self.reporting.acquire()
+                        lane = True
+                    if await self.new_jobs_first(ftj, hold_until):
+                        steps -= 1  # a wait is not a step
+                        continue  # it waited: decide again on what is known now
+                if not await self.act(st, ftj, decision, logger):
+                    return None
+            logger.warning("reconcile did not settle after 10 steps; retrying shortly")
+            return 1.0
+        finally:
+            if lane:
+                self.reporting.release()
 
     def _unstarted(self, key: tuple[str, str], waiting: bool) -> None:
         if waiting:
@@ -408,14 +428,19 @@ class Reconciler:
             if not self.unstarted:
                 self.all_started.set()
 
-    async def new_jobs_first(self, ftj: dict[str, Any]) -> bool:
-        """Wait (at most NEW_JOBS_FIRST_MAX_WAIT) while other new jobs wait for their first Job.
-        -> whether it waited. Only reporting waits: a new job's own first create never does."""
+    async def new_jobs_first(self, ftj: dict[str, Any], until: float | None = None) -> bool:
+        """Wait while other new jobs wait for their first Job, until the loop time ``until`` (default:
+        NEW_JOBS_FIRST_MAX_WAIT from now). -> whether it waited. Only reporting waits: a new job's own
+        first create never does."""
         meta = ftj.get("metadata") or {}
         if not self.unstarted - {(meta.get("namespace"), meta.get("name"))}:
             return False
+        loop = asyncio.get_running_loop()
+        remaining = (loop.time() + NEW_JOBS_FIRST_MAX_WAIT if until is None else until) - loop.time()
+        if remaining <= 0:
+            return False  # held long enough: a steady stream of new jobs must not starve reports
         try:
-            await asyncio.wait_for(self.all_started.wait(), NEW_JOBS_FIRST_MAX_WAIT)
+            await asyncio.wait_for(self.all_started.wait(), remaining)
         except TimeoutError:
             pass
         return True

@@ -46,6 +46,48 @@ def test_the_hold_is_bounded(monkeypatch: pytest.MonkeyPatch):
 
 
 
+def test_held_reports_go_out_a_few_at_a_time_and_yield_again_to_new_jobs(monkeypatch: pytest.MonkeyPatch):
+    """When the last new job of a burst got its Job, the held reports do not all go out at once: at most
+    REPORTING_LANES loops act together, and one whose turn comes while another new job waits holds again."""
+    monkeypatch.setattr(handlers, "REPORTING_LANES", 2)
+    monkeypatch.setattr(handlers.phases, "decide", lambda observation: handlers.phases.Decision(status_patch={"x": 1}))
+
+    async def scenario() -> None:
+        rt = Reconciler(OperatorSettings(standalone=True, metrics_port=0, health_port=0))
+        active, peak, acted = 0, 0, []
+
+        async def act(st, ftj, decision, logger) -> bool:
+            nonlocal active, peak
+            active += 1
+            peak = max(peak, active)
+            await asyncio.sleep(0.02)
+            active -= 1
+            acted.append(ftj["metadata"]["name"])
+            return False  # the job is gone: the pass ends
+
+        monkeypatch.setattr(rt, "act", act)
+        states = []
+        for i in range(10):
+            st = rt.state("ns", f"old-{i}")
+            st.see_ftj(ftj(f"old-{i}"))
+            states.append(st)
+        rt._unstarted(("ns", "new"), True)
+        passes = [asyncio.ensure_future(rt.reconcile(st, handlers.log)) for st in states]
+        await asyncio.sleep(0.1)
+        assert acted == [] and active == 0  # all held while "new" has no Job
+        rt._unstarted(("ns", "new"), False)
+        await asyncio.sleep(0.005)
+        assert active == 2  # two lanes act, the other eight queue
+        rt._unstarted(("ns", "newer"), True)  # another new job arrives mid-wave
+        await asyncio.sleep(0.1)
+        assert len(acted) == 2 and active == 0  # the two that were acting finished; the next ones hold again
+        rt._unstarted(("ns", "newer"), False)
+        assert await asyncio.wait_for(asyncio.gather(*passes), 5.0) == [None] * 10
+        assert peak == 2 and sorted(acted) == sorted(f"old-{i}" for i in range(10))
+
+    asyncio.run(scenario())
+
+
 def test_a_new_job_that_cannot_start_holds_nobody():
     """End to end: a new job blocked by a Job in the way says Pending (it never gets its first
     Job now), and another new job still gets its Job and status at once, not after the hold."""
