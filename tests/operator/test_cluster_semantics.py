@@ -194,6 +194,24 @@ def test_job_controller_creates_indexed_pods_with_tracking_finalizer_and_complet
     wait_for(lambda: all(JOB_TRACKING_FINALIZER not in (p["metadata"].get("finalizers") or []) for p in job_pods(real, "ok")))
 
 
+def test_job_controller_keeps_a_declared_job_completion_index_and_appends_it_elsewhere(real, api):
+    """Upstream's addCompletionIndexEnvVariable (pkg/controller/job/indexed_job_utils.go): a container that declares
+    JOB_COMPLETION_INDEX keeps its own; the others get it appended, after their own variables."""
+    _, batch, _ = api
+    job = indexed_job("envs", completions=1)
+    own = {"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": "metadata.annotations['batch.kubernetes.io/job-completion-index']"}}}
+    job["spec"]["template"]["spec"]["containers"] = [
+        {"name": "trainer", "image": "img", "env": [{"name": "A", "value": "1"}, own]},
+        {"name": "sidecar", "image": "img", "env": [{"name": "B", "value": "2"}]},
+    ]
+    batch.create_namespaced_job(NS, job)
+    (pod,) = wait_for(lambda: job_pods(real, "envs") or None)
+    trainer, sidecar = pod["spec"]["containers"]
+    assert trainer["env"] == [{"name": "A", "value": "1"}, own]
+    assert [e["name"] for e in sidecar["env"]] == ["B", "JOB_COMPLETION_INDEX"]
+    assert sidecar["env"][1]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.labels['batch.kubernetes.io/job-completion-index']"
+
+
 def test_pod_failure_policy_fail_job_sets_failure_target_before_failed(real, api):
     _, batch, _ = api
     policy = {"rules": [{"action": "FailJob", "onExitCodes": {"containerName": "trainer", "operator": "In", "values": [3]}}]}

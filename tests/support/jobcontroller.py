@@ -7,7 +7,8 @@ https://kubernetes.io/docs/tasks/job/pod-failure-policy/ (Kubernetes 1.31+):
   hostname ``<job>-<index>``, labels ``batch.kubernetes.io/controller-uid``,
   ``batch.kubernetes.io/job-name``, ``batch.kubernetes.io/job-completion-index``,
   a controller owner reference, the ``batch.kubernetes.io/job-tracking``
-  finalizer, ``JOB_COMPLETION_INDEX`` in every container's env), at most
+  finalizer, ``JOB_COMPLETION_INDEX`` in every container's env unless it
+  declares its own), at most
   ``parallelism`` at a time;
 - a failed pod is matched against ``podFailurePolicy.rules`` in order
   (``onExitCodes`` with In/NotIn, ``onPodConditions``); the first match's
@@ -308,10 +309,12 @@ async def _create_pod(emu: KubeEmulator, job: dict[str, Any], idx: int) -> None:
                    "job-name": meta["name"], INDEX: str(idx)})
     spec = copy.deepcopy(template.get("spec") or {})
     spec["hostname"] = f"{meta['name']}-{idx}"
-    for c in spec.get("containers") or []:
-        env = [e for e in c.get("env") or [] if e.get("name") != "JOB_COMPLETION_INDEX"]
-        env.insert(0, {"name": "JOB_COMPLETION_INDEX",
-                       "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{INDEX}']"}}})
+    for c in (spec.get("initContainers") or []) + (spec.get("containers") or []):
+        # Upstream's addCompletionIndexEnvVariable: a container that declares the variable keeps its own;
+        # the others get it appended (the label's value, with PodIndexLabel, GA in 1.32).
+        env = list(c.get("env") or [])
+        if not any(e.get("name") == "JOB_COMPLETION_INDEX" for e in env):
+            env.append({"name": "JOB_COMPLETION_INDEX", "valueFrom": {"fieldRef": {"fieldPath": f"metadata.labels['{INDEX}']"}}})
         c["env"] = env
     pod = {
         "apiVersion": "v1", "kind": "Pod",
