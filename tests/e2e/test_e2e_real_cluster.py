@@ -36,9 +36,10 @@ def cluster():
 
 
 def test_drain_of_one_pod_mid_run_resumes_from_the_checkpoint_with_restarts_0(e2e):
-    """Passes on today's operator: the evicted rank checkpoints on SIGTERM and the other rank exits 75 too,
-    and the operator sees that pod (no deletionTimestamp) and restarts uncounted. The failure issue 11 saw
-    needs the operator to see only the evicted pod or the Job's condition: tests/operator/test_real_cluster.py."""
+    """The evicted rank gets DisruptionTarget and SIGTERM, checkpoints and exits 75; the emulator's Job controller
+    fails the Job by its podFailurePolicy (FailureTarget first) and deletes the other rank, which stops too; the
+    operator restarts the gang from the checkpoint, uncounted. The operator seeing only the evicted pod, or only
+    the Job's condition, is tested in tests/operator/test_real_cluster.py."""
     cluster, executor, s3 = e2e["cluster"], e2e["executor"], e2e["s3"]
     name = "e2e-drain"
     job = finetunejob(name, e2e["inputs"], s3.endpoint, training={"maxSteps": 12, "evalEvery": 6}, output={"checkpointEvery": 3},
