@@ -36,10 +36,11 @@ def cluster():
 
 
 def test_drain_of_one_pod_mid_run_resumes_from_the_checkpoint_with_restarts_0(e2e):
-    """The evicted rank gets DisruptionTarget and SIGTERM, checkpoints and exits 75; the emulator's Job controller
-    fails the Job by its podFailurePolicy (FailureTarget first) and deletes the other rank, which stops too; the
-    operator restarts the gang from the checkpoint, uncounted. The operator seeing only the evicted pod, or only
-    the Job's condition, is tested in tests/operator/test_real_cluster.py."""
+    """The evicted rank gets DisruptionTarget and SIGTERM, checkpoints and exits 75 (DisruptionTarget kept); the
+    operator restarts the gang from the checkpoint, uncounted: it deletes the Job (whose controller may or may not
+    have set FailureTarget by its podFailurePolicy first: both orders happen), the garbage collector deletes the
+    other rank gracefully, and attempt 2 starts once both pods are gone. The operator seeing only the evicted pod,
+    or only the Job's condition, is tested in tests/operator/test_real_cluster.py."""
     cluster, executor, s3 = e2e["cluster"], e2e["executor"], e2e["s3"]
     name = "e2e-drain"
     job = finetunejob(name, e2e["inputs"], s3.endpoint, training={"maxSteps": 12, "evalEvery": 6}, output={"checkpointEvery": 3},
