@@ -16,6 +16,7 @@ import urllib.parse
 from collections.abc import Iterable
 from typing import Any, cast
 
+import aiohttp
 import kopf
 from kopf._cogs.clients import api as _kopf_api
 from kopf._cogs.clients import errors as _kopf_errors
@@ -26,6 +27,13 @@ from kubetune_api import sweep as sweep_api
 APIError = _kopf_errors.APIError
 NotFound = _kopf_errors.APINotFoundError
 Conflict = _kopf_errors.APIConflictError
+
+
+class Unreachable(APIError):
+    """No answer from the API server: the connection was refused or dropped (an API server restart, a
+    load balancer, a session Kopf closed when it logged in again), or the request timed out. Transient:
+    callers retry it as they retry any failed request. Kopf's client raises these as aiohttp's own
+    errors once its retries are spent (at once for creates, which it does not retry)."""
 
 # kind -> (API path prefix, plural) for everything the operator reads or writes.
 RESOURCES: dict[str, tuple[str, str]] = {
@@ -75,9 +83,17 @@ class Kube:
         self.logger = logger or logging.getLogger("kubetune.kube")
         self._in_flight = asyncio.Semaphore(max_in_flight)
 
-    async def _get(self, path: str) -> Any:
+    async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request through Kopf's client (``method``: get, post, patch, delete), at most
+        ``max_in_flight`` at once; no answer at all raises Unreachable."""
         async with self._in_flight:
-            return await _kopf_api.get(path, settings=self.settings, logger=self.logger)
+            try:
+                return await getattr(_kopf_api, method)(path, settings=self.settings, logger=self.logger, **kwargs)
+            except (aiohttp.ClientError, TimeoutError) as e:
+                raise Unreachable(f"{method.upper()} {path}: {e!r}", status=0, headers={}) from e
+
+    async def _get(self, path: str) -> Any:
+        return await self._call("get", path)
 
     async def get_path(self, path: str) -> dict[str, Any] | None:
         try:
@@ -125,9 +141,7 @@ class Kube:
         try:
             # No client-side retries (Kopf retries even 403): a refusal must reach the decision at once;
             # the reconcile loop retries what is transient.
-            async with self._in_flight:
-                created = await _kopf_api.post(url(obj["kind"], meta["namespace"]), payload=obj, settings=self.settings,
-                                               logger=self.logger, backoffs=[])
+            created = await self._call("post", url(obj["kind"], meta["namespace"]), payload=obj, backoffs=[])
             return created, True
         except Conflict:
             existing = await self.get(obj["kind"], meta["namespace"], meta["name"])
@@ -137,14 +151,8 @@ class Kube:
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], subresource: str | None = None) -> dict[str, Any] | None:
         try:
-            async with self._in_flight:
-                patched: dict[str, Any] = await _kopf_api.patch(
-                    url(kind, namespace, name, subresource),
-                    payload=patch,
-                    headers={"Content-Type": "application/merge-patch+json"},
-                    settings=self.settings,
-                    logger=self.logger,
-                )
+            patched: dict[str, Any] = await self._call("patch", url(kind, namespace, name, subresource), payload=patch,
+                                                       headers={"Content-Type": "application/merge-patch+json"})
         except NotFound:
             return None
         return patched
@@ -153,9 +161,7 @@ class Kube:
         """TokenReview: who the API server says a bearer token belongs to. -> the review's status."""
         review = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                   "spec": {"token": token, "audiences": [audience]}}
-        async with self._in_flight:
-            answer: dict[str, Any] = await _kopf_api.post("/apis/authentication.k8s.io/v1/tokenreviews", payload=review,
-                                                          settings=self.settings, logger=self.logger)
+        answer: dict[str, Any] = await self._call("post", "/apis/authentication.k8s.io/v1/tokenreviews", payload=review)
         return dict(answer.get("status") or {})
 
     async def delete(self, kind: str, namespace: str, name: str, propagation: str = "Background", uid: str | None = None) -> bool:
@@ -164,8 +170,7 @@ class Kube:
         if uid:
             options["preconditions"] = {"uid": uid}
         try:
-            async with self._in_flight:
-                await _kopf_api.delete(url(kind, namespace, name), payload=options, settings=self.settings, logger=self.logger)
+            await self._call("delete", url(kind, namespace, name), payload=options)
             return True
         except (NotFound, Conflict):  # gone, or the name now belongs to another object
             return False
