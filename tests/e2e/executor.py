@@ -70,11 +70,11 @@ from typing import Any
 
 from support import kubelet
 from support.cluster import ApiError, EmulatedCluster
+from support.emulator import _controller_ref
+from support.jobcontroller import CONTROLLER_UID, JOB_NAME
+from support.kubelet import INDEX_ANNOTATION
 
 AGENT = "kubetune-tests/executor"
-INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
-CONTROLLER_UID = "batch.kubernetes.io/controller-uid"
-JOB_NAME = "batch.kubernetes.io/job-name"
 CONFIG_RETRY_SECONDS = 1.0  # a pod Pending on CreateContainerConfigError is tried again after this
 KILL_EARLY = 0.3  # seconds before the emulator's own end of a grace period (module docstring)
 
@@ -547,28 +547,7 @@ def _descendants(pid: int) -> list[int]:
     return out
 
 
-def _descendants(pid: int) -> list[int]:
-    """All live descendants of ``pid`` (Linux /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-        except (OSError, IndexError, ValueError):
-            continue
-    out, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _expand(value: str, env: dict[str, str]) -> str:
     """Kubernetes $(VAR) expansion: defined variables expand, $$(VAR) escapes, unknown ones stay."""
     return re.sub(r"\$\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\(([A-Za-z_][A-Za-z0-9_]*)\)",
                   lambda m: m.group(0)[1:] if m.group(0).startswith("$$") else env.get(m.group(2), m.group(0)), value)
-
-
-def _controller_ref(obj: dict[str, Any]) -> dict[str, Any] | None:
-    return next((r for r in (obj.get("metadata") or {}).get("ownerReferences") or [] if r.get("controller")), None)

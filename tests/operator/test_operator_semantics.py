@@ -95,7 +95,8 @@ def test_namespace_globs_watch_the_children_of_matching_namespaces_only(cluster)
     with cluster.operator(namespaces=("team-*",)) as op:
         cluster.create(job_manifest("globbed", "team-a"))
         job = wait_for(lambda: cluster.get("Job", "team-a", "globbed-a1"), message="Job globbed-a1")
-        [kubelet.run(cluster, p) for p in kubelet.create_pods(cluster, job)]
+        for pod in kubelet.create_pods(cluster, job):
+            kubelet.run(cluster, pod)
         wait_for(lambda: ((cluster.get("FineTuneJob", "team-a", "globbed") or {}).get("status") or {}).get("phase") == "Running",
                  message="globbed Running: its pods were seen")
         cluster.create(job_manifest("ignored", "elsewhere"))

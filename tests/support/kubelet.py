@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from support.cluster import EmulatedCluster
+from support.cluster import ApiError, EmulatedCluster
 
 INDEX_ANNOTATION = "batch.kubernetes.io/job-completion-index"
 
@@ -99,8 +99,6 @@ def write_status(cluster: EmulatedCluster, pod: dict[str, Any], build: Callable[
     """The kubelet's status manager: the new status is built from the pod as it is now and written only over that
     version (a merge patch carrying its resourceVersion; 409 Conflict: read it again), so a condition another
     component added meanwhile (the eviction API's ``DisruptionTarget``) is never lost. 404 when the pod is gone."""
-    from support.cluster import ApiError
-
     ns, name = pod["metadata"]["namespace"], pod["metadata"]["name"]
     for _ in range(20):
         live = cluster.get("Pod", ns, name)
