@@ -76,3 +76,53 @@ def test_failed_write_leaves_no_marker_and_stops_training(tmp_path):
         mgr.drain()
     assert not list((mgr.local_root / "checkpoint-5").glob(f"{ck.LOCAL_MARKER}*"))
     assert mgr.step_flags(6)[2], "the failure reaches every rank at the next step"
+
+
+def test_next_checkpoint_reuses_the_host_buffers_only_after_the_previous_writes(tmp_path):
+    """The second checkpoint's snapshot is copied into the first one's host buffers (no fresh 46 MB per save),
+    and not before the first checkpoint's files are written: what each file holds is its own save's state."""
+    gate = threading.Event()
+    inner = _Engine(gate)
+    engine = types.SimpleNamespace(checkpoint_engine=inner)
+    weights, moments = torch.zeros(8), torch.ones(3, 4)
+    writer = LocalWriter()
+    with writer.overlapped(engine):
+        engine.checkpoint_engine.save({"module": weights, "m": moments}, str(tmp_path / "a.pt"))
+    first = {i: buf.data_ptr() for i, buf in enumerate(writer.buffers._buffers)}
+    weights += 1
+    moments.mul_(5)
+
+    second = threading.Thread(target=lambda: _save_in(writer, engine, {"module": weights, "m": moments},
+                                                      tmp_path / "b.pt"))
+    second.start()
+    second.join(0.5)
+    assert second.is_alive(), "the second save must wait for the first checkpoint's writes"
+    gate.set()
+    second.join(10)
+    writer.wait()
+
+    a, b = torch.load(tmp_path / "a.pt"), torch.load(tmp_path / "b.pt")
+    assert torch.equal(a["module"], torch.zeros(8)) and torch.equal(a["m"], torch.ones(3, 4))
+    assert torch.equal(b["module"], torch.ones(8)) and torch.equal(b["m"], torch.full((3, 4), 5.0))
+    assert {i: buf.data_ptr() for i, buf in enumerate(writer.buffers._buffers)} == first and len(first) == 2
+    assert writer.buffers.reused == 2
+
+
+def _save_in(writer: LocalWriter, engine, state, path) -> None:
+    with writer.overlapped(engine):
+        engine.checkpoint_engine.save(state, str(path))
+
+
+def test_snapshot_buffers_follow_a_changed_state():
+    """A tensor whose shape or dtype changed gets a buffer of its own; buffers a smaller state no longer uses go."""
+    from kubetune_trainer.local_save import SnapshotBuffers, snapshot
+
+    pool = SnapshotBuffers()
+    pool.start()
+    snapshot({"a": torch.ones(4), "b": torch.ones(2, dtype=torch.float64), "c": torch.ones(1)}, pool)
+    pool.finish()
+    pool.start()
+    out = snapshot({"a": torch.full((4,), 2.0), "b": torch.ones(3, dtype=torch.float64)}, pool)
+    pool.finish()
+    assert torch.equal(out["a"], torch.full((4,), 2.0)) and out["b"].shape == (3,)
+    assert pool.reused == 1 and len(pool._buffers) == 2
