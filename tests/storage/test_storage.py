@@ -102,6 +102,49 @@ def test_download_detects_wrong_checksum(s3, tmp_path):
     assert not (tmp_path / "x.bin").exists()
 
 
+def test_one_put_upload_hashes_each_byte_once_and_signs_with_that_digest(s3, tmp_path, monkeypatch):
+    """A file below the multipart threshold goes up as one PUT whose SigV4 payload hash is the file's sha256
+    (its ``sha256`` metadata): botocore does not hash the body a second time, and the (authenticating)
+    server accepts the signature. A JSON marker, without that metadata, is signed from its body as before."""
+    import botocore.auth
+
+    hashed = []
+    real = hashlib.sha256
+
+    class Counting:  # botocore.auth's sha256, counting the bytes it hashes
+        def __init__(self, data=b""):
+            self.h = real(data)
+            hashed.append(len(data))
+
+        def update(self, data):
+            hashed.append(len(data))
+            self.h.update(data)
+
+        def __getattr__(self, name):  # digest, copy, sizes (hmac uses it too)
+            return getattr(self.h, name)
+
+    st = _store(s3.endpoint)
+    sent = []
+    st.client.meta.events.register("before-send.s3.PutObject", lambda request, **kw: sent.append(request))
+    monkeypatch.setattr(botocore.auth, "sha256", Counting)
+    f = tmp_path / "shard.pt"
+    f.write_bytes(os.urandom(3 * MiB + 11))
+    uri = f"s3://{s3.bucket}/once/shard.pt"
+    info = st.upload_file(f, uri)
+    st.write_json(f"s3://{s3.bucket}/once/marker.json", {"run": "r"})
+
+    digest = hashlib.sha256(f.read_bytes()).hexdigest()
+    assert info.sha256 == digest and info.size == f.stat().st_size
+    assert sum(hashed) < 64 * 1024, f"botocore hashed {sum(hashed)} bytes (the 3 MiB body again?)"
+    put, marker = sent
+    assert put.headers["X-Amz-Content-SHA256"] in (digest, digest.encode())
+    marker_digest = real(st.read_bytes(f"s3://{s3.bucket}/once/marker.json")).hexdigest()
+    assert marker.headers["X-Amz-Content-SHA256"] in (marker_digest, marker_digest.encode())
+    assert st.head(uri).sha256 == digest
+    st.download_file(uri, tmp_path / "back.pt", sha256=digest)
+    assert (tmp_path / "back.pt").read_bytes() == f.read_bytes()
+
+
 def test_transient_errors_are_retried(s3, faults, tmp_path):
     """Every 3rd request fails (503 or a response cut off half way); all operations still succeed."""
     st = _store(s3.proxy.url, part_size=1 * MiB, concurrency=3, request_attempts=3)

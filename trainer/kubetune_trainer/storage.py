@@ -25,7 +25,11 @@ Everything the trainer reads or writes outside the node goes through a
     :meth:`S3Storage.download_file` → :meth:`S3Storage._get_ranged`; an object
     replaced mid-download is detected (412), not silently mixed.
   - every uploaded file carries its sha256 (object metadata ``sha256``; the
-    checkpoint manifest keeps it too) and downloads verify it.
+    checkpoint manifest keeps it too) and downloads verify it. A file up to
+    ``multipart_threshold`` goes up as one PUT, read and hashed once: that same
+    sha256 is the request's SigV4 payload hash (botocore would hash the body a
+    second time for it, :func:`_known_digest_signer`), so the server still
+    checks the bytes it received against it.
   - errors a retry cannot fix become :class:`~kubetune_api.contract.PermanentError`
     with reason ``BucketNotFound``, ``StorageAccessDenied``,
     ``StorageCredentialsMissing`` or ``StorageMisconfigured``; a missing object
@@ -181,6 +185,38 @@ def _retrying(
             log.warning("%s: transient error (attempt %d/%d), retrying in %.2fs: %s", what, attempt, attempts, delay, e)
             sleep(delay)
     raise AssertionError("unreachable")
+
+
+_KNOWN_DIGEST_SIGNER = "kubetune-s3v4-known-digest"
+
+
+def _known_digest_signer(signature_version: str, signing_name: str, context: dict[str, Any], **_: Any) -> str | None:
+    """botocore ``choose-signer.s3.PutObject`` hook: SigV4 whose payload hash is the body's known sha256.
+
+    S3 SigV4 signs the sha256 of the body (always over plain HTTP, and over HTTPS without a checksum
+    header), and botocore computes it by reading the whole body again. Our PUTs of a file carry that
+    very digest in their ``sha256`` metadata (:meth:`S3Storage.upload_file` hashed the bytes it sends),
+    so the signer takes it from there: the server compares it with the bytes it got, as before, and
+    each byte is hashed once. Requests without the metadata (JSON markers) are signed as usual.
+    """
+    import botocore.auth
+
+    if signing_name != "s3" or signature_version not in ("v4", "s3v4") or context.get("auth_type") not in (None, "v4"):
+        return None  # anonymous, S3 Express, SigV4a...: botocore's own choice
+    if _KNOWN_DIGEST_SIGNER not in botocore.auth.AUTH_TYPE_MAPS:
+
+        class KnownDigestS3SigV4Auth(botocore.auth.S3SigV4Auth):
+            def payload(self, request: Any) -> str:
+                digest = request.headers.get("x-amz-meta-sha256")
+                if isinstance(digest, bytes):
+                    digest = digest.decode()
+                if (digest and len(digest) == 64 and self._should_sha256_sign_payload(request)
+                        and not self._is_streaming_checksum_payload(request)):
+                    return str(digest)
+                return str(super().payload(request))
+
+        botocore.auth.AUTH_TYPE_MAPS[_KNOWN_DIGEST_SIGNER] = KnownDigestS3SigV4Auth
+    return _KNOWN_DIGEST_SIGNER
 
 
 def _temp_beside(dest: Path) -> Path:
@@ -497,12 +533,14 @@ class S3Storage(Storage):
                     cfg["request_checksum_calculation"] = "when_required"
                     cfg["response_checksum_validation"] = "when_required"
                 session = boto3.session.Session()
-                self._client = session.client(
+                client = session.client(
                     "s3",
                     endpoint_url=self.endpoint,
                     region_name=self.region or session.region_name or "us-east-1",
                     config=Config(**cfg),
                 )
+                client.meta.events.register("choose-signer.s3.PutObject", _known_digest_signer)
+                self._client = client
             return self._client
 
     def _where(self) -> str:
@@ -662,14 +700,24 @@ class S3Storage(Storage):
         return len(names)
 
     def upload_file(self, local: str | os.PathLike[str], uri: str, sha256: str | None = None) -> ObjectInfo:
-        """Multipart and concurrent above ``multipart_threshold``; the sha256 goes into the object's metadata."""
+        """Multipart and concurrent above ``multipart_threshold``; the sha256 goes into the object's metadata.
+
+        Up to the threshold: one PUT of the file's bytes, read once and hashed once (the digest also
+        signs the request, see :func:`_known_digest_signer`).
+        """
         from boto3.exceptions import S3UploadFailedError
         from boto3.s3.transfer import TransferConfig
 
         src = Path(local)
-        digest = sha256 or sha256_file(src)
         size = src.stat().st_size
         bucket, key = split_s3(uri)
+        if size <= self.multipart_threshold:
+            data = src.read_bytes()
+            digest = sha256 or hashlib.sha256(data).hexdigest()
+            self._op("upload", uri, lambda: self.client.put_object(Bucket=bucket, Key=key, Body=data,
+                                                                   Metadata={"sha256": digest}))
+            return ObjectInfo(uri, len(data), None, digest)
+        digest = sha256 or sha256_file(src)
         cfg = TransferConfig(
             multipart_threshold=self.multipart_threshold,
             multipart_chunksize=max(self.part_size, 5 * MiB),
