@@ -235,7 +235,8 @@ LLAMA_LIKE = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "olmo", "
 
 
 # the families of memory_arch, for the refusal of an unknown model_type
-KNOWN_FAMILIES = "BERT (bert), RoBERTa (roberta, xlm-roberta), DeBERTa-v2/v3 (deberta-v2), T5 (t5) and BART (bart)"
+KNOWN_FAMILIES = ("BERT (bert), DistilBERT (distilbert), ELECTRA (electra), RoBERTa (roberta, xlm-roberta), "
+                  "DeBERTa-v2/v3 (deberta-v2), T5 (t5, mt5), BART (bart) and Pegasus (pegasus)")
 
 
 def shape_from_config(config: Mapping[str, Any], task: str | None = None,

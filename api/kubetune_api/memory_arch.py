@@ -1,20 +1,21 @@
-"""Encoder (BERT, RoBERTa, DeBERTa-v2/v3) and encoder-decoder (T5, BART) shapes for the memory planner
-(``kubetune_api.memory``).
+"""Encoder (BERT, DistilBERT, ELECTRA, RoBERTa, DeBERTa-v2/v3) and encoder-decoder (T5, mT5, BART, Pegasus) shapes
+for the memory planner (``kubetune_api.memory``).
 
 The Llama-style decoder lives in ``memory.ModelShape``; the families here
 answer the same questions (parameters by method, activations per token, the
 logits) for the model class the trainer builds for the task (``tasks.fitting_tasks``:
 the encoders are sequence-classification only, the encoder-decoders seq2seq or
-sequence-classification): ``BertForSequenceClassification``,
+sequence-classification, Pegasus seq2seq only): ``BertForSequenceClassification``,
+``DistilBertForSequenceClassification``, ``ElectraForSequenceClassification``,
 ``RobertaForSequenceClassification`` (and XLM-R's), ``DebertaV2ForSequenceClassification``,
-``T5ForConditionalGeneration`` / ``T5ForSequenceClassification``, ``BartForConditionalGeneration`` /
-``BartForSequenceClassification``. Module names are
+``T5ForConditionalGeneration`` / ``T5ForSequenceClassification`` (and mT5's), ``BartForConditionalGeneration`` /
+``BartForSequenceClassification``, ``PegasusForConditionalGeneration``. Module names are
 transformers', so PEFT's ``target_modules`` match them the way PEFT does (a
 listed name equals a module's path or ends it after a dot).
 
 Counts are checked against the models transformers builds and PEFT's own
-trainable counts (tests/api/test_memory_plan_arch.py, test_memory_plan_families.py); activations against
-measured peaks (bench/memory_plan.py).
+trainable counts (tests/api/test_memory_plan_arch.py, test_memory_plan_families.py,
+test_memory_plan_more_families.py); activations against measured peaks (bench/memory_plan.py).
 """
 from __future__ import annotations
 
@@ -26,13 +27,14 @@ from .memory import Job, ParameterCount, PlanError
 
 # PEFT's defaults for these families (peft.utils.constants): IA3 targets and feed-forward modules,
 # and the modules a SEQ_CLS model always trains and saves with the adapter.
-# (xlm-roberta has none there: PEFT asks for target_modules)
+# (xlm-roberta, distilbert, electra and pegasus have none there: PEFT asks for target_modules)
 IA3_DEFAULTS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "bert": (("key", "value", "output.dense"), ("output.dense",)),
     "roberta": (("key", "value", "output.dense"), ("output.dense",)),
     "t5": (("k", "v", "wo"), ("wo",)),
     "bart": (("q_proj", "v_proj", "fc2"), ("fc2",)),
     "deberta-v2": (("key_proj", "value_proj", "output.dense"), ("output.dense",)),
+    "mt5": (("k", "v", "wi_1"), ()),
 }
 SEQ_CLS_SAVED = ("classifier", "score")
 
@@ -90,6 +92,10 @@ class Architecture:
     def largest_linear(self) -> int:
         return max(lin.fin * lin.fout for lin in self.linears())
 
+    def frozen_parameters(self) -> int:
+        """Parameters the model itself never trains (requires_grad False: fixed sinusoidal positions)."""
+        return 0
+
     def saved_modules(self) -> dict[str, int]:
         """Modules PEFT trains whole for this task (name -> parameters), with any method."""
         return {}
@@ -134,7 +140,7 @@ class Architecture:
     def count(self, job: Job) -> ParameterCount:
         total = self.parameters()
         if job.method == "full":
-            return ParameterCount(total, total, 0)
+            return ParameterCount(total, total - self.frozen_parameters(), 0)
         saved = sum(self.saved_modules().values())
         adapter = 0
         if job.method in ("lora", "qlora"):
@@ -251,12 +257,15 @@ class BertShape(Architecture):
         return {"classifier": h * self.num_labels + self.num_labels, "pooler": h * h + h,
                 "word_embeddings": self.vocab_size * h}.get(name)
 
+    # hidden dropouts per layer (BERT: after the attention output and after the MLP)
+    layer_dropouts = 2
+
     def _layer_elements(self, job: Job, seq: int) -> float:
         """Elements kept per token by one layer without checkpointing (see activation_bytes)."""
         h, i = self.hidden_size, self.intermediate_size
         n = 8.0 * h + 2 * i
         if self.hidden_dropout > 0:
-            n += 2 * h  # two dropouts: mask and output
+            n += self.layer_dropouts * h  # each dropout: mask and output
         if job.device == "cpu" and self.attention_dropout > 0:
             n += 3 * self.num_heads * seq  # the math attention: probabilities, dropout mask and output
         paths = [x.path for x in self.linears() if x.count == self.layers]
@@ -275,11 +284,66 @@ class BertShape(Architecture):
         tokens = micro_batch * seq
         per_layer = self._layer_elements(job, seq) * wb * tokens
         h = self.hidden_size
-        kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + 3 * h * wb * tokens
+        kept = self.layers * (h * wb * tokens if checkpointing else per_layer) + self._embedding_elements() * wb * tokens
         return kept, per_layer if checkpointing else 0.0
+
+    def _embedding_elements(self) -> float:
+        """Elements per token the embeddings keep: their sum, LayerNorm and dropout."""
+        return 3.0 * self.hidden_size
 
     def logit_elements(self, job: Job, micro_batch: int) -> float:
         return float(micro_batch * self.num_labels)
+
+
+# ------------------------------------------------------------------ DistilBERT
+@dataclass(frozen=True)
+class DistilBertShape(BertShape):
+    """``DistilBertForSequenceClassification``: word and position embeddings (learned, or fixed sinusoidal values
+    in the same trainable table with ``sinusoidal_pos_embds``: transformers 5 copies them in without freezing it),
+    no token types, a LayerNorm; post-LN layers with biased ``attention.q_lin``/``k_lin``/``v_lin``/``out_lin``,
+    ``sa_layer_norm``, ``ffn.lin1``/``ffn.lin2`` (GELU) and ``output_layer_norm``; no pooler; the head is
+    ``pre_classifier`` (dim x dim, ReLU) and ``classifier`` (dim x classes) on the first token. PEFT's SEQ_CLS saves
+    both whole: it matches its ``classifier`` against the end of each module's name, and ``pre_classifier`` ends
+    so. Its layers have one hidden dropout (after the MLP), BERT's two. Refused as PEFT 0.21 refuses them: LoRA
+    on all-linear (it adapts pre_classifier, then cannot save it whole), prompt and prefix tuning (no hidden_size
+    in the config), IA3 without target modules (no default for distilbert)."""
+
+    layer_dropouts = 1
+
+    def linears(self) -> list[Linear]:
+        h, i, n = self.hidden_size, self.intermediate_size, self.layers
+        return [
+            Linear("attention.q_lin", h, h, n, True), Linear("attention.k_lin", h, h, n, True),
+            Linear("attention.v_lin", h, h, n, True), Linear("attention.out_lin", h, h, n, True),
+            Linear("ffn.lin1", h, i, n, True), Linear("ffn.lin2", i, h, n, True),
+            Linear("pre_classifier", h, h, 1, True), Linear("classifier", h, self.num_labels, 1, True),
+        ]
+
+    def saved_modules(self) -> dict[str, int]:
+        h = self.hidden_size
+        return {"pre_classifier": h * h + h, "classifier": h * self.num_labels + self.num_labels}
+
+    def module_parameters(self, name: str) -> int | None:
+        return {**self.saved_modules(), "word_embeddings": self.vocab_size * self.hidden_size}.get(name)
+
+    def lora_layers(self, targets: Iterable[str]) -> list[Linear]:
+        if list(targets) == ["all-linear"]:
+            # PEFT 0.21 adapts pre_classifier (not the model's output layer), then fails to save it whole:
+            # "modules_to_save cannot be applied to modules of type lora.Linear"
+            raise PlanError("method.lora.targetModules [all-linear] fails on a distilbert classifier in PEFT (it puts "
+                            "LoRA on pre_classifier, which it also trains whole as part of the head); list the layers "
+                            "instead: [q_lin, k_lin, v_lin, out_lin, lin1, lin2]")
+        return super().lora_layers(targets)
+
+    def count(self, job: Job) -> ParameterCount:
+        if job.method in ("prompt-tuning", "prefix-tuning"):
+            # PEFT reads the width from the config's hidden_size, which DistilBertConfig calls dim, and stops
+            raise PlanError(f"method.type {job.method} fails on a distilbert model in PEFT (it looks for hidden_size, "
+                            "which DistilBERT's config calls dim, and asks for token_dim); use lora or full")
+        return super().count(job)
+
+    def _embedding_elements(self) -> float:
+        return (3.0 if self.hidden_dropout > 0 else 2.0) * self.hidden_size
 
 
 # ------------------------------------------------------------------ RoBERTa
@@ -305,6 +369,45 @@ class RobertaShape(BertShape):
 
     def module_parameters(self, name: str) -> int | None:
         return {"classifier": self._head(), "word_embeddings": self.vocab_size * self.hidden_size}.get(name)
+
+
+# ------------------------------------------------------------------ ELECTRA
+@dataclass(frozen=True)
+class ElectraShape(RobertaShape):
+    """``ElectraForSequenceClassification`` (the discriminator): BERT's embeddings (word, position, token type,
+    LayerNorm) at ``embedding_size``, projected to hidden by ``embeddings_project`` (biased) when the two differ
+    (electra-small: 128 -> 256), BERT's layers, no pooler, and RoBERTa's ``classifier`` head (``classifier.dense``
+    with GELU, ``classifier.out_proj``), which PEFT saves whole."""
+
+    embedding_size: int = 0  # 0: hidden_size
+
+    @property
+    def embedding_width(self) -> int:
+        return self.embedding_size or self.hidden_size
+
+    def linears(self) -> list[Linear]:
+        out = super().linears()
+        if self.embedding_width != self.hidden_size:
+            out.append(Linear("embeddings_project", self.embedding_width, self.hidden_size, 1, True))
+        return out
+
+    def embedding_parameters(self) -> int:
+        return self.vocab_size * self.embedding_width
+
+    def parameters(self) -> int:
+        e = self.embedding_width
+        embeddings = (self.vocab_size + self.max_positions + self.type_vocab_size) * e + 2 * e
+        rest = sum(x.parameters for x in self.linears() if x.count == 1)  # the projection and the head
+        return embeddings + self.layers * self.layer_parameters() + rest
+
+    def module_parameters(self, name: str) -> int | None:
+        if name == "word_embeddings":
+            return self.embedding_parameters()
+        return super().module_parameters(name)
+
+    def _embedding_elements(self) -> float:
+        e, h = self.embedding_width, self.hidden_size
+        return 3.0 * e + (h if e != h else 0)  # + the projection's output (the first layer's input)
 
 
 # ------------------------------------------------------------------ DeBERTa-v2/v3
@@ -534,6 +637,7 @@ class T5Shape(EncoderDecoderShape):
     num_labels: int
     dropout: float = 0.1
     act: str = "relu"  # of the MLP: relu, gelu (gelu_new when gated)
+    tied: bool = True  # the lm_head is the shared embedding (mt5 checkpoints: their own lm_head)
 
     @property
     def inner(self) -> int:
@@ -569,7 +673,9 @@ class T5Shape(EncoderDecoderShape):
         n += 2 * self.buckets * self.num_heads  # relative attention bias, first block of each stack
         if self.task == "sequence-classification":
             n += sum(x.parameters for x in self.head_linears())
-        return n  # the lm_head is the shared embedding: transformers 5 ties it whatever tie_word_embeddings says
+        elif not self.tied:
+            n += self.vocab_size * d  # an lm_head of its own
+        return n
 
     def _mlp_elements(self) -> float:
         f = self.d_ff
@@ -638,6 +744,7 @@ class BartShape(EncoderDecoderShape):
     dropout: float = 0.1
     attention_dropout: float = 0.0
     activation_dropout: float = 0.0
+    act: str = "gelu"  # activation_function of the MLP
 
     def _attention(self, prefix: str, n: int) -> list[Linear]:
         d = self.hidden_size
@@ -657,9 +764,8 @@ class BartShape(EncoderDecoderShape):
         return sum(x.parameters // x.count for x in linears) + norms * 2 * self.hidden_size
 
     def parameters(self) -> int:
-        d = self.hidden_size
         n = self.embedding_parameters()
-        n += 2 * ((self.max_positions + 2) * d + 2 * d)  # each stack's positions (offset 2) and embedding LayerNorm
+        n += 2 * self._stack_parameters()
         n += self.encoder_layers * self._block(self.encoder_linears(), 2)
         n += self.decoder_layers * self._block(self.decoder_linears(), 3)
         if self.task == "sequence-classification":
@@ -667,6 +773,10 @@ class BartShape(EncoderDecoderShape):
         if not self.tied:  # transformers 5 then unties the encoder's and decoder's embed_tokens too
             n += (3 if self.task == "seq2seq" else 2) * self.embedding_parameters()
         return n
+
+    def _stack_parameters(self) -> int:
+        """Each stack's positions (learned, offset by 2) and the LayerNorm on its embedding."""
+        return (self.max_positions + 2) * self.hidden_size + 2 * self.hidden_size
 
     def activation_bytes(self, job: Job, micro_batch: int, wb: int, checkpointing: bool) -> tuple[float, float]:
         """Per token, the input and the decoder's sequence both at dataset.maxSeqLength (seq2seq: the target, cut
@@ -686,8 +796,8 @@ class BartShape(EncoderDecoderShape):
         def attention(heads: int) -> float:
             return 6 * d + drop * d + (3 * heads * seq if cpu_scores else 0)
 
-        def mlp(f: int) -> float:
-            return (3 * f if self.activation_dropout > 0 else 2 * f) + drop * d + d
+        def mlp(f: int) -> float:  # ReLU keeps only its output, which fc2 reads
+            return (3 * f if self.activation_dropout > 0 else f if self.act == "relu" else 2 * f) + drop * d + d
 
         enc = d + attention(self.encoder_heads) + mlp(self.encoder_ffn)
         dec = d + 2 * attention(self.decoder_heads) + mlp(self.decoder_ffn)
@@ -700,12 +810,28 @@ class BartShape(EncoderDecoderShape):
 
 
 
+
+# ------------------------------------------------------------------ Pegasus
+@dataclass(frozen=True)
+class PegasusShape(BartShape):
+    """``PegasusForConditionalGeneration`` (seq2seq only: transformers has no Pegasus classifier, and
+    ``tasks.fitting_tasks`` says so): BART's modules and names with fixed sinusoidal positions (a frozen table of
+    max_position_embeddings rows per stack, no offset: parameters that never train), pre-LN layers and a final
+    LayerNorm on each stack instead of BART's LayerNorm on the embedding; ``scale_embedding`` multiplies the
+    embedding by sqrt(d_model), which changes no count."""
+
+    def _stack_parameters(self) -> int:
+        return self.max_positions * self.hidden_size + 2 * self.hidden_size
+
+    def frozen_parameters(self) -> int:
+        return 2 * self.max_positions * self.hidden_size
+
 def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
     """model.task for this config (None/'auto': its first fitting task); PlanError naming the field when it does not fit."""
     from . import tasks
 
-    if config.get("model_type") == "t5" and "is_encoder_decoder" not in config:
-        config = {**config, "is_encoder_decoder": True}  # T5Config's default
+    if config.get("model_type") in ("t5", "mt5", "bart", "pegasus") and "is_encoder_decoder" not in config:
+        config = {**config, "is_encoder_decoder": True}  # their Config classes' default
     fits = tasks.fitting_tasks(dict(config))
     if task in (None, "auto"):
         return fits[0]
@@ -715,7 +841,7 @@ def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
 
 
 # model_type -> the family's shape (xlm-roberta is RoBERTa's modules with another vocabulary)
-FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "t5", "bart")
+FAMILIES = ("bert", "roberta", "xlm-roberta", "deberta-v2", "t5", "bart", "distilbert", "electra", "mt5", "pegasus")
 
 
 def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: int | None = None) -> Architecture | None:
@@ -735,11 +861,15 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
                 hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
                 attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
             )
+        if mt == "distilbert":
+            return _distilbert(config, t, num_labels_of(config, num_labels))
+        if mt == "electra":
+            return _electra(config, t, num_labels_of(config, num_labels))
         if mt == "deberta-v2":
             return _deberta_v2(config, t, num_labels_of(config, num_labels))
-        if mt == "bart":
+        if mt in ("bart", "pegasus"):  # BartConfig's and PegasusConfig's defaults are the same
             enc = int(config.get("encoder_layers", 12))
-            return BartShape(
+            return (BartShape if mt == "bart" else PegasusShape)(
                 model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config.get("d_model", 1024)),
                 encoder_layers=enc, decoder_layers=int(config.get("decoder_layers", 12)),
                 encoder_heads=int(config.get("encoder_attention_heads", 16)),
@@ -749,7 +879,10 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
                 tied=bool(config.get("tie_word_embeddings", True)), dropout=float(config.get("dropout", 0.1)),
                 attention_dropout=float(config.get("attention_dropout", 0.0)),
                 activation_dropout=float(config.get("activation_dropout", 0.0)),
+                act=str(config.get("activation_function", "gelu")),
             )
+        if mt == "mt5":
+            return _mt5(config, t, num_labels_of(config, num_labels))
         proj = str(config.get("feed_forward_proj", "relu"))
         layers = int(config.get("num_layers", 6))
         return T5Shape(
@@ -789,4 +922,49 @@ def _deberta_v2(config: Mapping[str, Any], task: str, num_labels: int) -> Debert
         pooler_hidden_size=int(config.get("pooler_hidden_size") or hidden), num_labels=num_labels,
         hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
         attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+    )
+
+
+def _distilbert(config: Mapping[str, Any], task: str, num_labels: int) -> DistilBertShape:
+    """DistilBertConfig's reading of config.json: its own names (dim, hidden_dim, n_layers, n_heads) and defaults."""
+    return DistilBertShape(
+        model_type="distilbert", task=task, vocab_size=int(config.get("vocab_size", 30522)),
+        hidden_size=int(config.get("dim", 768)), layers=int(config.get("n_layers", 6)),
+        num_heads=int(config.get("n_heads", 12)), intermediate_size=int(config.get("hidden_dim", 4 * 768)),
+        max_positions=int(config.get("max_position_embeddings", 512)), type_vocab_size=0, num_labels=num_labels,
+        hidden_dropout=float(config.get("dropout", 0.1)), attention_dropout=float(config.get("attention_dropout", 0.1)),
+    )
+
+
+def _electra(config: Mapping[str, Any], task: str, num_labels: int) -> ElectraShape:
+    """ElectraConfig's reading of config.json (its defaults: electra-small's shape)."""
+    return ElectraShape(
+        model_type="electra", task=task, vocab_size=int(config.get("vocab_size", 30522)),
+        hidden_size=int(config.get("hidden_size", 256)), layers=int(config.get("num_hidden_layers", 12)),
+        num_heads=int(config.get("num_attention_heads", 4)), intermediate_size=int(config.get("intermediate_size", 1024)),
+        max_positions=int(config.get("max_position_embeddings", 512)), type_vocab_size=int(config.get("type_vocab_size", 2)),
+        num_labels=num_labels, hidden_dropout=float(config.get("hidden_dropout_prob", 0.1)),
+        attention_dropout=float(config.get("attention_probs_dropout_prob", 0.1)),
+        embedding_size=int(config.get("embedding_size", 128)),
+    )
+
+
+def _mt5(config: Mapping[str, Any], task: str, num_labels: int) -> T5Shape:
+    """MT5Config's reading of config.json (T5 v1.1: gated-GELU, 250,112 tokens by default).
+
+    The lm_head: the published mT5 checkpoints keep one of their own (config.json says tie_word_embeddings: false,
+    and the weights differ from the shared embedding). transformers 5's MT5Config ties them whatever config.json
+    says, so ``from_config`` builds a tied model, but ``from_pretrained`` (what the trainer calls) finds both
+    tensors in the checkpoint with different values and leaves them untied, with a warning: planned untied when
+    config.json says false, tied otherwise (MT5Config's default)."""
+    proj = str(config.get("feed_forward_proj", "gated-gelu"))
+    layers = int(config.get("num_layers", 8))
+    return T5Shape(
+        model_type="mt5", task=task, vocab_size=int(config.get("vocab_size", 250112)),
+        hidden_size=int(config.get("d_model", 512)), encoder_layers=layers,
+        decoder_layers=int(config.get("num_decoder_layers") or layers), num_heads=int(config.get("num_heads", 6)),
+        d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 1024)), gated=proj.startswith("gated-"),
+        buckets=int(config.get("relative_attention_num_buckets", 32)), num_labels=num_labels,
+        dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
+        tied=bool(config.get("tie_word_embeddings", True)),
     )

@@ -5,7 +5,8 @@ task) and for ``kubetune validate`` (a local model folder is checked before
 any job starts):
 
 - an encoder-decoder (``is_encoder_decoder``: T5, BART, mT5, Pegasus) is
-  seq2seq, and can take a classification head;
+  seq2seq, and can take a classification head where transformers has one
+  (not Pegasus, Marian, LED, ...: seq2seq only);
 - a model saved with a classification head (``*ForSequenceClassification``)
   is sequence-classification;
 - an encoder-only model (BERT, RoBERTa, DeBERTa, MiniLM, ...: a known encoder
@@ -24,6 +25,11 @@ ENCODER_ONLY_TYPES = frozenset({
     "megatron-bert", "mobilebert", "modernbert", "mpnet", "nezha", "nomic_bert", "rembert", "roberta",
     "roberta-prelayernorm", "roformer", "squeezebert", "xlm", "xlm-roberta", "xlm-roberta-xl", "xmod",
 })
+# text encoder-decoders without an AutoModelForSequenceClassification class (transformers 5's auto mappings)
+SEQ2SEQ_ONLY_TYPES = frozenset({
+    "blenderbot", "blenderbot-small", "fsmt", "led", "longt5", "m2m_100", "marian", "nllb-moe", "pegasus", "pegasus_x",
+    "prophetnet", "switch_transformers",
+})
 _DECODER_HEADS = ("ForCausalLM", "LMHeadModel")
 _ENCODER_HEADS = ("ForMaskedLM", "ForPreTraining", "ForTokenClassification", "ForQuestionAnswering", "ForMultipleChoice")
 
@@ -32,6 +38,8 @@ def fitting_tasks(config: dict[str, Any]) -> tuple[str, ...]:
     """The tasks a model's config.json allows, the one ``model.task: auto`` picks first."""
     archs = [a for a in config.get("architectures") or [] if isinstance(a, str)]
     if config.get("is_encoder_decoder"):
+        if config.get("model_type") in SEQ2SEQ_ONLY_TYPES:
+            return ("seq2seq",)
         return ("seq2seq", "sequence-classification")
     if any(a.endswith("ForSequenceClassification") for a in archs):
         return ("sequence-classification",)

@@ -23,6 +23,8 @@ CONFIGS = {
     "t5-small": {"model_type": "t5", "architectures": ["T5ForConditionalGeneration"], "is_encoder_decoder": True},
     "bart-base": {"model_type": "bart", "architectures": ["BartModel"], "is_encoder_decoder": True},
     "llama-classifier": {"model_type": "llama", "architectures": ["LlamaForSequenceClassification"]},
+    "pegasus-large": {"model_type": "pegasus", "architectures": ["PegasusForConditionalGeneration"],
+                      "is_encoder_decoder": True},
 }
 
 
@@ -36,9 +38,23 @@ CONFIGS = {
     ("t5-small", ("seq2seq", "sequence-classification")),
     ("bart-base", ("seq2seq", "sequence-classification")),
     ("llama-classifier", ("sequence-classification",)),
+    ("pegasus-large", ("seq2seq",)),
 ])
 def test_fitting_tasks_auto_picks_the_first(name, want):
     assert tasks.fitting_tasks(CONFIGS[name]) == want
+
+
+def test_seq2seq_only_types_are_the_encoder_decoders_transformers_has_no_classifier_for():
+    """SEQ2SEQ_ONLY_TYPES against transformers' own auto mappings: each has a seq2seq class and no
+    sequence-classification class; mT5 and BART (in both) are not in it."""
+    from transformers.models.auto import modeling_auto as auto
+
+    seq2seq = set(auto.MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES)
+    classifiers = set(auto.MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES)
+    assert tasks.SEQ2SEQ_ONLY_TYPES <= seq2seq - classifiers
+    assert {"t5", "mt5", "bart"} <= seq2seq & classifiers
+    why = tasks.task_problem("sequence-classification", CONFIGS["pegasus-large"])
+    assert why is not None and "set model.task to seq2seq" in why
 
 
 def test_task_problem_names_what_fits():
