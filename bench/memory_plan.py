@@ -2,9 +2,10 @@
 """The memory planner's estimate against the measured peak, on CPU.
 
 For several Llama-style configs (a few M to ~100M parameters; causal LM, and
-``lcls-*``: the same decoders with a 2-class sequence-classification head), BERT
-(sequence-classification) and T5 (seq2seq, input and target both SEQ tokens)
-configs, full fine-tuning and LoRA, ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
+``lcls-*``: the same decoders with a 2-class sequence-classification head), BERT,
+DistilBERT, ELECTRA, RoBERTa, DeBERTa-v3 (sequence-classification), T5, mT5, BART,
+Pegasus (seq2seq, input and target both SEQ tokens; ``bartcls-*``: BART's classifier)
+configs, full fine-tuning and LoRA (all-linear; DistilBERT's listed layers), ZeRO 0/2/3, with and without gradient checkpointing, micro-batch 1-8,
 each case runs in its own subprocess: the model is built from its config in
 fp32, the method applied (peft), ``deepspeed.initialize`` with the trainer's own
 DeepSpeed config (``kubetune_trainer.dsconfig.build_ds_config``) and torch
@@ -41,7 +42,7 @@ settings, world size 1, fp32, without the runtime margin.
     python bench/memory_plan.py            # the full table (~25 cases, several minutes on 2 cores)
     python bench/memory_plan.py --quick    # 4 cases
     python bench/memory_plan.py --only 'small lora 2 on 8' --only 'medium full'   # just these
-    python bench/memory_plan.py --only bert --only t5      # one family: every size of it (bert, t5, lcls)
+    python bench/memory_plan.py --only bert --only t5      # one family: every size of it (bert, t5, lcls, mt5, ...)
     python bench/memory_plan.py --jobs 2   # two cases at once (bytes are the same, the wall time halves)
 
 Column ``total``: the peak of the allocator's own running total (an upper bound
@@ -98,6 +99,30 @@ T5_SIZES = {
     "t5-s": (128, 2, 4, 32, 512, 8192, "relu"),
     "t5-m": (256, 4, 4, 64, 1024, 16384, "gated-gelu"),
 }
+# DistilBERT (sequence-classification, 2 classes): (dim, n_layers, n_heads, hidden_dim, vocabulary); distilbert-m is
+# distilbert-base-uncased's vocabulary at MiniLM's width
+DISTILBERT_SIZES = {
+    "distilbert-s": (128, 2, 4, 512, 8192),
+    "distilbert-m": (384, 6, 12, 1536, 30522),
+}
+# ELECTRA discriminator (sequence-classification, 2 classes): (embedding, hidden, layers, heads, intermediate,
+# vocabulary); electra-m is electra-small-discriminator (embeddings 128 projected to 256, 13.5M)
+ELECTRA_SIZES = {
+    "electra-s": (64, 128, 2, 4, 512, 8192),
+    "electra-m": (128, 256, 12, 4, 1024, 30522),
+}
+# mT5 (seq2seq; gated-GELU, an lm_head of its own as the published checkpoints): (d_model, encoder = decoder layers,
+# heads, d_kv, d_ff, vocabulary); mt5-m's vocabulary is a quarter of mT5's 250,112
+MT5_SIZES = {
+    "mt5-s": (128, 2, 4, 32, 320, 16000),
+    "mt5-m": (256, 4, 4, 64, 640, 64000),
+}
+# Pegasus (seq2seq): (d_model, encoder = decoder layers, heads, ffn, vocabulary), pegasus-large's ReLU, dropouts
+# (0.1 hidden, attention and activation) and scale_embedding
+PEGASUS_SIZES = {
+    "pegasus-s": (128, 2, 4, 512, 8192),
+    "pegasus-m": (256, 4, 4, 1024, 16384),
+}
 # Llama with model.task sequence-classification (LlamaForSequenceClassification, 2 classes): the shapes of SIZES
 LLAMA_CLS_SIZES = {"lcls-s": "small", "lcls-m": "medium"}
 SEQ = 256
@@ -137,6 +162,31 @@ def config_dict(size: str) -> dict:
                     decoder_attention_heads=heads, encoder_ffn_dim=ffn, decoder_ffn_dim=ffn, max_position_embeddings=512,
                     dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, num_labels=2, pad_token_id=1,
                     bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=2)
+    if size in DISTILBERT_SIZES:
+        dim, n_layers, heads, inter, vocab = DISTILBERT_SIZES[size]
+        return dict(model_type="distilbert", architectures=["DistilBertForMaskedLM"], vocab_size=vocab, dim=dim,
+                    n_layers=n_layers, n_heads=heads, hidden_dim=inter, max_position_embeddings=512, dropout=0.1,
+                    attention_dropout=0.1, activation="gelu", num_labels=2, pad_token_id=0)
+    if size in ELECTRA_SIZES:
+        e, h, n_layers, heads, inter, vocab = ELECTRA_SIZES[size]
+        return dict(model_type="electra", architectures=["ElectraForPreTraining"], vocab_size=vocab, embedding_size=e,
+                    hidden_size=h, num_hidden_layers=n_layers, num_attention_heads=heads, intermediate_size=inter,
+                    max_position_embeddings=512, type_vocab_size=2, hidden_act="gelu", hidden_dropout_prob=0.1,
+                    attention_probs_dropout_prob=0.1, num_labels=2, pad_token_id=0)
+    if size in MT5_SIZES:
+        d, n_layers, heads, d_kv, d_ff, vocab = MT5_SIZES[size]
+        return dict(model_type="mt5", architectures=["MT5ForConditionalGeneration"], is_encoder_decoder=True,
+                    vocab_size=vocab, d_model=d, d_kv=d_kv, d_ff=d_ff, num_layers=n_layers, num_decoder_layers=n_layers,
+                    num_heads=heads, feed_forward_proj="gated-gelu", dropout_rate=0.1, tie_word_embeddings=False,
+                    decoder_start_token_id=0, pad_token_id=0, eos_token_id=1)
+    if size in PEGASUS_SIZES:
+        d, n_layers, heads, ffn, vocab = PEGASUS_SIZES[size]
+        return dict(model_type="pegasus", architectures=["PegasusForConditionalGeneration"], is_encoder_decoder=True,
+                    vocab_size=vocab, d_model=d, encoder_layers=n_layers, decoder_layers=n_layers,
+                    encoder_attention_heads=heads, decoder_attention_heads=heads, encoder_ffn_dim=ffn,
+                    decoder_ffn_dim=ffn, max_position_embeddings=512, activation_function="relu", scale_embedding=True,
+                    dropout=0.1, attention_dropout=0.1, activation_dropout=0.1, pad_token_id=0, eos_token_id=1,
+                    decoder_start_token_id=0, forced_eos_token_id=1)
     if size in T5_SIZES:
         d, n_layers, heads, d_kv, d_ff, vocab, proj = T5_SIZES[size]
         return dict(model_type="t5", architectures=["T5ForConditionalGeneration"], is_encoder_decoder=True,
@@ -195,18 +245,28 @@ CASES += [
     ("bart-m", "full", 0, True, 1), ("bart-m", "lora", 0, False, 4), ("bart-m", "lora", 2, True, 1),
     ("bartcls-m", "full", 0, False, 4), ("bartcls-m", "lora", 0, True, 1),
 ]
+# DistilBERT and ELECTRA (sequence-classification), mT5 and Pegasus (seq2seq, input and target SEQ tokens)
+for _fam in ("distilbert", "electra", "mt5", "pegasus"):
+    CASES += [
+        (f"{_fam}-s", "full", 0, False, 1), (f"{_fam}-s", "lora", 0, True, 4), (f"{_fam}-m", "full", 0, False, 4),
+        (f"{_fam}-m", "full", 0, True, 1), (f"{_fam}-m", "lora", 0, False, 4), (f"{_fam}-m", "lora", 2, True, 1),
+    ]
 QUICK = [CASES[0], CASES[3], CASES[6], CASES[13]]
 PEFT_TASK = {"llama": "CAUSAL_LM", "bert": "SEQ_CLS", "t5": "SEQ_2_SEQ_LM", "lcls": "SEQ_CLS", "roberta": "SEQ_CLS",
-             "bart": "SEQ_2_SEQ_LM", "bartcls": "SEQ_CLS", "deberta": "SEQ_CLS"}
+             "bart": "SEQ_2_SEQ_LM", "bartcls": "SEQ_CLS", "deberta": "SEQ_CLS", "distilbert": "SEQ_CLS",
+             "electra": "SEQ_CLS", "mt5": "SEQ_2_SEQ_LM", "pegasus": "SEQ_2_SEQ_LM"}
+# LoRA's target modules: all-linear, except DistilBERT (PEFT fails on all-linear there: see memory_arch)
+LORA_TARGETS = {"distilbert": ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"]}
 
 
-def job_manifest(method: str, stage: int, gc: bool, mb: int) -> dict:
+def job_manifest(method: str, stage: int, gc: bool, mb: int, targets: list[str] | None = None) -> dict:
     return {
         "apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "metadata": {"name": "memory-plan"},
         "spec": {
             "model": {"source": "/nonexistent"},
             "dataset": {"train": "/nonexistent.jsonl", "maxSeqLength": SEQ},
-            "method": {"type": method, **({"lora": {"r": 16, "dropout": 0.05}} if method == "lora" else {})},
+            "method": {"type": method, **({"lora": {"r": 16, "dropout": 0.05, **({"targetModules": targets} if targets else {})}}
+                                          if method == "lora" else {})},
             "training": {"maxSteps": 3, "globalBatchSize": mb, "microBatchSize": mb, "precision": "fp32",
                          "gradientCheckpointing": gc},
             "distributed": {"gpusPerNode": 0, "zeroStage": stage},
@@ -220,7 +280,7 @@ def estimate_bytes(size: str, method: str, stage: int, gc: bool, mb: int) -> tup
     from kubetune_api import memory
     from kubetune_api.spec import load_job
 
-    spec = load_job(job_manifest(method, stage, gc, mb)).spec
+    spec = load_job(job_manifest(method, stage, gc, mb, LORA_TARGETS.get(family(size)))).spec
     shape = memory.shape_from_config(config_dict(size), TASKS.get(family(size)))
     job = memory.job_from_spec(spec, precision="fp32")
     e = memory.estimate(shape, job, memory.Settings(stage, "none", gc, mb))
@@ -258,7 +318,11 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
                              "roberta": (transformers.RobertaConfig, transformers.RobertaForSequenceClassification),
                              "bart": (transformers.BartConfig, transformers.BartForConditionalGeneration),
                              "bartcls": (transformers.BartConfig, transformers.BartForSequenceClassification),
-                             "deberta": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification)}[fam]
+                             "deberta": (transformers.DebertaV2Config, transformers.DebertaV2ForSequenceClassification),
+                             "distilbert": (transformers.DistilBertConfig, transformers.DistilBertForSequenceClassification),
+                             "electra": (transformers.ElectraConfig, transformers.ElectraForSequenceClassification),
+                             "mt5": (transformers.MT5Config, transformers.MT5ForConditionalGeneration),
+                             "pegasus": (transformers.PegasusConfig, transformers.PegasusForConditionalGeneration)}[fam]
     cfg = config_cls(**{k: v for k, v in config_dict(size).items() if k not in ("model_type", "architectures")})
     cfg.use_cache = False
     if fam == "bert":  # zero.Init: transformers' init of the padding row indexes the (empty) partitioned embedding
@@ -272,8 +336,12 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
               "t5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g),
               "lcls": torch.randint(0, 2, (mb,), generator=g), "roberta": torch.randint(0, 2, (mb,), generator=g),
               "bart": torch.randint(3, cfg.vocab_size, (mb, SEQ), generator=g),
-              "bartcls": torch.randint(0, 2, (mb,), generator=g), "deberta": torch.randint(0, 2, (mb,), generator=g)}[fam]
-    if fam in ("lcls", "roberta", "bart", "bartcls", "deberta"):  # no padding token (llama's 0, roberta's 1): full-length rows
+              "bartcls": torch.randint(0, 2, (mb,), generator=g), "deberta": torch.randint(0, 2, (mb,), generator=g),
+              "distilbert": torch.randint(0, 2, (mb,), generator=g), "electra": torch.randint(0, 2, (mb,), generator=g),
+              "mt5": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g),
+              "pegasus": torch.randint(2, cfg.vocab_size, (mb, SEQ), generator=g)}[fam]
+    if fam in ("lcls", "roberta", "bart", "bartcls", "deberta", "distilbert", "electra", "mt5", "pegasus"):
+        # no padding token (llama's 0, roberta's 1): full-length rows
         batch = torch.randint(3, cfg.vocab_size, (mb, SEQ), generator=g)
     if fam == "bartcls":  # one EOS per row, last: BART's classifier pools the decoder state there
         batch[:, -1] = cfg.eos_token_id
@@ -284,13 +352,17 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
                 model = model_cls(cfg)
         else:
             model = model_cls(cfg)
+        if fam == "mt5":  # the lm_head of its own that from_pretrained keeps from a published checkpoint
+            model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+        numel = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())  # the base model, as planned
         if gc:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if method == "lora":
             import peft
 
             model = peft.get_peft_model(model, peft.LoraConfig(task_type=PEFT_TASK[fam], r=16, lora_alpha=32,
-                                                               lora_dropout=0.05, target_modules="all-linear"))
+                                                               lora_dropout=0.05,
+                                                               target_modules=LORA_TARGETS.get(fam, "all-linear")))
         params = [p for p in model.parameters() if p.requires_grad]
         opt = torch.optim.AdamW(params, lr=1e-4)
         engine, *_ = deepspeed.initialize(model=model, optimizer=opt, config=ds_config)
@@ -302,7 +374,8 @@ def measure(size: str, method: str, stage: int, gc: bool, mb: int) -> dict:
     records = allocation_records(prof)
     allocator_total = max(n.typed[1].total_allocated for n in records)
     peak = live_peak((n.typed[1].ptr, n.typed[1].alloc_size) for n in records)
-    return {"peak": peak, "allocator_total": allocator_total, "allocations": len(records), "seconds": elapsed}
+    return {"peak": peak, "allocator_total": allocator_total, "allocations": len(records), "seconds": elapsed,
+            "numel": numel}
 
 
 def allocation_records(prof) -> list:
@@ -393,6 +466,8 @@ def main(argv=None) -> int:
             n = memory.shape_from_config(config_dict(size), TASKS.get(family(size))).parameters()
             est, terms = estimate_bytes(*case)
             err = (est - m["peak"]) / m["peak"]
+            if m["numel"] != n:  # the planner's count is checked in tests/api; here the model actually measured
+                print(f"# {size}: the measured model has {m['numel']:,} parameters, the plan {n:,}")
             rows.append({"case": case, "params": n, "estimate": est, "measured": m["peak"], "error": err, "terms": terms,
                          "allocator_total": m["allocator_total"], "seconds": m["seconds"]})
             print(f"{size:<8}{n / 1e6:>7.1f}M {method:<6}{stage:>5}{'on' if gc else 'off':>6}{mb:>4}"

@@ -54,4 +54,14 @@ def test_only_selects_cases_by_their_first_words_or_family():
     assert memory_plan.matches(bert, "bert") and memory_plan.matches(bert, "bert-m lora 3 off")
     assert not memory_plan.matches(bert, "t5") and not memory_plan.matches(bert, "bert-s")
     assert memory_plan.matches(("small", "full", 0, True, 8), "small full") and not memory_plan.matches(bert, "small")
-    assert {memory_plan.family(c[0]) for c in memory_plan.CASES} == {"llama", "lcls", "bert", "roberta", "deberta", "t5", "bart", "bartcls"}
+    assert {memory_plan.family(c[0]) for c in memory_plan.CASES} == {"llama", "lcls", "bert", "roberta", "deberta", "t5", "bart",
+                                                                 "bartcls", "distilbert", "electra", "mt5", "pegasus"}
+    assert memory_plan.matches(("distilbert-m", "lora", 2, True, 1), "distilbert")
+
+
+def test_every_case_plans_and_its_lora_targets_are_accepted():
+    """Each case's config and manifest plan (no measurement): DistilBERT's LoRA lists its layers, which the
+    planner accepts, where all-linear would be refused."""
+    for case in memory_plan.CASES:
+        total, terms = memory_plan.estimate_bytes(*case)
+        assert total > 0 and terms["weights"] > 0, case
