@@ -21,7 +21,9 @@ step intervals are pooled over its rounds and the per-round ratios printed.
 Step time = interval between consecutive optimizer-step ends on rank 0
 (the Trainer saves between them, so a save's stall is inside the interval);
 the first ``--warmup`` steps are left out. Goal: background/none <= 1.05
-(the last line printed).
+(the last line printed). Work the background merely postpones is not free:
+each arm also reports the time from its last step to the end of training,
+which includes waiting for the last checkpoints' uploads and commit.
 
 The breakdown shows where rank 0's training thread spends each checkpoint
 (DeepSpeed's save and its parts, RNG and trainer state, kubetune's hand-off),
@@ -108,10 +110,10 @@ def worker(config: str, mode: str, times_path: str) -> int:
             self.saved_at.append(len(self.t))
 
         def on_train_end(self, args, state, control, **kw):
-            if state.is_world_process_zero:
+            if state.is_world_process_zero:  # after the checkpoint callback's drain: the last uploads are done
                 Path(times_path).write_text(json.dumps({
                     "ends": self.t, "cpu": self.cpu, "saved_at": self.saved_at, "save_seconds": self.saves,
-                    "phases": phases, "process_cpu": time.process_time()}))
+                    "phases": phases, "process_cpu": time.process_time(), "tail": time.perf_counter() - self.t[-1]}))
 
     original = train.checkpoint_manager
 
@@ -209,7 +211,8 @@ def main() -> int:
               f"training-thread CPU/step {r['cpu_step'] * 1e3:6.1f} ms; CPU s per run: trainer processes "
               f"{r['trainer_cpu']:.1f}, S3 server {r['server_cpu']:.1f}; {r['saves']} checkpoints"
               + (f", upload {statistics.mean(r['uploads']):.2f}s each (node 0)" if r["uploads"] else "")
-              + (f", uploader CPU {statistics.mean(r['upload_cpu']):.2f}s each" if r["upload_cpu"] else ""))
+              + (f", uploader CPU {statistics.mean(r['upload_cpu']):.2f}s each" if r["upload_cpu"] else "")
+              + f"; after the last step until training ended (the last uploads) {r['tail'] * 1e3:.0f} ms")
         for label, seconds in r["phases"].items():
             print(f"      {label:<34} {seconds * 1e3:7.1f} ms")
         if "none" in results and mode != "none" and r["saves"]:
@@ -307,7 +310,7 @@ def run_arm(args: argparse.Namespace, tmp: Path, env: dict, server: S3Server, mo
             "plain_iv": [ends[i] - ends[i - 1] for i in range(w + 1, len(ends)) if i not in with_save],
             "cpu_steps": [b - a for a, b in zip(cpu[w:], cpu[w + 1:])],
             "save_seconds": data["save_seconds"], "phases": data["phases"], "saves": len(data["saved_at"]),
-            "server_cpu": server1 - server0,
+            "server_cpu": server1 - server0, "tail": data["tail"],
             "trainer_cpu": (kids1.ru_utime + kids1.ru_stime) - (kids0.ru_utime + kids0.ru_stime),
             "uploads": [float(x) for x in re.findall(r"uploaded step-\d+ \(.*?\) in ([0-9.]+)s", p.stdout)],
             "upload_cpu": [float(x) for x in re.findall(r"uploaded step-\d+ \(.*?\) in [0-9.]+s, uploader CPU ([0-9.]+)s",
@@ -334,7 +337,7 @@ def pool(rs: list[dict]) -> dict:
             "server_cpu": statistics.mean(r["server_cpu"] for r in rs),
             "trainer_cpu": statistics.mean(r["trainer_cpu"] for r in rs),
             "uploads": [x for r in rs for x in r["uploads"]], "upload_cpu": [x for r in rs for x in r["upload_cpu"]],
-            "walls": [r["wall"] for r in rs]}
+            "tail": statistics.mean(r["tail"] for r in rs), "walls": [r["wall"] for r in rs]}
 
 
 if __name__ == "__main__":
