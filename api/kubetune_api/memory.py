@@ -783,6 +783,24 @@ KNOWN_CONFIGS: dict[str, dict[str, Any]] = {
                                                    hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
                                                    intermediate_size=1536, max_position_embeddings=512,
                                                    type_vocab_size=2),
+    "distilbert/distilbert-base-uncased": dict(model_type="distilbert", architectures=["DistilBertForMaskedLM"],
+                                               vocab_size=30522, dim=768, hidden_dim=3072, n_layers=6, n_heads=12,
+                                               max_position_embeddings=512, sinusoidal_pos_embds=False, dropout=0.1,
+                                               attention_dropout=0.1),
+    "google/electra-base-discriminator": dict(model_type="electra", architectures=["ElectraForPreTraining"],
+                                              vocab_size=30522, embedding_size=768, hidden_size=768,
+                                              num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
+                                              max_position_embeddings=512, type_vocab_size=2),
+    "google/mt5-small": dict(model_type="mt5", architectures=["MT5ForConditionalGeneration"], is_encoder_decoder=True,
+                             vocab_size=250112, d_model=512, d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8,
+                             num_heads=6, relative_attention_num_buckets=32, feed_forward_proj="gated-gelu",
+                             dropout_rate=0.1, tie_word_embeddings=False),
+    "google/pegasus-large": dict(model_type="pegasus", architectures=["PegasusForConditionalGeneration"],
+                                 is_encoder_decoder=True, vocab_size=96103, d_model=1024, encoder_layers=16,
+                                 decoder_layers=16, encoder_attention_heads=16, decoder_attention_heads=16,
+                                 encoder_ffn_dim=4096, decoder_ffn_dim=4096, max_position_embeddings=1024,
+                                 activation_function="relu", scale_embedding=True, dropout=0.1, attention_dropout=0.1,
+                                 activation_dropout=0.1),
 }
 # Fine-tuned variants share their base model's architecture.
 _KNOWN_ALIASES = {
@@ -799,6 +817,7 @@ _KNOWN_ALIASES = {
     "HuggingFaceTB/SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M",
     "t5-small": "google-t5/t5-small",  # the Hub's old name for the same repository
     "bert-base-uncased": "google-bert/bert-base-uncased",
+    "distilbert-base-uncased": "distilbert/distilbert-base-uncased",
 }
 
 

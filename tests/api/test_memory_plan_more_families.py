@@ -29,7 +29,8 @@ ELECTRA_BASE = dict(model_type="electra", architectures=["ElectraForPreTraining"
 # ElectraModel counts 13,483,008 (3.7% under it; with the discriminator's own head, 13,549,057).
 ELECTRA_SMALL = dict(ELECTRA_BASE, embedding_size=128, hidden_size=256, num_attention_heads=4, intermediate_size=1024)
 # google/mt5-small config.json (Hub): 250,112 tokens, gated-GELU, an lm_head of its own (tie_word_embeddings false).
-# Published: 300M (Xue et al., 2021, Table 2... "mT5-Small 300M").
+# Published: 300M (Xue et al., 2021, the table of model sizes: "Small 300M"); 300,176,768 is also what transformers 4
+# counts for the published weights, lm_head included.
 MT5_SMALL = dict(model_type="mt5", architectures=["MT5ForConditionalGeneration"], vocab_size=250112, d_model=512,
                  d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6, relative_attention_num_buckets=32,
                  feed_forward_proj="gated-gelu", dropout_rate=0.1, is_encoder_decoder=True, tie_word_embeddings=False,
@@ -209,6 +210,22 @@ def test_pegasus_published_size():
     assert shape.parameters() == 570_797_056  # the paper's 568M within 0.5%
     assert abs(shape.parameters() - 568e6) / 568e6 < 0.005
     assert shape.frozen_parameters() == 2 * 1024 * 1024  # the two sinusoidal tables
+
+
+@pytest.mark.parametrize("repo, config", [
+    ("distilbert/distilbert-base-uncased", DISTILBERT_BASE), ("distilbert-base-uncased", DISTILBERT_BASE),
+    ("google/electra-base-discriminator", ELECTRA_BASE), ("google/mt5-small", MT5_SMALL),
+    ("google/pegasus-large", PEGASUS_LARGE),
+])
+def test_built_in_configs_give_the_published_shapes(repo, config):
+    """Offline, hf:// sources of these models plan from built-in copies of their config.json: the same shape as the
+    published config above (same parameters, same activation estimate)."""
+    known = memory.known_config(repo)
+    assert known is not None
+    a, b = memory.shape_from_config(known), memory.shape_from_config(config)
+    assert a.parameters() == b.parameters()
+    job = memory.Job(seq_length=512)
+    assert a.activation_bytes(job, 2, 2, False) == b.activation_bytes(job, 2, 2, False)
 
 
 # ------------------------------------------------------------------ activations against autograd
