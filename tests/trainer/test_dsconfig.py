@@ -69,14 +69,3 @@ def test_precision_auto():
 def test_qlora_with_explicit_zero3_is_refused_up_front():
     with pytest.raises(PermanentError, match="qlora with distributed.zeroStage 3 is not supported"):
         dsconfig.choose_zero_stage(spec(method={"type": "qlora"}, distributed={"zeroStage": "3"}), 0, 0, "bf16", 16, None)
-
-
-def test_fp32_zero12_restores_master_weights_from_the_module():
-    """fp32 ZeRO-1/2: the master partitions equal the module's weights, so they are rebuilt from them on load
-    (and not saved twice, local_save.py); bf16/fp16 masters hold more than the module, ZeRO-3 has no module copy."""
-    s = spec(method={"type": "full"})
-    plan = dsconfig.batch_plan(s, 16)
-    zero = {(stage, p): dsconfig.build_ds_config(s, plan, stage=stage, precision=p)["zero_optimization"]
-            for stage in (1, 2, 3) for p in ("fp32", "bf16")}
-    assert zero[1, "fp32"]["load_from_fp32_weights"] is False and zero[2, "fp32"]["load_from_fp32_weights"] is False
-    assert all("load_from_fp32_weights" not in zero[k] for k in ((1, "bf16"), (2, "bf16"), (3, "fp32"), (3, "bf16")))

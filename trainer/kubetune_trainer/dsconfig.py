@@ -100,10 +100,6 @@ def build_ds_config(spec: FineTuneJobSpec, plan: BatchPlan, stage: int, precisio
     }
     if stage in (1, 2):
         zero["allgather_bucket_size"] = 5e7
-        if precision == "fp32":
-            # The fp32 master partitions equal the fp32 module weights: on resume DeepSpeed copies them
-            # from the module (exact), so checkpoints need not hold them twice (local_save.py).
-            zero["load_from_fp32_weights"] = False
     if stage == 3:
         zero.update(
             stage3_gather_16bit_weights_on_model_save=True,  # export gathers the full weights

@@ -24,14 +24,6 @@ thread, unmapping on the writer's: 78 MB took 21 ms fresh, 5 ms reused, on a
 writes are done.
 A failed write is kept in :attr:`LocalWriter.error`; the marker after it is
 not written, and the training loop raises the error at its next step.
-
-Nothing is written twice: under ZeRO-1/2 with fp32 weights the optimizer's fp32
-master partitions equal the module's weights, which the model states file holds
-already (a quarter of a full fine-tuning checkpoint's bytes). When DeepSpeed is
-set to rebuild them from the module's weights on load
-(``zero_optimization.load_from_fp32_weights: false``, which dsconfig.py sets for
-exactly that case), the optimizer files are saved without them; resume is exact
-(the same fp32 values come back), see :func:`master_copy_is_module`.
 """
 from __future__ import annotations
 
@@ -109,47 +101,14 @@ class SnapshotBuffers:
         return buf
 
 
-#: the ZeRO-1/2 optimizer state's copy of the fp32 master weights (deepspeed.checkpoint.constants)
-FP32_MASTER_KEY = "single_partition_of_fp32_groups"
-
-
-def master_copy_is_module(engine: Any) -> bool:
-    """True when the ZeRO optimizer's fp32 master partitions need not be saved: ZeRO-1/2, every trained
-    parameter fp32 (so the module's weights, saved in the model states, are those very values), and
-    DeepSpeed set to restore the master partitions from the module's weights on load (bit for bit)."""
-    import torch
-
-    try:
-        if engine.zero_optimization_stage() not in (1, 2) or engine.zero_load_from_fp32_weights():
-            return False
-        groups = engine.optimizer.bit16_groups
-    except AttributeError:
-        return False
-    params = [p for group in groups for p in group]
-    return bool(params) and all(p.dtype == torch.float32 for p in params)
-
-
-def without_master_copy(state_dict: Any) -> Any:
-    """DeepSpeed's ZeRO checkpoint state without the fp32 master partitions (other states unchanged)."""
-    optim = state_dict.get("optimizer_state_dict") if isinstance(state_dict, dict) else None
-    if not isinstance(optim, dict) or FP32_MASTER_KEY not in optim:
-        return state_dict
-    out = copy.copy(state_dict)
-    out["optimizer_state_dict"] = {k: v for k, v in optim.items() if k != FP32_MASTER_KEY}
-    return out
-
-
 class _SnapshotEngine:
     """Stands in for DeepSpeed's checkpoint engine during one save: ``save`` snapshots and queues."""
 
-    def __init__(self, inner: Any, writer: LocalWriter, drop_master_copy: bool = False):
+    def __init__(self, inner: Any, writer: LocalWriter):
         self._inner = inner
         self._writer = writer
-        self._drop_master_copy = drop_master_copy
 
     def save(self, state_dict: Any, path: str) -> None:
-        if self._drop_master_copy:
-            state_dict = without_master_copy(state_dict)
         state = snapshot(state_dict, self._writer.buffers)
         self._writer.submit(lambda: self._inner.save(state, path))
 
@@ -172,7 +131,7 @@ class LocalWriter:
         self.wait()  # one checkpoint in flight at most: the buffers are free again
         self.buffers.start()
         inner = engine.checkpoint_engine
-        engine.checkpoint_engine = _SnapshotEngine(inner, self, master_copy_is_module(engine))
+        engine.checkpoint_engine = _SnapshotEngine(inner, self)
         try:
             yield
         finally:
