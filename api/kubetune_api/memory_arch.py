@@ -304,9 +304,9 @@ class DistilBertShape(BertShape):
     ``sa_layer_norm``, ``ffn.lin1``/``ffn.lin2`` (GELU) and ``output_layer_norm``; no pooler; the head is
     ``pre_classifier`` (dim x dim, ReLU) and ``classifier`` (dim x classes) on the first token. PEFT's SEQ_CLS saves
     both whole: it matches its ``classifier`` against the end of each module's name, and ``pre_classifier`` ends
-    so. Its layers have one hidden dropout (after the MLP), BERT's two. Refused as PEFT 0.21 refuses them: LoRA
-    on all-linear (it adapts pre_classifier, then cannot save it whole), prompt and prefix tuning (no hidden_size
-    in the config), IA3 without target modules (no default for distilbert)."""
+    so; the trainer keeps LoRA off both (all-linear adapts the attention and MLP layers only). Its layers have one
+    hidden dropout (after the MLP), BERT's two. Refused as PEFT 0.21 refuses them: prompt and prefix tuning (no
+    hidden_size in the config), IA3 without target modules (no default for distilbert)."""
 
     layer_dropouts = 1
 
@@ -325,15 +325,6 @@ class DistilBertShape(BertShape):
 
     def module_parameters(self, name: str) -> int | None:
         return {**self.saved_modules(), "word_embeddings": self.vocab_size * self.hidden_size}.get(name)
-
-    def lora_layers(self, targets: Iterable[str]) -> list[Linear]:
-        if list(targets) == ["all-linear"]:
-            # PEFT 0.21 adapts pre_classifier (not the model's output layer), then fails to save it whole:
-            # "modules_to_save cannot be applied to modules of type lora.Linear"
-            raise PlanError("method.lora.targetModules [all-linear] fails on a distilbert classifier in PEFT (it puts "
-                            "LoRA on pre_classifier, which it also trains whole as part of the head); list the layers "
-                            "instead: [q_lin, k_lin, v_lin, out_lin, lin1, lin2]")
-        return super().lora_layers(targets)
 
     def count(self, job: Job) -> ParameterCount:
         if job.method in ("prompt-tuning", "prefix-tuning"):

@@ -101,9 +101,9 @@ def test_real_minilm_weights(tmp_path):
 
 
 def _peft_trainable(config: dict, task: str, peft_config, num_labels: int = 3) -> int:
-    import peft
+    from kubetune_trainer import model as model_mod
 
-    model = peft.get_peft_model(_built(config, task, num_labels), peft_config)
+    model = model_mod.with_adapter(_built(config, task, num_labels), peft_config)  # as the trainer wraps it
     return int(model.get_nb_trainable_parameters()[0])
 
 

@@ -49,9 +49,10 @@ def _numel(model) -> int:
 
 
 def _peft_trainable(model, peft_config) -> int:
-    import peft
+    """The trainable parameters of ``model`` with the adapter the trainer puts on it (model.with_adapter)."""
+    from kubetune_trainer import model as model_mod
 
-    return int(peft.get_peft_model(model, peft_config).get_nb_trainable_parameters()[0])
+    return int(model_mod.with_adapter(model, peft_config).get_nb_trainable_parameters()[0])
 
 
 def _method_pairs(task_type: str, lora_targets: list[tuple[str, ...]]):

@@ -98,9 +98,9 @@ def _check_methods(shape, model_factory, task_type: str, targets, refused: dict[
 @pytest.mark.parametrize("config", [TINY_DISTILBERT, dict(TINY_DISTILBERT, sinusoidal_pos_embds=True)],
                          ids=["learned positions", "sinusoidal positions"])
 def test_distilbert_counts_match_transformers_and_peft(config):
-    """DistilBertForSequenceClassification: pre_classifier + classifier, both saved whole by PEFT's SEQ_CLS;
-    LoRA all-linear, prompt and prefix tuning and IA3 (no PEFT default for distilbert) refused, as PEFT (0.21)
-    fails on them."""
+    """DistilBertForSequenceClassification: pre_classifier + classifier, both saved whole by PEFT's SEQ_CLS, and
+    LoRA/DoRA all-linear (kept off both by the trainer) on the attention and MLP layers only; prompt and prefix
+    tuning and IA3 (no PEFT default for distilbert) refused, as PEFT (0.21) fails on them."""
     shape = memory.shape_from_config(config, "auto", 3)
     assert isinstance(shape, DistilBertShape) and shape.task == "sequence-classification"
     model = _built(config, "sequence-classification", 3)
@@ -108,9 +108,7 @@ def test_distilbert_counts_match_transformers_and_peft(config):
     # sinusoidal or learned, transformers 5 leaves the position table trainable
     full = memory.count_parameters(shape, memory.Job(method="full"))
     assert full.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
-    refused = {"lora all-linear r8": (TypeError, r"all-linear\] fails on a distilbert"),
-               "dora all-linear r4": (TypeError, r"all-linear\] fails on a distilbert"),
-               "ia3 default": (ValueError, "PEFT has no default IA3 modules for distilbert"),
+    refused = {"ia3 default": (ValueError, "PEFT has no default IA3 modules for distilbert"),
                **{p: (ValueError, f"method.type {p.split()[0]}-tuning fails on a distilbert model")
                   for p in ("prompt 10", "prefix 10", "prefix 10 projected")}}
     _check_methods(shape, lambda: _built(config, "sequence-classification", 3), "SEQ_CLS",
@@ -264,22 +262,21 @@ def test_activations_match_the_tensors_autograd_saves(config, task, method):
     import torch
     from test_memory_plan_arch import _saved_bytes
 
+    from kubetune_trainer import model as model_mod
+
     mb, seq, vocab = 2, 128, config["vocab_size"]
     model = _built(config, task, 2)
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(3, vocab, (mb, seq), generator=g)
     ids[:, -1] = config.get("eos_token_id") or 2  # one EOS per row, last (mT5's classifier pools it)
     labels = torch.randint(3, vocab, (mb, seq), generator=g) if task == "seq2seq" else torch.randint(0, 2, (mb,))
-    if method == "lora":
-        targets = ["q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"] if config["model_type"] == "distilbert" \
-            else "all-linear"
-        model = peft.get_peft_model(model, peft.LoraConfig(task_type="SEQ_2_SEQ_LM" if task == "seq2seq" else "SEQ_CLS",
-                                                           r=16, lora_dropout=0.05, target_modules=targets))
+    if method == "lora":  # all-linear, as the trainer wraps the model
+        model = model_mod.with_adapter(model, peft.LoraConfig(
+            task_type="SEQ_2_SEQ_LM" if task == "seq2seq" else "SEQ_CLS", r=16, lora_dropout=0.05,
+            target_modules="all-linear"))
     measured = _saved_bytes(model, input_ids=ids, labels=labels)
     shape = memory.shape_from_config(config, task, 2)
-    lora_targets = ("q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2") if config["model_type"] == "distilbert" \
-        else ("all-linear",)
-    job = memory.Job(method=method, precision="fp32", seq_length=seq, device="cpu", lora_targets=lora_targets)
+    job = memory.Job(method=method, precision="fp32", seq_length=seq, device="cpu")
     kept, _ = shape.activation_bytes(job, mb, 4, False)
     logits = mb * seq * vocab * 4 if task == "seq2seq" else 0
     assert kept + logits == pytest.approx(measured, rel=0.10)
@@ -288,7 +285,7 @@ def test_activations_match_the_tensors_autograd_saves(config, task, method):
 # ------------------------------------------------------------------ kubetune plan
 def test_plan_prints_the_table_for_a_distilbert_job(tmp_path):
     """`kubetune plan` on a DistilBERT classifier (distilbert-base-uncased's config.json next to the manifest),
-    full fine-tuning and LoRA on named layers, and the all-linear refusal naming the field."""
+    full fine-tuning, LoRA on named layers and on all-linear (the trainer's default targets)."""
     from test_memory_plan import _kubetune
     from test_memory_plan_arch import _manifest
 
@@ -313,5 +310,8 @@ def test_plan_prints_the_table_for_a_distilbert_job(tmp_path):
     doc["spec"]["method"]["lora"] = {"r": 8, "targetModules": ["all-linear"]}
     open(lora, "w").write(yaml.safe_dump(doc))
     res = _kubetune("plan", lora, "--gpu", "T4")
-    assert res.returncode == 1
-    assert "cannot plan: method.lora.targetModules [all-linear] fails on a distilbert classifier" in res.stderr
+    assert res.returncode == 0, res.stdout + res.stderr
+    # r8 on q_lin, k_lin, v_lin, out_lin (768 x 768), lin1 (768 x 3072) and lin2 (3072 x 768) of 6 layers; the
+    # head (pre_classifier, classifier) trained whole, without LoRA
+    trainable = 6 * 8 * (4 * (768 + 768) + 2 * (768 + 3072)) + (768 * 768 + 768) + (768 * 2 + 2)
+    assert f"method lora: {trainable:,} trainable" in res.stdout and "fit: yes" in res.stdout, res.stdout

@@ -206,3 +206,56 @@ def test_mlflow_tracker_logs_to_a_real_tracking_server(tmp_path, tiny_model_dir,
     losses = client.get_metric_history(runs[0].info.run_id, "loss")
     assert sorted(m.step for m in losses) == [1, 2]
     assert runs[0].data.params["learning_rate"]
+
+
+# ------------------------------------------------------------- LoRA next to a classification head saved whole
+@pytest.mark.parametrize("use_dora", [False, True], ids=["lora", "dora"])
+def test_default_lora_targets_on_distilbert_classifier_train_and_reload(tmp_path, use_dora):
+    """DistilBERT's head is pre_classifier + classifier. PEFT saves both whole (its SEQ_CLS ``classifier`` matches
+    the end of ``pre_classifier``), yet all-linear used to put LoRA on pre_classifier too, and get_peft_model
+    failed ("modules_to_save cannot be applied to modules of type lora.Linear"). With the default targets the
+    trainer's model adapts the attention and MLP layers, trains the head whole, takes a step, and the saved adapter
+    reloads onto the base model with the same outputs."""
+    import torch
+    import transformers
+    from peft import PeftModel
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    from kubetune_trainer.data import LabelSpace
+
+    torch.manual_seed(0)
+    config = transformers.DistilBertConfig(vocab_size=120, dim=32, hidden_dim=64, n_layers=2, n_heads=4,
+                                           max_position_embeddings=64, num_labels=3)
+    base_dir = tmp_path / "base"
+    transformers.DistilBertForSequenceClassification(config).save_pretrained(base_dir)
+    lora = {"r": 4, "useDora": use_dora}  # targetModules left at its default, [all-linear]
+    spec = load_job({"apiVersion": "kubetune.io/v1alpha1", "kind": "FineTuneJob", "spec": spec_for(
+        base_dir, "/t.jsonl", "/o", method={"type": "lora", "lora": lora})}).spec
+    labels = LabelSpace(names=("a", "b", "c"), multi_label=False, source="the test")
+    net, info = model_mod.load_model(spec, str(base_dir), "fp32", gradient_checkpointing=False,
+                                     task="sequence-classification", labels=labels)
+
+    adapted = {n.removeprefix("base_model.model.") for n, m in net.named_modules() if isinstance(m, LoraLayer)}
+    assert {n.split(".")[-1] for n in adapted} == {"q_lin", "k_lin", "v_lin", "out_lin", "lin1", "lin2"}
+    saved = {n.removeprefix("base_model.model.") for n, m in net.named_modules() if isinstance(m, ModulesToSaveWrapper)}
+    assert saved == {"pre_classifier", "classifier"}
+    h = config.dim
+    assert info.n_trainable == sum(p.numel() for p in net.parameters() if p.requires_grad) > (h * h + h) + (h * 3 + 3)
+
+    net.train()
+    ids = torch.randint(3, 120, (4, 10))
+    before = net.base_model.model.pre_classifier.modules_to_save["default"].weight.detach().clone()
+    loss = net(input_ids=ids, attention_mask=torch.ones_like(ids), labels=torch.tensor([0, 1, 2, 1])).loss
+    loss.backward()
+    torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2).step()
+    assert not torch.equal(before, net.base_model.model.pre_classifier.modules_to_save["default"].weight)
+
+    net.eval()
+    with torch.no_grad():
+        want = net(input_ids=ids).logits
+    net.save_pretrained(tmp_path / "adapter")
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(base_dir)
+    again = PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        assert torch.allclose(again(input_ids=ids).logits, want, atol=1e-6)

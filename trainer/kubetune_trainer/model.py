@@ -202,6 +202,43 @@ def peft_config(spec: FineTuneJobSpec, model_dir: str, model_task: str = "causal
     return None
 
 
+# The heads PEFT adds to modules_to_save for a task (PeftModelForSequenceClassification, peft 0.21).
+PEFT_SAVED_HEADS = {"SEQ_CLS": ("classifier", "score")}
+
+
+def saved_whole(model: torch.nn.Module, config: peft.PeftConfig) -> list[str]:
+    """Names of the modules PEFT will train whole for ``config``, and of everything inside them.
+
+    PEFT picks modules_to_save by the end of a module's name, letters and all: on DistilBERT the
+    sequence-classification head's ``classifier`` also takes ``pre_classifier``.
+    """
+    task = getattr(config.task_type, "value", config.task_type)
+    names = list(getattr(config, "modules_to_save", None) or ()) + list(PEFT_SAVED_HEADS.get(str(task), ()))
+    if not names:
+        return []
+    modules = [n for n, _ in model.named_modules() if n]
+    roots = [m for m in modules if any(m.endswith(n) for n in names)]
+    return sorted(m for m in modules if any(m == r or m.startswith(r + ".") for r in roots))
+
+
+def with_adapter(model: Any, config: peft.PeftConfig) -> Any:
+    """``get_peft_model(model, config)``, keeping LoRA/DoRA off every module that modules_to_save trains whole.
+
+    PEFT keeps adapters off a module to save only when the whole last part of its name matches,
+    while it saves every module whose name merely ends so: with all-linear it puts LoRA on
+    DistilBERT's ``pre_classifier``, then cannot save it whole ("modules_to_save cannot be applied
+    to modules of type lora.Linear"). Such modules go into exclude_modules and train whole, as the
+    rest of the head does.
+    """
+    import peft
+
+    if isinstance(config, peft.LoraConfig):
+        saved = saved_whole(model, config)
+        if saved:  # peft_config sets no exclude_modules of its own
+            config.exclude_modules = saved
+    return peft.get_peft_model(model, config)
+
+
 def _numel(p: torch.Tensor) -> int:
     return getattr(p, "ds_numel", None) or p.numel()  # ZeRO-3 partitioned parameters are empty locally
 
@@ -355,10 +392,8 @@ def load_model(spec: FineTuneJobSpec, model_dir: str, precision: str, gradient_c
     if adapter_dir is not None:
         model = _load_adapter(model, spec, adapter_dir)
     elif config is not None:
-        from peft import get_peft_model
-
         try:
-            model = get_peft_model(model, config)
+            model = with_adapter(model, config)
         except ValueError as e:  # e.g. target modules that do not exist in this model
             raise PermanentError(f"method {spec.method.type}: {e}", "InvalidSpec") from e
     n_trainable = sum(_numel(p) for p in model.parameters() if p.requires_grad)
