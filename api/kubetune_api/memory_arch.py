@@ -611,8 +611,11 @@ class T5Shape(EncoderDecoderShape):
     """``T5ForConditionalGeneration`` (seq2seq) or ``T5ForSequenceClassification``: a shared embedding,
     encoder and decoder stacks (self-attention without biases, the decoder's cross-attention, a relative
     attention bias in each stack's first block, RMS layer norms, a ReLU or gated-GELU MLP), and the
-    lm_head (seq2seq; transformers 5's T5Config always ties it to the shared embedding, also for configs
-    that say ``tie_word_embeddings: false`` such as t5-v1_1) or a dense + out_proj classification head."""
+    lm_head (seq2seq) or a dense + out_proj classification head. The lm_head is the shared embedding unless
+    config.json says ``tie_word_embeddings: false`` (t5-v1_1, flan-t5, mt5): transformers 5's T5Config and
+    MT5Config tie it whatever config.json says, so ``from_config`` builds a tied model, but ``from_pretrained``
+    (what the trainer calls) finds the checkpoint's own lm_head, with values other than the embedding's, and
+    leaves the two untied (a checkpoint saved by transformers 5 says true, and has no lm_head tensor)."""
 
     model_type: str
     task: str
@@ -628,7 +631,7 @@ class T5Shape(EncoderDecoderShape):
     num_labels: int
     dropout: float = 0.1
     act: str = "relu"  # of the MLP: relu, gelu (gelu_new when gated)
-    tied: bool = True  # the lm_head is the shared embedding (mt5 checkpoints: their own lm_head)
+    tied: bool = True  # the lm_head is the shared embedding (t5-v1_1, flan-t5, mt5 checkpoints: their own lm_head)
 
     @property
     def inner(self) -> int:
@@ -883,6 +886,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
             gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
             num_labels=num_labels_of(config, num_labels),
             dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
+            tied=bool(config.get("tie_word_embeddings", True)),  # T5Config's default; see T5Shape
         )
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e
@@ -944,10 +948,8 @@ def _mt5(config: Mapping[str, Any], task: str, num_labels: int) -> T5Shape:
     """MT5Config's reading of config.json (T5 v1.1: gated-GELU, 250,112 tokens by default).
 
     The lm_head: the published mT5 checkpoints keep one of their own (config.json says tie_word_embeddings: false,
-    and the weights differ from the shared embedding). transformers 5's MT5Config ties them whatever config.json
-    says, so ``from_config`` builds a tied model, but ``from_pretrained`` (what the trainer calls) finds both
-    tensors in the checkpoint with different values and leaves them untied, with a warning: planned untied when
-    config.json says false, tied otherwise (MT5Config's default)."""
+    and the weights differ from the shared embedding): planned untied when config.json says false, tied otherwise
+    (MT5Config's default), as for T5 (see T5Shape)."""
     proj = str(config.get("feed_forward_proj", "gated-gelu"))
     layers = int(config.get("num_layers", 8))
     return T5Shape(

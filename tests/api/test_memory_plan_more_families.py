@@ -1,7 +1,8 @@
-"""The memory planner on DistilBERT, ELECTRA (sequence-classification), mT5 (seq2seq, sequence-classification)
-and Pegasus (seq2seq): parameter counts from config.json against the models transformers builds (tiny configs
-built for real, published configs on the meta device) and the sizes their authors publish; trainable counts
-against PEFT's own; activations against what autograd saves; `kubetune plan` on a DistilBERT job."""
+"""The memory planner on DistilBERT, ELECTRA (sequence-classification), mT5 (seq2seq, sequence-classification),
+T5 v1.1 / FLAN-T5 (their own lm_head) and Pegasus (seq2seq): parameter counts from config.json against the models
+transformers builds (tiny configs built for real, published configs on the meta device) and the sizes their authors
+publish; trainable counts against PEFT's own; activations against what autograd saves; `kubetune plan` on a
+DistilBERT job."""
 from __future__ import annotations
 
 import json
@@ -181,6 +182,50 @@ def test_mt5_published_sizes():
     assert memory.shape_from_config(MT5_SMALL).parameters() == 300_176_768
     cls = memory.shape_from_config(MT5_SMALL, "sequence-classification", 2)
     assert cls.parameters() == _numel(_built(MT5_SMALL, "sequence-classification", 2, meta=True))
+
+
+# ------------------------------------------------------------------ T5 v1.1 and FLAN-T5: an lm_head of their own
+# google/t5-v1_1-small config.json (Hub): gated-GELU, d_kv x heads != d_model, tie_word_embeddings false (the
+# checkpoint holds lm_head.weight apart from shared.weight). Published: 77M parameters (its Hub page).
+T5_V11_SMALL = dict(model_type="t5", architectures=["T5ForConditionalGeneration"], vocab_size=32128, d_model=512,
+                    d_kv=64, d_ff=1024, num_layers=8, num_decoder_layers=8, num_heads=6,
+                    relative_attention_num_buckets=32, feed_forward_proj="gated-gelu", dropout_rate=0.1,
+                    is_encoder_decoder=True, tie_word_embeddings=False, pad_token_id=0, eos_token_id=1,
+                    decoder_start_token_id=0)
+# google/flan-t5-base config.json (Hub): T5 v1.1 at base size. Published: 248M parameters (its Hub page).
+FLAN_T5_BASE = dict(T5_V11_SMALL, d_model=768, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12)
+TINY_T5_V11 = dict(model_type="t5", vocab_size=700, d_model=64, d_kv=16, d_ff=96, num_layers=2, num_decoder_layers=3,
+                   num_heads=4, feed_forward_proj="gated-gelu", is_encoder_decoder=True, tie_word_embeddings=False,
+                   pad_token_id=0, eos_token_id=1, decoder_start_token_id=0)
+
+
+@pytest.mark.parametrize("config", [TINY_T5_V11, dict(TINY_T5_V11, tie_word_embeddings=True)],
+                         ids=["own lm_head", "tied"])
+def test_t5_lm_head_as_from_pretrained_loads_it(config, tmp_path):
+    """A T5 checkpoint whose config.json says tie_word_embeddings false and which holds its own lm_head (as
+    t5-v1_1 and flan-t5 do), loaded with from_pretrained as the trainer loads it: the planner counts the lm_head
+    (vocabulary x d_model) apart from the shared embedding; tied when config.json says so or says nothing."""
+    shape = memory.shape_from_config(config)
+    assert isinstance(shape, T5Shape) and shape.model_type == "t5" and shape.task == "seq2seq"
+    assert shape.tied == config["tie_word_embeddings"]
+    model = _loaded(config, "seq2seq", tmp_path)
+    assert shape.parameters() == _numel(model)
+    full = memory.count_parameters(shape, memory.Job(method="full"))
+    assert full.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _check_methods(shape, lambda: _loaded(config, "seq2seq", tmp_path), "SEQ_2_SEQ_LM",
+                   [("q", "v"), ("wi_0", "wi_1", "wo"), ("EncDecAttention.q", "wo")], {})
+    untied = {k: v for k, v in config.items() if k != "tie_word_embeddings"}
+    assert memory.shape_from_config(untied).tied  # T5Config's default
+
+
+def test_t5_v1_1_published_sizes():
+    """t5-v1_1-small (77M) and flan-t5-base (248M): their lm_head (32,128 x d_model) on top of the tied model
+    transformers 5 builds from the config alone (meta device)."""
+    for config, published, exact in ((T5_V11_SMALL, 77e6, 76_961_152), (FLAN_T5_BASE, 248e6, 247_577_856)):
+        shape = memory.shape_from_config(config)
+        tied = _numel(_built(config, "seq2seq", meta=True))
+        assert shape.parameters() == tied + 32128 * config["d_model"] == exact
+        assert abs(shape.parameters() - published) / published < 0.01
 
 
 # ------------------------------------------------------------------ Pegasus
