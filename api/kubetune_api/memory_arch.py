@@ -228,13 +228,18 @@ class BertShape(Architecture):
     def describe(self) -> str:
         return f"{self.layers} layers, hidden {self.hidden_size}, vocabulary {self.vocab_size}, {self.num_labels} classes"
 
+    # Module names of each layer's query, key, value, attention output, MLP in and MLP out, then of the head's
+    # hidden x hidden and hidden x classes linears (all biased).
+    linear_names = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                    "intermediate.dense", "output.dense", "pooler.dense", "classifier")
+
     def linears(self) -> list[Linear]:
         h, i, n = self.hidden_size, self.intermediate_size, self.layers
+        q, k, v, o, up, down, dense, out = self.linear_names
         return [
-            Linear("attention.self.query", h, h, n, True), Linear("attention.self.key", h, h, n, True),
-            Linear("attention.self.value", h, h, n, True), Linear("attention.output.dense", h, h, n, True),
-            Linear("intermediate.dense", h, i, n, True), Linear("output.dense", i, h, n, True),
-            Linear("pooler.dense", h, h, 1, True), Linear("classifier", h, self.num_labels, 1, True),
+            Linear(q, h, h, n, True), Linear(k, h, h, n, True), Linear(v, h, h, n, True), Linear(o, h, h, n, True),
+            Linear(up, h, i, n, True), Linear(down, i, h, n, True),
+            Linear(dense, h, h, 1, True), Linear(out, h, self.num_labels, 1, True),
         ]
 
     def layer_parameters(self) -> int:
@@ -309,15 +314,8 @@ class DistilBertShape(BertShape):
     hidden_size in the config), IA3 without target modules (no default for distilbert)."""
 
     layer_dropouts = 1
-
-    def linears(self) -> list[Linear]:
-        h, i, n = self.hidden_size, self.intermediate_size, self.layers
-        return [
-            Linear("attention.q_lin", h, h, n, True), Linear("attention.k_lin", h, h, n, True),
-            Linear("attention.v_lin", h, h, n, True), Linear("attention.out_lin", h, h, n, True),
-            Linear("ffn.lin1", h, i, n, True), Linear("ffn.lin2", i, h, n, True),
-            Linear("pre_classifier", h, h, 1, True), Linear("classifier", h, self.num_labels, 1, True),
-        ]
+    linear_names = ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin", "ffn.lin1", "ffn.lin2",
+                    "pre_classifier", "classifier")
 
     def saved_modules(self) -> dict[str, int]:
         h = self.hidden_size
@@ -803,8 +801,6 @@ class BartShape(EncoderDecoderShape):
         return (self.encoder_layers * enc + self.decoder_layers * dec + stacks) * wb * tokens, 0.0
 
 
-
-
 # ------------------------------------------------------------------ Pegasus
 @dataclass(frozen=True)
 class PegasusShape(BartShape):
@@ -819,6 +815,7 @@ class PegasusShape(BartShape):
 
     def frozen_parameters(self) -> int:
         return 2 * self.max_positions * self.hidden_size
+
 
 def resolve_task(config: Mapping[str, Any], task: str | None) -> str:
     """model.task for this config (None/'auto': its first fitting task); PlanError naming the field when it does not fit."""
@@ -875,19 +872,7 @@ def shape_for(config: Mapping[str, Any], task: str | None = None, num_labels: in
                 activation_dropout=float(config.get("activation_dropout", 0.0)),
                 act=str(config.get("activation_function", "gelu")),
             )
-        if mt == "mt5":
-            return _mt5(config, t, num_labels_of(config, num_labels))
-        proj = str(config.get("feed_forward_proj", "relu"))
-        layers = int(config.get("num_layers", 6))
-        return T5Shape(
-            model_type=mt, task=t, vocab_size=int(config["vocab_size"]), hidden_size=int(config["d_model"]),
-            encoder_layers=layers, decoder_layers=int(config.get("num_decoder_layers") or layers),
-            num_heads=int(config.get("num_heads", 8)), d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 2048)),
-            gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
-            num_labels=num_labels_of(config, num_labels),
-            dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
-            tied=bool(config.get("tie_word_embeddings", True)),  # T5Config's default; see T5Shape
-        )
+        return _t5(config, mt, t, num_labels_of(config, num_labels))
     except (KeyError, TypeError, ValueError) as e:
         raise PlanError(f"config.json lacks or mangles {e}: not a complete {mt} config") from e
 
@@ -944,20 +929,33 @@ def _electra(config: Mapping[str, Any], task: str, num_labels: int) -> ElectraSh
     )
 
 
-def _mt5(config: Mapping[str, Any], task: str, num_labels: int) -> T5Shape:
-    """MT5Config's reading of config.json (T5 v1.1: gated-GELU, 250,112 tokens by default).
+# What T5Config and MT5Config (T5 v1.1: gated-GELU, 250,112 tokens) assume where config.json is silent; a t5
+# config.json must name its vocab_size and d_model.
+_T5_DEFAULTS: dict[str, dict[str, Any]] = {
+    "t5": {"num_layers": 6, "num_heads": 8, "d_ff": 2048, "feed_forward_proj": "relu"},
+    "mt5": {"vocab_size": 250112, "d_model": 512, "num_layers": 8, "num_heads": 6, "d_ff": 1024,
+            "feed_forward_proj": "gated-gelu"},
+}
 
-    The lm_head: the published mT5 checkpoints keep one of their own (config.json says tie_word_embeddings: false,
-    and the weights differ from the shared embedding): planned untied when config.json says false, tied otherwise
-    (MT5Config's default), as for T5 (see T5Shape)."""
-    proj = str(config.get("feed_forward_proj", "gated-gelu"))
-    layers = int(config.get("num_layers", 8))
+
+def _t5(config: Mapping[str, Any], model_type: str, task: str, num_labels: int) -> T5Shape:
+    """T5Config's or MT5Config's reading of config.json.
+
+    The lm_head: the published t5-v1_1, flan-t5 and mT5 checkpoints keep one of their own (config.json says
+    tie_word_embeddings: false, and the weights differ from the shared embedding): planned untied when config.json
+    says false, tied otherwise (the Config classes' default), see T5Shape."""
+    defaults = _T5_DEFAULTS[model_type]
+
+    def field(key: str) -> Any:
+        return config.get(key, defaults[key]) if key in defaults else config[key]
+
+    proj = str(field("feed_forward_proj"))
+    layers = int(field("num_layers"))
     return T5Shape(
-        model_type="mt5", task=task, vocab_size=int(config.get("vocab_size", 250112)),
-        hidden_size=int(config.get("d_model", 512)), encoder_layers=layers,
-        decoder_layers=int(config.get("num_decoder_layers") or layers), num_heads=int(config.get("num_heads", 6)),
-        d_kv=int(config.get("d_kv", 64)), d_ff=int(config.get("d_ff", 1024)), gated=proj.startswith("gated-"),
-        buckets=int(config.get("relative_attention_num_buckets", 32)), num_labels=num_labels,
-        dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
+        model_type=model_type, task=task, vocab_size=int(field("vocab_size")), hidden_size=int(field("d_model")),
+        encoder_layers=layers, decoder_layers=int(config.get("num_decoder_layers") or layers),
+        num_heads=int(field("num_heads")), d_kv=int(config.get("d_kv", 64)), d_ff=int(field("d_ff")),
+        gated=proj.startswith("gated-"), buckets=int(config.get("relative_attention_num_buckets", 32)),
+        num_labels=num_labels, dropout=float(config.get("dropout_rate", 0.1)), act=proj.split("-")[-1],
         tied=bool(config.get("tie_word_embeddings", True)),
     )

@@ -48,9 +48,7 @@ def snapshot(obj: Any, pool: SnapshotBuffers | None = None) -> Any:
 
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
-        if pool is not None:
-            return pool.copy(t)
-        return t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
+        return pool.copy(t) if pool is not None else _host_copy(t)
     if isinstance(obj, dict):
         out = copy.copy(obj)  # keeps OrderedDict and friends
         for k, v in obj.items():
@@ -61,6 +59,11 @@ def snapshot(obj: Any, pool: SnapshotBuffers | None = None) -> Any:
     if isinstance(obj, tuple) and not hasattr(obj, "_fields"):
         return tuple(snapshot(v, pool) for v in obj)
     return obj
+
+
+def _host_copy(t: Any) -> Any:
+    """A tensor's copy in fresh host memory (for a GPU tensor, the device-to-host copy)."""
+    return t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
 
 
 class SnapshotBuffers:
@@ -93,7 +96,7 @@ class SnapshotBuffers:
             if buf.shape == t.shape and buf.stride() == t.stride() and buf.dtype == t.dtype:
                 self.reused += 1
                 return buf.copy_(t)
-        buf = t.clone() if t.device.type == "cpu" else t.to("cpu", copy=True)
+        buf = _host_copy(t)
         if i < len(self._buffers):
             self._buffers[i] = buf
         else:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from kubetune_api.contract import PermanentError
+from kubetune_api.memory_arch import SEQ_CLS_SAVED
 from kubetune_api.spec import FineTuneJobSpec
 
 if TYPE_CHECKING:
@@ -202,8 +203,9 @@ def peft_config(spec: FineTuneJobSpec, model_dir: str, model_task: str = "causal
     return None
 
 
-# The heads PEFT adds to modules_to_save for a task (PeftModelForSequenceClassification, peft 0.21).
-PEFT_SAVED_HEADS = {"SEQ_CLS": ("classifier", "score")}
+# The heads PEFT adds to modules_to_save for a task (PeftModelForSequenceClassification, peft 0.21); the
+# memory planner counts the same ones.
+PEFT_SAVED_HEADS = {"SEQ_CLS": SEQ_CLS_SAVED}
 
 
 def saved_whole(model: torch.nn.Module, config: peft.PeftConfig) -> list[str]:
