@@ -58,7 +58,7 @@ fi
 SIZE=${GPU_CHECK_SIZE:-1b}
 OUT_DIR=${OUT:-/tmp/kubetune-gpu-check}
 BUDGET=${GPU_CHECK_BUDGET_S:-450}  # seconds for both runs; 8 minutes minus margin for this script
-export PYTHONPATH="$PWD/trainer:$PWD/operator${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="$PWD/api:$PWD/trainer:$PWD/operator${PYTHONPATH:+:$PYTHONPATH}"
 export TOKENIZERS_PARALLELISM=false
 mkdir -p "$OUT_DIR"
 start=$(date +%s)
