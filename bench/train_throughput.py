@@ -256,7 +256,7 @@ def run_hf_baseline(cfg: dict, meter: MemoryMeter) -> dict:
     dataset = load_dataset("json", data_files=cfg["train"], split="train")
     dataset = dataset.map(lambda b: tokenizer([t + tokenizer.eos_token for t in b["text"]]), batched=True,
                           remove_columns=["text"])
-    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=torch.bfloat16 if cfg["cuda"] else torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(cfg["model_dir"], dtype=torch.bfloat16 if cfg["bf16"] else torch.float32)
     if cfg["method"] == "lora":
         model = get_peft_model(model, LoraConfig(r=16, lora_alpha=32, lora_dropout=0.05, target_modules="all-linear",
                                                  task_type="CAUSAL_LM"))
@@ -270,7 +270,7 @@ def run_hf_baseline(cfg: dict, meter: MemoryMeter) -> dict:
         logging_steps=1,
         save_strategy="no",
         report_to=[],
-        bf16=cfg["cuda"],
+        bf16=cfg["bf16"],
         seed=cfg["seed"],
         include_num_input_tokens_seen="non_padding",
         use_cpu=not cfg["cuda"],
@@ -302,6 +302,7 @@ def kubetune_job(cfg: dict) -> dict:
         "globalBatchSize": cfg["global_batch"],
         "microBatchSize": 1,  # kubetune's default
         "seed": cfg["seed"],
+        "precision": "bf16" if cfg["bf16"] else "fp32",
     }
     if cfg["gradient_checkpointing"] is not None:  # None: kubetune's default, the memory plan decides
         training["gradientCheckpointing"] = cfg["gradient_checkpointing"]
@@ -483,6 +484,8 @@ def main(argv=None) -> int:
     ap.add_argument("--max-len", type=int, help="longest sample and kubetune's maxSeqLength; default from --size")
     ap.add_argument("--median", type=float, help="median sample length in tokens; default from --size")
     ap.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    ap.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
+                    help="what every arm trains in; auto: bf16 on GPU, fp32 on CPU (bf16 on CPU: to compare the arms' bf16 numerics)")
     ap.add_argument("--threads", type=int, default=os.cpu_count(), help="OMP threads per arm (CPU)")
     ap.add_argument("--seed", type=int, default=42)
     ap.add_argument("--workdir", default="/tmp/kubetune-bench-throughput", help="scratch folder, emptied first")
@@ -506,6 +509,7 @@ def main(argv=None) -> int:
         if getattr(args, k) is not None:
             size[k] = getattr(args, k)
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    bf16 = cuda if args.precision == "auto" else args.precision == "bf16"
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
     unknown = set(arms) - set(ARMS)
     if unknown:
@@ -543,7 +547,7 @@ def main(argv=None) -> int:
     context = flops.attention_context(lengths)
 
     common = dict(model_dir=str(model_dir), train=str(work / "train.jsonl"), eval_samples=str(work / "eval_samples.json"),
-                  pad_id=tok.pad_token_id, cuda=cuda, method=args.method, seed=args.seed, max_len=size["max_len"],
+                  pad_id=tok.pad_token_id, cuda=cuda, bf16=bf16, method=args.method, seed=args.seed, max_len=size["max_len"],
                   lr=2e-4 if args.method == "lora" else 1e-5, attention_context=context)
     arm_cfgs = {
         "hf": dict(common, kind="hf", batch=batch),
@@ -558,7 +562,7 @@ def main(argv=None) -> int:
     load = os.getloadavg()
     print(f"device: {device_name}; load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
     print(f"model: Llama-style, {n_params / 1e6:,.1f}M params (hidden {size['hidden']}, {size['layers']} layers), random weights, "
-          f"{'bf16' if cuda else 'fp32'}; method {args.method}")
+          f"{'bf16' if bf16 else 'fp32'}; method {args.method}")
     print(f"data: {n} training rows, {real_tokens:,} real tokens, lengths {min(lengths)}..{max(lengths)} "
           f"(median {sorted(lengths)[n // 2]}, log-normal sigma {SIGMA}); {len(eval_samples)} held-out rows")
     print(f"plan: {size['steps']} optimizer steps for every arm = 1 epoch; baseline {batch} samples/step "

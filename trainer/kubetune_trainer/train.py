@@ -368,9 +368,49 @@ def build_trainer(spec: FineTuneJobSpec, net: torch.nn.Module, tokenizer: PreTra
         compute_loss_func=loss_func,
     )
     trainer.remove_callback(PrinterCallback)  # our ConsoleReporter prints progress
+    trainer.add_callback(_forget_warmup_step_callback(trainer))
     trainer.eval_history = []
     trainer.task_details = {}
     return trainer
+
+
+def forget_warmup_step(optimizer: Any) -> int:
+    """Drop the optimizer state that DeepSpeed's warm-up step made before the first training step; returns the
+    number of parameters whose state was dropped.
+
+    At ZeRO-0 with bf16 or fp16 (what the memory plan picks for one process) DeepSpeed wraps the
+    Trainer's torch AdamW in its FP16_UnfusedOptimizer, which calls ``step()`` once with zero
+    gradients while it is built, to create the state. Adam counts that as step 1: every real step's
+    bias correction is then one step late, and the first updates are 0.74, 0.86, 0.91 ... of
+    AdamW's (step 1, 2, 3; LoRA training fell behind the Hugging Face recipe, docs/trainer.md).
+    Only state exactly one step old is dropped (the torch optimizer creates it again at the
+    first real step); ZeRO-1/2/3 and fp32 make no such step and leave nothing to drop.
+    """
+    state = getattr(optimizer, "state", None)
+    if not state:
+        return 0
+    steps = [s.get("step") for s in state.values()]
+    if not all(step is not None and float(step) == 1.0 for step in steps):
+        return 0
+    state.clear()
+    return len(steps)
+
+
+def _forget_warmup_step_callback(trainer: Trainer) -> TrainerCallback:
+    """Calls :func:`forget_warmup_step` on DeepSpeed's client optimizer when a run starts from step 0 (on resume
+    the Trainer has already loaded the checkpoint's optimizer state: nothing is touched)."""
+    from transformers import TrainerCallback
+
+    class ForgetWarmupStep(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            engine = getattr(trainer, "deepspeed", None)
+            if state.global_step == 0 and engine is not None:
+                dropped = forget_warmup_step(getattr(engine, "basic_optimizer", None))
+                if dropped:
+                    log.info("optimizer: dropped the state of DeepSpeed's zero-gradient warm-up step (%d parameters); "
+                             "AdamW's first step is step 1", dropped)
+
+    return ForgetWarmupStep()
 
 
 def _attention(net: torch.nn.Module) -> str:
