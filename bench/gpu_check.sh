@@ -114,7 +114,7 @@ for method in lora full; do
     if [[ $method == lora ]]; then limit=$(( left / 2 )); else limit=$left; fi
     echo "== $method fine-tuning, $SIZE model (limit ${limit}s)"
     timeout --kill-after=15 "$limit" $PY bench/train_throughput.py --size "$SIZE" --method "$method" --arms "$arms" \
-        --no-noise --model-dir "$OUT_DIR/model" --workdir "$OUT_DIR/$method" --json "$OUT_DIR/$method.json" \
+        --model-dir "$OUT_DIR/model" --workdir "$OUT_DIR/$method" --json "$OUT_DIR/$method.json" \
         2>&1 | grep -v -E "Warning|warnings.warn|Loading weights|Writing model" | tee "$OUT_DIR/$method.txt"
     rc=${PIPESTATUS[0]}
     if [[ $rc != 0 ]]; then
