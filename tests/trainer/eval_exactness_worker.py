@@ -51,6 +51,9 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         with open(a.out, "w") as f:
             json.dump({"metrics": metrics, "rows": per_row, "world": int(os.environ.get("WORLD_SIZE", "1"))}, f)
+    if a.zero3:  # as the trainer does (train.leave_process_group): not left to interpreter shutdown
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
