@@ -15,40 +15,30 @@
 #                the emulated API server and the minimal Kopf controller each with a core.
 #
 #   bench/gpu_node.sh                       # on the node; results in $OUT or /tmp/gpu-node
-#   bench/gpu_node.sh --prepare-wheels      # here, with PyPI: the wheels the node lacks, in .whl/
+#   bench/gpu_node.sh --prepare-wheels      # here, with PyPI: the wheels the node lacks, in bench/.wheelhouse
 #
 # The node's image (python 3.12, torch with CUDA, transformers, peft, accelerate, pyarrow,
 # aiohttp...) lacks deepspeed, datasets, pydantic, boto3, moto, kopf and the CEL library; they
-# travel as wheels in .whl/ (ignored by git, carried along) and are installed without deps.
+# travel as wheels in bench/.wheelhouse (gpu_check.sh's; ignored by git, carried along) and are
+# installed without deps.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 RUNS=${OPERATOR_SCALE_RUNS:-5}
 STALL_ARGS=${STALL_ARGS:---rounds 3}
 RES=${OUT:-/tmp/gpu-node}
-# What the GPU image lacks (or has in another version), pinned as pyproject.toml pins them here
-WHEELS="transformers==5.23.0 peft==0.21.2 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 hjson==3.1.0
-pydantic==2.14.4 pydantic-core==2.50.5 annotated-types==0.8.0 typing-inspection==0.4.5 boto3==1.44.8
-botocore==1.44.8 s3transfer==0.19.3 jmespath==1.1.0 jsonschema==4.26.0 referencing==0.37.0 rpds-py==2026.9.1
-jsonschema-specifications==2025.9.1 cel-python==0.5.0 lark==1.3.1 pendulum==3.3.0 google-re2==1.1.20251105
-tzdata==2026.6 moto==5.2.5 cryptography==50.0.2 cffi==2.1.1 pycparser==3.12 xmltodict==1.0.4 responses==0.26.3
-flask==3.1.3 flask-cors==6.0.5 blinker==1.9.0 itsdangerous==2.2.0 py-partiql-parser==0.6.3 kopf==1.45.2
-kubernetes==37.0.1 durationpy==0.11 websocket-client==1.9.2 requests-oauthlib==2.0.0 oauthlib==4.0.1
-iso8601==2.1.0 python-json-logger==4.2.0 jsonpatch==1.48 jsonpointer==3.12 kmock==0.8"
+# What the GPU image lacks (or has in another version); gpu_check.sh pins each to the version installed here
+WHEELS="transformers peft datasets dill multiprocess hjson pydantic pydantic-core annotated-types typing-inspection
+boto3 botocore s3transfer jmespath jsonschema referencing rpds-py jsonschema-specifications cel-python lark pendulum
+google-re2 tzdata moto cryptography cffi pycparser xmltodict responses flask flask-cors blinker itsdangerous
+py-partiql-parser kopf kubernetes durationpy websocket-client requests-oauthlib oauthlib iso8601 python-json-logger
+jsonpatch jsonpointer kmock"
+WHEELHOUSE=bench/.wheelhouse  # gpu_check.sh's, ignored by git
 
 if [[ "${1:-}" == "--prepare-wheels" ]]; then
-    mkdir -p .whl
-    grep -qx "/.whl/" .git/info/exclude 2>/dev/null || echo "/.whl/" >> .git/info/exclude
-    plat=""
-    for p in manylinux_2_28 manylinux_2_27 manylinux_2_24 manylinux_2_17 manylinux2014 manylinux1; do
-        plat+=" --platform ${p}_x86_64"
-    done
     # shellcheck disable=SC2086
-    $PY -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $plat \
-        -d .whl $WHEELS || exit 1
-    $PY -m pip wheel -q --no-deps --no-build-isolation -w .whl deepspeed==0.19.8 || exit 1  # an sdist on PyPI
-    du -sh .whl
-    echo "carry .whl to the node (the device tool's carry=[\".whl\"]); the tree and .whl must stay under 64 MiB"
+    WHEELS=$(echo $WHEELS) bash bench/gpu_check.sh --prepare-wheelhouse 3.12 || exit 1  # deepspeed built here too
+    echo "carry $WHEELHOUSE to the node (the device tool's carry=[\"$WHEELHOUSE\"]); the tree and it must stay under 64 MiB"
     exit 0
 fi
 
@@ -56,8 +46,8 @@ mkdir -p "$RES"
 exec > >(tee "$RES/gpu_node.log") 2>&1
 echo "== node: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB; $(date -u +%FT%TZ)"
 command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
-if [[ -z "${NO_WHEELS:-}" ]] && compgen -G ".whl/*.whl" >/dev/null; then
-    $PY -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check .whl/*.whl 2>&1 | tail -n 5
+if [[ -z "${NO_WHEELS:-}" ]] && compgen -G "$WHEELHOUSE/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --disable-pip-version-check "$WHEELHOUSE"/*.whl 2>&1 | tail -n 5
 fi
 $PY - <<'EOF'
 from importlib.metadata import version
