@@ -35,3 +35,12 @@ def local_api(tiny_files, tmp_path_factory) -> Iterator[str]:
         yield url
 
 
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _upload_loader_stopped() -> Iterator[None]:
+    """Uploads checked in-process start the loader's worker process (kubetune_operator.openai_api.files): stop it."""
+    yield
+    from kubetune_operator.openai_api import files
+
+    files.close_loader()

@@ -74,3 +74,19 @@ def wait_for(predicate, timeout: float = 120.0, interval: float = 0.2, what: str
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {last!r}")
+
+
+# Stand-ins for the upload check that runs in `kubetune api`'s loader process (files._LOADER_CHECK), sent there by name.
+CRASH_MARKER = "crash-the-reader"
+
+
+def check_or_crash(path: str, filename: str):
+    """The real check, except that a file holding CRASH_MARKER kills the process with SIGSEGV, as pyarrow's reader can."""
+    import multiprocessing
+
+    from kubetune_operator.openai_api import files
+
+    assert multiprocessing.parent_process() is not None, "only in the loader's worker process, never in pytest's own"
+    if CRASH_MARKER in Path(path).read_text(errors="replace"):
+        os.kill(os.getpid(), signal.SIGSEGV)
+    return files._check_with_loader(path, filename)

@@ -3,6 +3,7 @@ light shape check where the trainer is not installed (the operator image), and t
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -63,3 +64,46 @@ def test_folder_store_round_trip(tmp_path):
     with pytest.raises(ApiError) as e:
         store.create("ns", "x.jsonl", "assistants", b"{}\n")
     assert e.value.param == "purpose"
+
+
+# Seen in a CI run: pyarrow's JSON reader (under the trainer's loader) died with SIGSEGV on an upload and took
+# the whole process with it: the API server (any crafted upload a denial of service), and there pytest.
+def test_a_file_that_crashes_the_reader_is_a_400_and_the_server_keeps_serving(tmp_path, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from kubetune_operator.openai_api.local_backend import LocalBackend
+    from kubetune_operator.openai_api.server import create_app
+    from openai_helpers import CRASH_MARKER, check_or_crash
+
+    monkeypatch.setattr(files, "_LOADER_CHECK", check_or_crash)  # runs in the loader's process: SIGSEGV there on the marker
+    client = TestClient(create_app(LocalBackend(tmp_path / "state")), raise_server_exceptions=False)
+
+    def upload(name: str, row: dict):
+        return client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (name, json.dumps(row).encode() + b"\n")})
+
+    crashing = {"messages": [{"role": "user", "content": CRASH_MARKER}, {"role": "assistant", "content": "hello"}]}
+    for attempt in range(2):  # a new worker after each crash: it crashes again, and is answered the same
+        r = upload("evil.jsonl", crashing)
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert (error["param"], error["code"]) == ("file", "invalid_file")
+        assert error["message"].startswith("evil.jsonl: the data reader crashed on the file")
+    assert client.get("/healthz").json() == {"ok": True}
+    ok = upload("good.jsonl", CHAT)
+    assert ok.status_code == 200, ok.text
+    assert [f["filename"] for f in client.get("/v1/files").json()["data"]] == ["good.jsonl"]
+    bad = upload("bad.jsonl", NO_ANSWER)  # the rules still answer from the worker, as before
+    assert bad.status_code == 400 and "line 1: no assistant message" in bad.json()["error"]["message"]
+
+
+def test_the_loader_process_is_kept_between_uploads_and_stopped_by_close(tmp_path):
+    path = _write(tmp_path, [CHAT])
+    assert files.check_training_file(path, "a.jsonl") == {"format": "chat", "rows": 1}
+    pid = files._LOADER.run(os.getpid)
+    assert pid != os.getpid()
+    assert files.check_training_file(path, "b.jsonl") == {"format": "chat", "rows": 1}
+    assert files._LOADER.run(os.getpid) == pid  # one long-lived worker: `datasets` is imported once
+    files.close_loader()
+    assert not os.path.exists(f"/proc/{pid}"), "the worker outlived close_loader()"
+    assert files.check_training_file(path, "c.jsonl") == {"format": "chat", "rows": 1}  # a later upload starts a new one
+    assert files._LOADER.run(os.getpid) not in (pid, os.getpid())

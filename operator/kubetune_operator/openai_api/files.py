@@ -10,11 +10,17 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import json
+import logging
+import multiprocessing
 import os
 import re
 import secrets
+import signal
 import tempfile
+import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +28,7 @@ from .errors import ApiError, invalid, not_found
 
 PURPOSES = ("fine-tune", "fine-tune-results")
 MAX_BAD_ROWS_SHOWN = 3
+log = logging.getLogger("kubetune.api")
 
 
 def new_file_id() -> str:
@@ -51,20 +58,53 @@ def check_training_file(path: str, filename: str) -> dict[str, Any]:
     The rules are the trainer's (``kubetune_trainer.data``: format detection from
     the columns, per-row content checks). Where the ``datasets`` library is
     installed (the trainer's dependencies) the file is read by the trainer's own
-    loader; elsewhere (the torch-free operator image) line by line as JSON.
+    loader, in the loader's worker process (:class:`_LoaderProcess`: a file that
+    crashes the reader costs that upload a 400, not the server); elsewhere (the
+    torch-free operator image) line by line as JSON.
     """
     data = _trainer_data()
     if data is None:  # no trainer package at all: the shape alone
         return _check_shape(path, filename)
+    if _full_loader_available():
+        try:
+            outcome = _LOADER.run(_LOADER_CHECK, path, filename)
+        except BrokenProcessPool:
+            log.warning("upload %r: the data reader's process died reading it (a new one starts for the next upload)", filename)
+            raise invalid(f"{filename}: the data reader crashed on the file (its process died), so it cannot be checked "
+                          f"or trained on; each line must be a JSON object of one training format", "file", "invalid_file") from None
+        if "error" in outcome:
+            raise invalid(outcome["error"], "file", "invalid_file")
+        info: dict[str, Any] = outcome["info"]
+        return info
+    return _check_rows(data, _json_lines(path, filename), filename)
+
+
+def _check_with_loader(path: str, filename: str) -> dict[str, Any]:
+    """In the loader's process: read the file with the trainer's loader, then its rules.
+
+    Answers ``{"info": {format, rows}}`` or ``{"error": message}`` (the message of the 400); values, not
+    exceptions, cross back to the server.
+    """
     from kubetune_api.contract import PermanentError
 
-    if _full_loader_available():
+    data = _trainer_data()
+    try:
         try:
             rows = data.load_rows(path)  # the path ends in .jsonl: the trainer reads it as JSON lines
         except PermanentError as e:
             raise invalid(f"{filename}: {str(e).replace(path, 'the file')} ({e.reason})", "file", "invalid_file") from None
-    else:
-        rows = _json_lines(path, filename)
+        return {"info": _check_rows(data, rows, filename)}
+    except ApiError as e:
+        return {"error": e.message}
+
+
+# What the loader's process runs for an upload (a module-level function: it is sent by name); tests swap it.
+_LOADER_CHECK = _check_with_loader
+
+
+def _check_rows(data: Any, rows: list[Any], filename: str) -> dict[str, Any]:
+    from kubetune_api.contract import PermanentError
+
     if not rows:
         raise invalid(f"{filename}: the file is empty; a training file needs at least one row", "file", "invalid_file")
     try:
@@ -88,6 +128,69 @@ def check_training_file(path: str, filename: str) -> dict[str, Any]:
         shown = "; ".join(bad[:MAX_BAD_ROWS_SHOWN]) + (f"; and {len(bad) - MAX_BAD_ROWS_SHOWN} more" if len(bad) > MAX_BAD_ROWS_SHOWN else "")
         raise invalid(f"{filename}: {len(bad)} of {len(rows)} rows cannot be trained on ({fmt} format): {shown}", "file", "invalid_file")
     return {"format": fmt, "rows": len(rows)}
+
+
+class _LoaderProcess:
+    """One long-lived worker process in which uploads are read by the trainer's loader (``datasets``, pyarrow).
+
+    pyarrow's JSON reader can crash its process on some inputs (apache/arrow#11044,
+    huggingface/datasets#6858): there, a crash is that upload's 400, not the end of
+    the server. The process starts on the first upload, by spawn (nothing of the
+    server's threads and locks inherited), and is kept, so the import of ``datasets``
+    is paid once; after a crash the next upload starts a new one. Uploads are read one
+    at a time. :func:`close_loader` stops it (the server's shutdown; otherwise at exit).
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ProcessPoolExecutor | None = None
+
+    def run(self, fn: Any, *args: Any) -> Any:
+        """``fn(*args)`` in the worker; BrokenProcessPool when the worker died running it."""
+        pool = self._pool_now()
+        try:
+            future = pool.submit(fn, *args)
+        except BrokenProcessPool:  # it died before this call (between uploads): this call gets a new one
+            self._discard(pool)
+            pool = self._pool_now()
+            future = pool.submit(fn, *args)
+        try:
+            return future.result()
+        except BrokenProcessPool:
+            self._discard(pool)
+            raise
+
+    def _pool_now(self) -> ProcessPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                                 initializer=_ignore_sigint)
+            return self._pool
+
+    def _discard(self, pool: ProcessPoolExecutor) -> None:
+        with self._lock:
+            if self._pool is pool:
+                self._pool = None
+        pool.shutdown(wait=True)
+
+    def close(self) -> None:
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _ignore_sigint() -> None:
+    """In the worker: Ctrl-C reaches the whole process group; the server stops its worker itself."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+_LOADER = _LoaderProcess()
+
+
+def close_loader() -> None:
+    """Stop the loader's worker process, if one was started (a later upload starts a new one)."""
+    _LOADER.close()
 
 
 def _json_lines(path: str, filename: str) -> list[Any]:

@@ -89,6 +89,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:
+        from .files import close_loader
+
+        close_loader()  # the upload checks' worker process
         if hasattr(backend, "close"):
             backend.close()
     return 0
