@@ -70,10 +70,10 @@ def test_folder_store_round_trip(tmp_path):
 # the whole process with it: the API server (any crafted upload a denial of service), and there pytest.
 def test_a_file_that_crashes_the_reader_is_a_400_and_the_server_keeps_serving(tmp_path, monkeypatch):
     from fastapi.testclient import TestClient
+    from openai_helpers import CRASH_MARKER, check_or_crash
 
     from kubetune_operator.openai_api.local_backend import LocalBackend
     from kubetune_operator.openai_api.server import create_app
-    from openai_helpers import CRASH_MARKER, check_or_crash
 
     monkeypatch.setattr(files, "_LOADER_CHECK", check_or_crash)  # runs in the loader's process: SIGSEGV there on the marker
     client = TestClient(create_app(LocalBackend(tmp_path / "state")), raise_server_exceptions=False)
@@ -82,7 +82,7 @@ def test_a_file_that_crashes_the_reader_is_a_400_and_the_server_keeps_serving(tm
         return client.post("/v1/files", data={"purpose": "fine-tune"}, files={"file": (name, json.dumps(row).encode() + b"\n")})
 
     crashing = {"messages": [{"role": "user", "content": CRASH_MARKER}, {"role": "assistant", "content": "hello"}]}
-    for attempt in range(2):  # a new worker after each crash: it crashes again, and is answered the same
+    for _ in range(2):  # a new worker after each crash: it crashes again, and is answered the same
         r = upload("evil.jsonl", crashing)
         assert r.status_code == 400, r.text
         error = r.json()["error"]
