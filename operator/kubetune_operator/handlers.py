@@ -50,7 +50,7 @@ from kopf._core.intents.handlers import DaemonHandler
 from kubetune_api import spec as api
 from kubetune_operator import builders, lineage, observe, phases
 from kubetune_operator import reasons as R
-from kubetune_operator.kube import APIError, EssenceFreeDiffBaseStorage, Kube, url
+from kubetune_operator.kube import APIError, EssenceFreeDiffBaseStorage, Kube, PauseToggle, bind_event_queue, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.report import TrainerReport
@@ -75,6 +75,10 @@ NEW_JOBS_FIRST_MAX_WAIT = 5.0
 # ahead of the next new jobs (bench/operator_scale.py: such a wave of 206 status writes and Events
 # in the middle of a burst made every later job wait behind it).
 REPORTING_LANES = 4
+# A loop asked to stop (its job finished, the replica paused) gets this long to end its pass before it
+# is cancelled (a pass is a few API calls; Kopf gave its daemons 5 s the same way). At exit, less.
+LOOP_STOP_GRACE_S = 5.0
+LOOP_EXIT_GRACE_S = 2.0
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -208,6 +212,32 @@ class JobState:
             store.pop(name, None)
 
 
+class LoopStop:
+    """Asks a reconcile loop to stop: true once set; ``wait()`` returns then (as Kopf's DaemonStopped)."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def set(self) -> None:
+        self._event.set()
+
+    def __bool__(self) -> bool:
+        return self._event.is_set()
+
+    async def wait(self) -> None:
+        await self._event.wait()
+
+
+@dataclasses.dataclass(eq=False)
+class JobLoop:
+    """One FineTuneJob's reconcile loop: the UID it serves, its task, its stop request."""
+
+    uid: str
+    stop: LoopStop = dataclasses.field(default_factory=LoopStop)
+    task: asyncio.Task[None] | None = None
+    respawn: bool = False  # start a loop again when this one ends (a namesake, a resume)
+
+
 class Reconciler:
     """Shared state of one operator run (settings, API client, metrics, job states) and the per-job loop."""
 
@@ -235,6 +265,15 @@ class Reconciler:
         self.all_started = asyncio.Event()
         self.all_started.set()
         self.reporting = asyncio.Semaphore(REPORTING_LANES)
+        # The per-job reconcile loops (one per unfinished FineTuneJob), started by watch_ftjs.
+        self.loops: dict[tuple[str, str], JobLoop] = {}
+        # Kopf's operator-paused toggle (peering: this replica stands by) and Event queue (attach_kopf_run).
+        self.paused: PauseToggle | None = None
+        self.event_queue: Any = None
+        self._closing = False
+        # Called with every FineTuneJob body the watch delivers (the sweeps wake on their trials').
+        self.ftj_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._finalizer_patches: set[tuple[Any, Any]] = set()
 
     def state(self, namespace: str, name: str) -> JobState:
         key = (namespace, name)
@@ -310,6 +349,8 @@ class Reconciler:
         self._tasks.add(asyncio.create_task(coro))
 
     async def close(self) -> None:
+        self._closing = True
+        await self.stop_loops("the operator is stopping", LOOP_EXIT_GRACE_S)
         for task in [self._resync_task, self._relist_task, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -340,7 +381,7 @@ class Reconciler:
                           f"or run a single replica with --standalone (KUBETUNE_STANDALONE=true).")
 
     # ------------------------------------------------------------ the loop
-    async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: kopf.DaemonStopped, logger: Logger) -> None:
+    async def run_job(self, namespace: str, name: str, body: dict[str, Any], stopped: LoopStop, logger: Logger) -> None:
         st = self.state(namespace, name)
         st.see_ftj(body)
         uid = (body.get("metadata") or {}).get("uid")
@@ -637,6 +678,138 @@ class Reconciler:
             st.wake.set()  # not the echo of an object the loop created or patched itself
         self._relist_after_kopf_relist(event_type)
 
+    # ------------------------------------------------------ FineTuneJobs
+    def attach_kopf_run(self, paused: PauseToggle, event_queue: Any) -> None:
+        """Kopf's pause toggle and Event queue of this run (kube.capture_operator_run)."""
+        self.paused, self.event_queue = paused, event_queue
+
+    async def watch_ftjs(self, settings: kopf.OperatorSettings) -> None:
+        """Stream FineTuneJobs into the job states and keep one reconcile loop per unfinished job.
+
+        Kopf's watch stream (list, then watch; 410 Gone re-lists; reconnects) paused with Kopf's
+        own toggle, so a standby replica neither sees nor acts, read directly: neither Kopf's
+        per-event handler machinery nor its daemons, whose processing of each FineTuneJob event
+        (causes, handler state, a logger and patch objects per event, the daemon's spawn checks)
+        was the largest single cost left in a burst of new jobs (bench/operator_scale.py). The
+        loops are plain tasks with Kopf's daemon semantics: one per job, started when a job needs
+        one (``needs_a_loop``), stopped when it no longer does, when the replica pauses and when
+        the operator exits; a namesake's loop starts only after the old one has ended.
+        """
+        if self.event_queue is not None:
+            bind_event_queue(self.event_queue)  # kopf.event() in the loops, which this task starts
+        ref = kopf_references.Resource(group=api.GROUP, version=api.VERSION, plural=api.PLURAL, kind=api.KIND, namespaced=True)
+        tasks = [self._watch_ftj(settings, ref, scope) for scope in self._child_scopes()]
+        if self.paused is not None:
+            tasks.append(self._follow_pause(self.paused))
+        await asyncio.gather(*tasks)
+
+    async def _watch_ftj(self, settings: kopf.OperatorSettings, ref: kopf_references.Resource, namespace: str | None) -> None:
+        while True:
+            try:
+                async for raw in kopf_watching.infinite_watch(
+                        settings=settings, resource=ref, namespace=cast(kopf_references.NamespaceName | None, namespace),
+                        operator_paused=cast(Any, self.paused)):
+                    if not isinstance(raw, dict) or raw.get("type") == "BOOKMARK":
+                        continue
+                    body = cast(dict[str, Any], raw["object"])
+                    if not self._watched(str((body.get("metadata") or {}).get("namespace") or "")):
+                        continue
+                    self.on_ftj_event(raw.get("type"), body)
+                    for listener in self.ftj_listeners:
+                        listener(body)
+                    if raw.get("type") != "DELETED":
+                        self._ensure_loop(body)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # a refused watch (403) or an ERROR event: said, and tried again
+                self.metrics.api_errors.labels("watch").inc()
+                where = f"in {namespace}" if namespace else "cluster-wide"
+                log.warning(f"watching finetunejobs {where} failed, retrying in {CHILD_WATCH_RETRY_S:.0f}s: {e!r}")
+                await asyncio.sleep(CHILD_WATCH_RETRY_S)
+
+    def _ensure_loop(self, body: dict[str, Any]) -> None:
+        """Start, keep or stop the job's loop after an event about it."""
+        meta = body.get("metadata") or {}
+        key = (str(meta.get("namespace")), str(meta.get("name")))
+        if FINALIZER in (meta.get("finalizers") or ()):
+            self._remove_legacy_finalizer(body)
+        wanted = needs_a_loop(status=body.get("status") or {}, spec=body.get("spec") or {}) and not meta.get("deletionTimestamp")
+        running = self.loops.get(key)
+        if running is not None:
+            if running.uid != meta.get("uid"):
+                running.respawn = True  # a namesake: its loop starts once the old one has seen the change and ended
+            elif not wanted:
+                running.stop.set()
+            elif running.stop:
+                running.respawn = True  # stopping (the replica paused and resumed meanwhile): start again after
+            return
+        if wanted and not self._closing and not (self.paused is not None and self.paused.is_on()):
+            self._start_loop(key, body)
+
+    def _start_loop(self, key: tuple[str, str], body: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        loop = JobLoop(uid=str(meta.get("uid") or ""))
+        logger = logging.LoggerAdapter(log, {"k8s_ref": {"namespace": key[0], "name": key[1]}})
+        loop.task = asyncio.create_task(self.run_job(key[0], key[1], body, loop.stop, logger), name=f"loop {key[0]}/{key[1]}")
+        self.loops[key] = loop
+        loop.task.add_done_callback(lambda _, key=key, loop=loop: self._loop_ended(key, loop))
+
+    def _loop_ended(self, key: tuple[str, str], loop: JobLoop) -> None:
+        if self.loops.get(key) is loop:
+            del self.loops[key]
+        if loop.task is not None and not loop.task.cancelled() and loop.task.exception() is not None:
+            log.error(f"the loop of {key[0]}/{key[1]} ended with an error", exc_info=loop.task.exception())
+        st = self.states.get(key)
+        if loop.respawn and st is not None and st.ftj is not None:
+            self._ensure_loop(st.ftj)  # the namesake, or the same job after a pause and resume
+
+    async def stop_loops(self, reason: str, grace: float) -> None:
+        """Ask every loop to stop, wait up to ``grace`` seconds, then cancel what is left."""
+        loops = list(self.loops.values())
+        for loop in loops:
+            loop.respawn = False
+            loop.stop.set()
+        tasks = [loop.task for loop in loops if loop.task is not None]
+        if not tasks:
+            return
+        log.info(f"stopping {len(tasks)} reconcile loop(s): {reason}")
+        _, pending = await asyncio.wait(tasks, timeout=grace)
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=grace)
+
+    async def _follow_pause(self, paused: PauseToggle) -> None:
+        """A replica that Kopf pauses (a higher-priority peer appeared) stops its loops, as Kopf stops its daemons;
+        when it resumes, the FineTuneJob watch lists again and the loops start from what it shows."""
+        while True:
+            await paused.wait_for(True)
+            await self.stop_loops("this replica is paused (peering)", LOOP_STOP_GRACE_S)
+            await paused.wait_for(False)
+
+    def _remove_legacy_finalizer(self, body: dict[str, Any]) -> None:
+        """Operators before issue 11 put FINALIZER on every FineTuneJob; remove it (once per version seen),
+        with the body's resourceVersion as the precondition, so no other finalizer is lost."""
+        meta = body["metadata"]
+        key = (meta.get("uid"), meta.get("resourceVersion"))
+        if key in self._finalizer_patches or self.kube is None:
+            return
+        self._finalizer_patches.add(key)
+        kept = [f for f in meta.get("finalizers") or () if f != FINALIZER]
+
+        async def remove() -> None:
+            assert self.kube is not None
+            try:
+                await self.kube.merge_patch(api.KIND, meta["namespace"], meta["name"],
+                                            {"metadata": {"finalizers": kept or None, "resourceVersion": meta.get("resourceVersion")}})
+                log.info(f"{meta['namespace']}/{meta['name']}: removed the finalizer {FINALIZER} an earlier operator set")
+            except APIError as e:  # 409: changed meanwhile; its next event tries again
+                log.info(f"{meta['namespace']}/{meta['name']}: removing the finalizer {FINALIZER} failed ({e.status}); retrying on its next event")
+            finally:
+                self._finalizer_patches.discard(key)
+
+        self.background(remove())
+
     async def watch_children(self, settings: kopf.OperatorSettings) -> None:
         """Stream the jobs' Jobs and pods into the child caches, one watch per kind and scope.
 
@@ -723,6 +896,7 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
             settings.scanning.disabled = True
         rt.kube = Kube(settings, logging.getLogger("kubetune.kube"))
         rt.background(rt.watch_children(settings))  # the jobs' Jobs and pods (not through Kopf's handlers)
+        rt.background(rt.watch_ftjs(settings))  # FineTuneJobs and their loops (neither through Kopf's handlers)
         if not rt.settings.standalone and not rt.settings.peering_required:
             settings.peering.name = rt.settings.peering_name  # auto-detected, as Kopf does with its default
         if not rt.settings.standalone:
@@ -756,15 +930,6 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
         @kopf.on.login(registry=registry)
         def login(**kwargs: Any) -> Any:
             return rt.login_fn(**kwargs)  # type: ignore[misc]
-
-    @kopf.on.event(*FTJ, registry=registry)
-    async def finetunejob_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
-        rt.on_ftj_event(event.get("type"), dict(body))
-
-    @kopf.daemon(*FTJ, registry=registry, when=needs_a_loop,
-                 cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
-    async def reconcile(*, body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
-        await rt.run_job(meta["namespace"], meta["name"], dict(body), stopped, logger)
 
     _without_finalizers(registry)
 

@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextvars
 import logging
+import threading
 import urllib.parse
-from collections.abc import Iterable
-from typing import Any, cast
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, cast
 
 import aiohttp
 import kopf
 from kopf._cogs.clients import api as _kopf_api
 from kopf._cogs.clients import errors as _kopf_errors
+from kopf._core.engines import posting as _kopf_posting
+from kopf._core.reactor import orchestration as _kopf_orchestration
 
 from kubetune_api import spec as ftj_api
 from kubetune_api import sweep as sweep_api
@@ -190,3 +194,50 @@ class EssenceFreeDiffBaseStorage(kopf.AnnotationsDiffBaseStorage):
 
     def build(self, *, body: kopf.Body, extra_fields: Iterable[Any] | None = None) -> kopf.BodyEssence:
         return cast(kopf.BodyEssence, {})
+
+
+class PauseToggle(Protocol):
+    """Kopf's "operator paused" state (peering: a standby replica is paused); the two calls used here."""
+
+    def is_on(self) -> bool: ...
+
+    async def wait_for(self, state: bool, /) -> None: ...
+
+
+_run_sink: contextvars.ContextVar[Callable[[PauseToggle, Any], None] | None] = contextvars.ContextVar("kubetune_run_sink", default=None)
+_install_lock = threading.Lock()
+
+
+def capture_operator_run(sink: Callable[[PauseToggle, Any], None]) -> None:
+    """Hand ``sink`` the operator-paused toggle and the Event queue of the Kopf operator started next
+    in this context.
+
+    Kopf (1.45.2) pauses a standby replica's watch streams and stops its daemons through one
+    toggle, and posts ``kopf.event`` through one queue; it creates both inside ``kopf.operator``
+    and gives them only to its orchestrator and its own per-object tasks. The FineTuneJob watch
+    and reconcile loops are kubetune's own (handlers.Reconciler.watch_ftjs), so they need both
+    to pause with Kopf and to post Events. Kopf looks its orchestrator up by module attribute
+    when it starts; this wraps it once per process and routes each call's toggle and queue to
+    the sink set in the calling context (each operator thread has its own).
+    """
+    with _install_lock:
+        original = _kopf_orchestration.orchestrator
+        if not getattr(original, "_kubetune_wrapped", False):
+            def orchestrator(*args: Any, **kwargs: Any) -> Any:
+                sink_now = _run_sink.get()
+                processor = kwargs.get("processor")
+                queue = getattr(processor, "keywords", {}).get("event_queue")
+                if sink_now is not None and kwargs.get("operator_paused") is not None and queue is not None:
+                    sink_now(kwargs["operator_paused"], queue)
+                return original(*args, **kwargs)
+
+            orchestrator._kubetune_wrapped = True  # type: ignore[attr-defined]
+            _kopf_orchestration.orchestrator = orchestrator  # type: ignore[assignment]
+    _run_sink.set(sink)
+
+
+def bind_event_queue(queue: Any) -> None:
+    """Make ``kopf.event`` post through ``queue`` in this task's context and the tasks it creates
+    (Kopf sets the same two context variables for its own per-object tasks)."""
+    _kopf_posting.event_queue_loop_var.set(asyncio.get_running_loop())
+    _kopf_posting.event_queue_var.set(queue)

@@ -167,9 +167,8 @@ def register(registry: kopf.OperatorRegistry, rt: Reconciler) -> SweepController
     async def finetunesweep_event(*, event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.on_sweep_event(event.get("type"), dict(body))
 
-    @kopf.on.event(*FTJ, labels={LABEL_SWEEP: kopf.PRESENT}, registry=registry)
-    async def trial_event(*, body: kopf.Body, **_: Any) -> None:
-        ctl.on_trial_event(dict(body))
+    # Trials' events come from the operator's own FineTuneJob watch (handlers.Reconciler.watch_ftjs).
+    rt.ftj_listeners.append(ctl.on_trial_event)
 
     @kopf.daemon(*FTS, registry=registry, cancellation_backoff=5.0, cancellation_timeout=30.0, cancellation_polling=1.0)
     async def reconcile_sweep(*, body: kopf.Body, meta: kopf.Meta, stopped: kopf.DaemonStopped, logger: Logger, **_: Any) -> None:
