@@ -167,10 +167,14 @@ def normalized_spec(job_dict: dict[str, Any]) -> dict[str, Any]:
     return parse_runnable_job(job_dict).spec.model_dump(by_alias=True, exclude_none=True, mode="json")
 
 
+# Canonical JSON for the hashes; one encoder (json.dumps with options builds a new one per call).
+_CANONICAL_JSON = json.JSONEncoder(sort_keys=True, separators=(",", ":"))
+
+
 def spec_hashes(spec: dict[str, Any]) -> dict[str, str]:
     """Short hashes of each immutable top-level field of a normalized spec (to name what changed)."""
     return {
-        key: hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:12]
+        key: hashlib.sha256(_CANONICAL_JSON.encode(value).encode()).hexdigest()[:12]
         for key, value in sorted(spec.items())
         if key not in MUTABLE_SPEC_FIELDS
     }

@@ -35,11 +35,12 @@ import asyncio
 import dataclasses
 import datetime as dt
 import fnmatch
+import functools
 import logging
 import math
 import time
 import urllib.parse
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, cast
 
 import kopf
@@ -79,6 +80,7 @@ REPORTING_LANES = 4
 # is cancelled (a pass is a few API calls; Kopf gave its daemons 5 s the same way). At exit, less.
 LOOP_STOP_GRACE_S = 5.0
 LOOP_EXIT_GRACE_S = 2.0
+LOOP_RESTART_S = 30.0  # a loop that ended with an unexpected error starts again after this long
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
 Logger = logging.Logger | logging.LoggerAdapter[Any]
@@ -752,16 +754,25 @@ class Reconciler:
         logger = logging.LoggerAdapter(log, {"k8s_ref": {"namespace": key[0], "name": key[1]}})
         loop.task = asyncio.create_task(self.run_job(key[0], key[1], body, loop.stop, logger), name=f"loop {key[0]}/{key[1]}")
         self.loops[key] = loop
-        loop.task.add_done_callback(lambda _, key=key, loop=loop: self._loop_ended(key, loop))
+        loop.task.add_done_callback(functools.partial(self._loop_ended, key, loop))
 
-    def _loop_ended(self, key: tuple[str, str], loop: JobLoop) -> None:
+    def _loop_ended(self, key: tuple[str, str], loop: JobLoop, _task: asyncio.Task[None] | None = None) -> None:
         if self.loops.get(key) is loop:
             del self.loops[key]
         if loop.task is not None and not loop.task.cancelled() and loop.task.exception() is not None:
-            log.error(f"the loop of {key[0]}/{key[1]} ended with an error", exc_info=loop.task.exception())
+            # A bug outside a pass (a pass's own errors are retried inside the loop): said, and the loop
+            # starts again later, as Kopf retried a failed daemon.
+            log.error(f"the loop of {key[0]}/{key[1]} ended with an error; starting it again in {LOOP_RESTART_S:.0f}s",
+                      exc_info=loop.task.exception())
+            asyncio.get_running_loop().call_later(LOOP_RESTART_S, self._restart_loop, key)
+            return
+        if loop.respawn:
+            self._restart_loop(key)  # the namesake, or the same job after a pause and resume
+
+    def _restart_loop(self, key: tuple[str, str]) -> None:
         st = self.states.get(key)
-        if loop.respawn and st is not None and st.ftj is not None:
-            self._ensure_loop(st.ftj)  # the namesake, or the same job after a pause and resume
+        if st is not None and st.ftj is not None and key not in self.loops:
+            self._ensure_loop(st.ftj)
 
     async def stop_loops(self, reason: str, grace: float) -> None:
         """Ask every loop to stop, wait up to ``grace`` seconds, then cancel what is left."""
@@ -943,7 +954,7 @@ def make_registry(rt: Reconciler) -> kopf.OperatorRegistry:
     return registry
 
 
-def needs_a_loop(*, status: kopf.Status, spec: kopf.Spec, **_: Any) -> bool:
+def needs_a_loop(*, status: Mapping[str, Any], spec: Mapping[str, Any]) -> bool:
     """A job has a reconcile loop while it is not finished, or until its TTL deletes it.
 
     Finished jobs cost nothing: no task, no timer, no request at resync.

@@ -21,6 +21,7 @@ from typing import Any, Protocol, cast
 import aiohttp
 import kopf
 from kopf._cogs.clients import api as _kopf_api
+from kopf._cogs.clients import auth as _kopf_auth
 from kopf._cogs.clients import errors as _kopf_errors
 from kopf._core.engines import posting as _kopf_posting
 from kopf._core.reactor import orchestration as _kopf_orchestration
@@ -86,15 +87,42 @@ class Kube:
         self.settings = settings
         self.logger = logger or logging.getLogger("kubetune.kube")
         self._in_flight = asyncio.Semaphore(max_in_flight)
+        self._session: tuple[Any, Any, _kopf_auth.APIContext] | None = None
 
     async def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        """One request through Kopf's client (``method``: get, post, patch, delete), at most
-        ``max_in_flight`` at once; no answer at all raises Unreachable."""
+        """One request (``method``: get, post, patch, delete), at most ``max_in_flight`` at once;
+        no answer at all raises Unreachable."""
         async with self._in_flight:
             try:
-                return await getattr(_kopf_api, method)(path, settings=self.settings, logger=self.logger, **kwargs)
+                return await self._request(method, path, **kwargs)
             except (aiohttp.ClientError, TimeoutError) as e:
                 raise Unreachable(f"{method.upper()} {path}: {e!r}", status=0, headers={}) from e
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        """One request through Kopf's ``request`` (its retries, backoffs and errors) with the session
+        of the vault's current credentials, kept between requests: Kopf's own per-call wrapper walks
+        the vault for every request, which cost about a quarter of a request's client CPU in a burst
+        (bench/operator_scale.py). A 401 or a closed session does what that wrapper does: the
+        credentials are invalidated (Kopf logs in again) and the request goes again with the new ones."""
+        while True:
+            key, info, context = await self._current_session()
+            try:
+                response = await _kopf_api.request(method, path, settings=self.settings, logger=self.logger,
+                                                   context=context, **kwargs)
+                async with response:
+                    return await response.json()
+            except (_kopf_errors.APIUnauthorizedError, _kopf_errors.APISessionClosed) as e:
+                if self._session is not None and self._session[2] is context:
+                    self._session = None
+                await _kopf_auth.vault_var.get().invalidate(key, info, exc=e)  # raises if no login works
+
+    async def _current_session(self) -> tuple[Any, Any, _kopf_auth.APIContext]:
+        if self._session is not None and not self._session[2].session.closed:
+            return self._session
+        async for key, info, context in _kopf_auth.vault_var.get().extended(_kopf_auth.APIContext, "contexts"):
+            self._session = (key, info, context)
+            return self._session
+        raise _kopf_errors.APIUnauthorizedError("no credentials left in Kopf's vault", status=401, headers={})
 
     async def _get(self, path: str) -> Any:
         return await self._call("get", path)
@@ -232,7 +260,7 @@ def capture_operator_run(sink: Callable[[PauseToggle, Any], None]) -> None:
                 return original(*args, **kwargs)
 
             orchestrator._kubetune_wrapped = True  # type: ignore[attr-defined]
-            _kopf_orchestration.orchestrator = orchestrator  # type: ignore[assignment]
+            _kopf_orchestration.orchestrator = orchestrator
     _run_sink.set(sink)
 
 

@@ -21,9 +21,9 @@ from support.emulator import ApiCall
 
 # (API group, resource[/subresource], verb) -> why the operator needs it.
 REVIEWED: dict[tuple[str, str, str], str] = {
-    ("kubetune.io", "finetunejobs", "list"): "Kopf lists FineTuneJobs before it watches them",
-    ("kubetune.io", "finetunejobs", "watch"): "Kopf watches FineTuneJobs",
-    ("kubetune.io", "finetunejobs", "patch"): "Kopf adds and removes the finalizer kubetune.io/finalizer (JSON patch)",
+    ("kubetune.io", "finetunejobs", "list"): "the FineTuneJob watch lists them first (Kopf's watch stream)",
+    ("kubetune.io", "finetunejobs", "watch"): "the FineTuneJob watch (Reconciler.watch_ftjs)",
+    ("kubetune.io", "finetunejobs", "patch"): "removes the finalizer kubetune.io/finalizer that operators before issue 11 added",
     ("kubetune.io", "finetunejobs", "delete"): "runPolicy.ttlSecondsAfterFinished deletes a finished job",
     ("kubetune.io", "finetunejobs/status", "patch"): "phase, conditions, restarts, and rank 0's checked progress reports",
     ("kubetune.io", "finetunejobs/finalizers", "update"):
@@ -74,7 +74,7 @@ NOT_EXERCISED = {
     ("kubetune.io", "finetunesweeps/finalizers", "update"): "checked by admission, never an API call of its own",
     ("batch", "jobs", "get"): "only when a create races a Job the watch has not delivered yet (409 -> GET); "
                               "adds no privilege beyond list/watch, which expose every Job anyway",
-    ("kubetune.io", "finetunejobs", "patch"): "only on upgrade: Kopf removes the finalizer kubetune.io/finalizer that "
+    ("kubetune.io", "finetunejobs", "patch"): "only on upgrade: the operator removes the finalizer kubetune.io/finalizer that "
                                               "operators before issue 11 added (the operator adds none); the lifecycle "
                                               "starts with jobs that never had it",
 }

@@ -110,3 +110,25 @@ def test_a_replica_paused_by_a_higher_priority_peer_stops_its_loops_and_resumes_
                 op.stop()
     created = [c.name for c in cluster.operator_calls() if c.verb == "create" and c.resource == "jobs" and c.status == 201]
     assert created == [f"{name}-a1", f"{name}-a2"]
+
+
+def test_a_loop_that_fails_outside_a_pass_is_said_and_started_again(cluster, monkeypatch, caplog):
+    """A bug that escapes the loop itself (a pass's own errors are retried inside it) must not leave the job
+    without a loop until its next event: the error is logged and the loop starts again (Kopf retried a daemon)."""
+    ns = "crashing"
+    cluster.ensure_namespace(ns)
+    monkeypatch.setattr(handlers, "LOOP_RESTART_S", 0.2)
+    original, calls = handlers.Reconciler.run_job, []
+
+    async def first_one_fails(self, *args, **kwargs):
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise RuntimeError("a bug outside the reconcile pass")
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(handlers.Reconciler, "run_job", first_one_fails)
+    cluster.create(job_manifest("phoenix", ns))
+    with cluster.operator(namespaces=(ns,)):
+        wait_for(lambda: cluster.get("Job", ns, "phoenix-a1"), timeout=10, message="the restarted loop created the Job")
+    assert calls[:2] == ["phoenix", "phoenix"]
+    assert any("the loop of crashing/phoenix ended with an error" in r.getMessage() for r in caplog.records)

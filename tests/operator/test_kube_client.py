@@ -16,19 +16,16 @@ def test_requests_in_flight_are_bounded_and_all_answered(monkeypatch):
     connection pool has no limit, so each extra concurrent request would be another connection)."""
     active, peak, seen = 0, 0, []
 
-    async def fake(method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+    async def fake(self: kube.Kube, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         nonlocal active, peak
         active += 1
         peak = max(peak, active)
         await asyncio.sleep(0.001)
         active -= 1
-        seen.append(method)
+        seen.append(method.upper())
         return {"metadata": {"name": "x"}}
 
-    monkeypatch.setattr(kube._kopf_api, "post", lambda path, **kw: fake("POST", path, **kw))
-    monkeypatch.setattr(kube._kopf_api, "get", lambda path, **kw: fake("GET", path, **kw))
-    monkeypatch.setattr(kube._kopf_api, "patch", lambda path, **kw: fake("PATCH", path, **kw))
-    monkeypatch.setattr(kube._kopf_api, "delete", lambda path, **kw: fake("DELETE", path, **kw))
+    monkeypatch.setattr(kube.Kube, "_request", fake)  # the one request of each call, below the bound
 
     async def main() -> None:
         client = kube.Kube(kopf.OperatorSettings(), max_in_flight=4)
@@ -52,14 +49,12 @@ def test_no_answer_from_the_api_server_is_a_transient_api_error(monkeypatch):
     import aiohttp
     import pytest
 
-    async def dropped(path: str, **kwargs: Any) -> Any:
-        raise aiohttp.ServerDisconnectedError()
+    async def failing(self: kube.Kube, method: str, path: str, **kwargs: Any) -> Any:
+        if method == "post":
+            raise aiohttp.ServerDisconnectedError()  # a dropped connection
+        raise TimeoutError()  # no answer in time
 
-    async def slow(path: str, **kwargs: Any) -> Any:
-        raise TimeoutError()
-
-    monkeypatch.setattr(kube._kopf_api, "post", dropped)
-    monkeypatch.setattr(kube._kopf_api, "get", slow)
+    monkeypatch.setattr(kube.Kube, "_request", failing)
 
     async def main() -> None:
         client = kube.Kube(kopf.OperatorSettings())

@@ -81,7 +81,7 @@ them against the API emulator and fails on any call not granted here, and on
 any grant here that is not in its reviewed list).
 */}}
 {{- define "kubetune.namespacedRules" -}}
-# FineTuneJobs: watch them; add/remove the finalizer kubetune.io/finalizer;
+# FineTuneJobs: watch them; remove the finalizer kubetune.io/finalizer older versions set;
 # delete a finished job after its ttlSecondsAfterFinished.
 - apiGroups: ["kubetune.io"]
   resources: ["finetunejobs"]
