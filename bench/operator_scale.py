@@ -128,14 +128,21 @@ class Controller:
         return peak
 
 
-def burst(cluster: EmulatedCluster, namespace: str, n: int) -> list[str]:
+def burst(cluster: EmulatedCluster, namespace: str, n: int, pace_s: float = 0.0) -> list[str]:
+    """N creates back to back, or (pace_s > 0) the i-th at i * pace_s after the first, so both arms get the
+    same arrival schedule (as long as the client keeps up with it: the printed burst durations say)."""
     names = [f"job-{i:05d}" for i in range(n)]
-    for name in names:
+    t0 = time.perf_counter()
+    for i, name in enumerate(names):
+        if pace_s > 0:
+            delay = t0 + i * pace_s - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
         cluster.create(job_manifest(name, namespace, distributed={"nodes": 2, "gpusPerNode": 8}))
     return names
 
 
-def latency_arm(kind: str, cluster: EmulatedCluster, n: int, workdir: str) -> dict[str, Any]:
+def latency_arm(kind: str, cluster: EmulatedCluster, n: int, workdir: str, pace_s: float = 0.0) -> dict[str, Any]:
     ns = f"bench-{kind}"
     cluster.ensure_namespace(ns)
     ctl = Controller(kind, cluster, ns, workdir)
@@ -148,7 +155,7 @@ def latency_arm(kind: str, cluster: EmulatedCluster, n: int, workdir: str) -> di
         gc.collect()
         gc.disable()
         try:
-            names = burst(cluster, ns, n)
+            names = burst(cluster, ns, n, pace_s)
             at = cluster.emulator.created_at
             wait_for(lambda: all(("jobs", ns, f"{name}-a1") in at for name in names), timeout=1800, interval=0.5,
                      message=f"{n} Jobs ({kind})")
@@ -224,13 +231,19 @@ def finished_arm(cluster: EmulatedCluster, m: int, resync: float, workdir: str) 
             "startup_requests": startup_requests, "startup_s": startup_s, "peak_rss_mib": peak / 2**20}
 
 
-def measure(jobs: int = 500, finished: int = 2000, resync: float = 5.0) -> dict[str, Any]:
+def measure(jobs: int = 500, finished: int = 2000, resync: float = 5.0, pace_ms: float = 0.0,
+            kubetune_first: bool = False) -> dict[str, Any]:
     # Lenient, as the recorded numbers were measured: the emulator's own Job controller and GC would load the same 2 cores.
     with tempfile.TemporaryDirectory() as workdir, EmulatedCluster(keep_history=False, semantics=Semantics.lenient()) as cluster:
-        kopf_arm = latency_arm("kopf", cluster, jobs, workdir)
-        kt = latency_arm("kubetune", cluster, jobs, workdir)
+        # The second arm's API server also holds the first arm's objects: --kubetune-first swaps them.
+        if kubetune_first:
+            kt = latency_arm("kubetune", cluster, jobs, workdir, pace_ms / 1000)
+            kopf_arm = latency_arm("kopf", cluster, jobs, workdir, pace_ms / 1000)
+        else:
+            kopf_arm = latency_arm("kopf", cluster, jobs, workdir, pace_ms / 1000)
+            kt = latency_arm("kubetune", cluster, jobs, workdir, pace_ms / 1000)
         fin = finished_arm(cluster, finished, resync, workdir)
-    return {"jobs": jobs, "finished": finished, "resync": resync, "kopf": kopf_arm, "kubetune": kt, "finished_arm": fin,
+    return {"jobs": jobs, "finished": finished, "resync": resync, "pace_ms": pace_ms, "kubetune_first": kubetune_first, "kopf": kopf_arm, "kubetune": kt, "finished_arm": fin,
             "ratio": kt["p99"] / kopf_arm["p99"] if kopf_arm["p99"] > 0 else float("inf"),
             "requests_per_job": kt["requests_per_job"], "requests_per_resync": fin["requests_per_resync"],
             "peak_rss_mib": fin["peak_rss_mib"]}
@@ -245,7 +258,8 @@ def report(r: dict[str, Any]) -> str:
     lines = [
         f"ratio: {r['ratio']:.2f}  (create->Job p99, N={r['jobs']}: kubetune {kt['p99']:.2f}s / minimal Kopf "
         f"{kopf_arm['p99']:.2f}s; p50 {kt['p50']:.2f}s / {kopf_arm['p50']:.2f}s; {goal('ratio', r['ratio'], '<=')})",
-        f"    the burst of {r['jobs']} creates took {kt['burst_s']:.2f}s / {kopf_arm['burst_s']:.2f}s; "
+        f"    the burst of {r['jobs']} creates ({'one every %g ms' % r['pace_ms'] if r['pace_ms'] else 'back to back'}"
+        f"{', kubetune arm first' if r['kubetune_first'] else ''}) took {kt['burst_s']:.2f}s / {kopf_arm['burst_s']:.2f}s; "
         f"last Job {kt['last_job_s']:.2f}s / {kopf_arm['last_job_s']:.2f}s after the first FineTuneJob (kubetune / minimal Kopf)",
         f"requests per job until its Job exists: {r['requests_per_job']:.1f} (max {kt['requests_per_job_max']}; "
         f"{goal('requests_per_job', r['requests_per_job'], '<=')})",
@@ -269,9 +283,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ap.add_argument("--jobs", type=int, default=500, help="FineTuneJobs created at once, per controller")
     ap.add_argument("--finished", type=int, default=2000, help="finished FineTuneJobs for the resync and memory measures")
     ap.add_argument("--resync", type=float, default=5.0, help="KUBETUNE_RESYNC_SECONDS for the finished-jobs measure")
+    ap.add_argument("--pace-ms", type=float, default=0.0,
+                    help="create the FineTuneJobs on a fixed schedule, one every PACE ms, in both arms (default: back to back)")
+    ap.add_argument("--kubetune-first", action="store_true", help="run kubetune's latency arm before the baseline's")
     args = ap.parse_args(argv)
     print(f"machine: {os.cpu_count()} cores, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())} at start", flush=True)
-    r = measure(args.jobs, args.finished, args.resync)
+    r = measure(args.jobs, args.finished, args.resync, args.pace_ms, args.kubetune_first)
     print(report(r))
     print(f"load average at end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     return r

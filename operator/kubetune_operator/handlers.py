@@ -51,7 +51,7 @@ from kopf._core.intents.handlers import DaemonHandler
 from kubetune_api import spec as api
 from kubetune_operator import builders, lineage, observe, phases
 from kubetune_operator import reasons as R
-from kubetune_operator.kube import APIError, EssenceFreeDiffBaseStorage, Kube, PauseToggle, bind_event_queue, url
+from kubetune_operator.kube import APIError, EssenceFreeDiffBaseStorage, Kube, PauseToggle, url
 from kubetune_operator.metrics import Metrics
 from kubetune_operator.observe import Observation, ParsedSpec, Rejection
 from kubetune_operator.report import TrainerReport
@@ -80,6 +80,7 @@ REPORTING_LANES = 4
 # is cancelled (a pass is a few API calls; Kopf gave its daemons 5 s the same way). At exit, less.
 LOOP_STOP_GRACE_S = 5.0
 LOOP_EXIT_GRACE_S = 2.0
+EVENT_SOURCE = "kubetune-operator"  # source.component / reportingComponent of the operator's Events
 LOOP_RESTART_S = 30.0  # a loop that ended with an unexpected error starts again after this long
 log = logging.getLogger("kubetune.operator")
 # Kopf hands handlers a LoggerAdapter bound to the object.
@@ -269,9 +270,11 @@ class Reconciler:
         self.reporting = asyncio.Semaphore(REPORTING_LANES)
         # The per-job reconcile loops (one per unfinished FineTuneJob), started by watch_ftjs.
         self.loops: dict[tuple[str, str], JobLoop] = {}
-        # Kopf's operator-paused toggle (peering: this replica stands by) and Event queue (attach_kopf_run).
+        # Kopf's operator-paused toggle (peering: this replica stands by), from runner.run_operator.
         self.paused: PauseToggle | None = None
-        self.event_queue: Any = None
+        # Events about FineTuneJobs, posted in order by one task (post_event).
+        self._events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._event_poster: asyncio.Task[None] | None = None
         self._closing = False
         # Called with every FineTuneJob body the watch delivers (the sweeps wake on their trials').
         self.ftj_listeners: list[Callable[[dict[str, Any]], None]] = []
@@ -353,6 +356,9 @@ class Reconciler:
     async def close(self) -> None:
         self._closing = True
         await self.stop_loops("the operator is stopping", LOOP_EXIT_GRACE_S)
+        await self.flush_events(LOOP_EXIT_GRACE_S)
+        if self._event_poster is not None:
+            self._event_poster.cancel()
         for task in [self._resync_task, self._relist_task, *self._tasks]:
             if task is not None:
                 task.cancel()
@@ -563,7 +569,7 @@ class Reconciler:
                 st.see(st.jobs, patched)
             logger.info(f"set spec.suspend={value} on Job {ns}/{job_name}")
         for ev in plan.events:
-            kopf.event(cast(kopf.Body, ftj), type=ev.type, reason=ev.reason, message=ev.message[:1024])
+            self.post_event(ftj, ev.type, ev.reason, ev.message)
         if plan.create_attempt:
             await self.create_attempt(st, ftj, plan.create_attempt, logger, plan.resolution)
         if plan.delete_self:
@@ -645,7 +651,7 @@ class Reconciler:
             logger.info(f"{'created' if created else 'adopted'} Job {ns}/{obj_name} (attempt {attempt})")
         elif created and attempt > 1:
             message = f"{kind} {obj_name} was missing before attempt {attempt}; recreated"
-            kopf.event(cast(kopf.Body, ftj), type="Warning", reason="Recreated", message=message)
+            self.post_event(ftj, "Warning", "Recreated", message)
             logger.warning(f"{ns}/{name}: {message}")
         return True
 
@@ -680,11 +686,47 @@ class Reconciler:
             st.wake.set()  # not the echo of an object the loop created or patched itself
         self._relist_after_kopf_relist(event_type)
 
-    # ------------------------------------------------------ FineTuneJobs
-    def attach_kopf_run(self, paused: PauseToggle, event_queue: Any) -> None:
-        """Kopf's pause toggle and Event queue of this run (kube.capture_operator_run)."""
-        self.paused, self.event_queue = paused, event_queue
+    # ------------------------------------------------------------ Events
+    def post_event(self, ftj: dict[str, Any], type_: str, reason: str, message: str) -> None:
+        """Post a core/v1 Event about a FineTuneJob in the background; Events go out in the order posted.
 
+        The operator's own poster (not ``kopf.event``): it sends through this run's API client, whose
+        session is kept between requests, and needs no Kopf handler context, which the job loops,
+        plain tasks, do not have. A refused Event is logged and dropped: it only reports.
+        """
+        meta = ftj.get("metadata") or {}
+        now = rfc3339(dt.datetime.now(dt.UTC))
+        self._events.put_nowait({
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"generateName": f"{meta.get('name')}.", "namespace": meta.get("namespace")},
+            "involvedObject": {"apiVersion": api.API_VERSION, "kind": api.KIND, "name": meta.get("name"),
+                               "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": EVENT_SOURCE}, "reportingComponent": EVENT_SOURCE,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        })
+        if self._event_poster is None or self._event_poster.done():
+            self._event_poster = asyncio.create_task(self._post_events(), name="event poster")
+
+    async def _post_events(self) -> None:
+        while True:
+            event = await self._events.get()
+            assert self.kube is not None
+            try:
+                await self.kube.create(event)
+            except APIError as e:
+                self.metrics.api_errors.labels("event").inc()
+                log.warning(f"posting the Event {event['reason']} about {event['metadata']['namespace']}/"
+                            f"{event['involvedObject']['name']} failed ({e.status}): {e.message or e}")
+
+    async def flush_events(self, timeout: float) -> None:
+        """Give the Events still queued up to ``timeout`` seconds to go out (at exit)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self._events.empty() and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+
+    # ------------------------------------------------------ FineTuneJobs
     async def watch_ftjs(self, settings: kopf.OperatorSettings) -> None:
         """Stream FineTuneJobs into the job states and keep one reconcile loop per unfinished job.
 
@@ -697,8 +739,6 @@ class Reconciler:
         one (``needs_a_loop``), stopped when it no longer does, when the replica pauses and when
         the operator exits; a namesake's loop starts only after the old one has ended.
         """
-        if self.event_queue is not None:
-            bind_event_queue(self.event_queue)  # kopf.event() in the loops, which this task starts
         ref = kopf_references.Resource(group=api.GROUP, version=api.VERSION, plural=api.PLURAL, kind=api.KIND, namespaced=True)
         tasks = [self._watch_ftj(settings, ref, scope) for scope in self._child_scopes()]
         if self.paused is not None:

@@ -23,7 +23,6 @@ import kopf
 from kopf._cogs.clients import api as _kopf_api
 from kopf._cogs.clients import auth as _kopf_auth
 from kopf._cogs.clients import errors as _kopf_errors
-from kopf._core.engines import posting as _kopf_posting
 from kopf._core.reactor import orchestration as _kopf_orchestration
 
 from kubetune_api import spec as ftj_api
@@ -43,6 +42,7 @@ class Unreachable(APIError):
 # kind -> (API path prefix, plural) for everything the operator reads or writes.
 RESOURCES: dict[str, tuple[str, str]] = {
     "ConfigMap": ("/api/v1", "configmaps"),
+    "Event": ("/api/v1", "events"),
     "Service": ("/api/v1", "services"),
     "ServiceAccount": ("/api/v1", "serviceaccounts"),
     "Pod": ("/api/v1", "pods"),
@@ -176,6 +176,8 @@ class Kube:
             created = await self._call("post", url(obj["kind"], meta["namespace"]), payload=obj, backoffs=[])
             return created, True
         except Conflict:
+            if not meta.get("name"):
+                raise  # a generated name: nothing to adopt
             existing = await self.get(obj["kind"], meta["namespace"], meta["name"])
             if existing is None:  # deleted in between: the caller's next reconcile retries
                 raise
@@ -232,40 +234,30 @@ class PauseToggle(Protocol):
     async def wait_for(self, state: bool, /) -> None: ...
 
 
-_run_sink: contextvars.ContextVar[Callable[[PauseToggle, Any], None] | None] = contextvars.ContextVar("kubetune_run_sink", default=None)
+_pause_sink: contextvars.ContextVar[Callable[[PauseToggle], None] | None] = contextvars.ContextVar("kubetune_pause_sink", default=None)
 _install_lock = threading.Lock()
 
 
-def capture_operator_run(sink: Callable[[PauseToggle, Any], None]) -> None:
-    """Hand ``sink`` the operator-paused toggle and the Event queue of the Kopf operator started next
-    in this context.
+def capture_operator_pause(sink: Callable[[PauseToggle], None]) -> None:
+    """Hand ``sink`` the operator-paused toggle of the Kopf operator started next in this context.
 
     Kopf (1.45.2) pauses a standby replica's watch streams and stops its daemons through one
-    toggle, and posts ``kopf.event`` through one queue; it creates both inside ``kopf.operator``
-    and gives them only to its orchestrator and its own per-object tasks. The FineTuneJob watch
-    and reconcile loops are kubetune's own (handlers.Reconciler.watch_ftjs), so they need both
-    to pause with Kopf and to post Events. Kopf looks its orchestrator up by module attribute
-    when it starts; this wraps it once per process and routes each call's toggle and queue to
-    the sink set in the calling context (each operator thread has its own).
+    toggle, which it creates inside ``kopf.operator`` and gives only to its orchestrator and its
+    own per-object processing. The FineTuneJob watch and reconcile loops are kubetune's own
+    (handlers.Reconciler.watch_ftjs), so they need the same toggle to pause with Kopf. Kopf
+    looks its orchestrator up by module attribute when it starts; this wraps it once per process
+    and routes each call's toggle to the sink set in the calling context (each operator thread
+    has its own).
     """
     with _install_lock:
         original = _kopf_orchestration.orchestrator
         if not getattr(original, "_kubetune_wrapped", False):
             def orchestrator(*args: Any, **kwargs: Any) -> Any:
-                sink_now = _run_sink.get()
-                processor = kwargs.get("processor")
-                queue = getattr(processor, "keywords", {}).get("event_queue")
-                if sink_now is not None and kwargs.get("operator_paused") is not None and queue is not None:
-                    sink_now(kwargs["operator_paused"], queue)
+                sink_now = _pause_sink.get()
+                if sink_now is not None and kwargs.get("operator_paused") is not None:
+                    sink_now(kwargs["operator_paused"])
                 return original(*args, **kwargs)
 
             orchestrator._kubetune_wrapped = True  # type: ignore[attr-defined]
             _kopf_orchestration.orchestrator = orchestrator
-    _run_sink.set(sink)
-
-
-def bind_event_queue(queue: Any) -> None:
-    """Make ``kopf.event`` post through ``queue`` in this task's context and the tasks it creates
-    (Kopf sets the same two context variables for its own per-object tasks)."""
-    _kopf_posting.event_queue_loop_var.set(asyncio.get_running_loop())
-    _kopf_posting.event_queue_var.set(queue)
+    _pause_sink.set(sink)

@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from kubetune_operator.handlers import Reconciler, make_registry
-from kubetune_operator.kube import capture_operator_run
+from kubetune_operator.kube import capture_operator_pause
 from kubetune_operator.settings import OperatorSettings
 
 SERVICE_ACCOUNT_TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
@@ -93,8 +93,8 @@ def run_operator(
         rt.login_fn = login or default_login
     rt.namespaces = () if clusterwide else tuple(namespaces)
     registry = make_registry(rt)
-    # The FineTuneJob loops pause with Kopf (peering) and post Events through its queue.
-    capture_operator_run(rt.attach_kopf_run)
+    # The FineTuneJob loops pause with Kopf (peering): they need its operator-paused toggle.
+    capture_operator_pause(lambda toggle: setattr(rt, "paused", toggle))
     port = settings.metrics_port if metrics_port is None else metrics_port
     if port:
         rt.metrics.serve(port)
