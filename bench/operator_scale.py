@@ -243,7 +243,8 @@ def measure(jobs: int = 500, finished: int = 2000, resync: float = 5.0, pace_ms:
             kopf_arm = latency_arm("kopf", cluster, jobs, workdir, pace_ms / 1000)
             kt = latency_arm("kubetune", cluster, jobs, workdir, pace_ms / 1000)
         fin = finished_arm(cluster, finished, resync, workdir)
-    return {"jobs": jobs, "finished": finished, "resync": resync, "pace_ms": pace_ms, "kubetune_first": kubetune_first, "kopf": kopf_arm, "kubetune": kt, "finished_arm": fin,
+    return {"jobs": jobs, "finished": finished, "resync": resync, "pace_ms": pace_ms, "kubetune_first": kubetune_first,
+            "kopf": kopf_arm, "kubetune": kt, "finished_arm": fin,
             "ratio": kt["p99"] / kopf_arm["p99"] if kopf_arm["p99"] > 0 else float("inf"),
             "requests_per_job": kt["requests_per_job"], "requests_per_resync": fin["requests_per_resync"],
             "peak_rss_mib": fin["peak_rss_mib"]}
@@ -255,10 +256,11 @@ def report(r: dict[str, Any]) -> str:
         return f"goal {op} {GOALS[key]:g}: {'met' if ok else 'NOT met'}"
 
     kt, kopf_arm, fin = r["kubetune"], r["kopf"], r["finished_arm"]
+    pacing = f"one every {r['pace_ms']:g} ms" if r["pace_ms"] else "back to back"
     lines = [
         f"ratio: {r['ratio']:.2f}  (create->Job p99, N={r['jobs']}: kubetune {kt['p99']:.2f}s / minimal Kopf "
         f"{kopf_arm['p99']:.2f}s; p50 {kt['p50']:.2f}s / {kopf_arm['p50']:.2f}s; {goal('ratio', r['ratio'], '<=')})",
-        f"    the burst of {r['jobs']} creates ({'one every %g ms' % r['pace_ms'] if r['pace_ms'] else 'back to back'}"
+        f"    the burst of {r['jobs']} creates ({pacing}"
         f"{', kubetune arm first' if r['kubetune_first'] else ''}) took {kt['burst_s']:.2f}s / {kopf_arm['burst_s']:.2f}s; "
         f"last Job {kt['last_job_s']:.2f}s / {kopf_arm['last_job_s']:.2f}s after the first FineTuneJob (kubetune / minimal Kopf)",
         f"requests per job until its Job exists: {r['requests_per_job']:.1f} (max {kt['requests_per_job_max']}; "
