@@ -746,27 +746,36 @@ class Reconciler:
         await asyncio.gather(*tasks)
 
     async def _watch_ftj(self, settings: kopf.OperatorSettings, ref: kopf_references.Resource, namespace: str | None) -> None:
+        def handle(event_type: str | None, body: dict[str, Any]) -> None:
+            self.on_ftj_event(event_type, body)
+            for listener in self.ftj_listeners:
+                listener(body)
+            if event_type != "DELETED":
+                self._ensure_loop(body)
+
+        await self._stream(settings, ref, namespace, handle, paused=self.paused)
+
+    async def _stream(self, settings: kopf.OperatorSettings, ref: kopf_references.Resource, namespace: str | None,
+                      handle: Callable[[str | None, dict[str, Any]], None], paused: PauseToggle | None = None) -> None:
+        """Feed ``handle`` every event of Kopf's watch stream of ``ref`` in one scope, forever (paused with
+        ``paused`` when given); a refused watch (403) or an ERROR event is said and the watch tried again."""
         while True:
             try:
                 async for raw in kopf_watching.infinite_watch(
                         settings=settings, resource=ref, namespace=cast(kopf_references.NamespaceName | None, namespace),
-                        operator_paused=cast(Any, self.paused)):
+                        operator_paused=cast(Any, paused)):
                     if not isinstance(raw, dict) or raw.get("type") == "BOOKMARK":
-                        continue
+                        continue  # Kopf's end-of-list marker; a bookmark only carries a resourceVersion
                     body = cast(dict[str, Any], raw["object"])
                     if not self._watched(str((body.get("metadata") or {}).get("namespace") or "")):
-                        continue
-                    self.on_ftj_event(raw.get("type"), body)
-                    for listener in self.ftj_listeners:
-                        listener(body)
-                    if raw.get("type") != "DELETED":
-                        self._ensure_loop(body)
+                        continue  # a cluster-wide watch for namespace globs: only the matching ones
+                    handle(raw.get("type"), body)
             except asyncio.CancelledError:
                 raise
-            except Exception as e:  # a refused watch (403) or an ERROR event: said, and tried again
+            except Exception as e:
                 self.metrics.api_errors.labels("watch").inc()
                 where = f"in {namespace}" if namespace else "cluster-wide"
-                log.warning(f"watching finetunejobs {where} failed, retrying in {CHILD_WATCH_RETRY_S:.0f}s: {e!r}")
+                log.warning(f"watching {ref.plural} {where} failed, retrying in {CHILD_WATCH_RETRY_S:.0f}s: {e!r}")
                 await asyncio.sleep(CHILD_WATCH_RETRY_S)
 
     def _ensure_loop(self, body: dict[str, Any]) -> None:
@@ -877,23 +886,8 @@ class Reconciler:
     async def _watch_child(self, settings: kopf.OperatorSettings, resource: tuple[str, str, str], namespace: str | None) -> None:
         group, version, plural = resource
         ref = kopf_references.Resource(group=group, version=version, plural=plural, kind=CHILD_KINDS[plural], namespaced=True)
-        while True:
-            try:
-                async for raw in kopf_watching.infinite_watch(
-                        settings=settings, resource=ref, namespace=cast(kopf_references.NamespaceName | None, namespace)):
-                    if not isinstance(raw, dict) or raw.get("type") == "BOOKMARK":
-                        continue  # Kopf's end-of-list marker; a bookmark only carries a resourceVersion
-                    body = cast(dict[str, Any], raw["object"])
-                    if not self._watched(str((body.get("metadata") or {}).get("namespace") or "")):
-                        continue  # a cluster-wide watch for namespace globs: only the matching ones
-                    self.on_child_event(CHILD_KINDS[plural], raw.get("type"), body)
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:  # a refused watch (403) or an ERROR event: said, and tried again
-                self.metrics.api_errors.labels("watch").inc()
-                where = f"in {namespace}" if namespace else "cluster-wide"
-                log.warning(f"watching {plural} {where} failed, retrying in {CHILD_WATCH_RETRY_S:.0f}s: {e!r}")
-                await asyncio.sleep(CHILD_WATCH_RETRY_S)
+        await self._stream(settings, ref, namespace,
+                           lambda event_type, body: self.on_child_event(CHILD_KINDS[plural], event_type, body))
 
     def _relist_after_kopf_relist(self, event_type: str | None) -> None:
         """Kopf re-lists after a watch ended with 410 Gone; what vanished meanwhile gets no DELETED
